@@ -1,0 +1,151 @@
+"""`refitctl`: the command users type. Errors of the project become one line and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable
+
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator import configs
+from orchestrator.flags import add_flags, apply_overrides, overrides_from_args
+from orchestrator.planview import plan_json, print_plan
+from refit_core.config import RunConfig
+from refit_core.errors import RefitError
+from refit_core.layout import gpus_needed
+from refit_core.plan import plan_transfers
+
+COMMANDS: dict[str, Callable[[argparse.ArgumentParser], Callable[[argparse.Namespace], int]]] = {}
+
+
+def command(name: str, help: str) -> Callable:
+    """Register a subcommand: the decorated function adds its arguments and returns its runner."""
+
+    def wrap(fn: Callable[[argparse.ArgumentParser], Callable[[argparse.Namespace], int]]) -> Callable:
+        fn.__doc__ = help
+        COMMANDS[name] = fn
+        return fn
+
+    return wrap
+
+
+def wide_console() -> Console:
+    """A console at least 120 columns wide, so tables stay readable when piped."""
+    c = Console()
+    return c if c.width >= 120 else Console(width=120)
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", help="a named config (refitctl list), or none with seed flags")
+    p.add_argument("--config-file", type=Path, help="TOML file with [configs.NAME] tables")
+    add_flags(p)
+
+
+def resolve_config(args: argparse.Namespace) -> RunConfig:
+    """The named config (or the default base for bare flags), with the flags applied and validated."""
+    if args.config:
+        cfg = configs.resolve(args.config, args.config_file)
+    else:
+        cfg = configs.config_from_table("custom", {}, configs.builtin_configs(), "command line")
+    cfg = apply_overrides(cfg, overrides_from_args(args))
+    cfg.validate()
+    return cfg
+
+
+@command("plan", "print the layout and transfer plan of a config (no GPU, nothing runs)")
+def _plan(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    add_config_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    p.add_argument("--check", action="store_true", help="also verify the plan's coverage (every element once)")
+
+    def run(args: argparse.Namespace) -> int:
+        cfg = resolve_config(args)
+        plan = plan_transfers(cfg.inventory(), cfg.world())
+        if args.check:
+            from refit_core.validate import check_plan
+
+            check_plan(plan)
+        if args.json:
+            print(json.dumps(plan_json(cfg, plan), indent=1))
+        else:
+            console = wide_console()
+            print_plan(console, cfg, plan)
+            if args.check:
+                console.print("Coverage: every destination element exactly once [green]OK[/]")
+        return 0
+
+    return run
+
+
+@command("list", "list the named configs (the seed's tables)")
+def _list(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    p.add_argument("--config-file", type=Path, help="also list configs from this TOML file")
+
+    def run(args: argparse.Namespace) -> int:
+        all_cfgs = configs.builtin_configs()
+        if args.config_file:
+            all_cfgs.update(configs.load_user_configs(args.config_file))
+        console = wide_console()
+        nc = [c for c in all_cfgs.values() if c.mode.value == "non-collocated"]
+        co = [c for c in all_cfgs.values() if c.mode.value == "collocated"]
+        for title, rows, idle in (("Non-Collocated Configurations", nc, True), ("Collocated Configurations", co, False)):
+            t = Table(title=title)
+            for col in ("Config", "Source", "Target", "Total GPUs", *(["Idle GPUs"] if idle else []), "Method", "Use Case"):
+                t.add_column(col)
+            for c in rows:
+                need = gpus_needed(c.mode, c.source, c.destination)
+                t.add_row(
+                    c.name,
+                    f"TP={c.source.tp}, EP={c.source.ep}" + (f", PP={c.source.pp}" if c.source.pp > 1 else "") + f" ({c.source.size})",
+                    f"TP={c.destination.tp}, EP={c.destination.ep}" + (f", PP={c.destination.pp}" if c.destination.pp > 1 else "") + f" ({c.destination.size})",
+                    str(need), *([str(c.gpus - need)] if idle else []), c.method, c.use_case,
+                )
+            console.print(t)
+        return 0
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    _load_plugins()
+    parser = argparse.ArgumentParser(prog="refitctl", description="Benchmark MoE weight refit between parallel layouts.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, fn in COMMANDS.items():
+        sp = sub.add_parser(name, help=fn.__doc__, description=fn.__doc__)
+        sp.set_defaults(run=fn(sp))
+    return parser
+
+
+def _load_plugins() -> None:
+    """Import the modules that register more subcommands (submit, sweep, runs, report, ...)."""
+    import importlib
+
+    for mod in ("orchestrator.commands", "orchestrator.report_cmd"):
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:
+                raise
+
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        return args.run(args)
+    except RefitError as e:
+        print(f"refitctl: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("refitctl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

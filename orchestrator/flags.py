@@ -1,0 +1,152 @@
+"""The seed's command-line flags (Megatron's names), mapped onto RunConfig fields.
+
+One table serves argparse (`refitctl plan/submit --tensor-model-parallel-size 2 ...`) and TOML
+config files (`tensor_model_parallel_size = 2`), so a flag means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from refit_core.config import RunConfig
+from refit_core.errors import ConfigError
+from refit_core.layout import RefitMode
+
+
+@dataclass(frozen=True)
+class Flag:
+    flag: str
+    target: str  # "model", "source", "destination" or "run"
+    field: str
+    kind: Callable[[str], Any] | None  # None: a switch (store_true)
+    help: str = ""
+
+
+def _size(text: str) -> int:
+    """Bytes from '1GiB', '256MiB', '512M', '1G' or a plain integer."""
+    t = str(text).strip().upper().replace("IB", "").replace("B", "")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    if t and t[-1] in mult:
+        return int(float(t[:-1]) * mult[t[-1]])
+    return int(t)
+
+
+FLAGS: tuple[Flag, ...] = (
+    Flag("--tensor-model-parallel-size", "source", "tp", int, "source (training) TP"),
+    Flag("--expert-model-parallel-size", "source", "ep", int, "source EP"),
+    Flag("--expert-tensor-parallel-size", "source", "etp", int, "source expert TP (must be 1 for MoE)"),
+    Flag("--pipeline-model-parallel-size", "source", "pp", int, "source PP"),
+    Flag("--rl-inference-tensor-model-parallel-size", "destination", "tp", int, "destination (inference) TP"),
+    Flag("--rl-inference-expert-model-parallel-size", "destination", "ep", int, "destination EP"),
+    Flag("--rl-inference-expert-tensor-model-parallel-size", "destination", "etp", int, "destination expert TP (1 for MoE)"),
+    Flag("--rl-inference-pipeline-model-parallel-size", "destination", "pp", int, "destination PP"),
+    Flag("--refit-mode", "run", "mode", RefitMode, "non-collocated or collocated"),
+    Flag("--refit-method", "run", "method", str, "nvshmem, nccl or gloo"),
+    Flag("--num-benchmark-iterations", "run", "iterations", int, "timed iterations"),
+    Flag("--num-warmup-iterations", "run", "warmup", int, "untimed warm-up iterations (default 1)"),
+    Flag("--refit-bucket-size", "run", "bucket_bytes", _size, "staging bucket per rank, e.g. 1GiB"),
+    Flag("--gpus", "run", "gpus", int, "GPUs available (world size); default 8"),
+    Flag("--num-layers", "model", "num_layers", int),
+    Flag("--hidden-size", "model", "hidden_size", int),
+    Flag("--num-attention-heads", "model", "num_attention_heads", int),
+    Flag("--num-query-groups", "model", "num_query_groups", int),
+    Flag("--kv-channels", "model", "kv_channels", int),
+    Flag("--ffn-hidden-size", "model", "ffn_hidden_size", int),
+    Flag("--moe-ffn-hidden-size", "model", "moe_ffn_hidden_size", int),
+    Flag("--num-experts", "model", "num_experts", int),
+    Flag("--moe-router-topk", "model", "moe_router_topk", int),
+    Flag("--moe-shared-expert-intermediate-size", "model", "moe_shared_expert_intermediate_size", int),
+    Flag("--first-dense-layers", "model", "first_dense_layers", int, "leading dense (non-MoE) layers"),
+    Flag("--seq-length", "model", "seq_length", int),
+    Flag("--max-position-embeddings", "model", "max_position_embeddings", int),
+    Flag("--vocab-size", "model", "vocab_size", int),
+    Flag("--padded-vocab-size", "model", "padded_vocab_size", int),
+    Flag("--make-vocab-size-divisible-by", "model", "make_vocab_size_divisible_by", int),
+    Flag("--position-embedding-type", "model", "position_embedding_type", str),
+    Flag("--normalization", "model", "normalization", str),
+    Flag("--q-lora-rank", "model", "q_lora_rank", int),
+    Flag("--kv-lora-rank", "model", "kv_lora_rank", int),
+    Flag("--qk-head-dim", "model", "qk_head_dim", int),
+    Flag("--qk-pos-emb-head-dim", "model", "qk_pos_emb_head_dim", int),
+    Flag("--v-head-dim", "model", "v_head_dim", int),
+    Flag("--disable-bias-linear", "model", "disable_bias_linear", None),
+    Flag("--swiglu", "model", "swiglu", None),
+    Flag("--untie-embeddings-and-output-weights", "model", "untie_embeddings_and_output_weights", None),
+    Flag("--multi-latent-attention", "model", "multi_latent_attention", None),
+)
+# Accepted for compatibility with the seed's commands; they do not change what is refit.
+IGNORED = ("--micro-batch-size", "--global-batch-size")
+BY_KEY = {f.flag[2:].replace("-", "_"): f for f in FLAGS}
+BY_KEY["add_bias_linear"] = Flag("--add-bias-linear", "model", "disable_bias_linear", None)
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """Register every seed flag; unset flags stay None so they do not override a named config."""
+    g = parser.add_argument_group("seed flags (Megatron names; override the named config)")
+    for f in FLAGS:
+        dest = "flag_" + f.flag[2:].replace("-", "_")
+        if f.kind is None:
+            g.add_argument(f.flag, dest=dest, action="store_true", default=None, help=f.help or argparse.SUPPRESS)
+        else:
+            g.add_argument(f.flag, dest=dest, type=str, default=None, metavar="V", help=f.help or argparse.SUPPRESS)
+    g.add_argument("--add-bias-linear", dest="flag_add_bias_linear", action="store_true", default=None,
+                   help="keep linear biases (not allowed for MoE)")
+    g.add_argument("--bf16", dest="flag_bf16", action="store_true", default=None, help=argparse.SUPPRESS)
+    for name in IGNORED:
+        g.add_argument(name, dest="ignored_" + name[2:].replace("-", "_"), default=None, help=argparse.SUPPRESS)
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in vars(args).items():
+        if key.startswith("flag_") and value is not None and key != "flag_bf16":
+            out[key[5:]] = value
+    return out
+
+
+def _convert(f: Flag, key: str, value: Any, where: str) -> Any:
+    if f.kind is None:
+        if isinstance(value, bool):
+            return (not value) if key == "add_bias_linear" else value
+        raise ConfigError(f"{where}: {key} must be true or false, got {value!r}")
+    if isinstance(value, bool) or isinstance(value, (list, dict)):
+        raise ConfigError(f"{where}: {f.flag} got {value!r}: give a single value")
+    try:
+        out = f.kind(value) if f.kind is not RefitMode else RefitMode(str(value))
+    except (ValueError, TypeError, OverflowError):
+        if f.kind is RefitMode:
+            raise ConfigError(f"{where}: {f.flag} {value!r} is not one of non-collocated, collocated") from None
+        want = "an integer" if f.kind in (int, _size) else "a value"
+        raise ConfigError(f"{where}: {f.flag} {value!r} is not {want}") from None
+    if f.kind is int and isinstance(value, float) and value != int(value):
+        raise ConfigError(f"{where}: {f.flag} {value!r} is not an integer")
+    if f.kind in (int, _size) and not (0 <= out < 1 << 48):
+        raise ConfigError(f"{where}: {f.flag} {value!r} is out of range: give a value from 0 to 2^48")
+    return out
+
+
+def apply_overrides(cfg: RunConfig, values: dict[str, Any], where: str = "command line") -> RunConfig:
+    """Return `cfg` with each seed flag in `values` applied; unknown keys are errors."""
+    model: dict[str, Any] = {}
+    src: dict[str, Any] = {}
+    dst: dict[str, Any] = {}
+    run: dict[str, Any] = {}
+    for key, value in values.items():
+        f = BY_KEY.get(key)
+        if f is None:
+            if key in ("name", "use_case", "description") and isinstance(value, str):
+                run[key] = value
+                continue
+            raise ConfigError(f"{where}: unknown setting {key!r}: see `refitctl plan --help` for the flags")
+        {"model": model, "source": src, "destination": dst, "run": run}[f.target][f.field] = _convert(f, key, value, where)
+    try:
+        new_model = dataclasses.replace(cfg.model, **model)
+        return dataclasses.replace(
+            cfg, model=new_model, source=dataclasses.replace(cfg.source, **src),
+            destination=dataclasses.replace(cfg.destination, **dst), **run,
+        )
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None

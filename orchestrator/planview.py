@@ -1,0 +1,87 @@
+"""How a plan is shown to people: rich tables, and the `--json` object scripts read."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from refit_core.config import RunConfig
+from refit_core.plan import Plan
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} TiB"
+
+
+def plan_json(cfg: RunConfig, plan: Plan) -> dict[str, Any]:
+    w = plan.world
+    inv = plan.inventory
+    return {
+        "config": cfg.name,
+        "mode": w.mode.value,
+        "method": cfg.method,
+        "world_size": w.world_size,
+        "gpus_used": w.gpus_used,
+        "source_ranks": list(w.source.ranks),
+        "destination_ranks": list(w.destination.ranks),
+        "idle_ranks": list(w.idle_ranks),
+        "source_layout": {"tp": w.source.layout.tp, "ep": w.source.layout.ep, "pp": w.source.layout.pp},
+        "destination_layout": {"tp": w.destination.layout.tp, "ep": w.destination.layout.ep,
+                               "pp": w.destination.layout.pp},
+        "model": {"parameters": inv.numel, "bytes": inv.nbytes, "expert_bytes": inv.expert_nbytes,
+                  "tensors": len(inv.params), "dtype": inv.spec.dtype},
+        "transfers": len(plan.transfers),
+        "network_bytes": plan.network_bytes,
+        "local_bytes": plan.local_bytes,
+        "balance": {"max_source_bytes": plan.max_source_bytes, "bound_bytes": plan.balance_bound,
+                    "ratio": plan.balance},
+        "pairs": [{"src": s, "dst": d, "bytes": b, "local": s == d} for (s, d), b in plan.pair_bytes.items()],
+        "per_rank": {str(r): {"bytes_in": v.bytes_in, "bytes_out": v.bytes_out, "bytes_local": v.bytes_local}
+                     for r, v in plan.per_rank.items()},
+    }
+
+
+def print_plan(console: Console, cfg: RunConfig, plan: Plan) -> None:
+    w = plan.world
+    inv = plan.inventory
+    console.print(w.describe())
+    console.print(
+        f"Model: {inv.numel:,} parameters in {len(inv.params)} tensors, {human_bytes(inv.nbytes)} "
+        f"({inv.spec.dtype}; experts {human_bytes(inv.expert_nbytes)})"
+    )
+    console.print(
+        f"Plan: {len(plan.transfers)} transfers, network {human_bytes(plan.network_bytes)}, "
+        f"local {human_bytes(plan.local_bytes)}; method {cfg.method}, mode {w.mode.value}"
+    )
+    console.print(
+        f"Balance: busiest source sends {human_bytes(plan.max_source_bytes)}, best possible "
+        f"{human_bytes(plan.balance_bound)} (ratio {plan.balance:.4f})"
+    )
+    t = Table(title="Per-rank bytes", show_lines=False)
+    for col in ("rank", "role", "in (network)", "out (network)", "local copy"):
+        t.add_column(col, justify="right" if col != "role" else "left")
+    for r, v in plan.per_rank.items():
+        t.add_row(str(r), w.role(r), human_bytes(v.bytes_in), human_bytes(v.bytes_out), human_bytes(v.bytes_local))
+    console.print(t)
+    srcs = list(w.source.ranks)
+    dsts = list(w.destination.ranks)
+    if len(srcs) <= 16 and len(dsts) <= 16:
+        m = Table(title="Source -> destination bytes (local copies marked *)")
+        m.add_column("src \\ dst", justify="right")
+        for d in dsts:
+            m.add_column(str(d), justify="right")
+        for s in srcs:
+            row = []
+            for d in dsts:
+                b = plan.pair_bytes.get((s, d), 0)
+                row.append("" if not b else human_bytes(b) + ("*" if s == d else ""))
+            m.add_row(str(s), *row)
+        console.print(m)
+    else:
+        console.print(f"(byte matrix of {len(srcs)}x{len(dsts)} ranks omitted; use --json)")

@@ -1,0 +1,81 @@
+"""A refit run, fully resolved: model, both layouts, mode, method, iterations.
+
+`RunConfig` is what crosses every boundary (CLI -> orchestrator -> job), as a frozen value and
+as plain JSON. `validate()` raises the one-line errors users see before anything is submitted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from refit_core.errors import ConfigError
+from refit_core.layout import ParallelLayout, RefitMode, WorldLayout, world_layout
+from refit_core.model import Inventory, ModelSpec, inventory
+from refit_core.sharding import check_divisible
+
+METHODS = ("nccl", "nvshmem", "gloo")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str
+    model: ModelSpec
+    source: ParallelLayout
+    destination: ParallelLayout
+    mode: RefitMode = RefitMode.NON_COLLOCATED
+    method: str = "nvshmem"
+    iterations: int = 3
+    warmup: int = 1
+    gpus: int = 8
+    bucket_bytes: int = 1 << 30
+    use_case: str = ""
+    description: str = ""
+
+    def validate(self) -> None:
+        """Raise ConfigError for anything the seed says cannot work, before submission."""
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown --refit-method {self.method!r}: use one of {', '.join(METHODS)}")
+        if self.iterations < 1:
+            raise ConfigError(f"--num-benchmark-iterations must be >= 1, got {self.iterations}")
+        if self.warmup < 0:
+            raise ConfigError(f"--num-warmup-iterations must be >= 0, got {self.warmup}")
+        if self.bucket_bytes < 1 << 20:
+            raise ConfigError(f"--refit-bucket-size must be at least 1 MiB, got {self.bucket_bytes} bytes")
+        if self.model.is_moe:
+            if self.source.etp != 1 or self.destination.etp != 1:
+                raise ConfigError(
+                    "MoE needs --expert-tensor-parallel-size 1 and --rl-inference-expert-tensor-model-parallel-size 1 "
+                    f"(got {self.source.etp} and {self.destination.etp}): set both to 1"
+                )
+            if not self.model.disable_bias_linear:
+                raise ConfigError("MoE refit needs --disable-bias-linear (the seed's requirement): add the flag")
+        world_layout(self.mode, self.source, self.destination, self.gpus)
+        inv = self.inventory()
+        check_divisible(self.model, inv, self.source, "source")
+        check_divisible(self.model, inv, self.destination, "destination")
+
+    def world(self) -> WorldLayout:
+        return world_layout(self.mode, self.source, self.destination, self.gpus)
+
+    def inventory(self) -> Inventory:
+        return inventory(self.model, (self.source.tp, self.destination.tp))
+
+    def with_changes(self, **changes: Any) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["mode"] = self.mode.value
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "RunConfig":
+        d = dict(d)
+        d["model"] = ModelSpec(**d["model"])
+        d["source"] = ParallelLayout(**d["source"])
+        d["destination"] = ParallelLayout(**d["destination"])
+        d["mode"] = RefitMode(d["mode"])
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})

@@ -1,0 +1,280 @@
+"""What model is refit: its hyper-parameters (the seed's Megatron flags) and every parameter it has.
+
+`ModelSpec` is the user-facing description, built from the same flags a Megatron-Core training
+script takes. `inventory(spec)` lists every parameter with its global shape, dtype and how tensor
+parallelism splits it, named as in Megatron-Core's state dict (experts by their global index, as
+dist_checkpointing names them). Two attention kinds share one inventory: standard GQA attention
+(fused QKV) and Multi-head Latent Attention (Kimi K2 / DeepSeek-V3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from refit_core.errors import ConfigError
+
+DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A Megatron-Core-style GPT with optional MoE layers; field names follow Megatron's flags.
+
+    Defaults are Megatron's own where it has one (tied embeddings, learned absolute positions,
+    LayerNorm, MHA when --num-query-groups is absent, ffn = 4*hidden), so that a seed command
+    that omits a flag describes the same model Megatron would build.
+    """
+
+    num_layers: int = 4
+    hidden_size: int = 1024
+    num_attention_heads: int = 8
+    num_query_groups: int | None = None
+    kv_channels: int | None = None
+    ffn_hidden_size: int | None = None
+    moe_ffn_hidden_size: int | None = None
+    num_experts: int | None = None
+    moe_router_topk: int = 2
+    moe_shared_expert_intermediate_size: int | None = None
+    first_dense_layers: int = 0
+    seq_length: int = 512
+    max_position_embeddings: int | None = None
+    disable_bias_linear: bool = False
+    swiglu: bool = False
+    vocab_size: int = 32000
+    padded_vocab_size: int | None = None
+    make_vocab_size_divisible_by: int = 128
+    untie_embeddings_and_output_weights: bool = False
+    position_embedding_type: str = "learned_absolute"
+    normalization: str = "LayerNorm"
+    multi_latent_attention: bool = False
+    q_lora_rank: int | None = None
+    kv_lora_rank: int = 512
+    qk_head_dim: int = 128
+    qk_pos_emb_head_dim: int = 64
+    v_head_dim: int = 128
+    dtype: str = "bfloat16"
+    name: str = "moe-gpt"
+
+    def __post_init__(self) -> None:
+        for f in ("num_layers", "hidden_size", "num_attention_heads", "seq_length", "vocab_size"):
+            if getattr(self, f) < 1:
+                raise ConfigError(f"--{f.replace('_', '-')} must be >= 1, got {getattr(self, f)}")
+        if self.dtype not in DTYPE_BYTES:
+            raise ConfigError(f"unknown dtype {self.dtype!r}: use one of {', '.join(DTYPE_BYTES)}")
+        if self.position_embedding_type not in ("learned_absolute", "rope", "none"):
+            raise ConfigError(
+                f"--position-embedding-type {self.position_embedding_type!r} is not one of learned_absolute, rope, none"
+            )
+        if self.normalization not in ("LayerNorm", "RMSNorm"):
+            raise ConfigError(f"--normalization {self.normalization!r} is not one of LayerNorm, RMSNorm")
+        if self.num_experts is not None and self.num_experts < 1:
+            raise ConfigError(f"--num-experts must be >= 1, got {self.num_experts}")
+        if not self.multi_latent_attention and self.kv_channels is None and self.hidden_size % self.num_attention_heads:
+            raise ConfigError(
+                f"--hidden-size {self.hidden_size} is not divisible by --num-attention-heads "
+                f"{self.num_attention_heads}: pick sizes that divide or give --kv-channels"
+            )
+        if self.num_attention_heads % self.query_groups:
+            raise ConfigError(
+                f"--num-attention-heads {self.num_attention_heads} is not divisible by --num-query-groups "
+                f"{self.query_groups}"
+            )
+        if not 0 <= self.first_dense_layers <= self.num_layers:
+            raise ConfigError(f"--first-dense-layers must be in 0..{self.num_layers}, got {self.first_dense_layers}")
+
+    # ---- derived sizes -------------------------------------------------------------------
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts is not None
+
+    @property
+    def query_groups(self) -> int:
+        return self.num_query_groups or self.num_attention_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.kv_channels or self.hidden_size // self.num_attention_heads
+
+    @property
+    def ffn(self) -> int:
+        return self.ffn_hidden_size or 4 * self.hidden_size
+
+    @property
+    def moe_ffn(self) -> int:
+        return self.moe_ffn_hidden_size or self.ffn
+
+    @property
+    def max_positions(self) -> int:
+        return self.max_position_embeddings or self.seq_length
+
+    @property
+    def itemsize(self) -> int:
+        return DTYPE_BYTES[self.dtype]
+
+    def padded_vocab(self, tp_sizes: tuple[int, ...] = (1,)) -> int:
+        """Vocabulary padded as Megatron does, to a multiple of divisible_by * TP.
+
+        Both layouts must agree on the global shape, so the multiple uses the least common
+        multiple of every TP size involved.
+        """
+        if self.padded_vocab_size is not None:
+            return self.padded_vocab_size
+        multiple = self.make_vocab_size_divisible_by * math.lcm(*tp_sizes)
+        return -(-self.vocab_size // multiple) * multiple
+
+    def is_moe_layer(self, layer: int) -> bool:
+        return self.is_moe and layer >= self.first_dense_layers
+
+    def with_overrides(self, **changes: object) -> "ModelSpec":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One parameter: its global shape and how the layouts split it.
+
+    `tp_dim` is the dimension tensor parallelism splits (None: replicated over TP). With
+    `tp_blocks` = 2 the dimension holds two stacked halves (SwiGLU gate and up) that are split
+    separately, so each TP rank holds its part of both. `expert` marks a routed expert's weight
+    (whole on the expert-parallel rank that owns it, ETP=1). `layer` is the global layer index
+    (pipeline stages split layers); `stage` places non-layer parameters on the first or last stage.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "bfloat16"
+    tp_dim: int | None = None
+    tp_blocks: int = 1
+    layer: int | None = None
+    stage: str | None = None
+    expert: int | None = None
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * DTYPE_BYTES[self.dtype]
+
+    @property
+    def split_dim(self) -> int:
+        """The dimension slices are cut along: the TP dimension, else dimension 0."""
+        return self.tp_dim if self.tp_dim is not None else 0
+
+    @property
+    def slice_numel(self) -> int:
+        """Elements in one unit (one index) of the split dimension."""
+        return self.numel // self.shape[self.split_dim]
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """Every parameter of a model, in a fixed order (the order of Megatron's state dict)."""
+
+    spec: ModelSpec
+    params: tuple[ParamSpec, ...]
+    vocab: int
+
+    @cached_property
+    def index(self) -> dict[str, int]:
+        return {p.name: i for i, p in enumerate(self.params)}
+
+    @property
+    def numel(self) -> int:
+        return sum(p.numel for p in self.params)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.nbytes for p in self.params)
+
+    @property
+    def expert_nbytes(self) -> int:
+        return sum(p.nbytes for p in self.params if p.expert is not None)
+
+
+def inventory(spec: ModelSpec, tp_sizes: tuple[int, ...] = (1,)) -> Inventory:
+    """List every parameter of `spec` (global shapes), for layouts with the given TP sizes."""
+    vocab = spec.padded_vocab(tp_sizes)
+    dt = spec.dtype
+    h = spec.hidden_size
+    bias = not spec.disable_bias_linear
+    params: list[ParamSpec] = []
+
+    def add(name: str, shape: tuple[int, ...], **kw: object) -> None:
+        params.append(ParamSpec(name, tuple(int(s) for s in shape), dt, **kw))  # type: ignore[arg-type]
+
+    def norm(prefix: str, layer: int | None, stage: str | None = None) -> None:
+        add(f"{prefix}weight", (h,), layer=layer, stage=stage)
+        if spec.normalization == "LayerNorm":
+            add(f"{prefix}bias", (h,), layer=layer, stage=stage)
+
+    def fused_norm(prefix: str, layer: int, width: int) -> None:
+        add(f"{prefix}layer_norm_weight", (width,), layer=layer)
+        if spec.normalization == "LayerNorm":
+            add(f"{prefix}layer_norm_bias", (width,), layer=layer)
+
+    def mlp(prefix: str, layer: int, width: int, expert: int | None = None, fused_ln: bool = False) -> None:
+        gate = 2 if spec.swiglu else 1
+        split = {} if expert is not None else {"tp_dim": 0, "tp_blocks": gate}
+        if fused_ln:
+            fused_norm(f"{prefix}linear_fc1.", layer, h)
+        add(f"{prefix}linear_fc1.weight", (gate * width, h), layer=layer, expert=expert, **split)
+        if bias:
+            add(f"{prefix}linear_fc1.bias", (gate * width,), layer=layer, expert=expert, **split)
+        add(f"{prefix}linear_fc2.weight", (h, width), layer=layer, expert=expert,
+            **({} if expert is not None else {"tp_dim": 1}))
+        if bias:
+            add(f"{prefix}linear_fc2.bias", (h,), layer=layer, expert=expert)
+
+    add("embedding.word_embeddings.weight", (vocab, h), tp_dim=0, stage="first")
+    if spec.position_embedding_type == "learned_absolute":
+        add("embedding.position_embeddings.weight", (spec.max_positions, h), stage="first")
+
+    for i in range(spec.num_layers):
+        p = f"decoder.layers.{i}."
+        a = f"{p}self_attention."
+        if spec.multi_latent_attention:
+            n = spec.num_attention_heads
+            norm(f"{p}input_layernorm.", i)
+            if spec.q_lora_rank:
+                add(f"{a}linear_q_down_proj.weight", (spec.q_lora_rank, h), layer=i)
+                fused_norm(f"{a}linear_q_up_proj.", i, spec.q_lora_rank)
+                add(f"{a}linear_q_up_proj.weight", (n * (spec.qk_head_dim + spec.qk_pos_emb_head_dim), spec.q_lora_rank),
+                    layer=i, tp_dim=0)
+            else:
+                add(f"{a}linear_q_proj.weight", (n * (spec.qk_head_dim + spec.qk_pos_emb_head_dim), h), layer=i, tp_dim=0)
+            add(f"{a}linear_kv_down_proj.weight", (spec.kv_lora_rank + spec.qk_pos_emb_head_dim, h), layer=i)
+            fused_norm(f"{a}linear_kv_up_proj.", i, spec.kv_lora_rank)
+            add(f"{a}linear_kv_up_proj.weight", (n * (spec.qk_head_dim + spec.v_head_dim), spec.kv_lora_rank),
+                layer=i, tp_dim=0)
+            add(f"{a}linear_proj.weight", (h, n * spec.v_head_dim), layer=i, tp_dim=1)
+        else:
+            qkv = (spec.num_attention_heads + 2 * spec.query_groups) * spec.head_dim
+            fused_norm(f"{a}linear_qkv.", i, h)
+            add(f"{a}linear_qkv.weight", (qkv, h), layer=i, tp_dim=0)
+            if bias:
+                add(f"{a}linear_qkv.bias", (qkv,), layer=i, tp_dim=0)
+            add(f"{a}linear_proj.weight", (h, spec.num_attention_heads * spec.head_dim), layer=i, tp_dim=1)
+        if bias:
+            add(f"{a}linear_proj.bias", (h,), layer=i)
+
+        if spec.is_moe_layer(i):
+            norm(f"{p}pre_mlp_layernorm.", i)
+            add(f"{p}mlp.router.weight", (spec.num_experts, h), layer=i)
+            for e in range(spec.num_experts or 0):
+                mlp(f"{p}mlp.experts.local_experts.{e}.", i, spec.moe_ffn, expert=e)
+            if spec.moe_shared_expert_intermediate_size:
+                mlp(f"{p}mlp.shared_experts.", i, spec.moe_shared_expert_intermediate_size)
+        else:
+            mlp(f"{p}mlp.", i, spec.ffn, fused_ln=not spec.multi_latent_attention)
+            if spec.multi_latent_attention:
+                norm(f"{p}pre_mlp_layernorm.", i)
+
+    norm("decoder.final_layernorm.", None, stage="last")
+    if spec.untie_embeddings_and_output_weights:
+        add("output_layer.weight", (vocab, h), tp_dim=0, stage="last")
+    return Inventory(spec, tuple(params), vocab)
