@@ -23,11 +23,21 @@ if [ "$(id -u)" -ne 0 ]; then
     echo "[slurm-down] ERROR: must run as root" >&2; exit 1
 fi
 
-pid_alive() {
-    local pid
+# proc_alive PID: running and not a zombie (PID 1 here reaps orphans late, so a
+# daemon that has exited can linger as a zombie for a second or two).
+proc_alive() {
+    local st
+    st=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
+    [ -n "$st" ] && [ "$st" != Z ]
+}
+
+pid_alive() {   # pid_alive PIDFILE: its pid runs and is the daemon the file is named after
+    local pid want    # (a stale file's pid may have been reused by another process)
     [ -s "$1" ] || return 1
     pid=$(cat "$1" 2>/dev/null) || return 1
-    [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+    want=${1##*/}; want=${want%.pid}; want=${want%%-*}
+    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$want" ] && proc_alive "$pid"
 }
 
 stop_pidfile() {   # stop_pidfile PIDFILE NAME
@@ -36,8 +46,8 @@ stop_pidfile() {   # stop_pidfile PIDFILE NAME
     pid=$(cat "$1")
     say "stopping $2 (pid $pid)"
     kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-    if kill -0 "$pid" 2>/dev/null; then
+    for i in $(seq 1 150); do proc_alive "$pid" || break; sleep 0.2; done
+    if proc_alive "$pid"; then
         say "$2 (pid $pid) ignored SIGTERM for 30s; sending SIGKILL"
         kill -KILL "$pid" 2>/dev/null || true
     fi

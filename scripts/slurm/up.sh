@@ -63,11 +63,21 @@ wait_until() {
     done
 }
 
-pid_alive() {   # pid_alive PIDFILE
-    local pid
+# proc_alive PID: running and not a zombie (PID 1 here reaps orphans late, so a
+# daemon that has exited can linger as a zombie for a second or two).
+proc_alive() {
+    local st
+    st=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
+    [ -n "$st" ] && [ "$st" != Z ]
+}
+
+pid_alive() {   # pid_alive PIDFILE: its pid runs and is the daemon the file is named after
+    local pid want    # (a stale file's pid may have been reused by another process)
     [ -s "$1" ] || return 1
     pid=$(cat "$1" 2>/dev/null) || return 1
-    [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+    want=${1##*/}; want=${want%.pid}; want=${want%%-*}
+    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$want" ] && proc_alive "$pid"
 }
 
 stop_pidfile() {   # stop_pidfile PIDFILE NAME
@@ -76,8 +86,8 @@ stop_pidfile() {   # stop_pidfile PIDFILE NAME
     pid=$(cat "$1")
     say "stopping $2 (pid $pid)"
     kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+    for i in $(seq 1 150); do proc_alive "$pid" || break; sleep 0.2; done
+    proc_alive "$pid" && kill -KILL "$pid" 2>/dev/null || true
     rm -f "$1"
 }
 

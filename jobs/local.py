@@ -1,0 +1,56 @@
+"""Launch a refit job as N local processes (no scheduler): the tests' and a laptop's launcher.
+
+Each process gets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT and runs
+`python -m jobs.refit_job RUN_DIR`; its output goes to RUN_DIR/logs/rank-N.log. If any process
+fails, the others are given `grace_s` to exit on their own, then killed: nothing hangs.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(run_dir: Path, world_size: int, timeout_s: float = 600, grace_s: float = 90,
+           extra_env: dict[str, str] | None = None) -> list[int]:
+    """Run all ranks; return their exit codes (negative: killed by that signal)."""
+    logs = run_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    root = Path(__file__).resolve().parent.parent
+    procs = []
+    for r in range(world_size):
+        env = dict(os.environ, RANK=str(r), WORLD_SIZE=str(world_size), LOCAL_RANK=str(r),
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
+                   PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+                   **(extra_env or {}))
+        log = open(logs / f"rank-{r}.log", "w")
+        procs.append((subprocess.Popen([sys.executable, "-m", "jobs.refit_job", str(run_dir)], env=env,
+                                       stdout=log, stderr=subprocess.STDOUT, cwd=root), log))
+    deadline = time.monotonic() + timeout_s
+    first_failure: float | None = None
+    while True:
+        codes = [p.poll() for p, _ in procs]
+        if all(c is not None for c in codes):
+            break
+        if first_failure is None and any(c not in (None, 0) for c in codes):
+            first_failure = time.monotonic()
+        now = time.monotonic()
+        if now > deadline or (first_failure is not None and now - first_failure > grace_s):
+            for p, _ in procs:
+                if p.poll() is None:
+                    p.kill()
+        time.sleep(0.05)
+    for _, log in procs:
+        log.close()
+    return [p.returncode for p, _ in procs]

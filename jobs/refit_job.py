@@ -1,0 +1,148 @@
+"""What each task of a refit job runs, wherever it was launched (srun, submitit, torchrun, local).
+
+`run(run_dir)` reads `run_dir/config.json`, joins the process group, runs this rank's share of
+the refit and keeps `run_dir/ranks/rank-NNNNN.json` current after every iteration. Rank 0 writes
+`run_dir/results.json` at the end.
+
+Rank, world size and local rank come from the first of: RANK / WORLD_SIZE / LOCAL_RANK
+(torchrun, or submitit's TorchDistributedEnvironment export), then SLURM_PROCID / SLURM_NTASKS /
+SLURM_LOCALID (srun). MASTER_ADDR defaults to the first host of SLURM_JOB_NODELIST, else
+127.0.0.1; MASTER_PORT to 20000 + SLURM_JOB_ID % 20000, else 29500.
+
+Command line: `python -m jobs.refit_job RUN_DIR`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import subprocess
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Multicast over NVLink can take a shared host's GPUs out of service: off unless the user says.
+SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "NVSHMEM_DISABLE_NVLS": "1", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1"}
+
+
+@dataclass(frozen=True)
+class TaskEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    master_addr: str
+    master_port: int
+
+
+def _first(*names: str) -> str | None:
+    for n in names:
+        v = os.environ.get(n)
+        if v not in (None, ""):
+            return v
+    return None
+
+
+def task_env() -> TaskEnv:
+    rank = _first("RANK", "SLURM_PROCID")
+    world = _first("WORLD_SIZE", "SLURM_NTASKS")
+    local = _first("LOCAL_RANK", "SLURM_LOCALID")
+    addr = _first("MASTER_ADDR")
+    if addr is None:
+        nodes = os.environ.get("SLURM_JOB_NODELIST")
+        addr = "127.0.0.1"
+        if nodes:
+            try:
+                out = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True, timeout=10)
+                addr = out.stdout.split()[0] if out.returncode == 0 and out.stdout.split() else addr
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+    port = _first("MASTER_PORT")
+    if port is None:
+        job = os.environ.get("SLURM_JOB_ID", "")
+        port = str(20000 + int(job) % 20000) if job.isdigit() else "29500"
+    return TaskEnv(int(rank or 0), int(world or 1), int(local or 0), addr, int(port))
+
+
+def run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Run this task's part of the refit described by run_dir/config.json; returns its record."""
+    import torch
+    import torch.distributed as dist
+
+    from refit_core.config import RunConfig
+    from refit_core.engine import run_rank
+    from refit_core.plan import plan_transfers
+    from refit_core.results import aggregate, rank_path, write_json_atomic
+
+    for k, v in SAFE_ENV.items():
+        os.environ.setdefault(k, v)
+    run_path = Path(run_dir)
+    cfg = RunConfig.from_json(json.loads((run_path / "config.json").read_text()))
+    env = task_env()
+    if env.world_size != cfg.gpus:
+        raise RuntimeError(f"job has {env.world_size} tasks but config {cfg.name} needs a world of {cfg.gpus}")
+    use_cuda = cfg.method in ("nccl", "nvshmem") and torch.cuda.is_available()
+    if cfg.method in ("nccl", "nvshmem") and not torch.cuda.is_available():
+        raise RuntimeError(f"--refit-method {cfg.method} needs CUDA GPUs; use --refit-method gloo on CPU")
+    device = torch.device("cuda", env.local_rank % torch.cuda.device_count()) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    backend = "nccl" if cfg.method == "nccl" else "gloo"
+    timeout = datetime.timedelta(seconds=float(os.environ.get("REFITCTL_TIMEOUT", "60")))
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = env.master_addr, str(env.master_port)
+    kwargs: dict[str, Any] = {"device_id": device} if backend == "nccl" else {}
+    dist.init_process_group(backend, rank=env.rank, world_size=env.world_size, timeout=timeout,
+                            init_method=f"tcp://{env.master_addr}:{env.master_port}", **kwargs)
+    plan = plan_transfers(cfg.inventory(), cfg.world())
+    world = plan.world
+    active = list(range(world.gpus_used))
+    group = dist.new_group(active) if len(active) < env.world_size else dist.group.WORLD
+    path = rank_path(run_path, env.rank)
+    record: dict[str, Any] = {"rank": env.rank, "role": world.role(env.rank), "iterations": [],
+                              "verified": False, "complete": False, "error": None}
+    try:
+        if env.rank in active:
+            record = run_rank(cfg, env.rank, env.world_size, device, group,
+                              lambda r: write_json_atomic(path, r), plan=plan)
+        else:
+            record.update(verified=True, complete=True)  # idle: waits, builds nothing
+            write_json_atomic(path, record)
+        _world_barrier(backend, device)
+        if env.rank == 0:
+            summary = aggregate(run_path, active, plan.delivered_bytes)
+            write_json_atomic(run_path / "results.json", summary)
+        return record
+    except BaseException as e:
+        record["error"] = record.get("error") or f"{e.__class__.__name__}: {e}"
+        record["traceback"] = traceback.format_exc()
+        write_json_atomic(path, record)
+        raise
+    finally:
+        try:
+            dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 - best effort on the way out
+            pass
+
+
+def _world_barrier(backend: str, device: Any) -> None:
+    import torch.distributed as dist
+
+    if backend == "nccl":
+        dist.barrier(device_ids=[device.index])
+    else:
+        dist.barrier()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m jobs.refit_job RUN_DIR", file=sys.stderr)
+        return 2
+    rec = run(args[0])
+    return 0 if rec.get("verified") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Run a plan on this rank: fill sources, then per iteration poison, refit, verify, record.
+
+The process group exists already (jobs/ creates it); this module only uses it for barriers and
+hands it to the transport. Verification runs after every iteration and is not timed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+
+from refit_core.config import RunConfig
+from refit_core.errors import ConfigError, VerificationError
+from refit_core.plan import Plan, plan_transfers
+from refit_core.storage import Storage, rank_storage
+from refit_core.transports.base import RankContext, Transport
+from refit_core import weights
+
+
+@dataclass
+class IterationRecord:
+    iteration: int
+    warmup: bool
+    time_ms: float
+    bytes_in: int
+    bytes_out: int
+    bytes_local: int
+    phases_ms: dict[str, float] = field(default_factory=dict)
+    launches: int = 0
+    verified: bool = True
+
+
+def make_transport(method: str) -> Transport:
+    if method in ("nccl", "gloo"):
+        from refit_core.transports.staged import StagedTransport
+
+        return StagedTransport(method)
+    if method == "nvshmem":
+        from refit_core.transports.nvshmem import NvshmemTransport
+
+        return NvshmemTransport()
+    raise ConfigError(f"unknown refit method {method!r}: use nccl, nvshmem or gloo")
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A test-only fault, from REFITCTL_FAULT='KIND:rank=R:iteration=K' (KIND: corrupt, raise, kill, hang)."""
+
+    kind: str
+    rank: int
+    iteration: int
+
+    @classmethod
+    def from_env(cls) -> "Fault | None":
+        text = os.environ.get("REFITCTL_FAULT")
+        if not text:
+            return None
+        kind, *kv = text.split(":")
+        opts = dict(x.split("=", 1) for x in kv)
+        return cls(kind, int(opts.get("rank", 0)), int(opts.get("iteration", 0)))
+
+
+def run_rank(cfg: RunConfig, rank: int, world_size: int, device: torch.device,
+             active_group: object, on_record: Callable[[dict[str, Any]], None],
+             plan: Plan | None = None) -> dict[str, Any]:
+    """Execute warm-up + timed iterations on this (active) rank; returns its record."""
+    plan = plan or plan_transfers(cfg.inventory(), cfg.world())
+    world = plan.world
+    inv = plan.inventory
+    src_local = world.source.local(rank)
+    dst_local = world.destination.local(rank)
+    ctx = RankContext(
+        config=cfg, plan=plan, rank=rank, world_size=world_size, device=device,
+        rank_plan=plan.for_rank(rank),
+        source=rank_storage(inv, world.source.layout, src_local) if src_local is not None else None,
+        destination=rank_storage(inv, world.destination.layout, dst_local) if dst_local is not None else None,
+        active_group=active_group,
+    )
+    traffic = plan.per_rank[rank]
+    record: dict[str, Any] = {
+        "rank": rank, "role": world.role(rank), "host": socket.gethostname(), "device": _device_name(device),
+        "method": cfg.method, "iterations": [], "verified": False, "complete": False, "error": None,
+        "source_bytes": ctx.source.nbytes if ctx.source else 0,
+        "destination_bytes": ctx.destination.nbytes if ctx.destination else 0,
+    }
+    fault = Fault.from_env()
+    transport = make_transport(cfg.method)
+    transport.prepare(ctx)
+    record["extra_bytes"] = transport.extra_bytes
+    if ctx.source is not None:
+        weights.fill(transport.src_buf, ctx.source, inv)
+    total = cfg.warmup + cfg.iterations
+    try:
+        for k in range(total):
+            if transport.dst_buf is not None:
+                weights.poison(transport.dst_buf)
+            _sync(device)
+            _barrier(active_group, device, cfg.method)
+            if fault and fault.rank == rank and fault.iteration == k:
+                _inject_before(fault)
+            stats = transport.iteration()
+            if fault and fault.rank == rank and fault.iteration == k and fault.kind == "corrupt" \
+                    and transport.dst_buf is not None:
+                _corrupt(transport.dst_buf, ctx.destination)
+            if ctx.destination is not None:
+                weights.verify(transport.dst_buf, ctx.destination, inv, rank)
+            rec = IterationRecord(k - cfg.warmup if k >= cfg.warmup else -(cfg.warmup - k), k < cfg.warmup,
+                                  stats.time_ms, traffic.bytes_in, traffic.bytes_out, traffic.bytes_local,
+                                  stats.phases_ms, stats.launches)
+            record["iterations"].append(asdict(rec))
+            on_record(record)
+        record["verified"] = True
+        record["complete"] = True
+    except VerificationError as e:
+        record["error"] = str(e)
+        on_record(record)
+        raise
+    finally:
+        transport.close()
+    on_record(record)
+    return record
+
+
+def _inject_before(fault: Fault) -> None:
+    if fault.kind == "raise":
+        raise RuntimeError(f"injected fault: rank {fault.rank} raised at iteration {fault.iteration}")
+    if fault.kind == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if fault.kind == "hang":
+        time.sleep(3600)
+
+
+def _corrupt(buf: torch.Tensor, storage: "Storage") -> None:
+    """Flip one bit of one element in the middle shard (test-only fault injection)."""
+    slot = storage.slots[len(storage.slots) // 2]
+    i = slot.offset + (slot.nbytes // 2 // slot.itemsize) * slot.itemsize + slot.itemsize - 1
+    buf[i: i + 1].bitwise_xor_(0x01)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _barrier(group: object, device: torch.device, method: str) -> None:
+    if not dist.is_initialized():
+        return
+    if device.type == "cuda" and dist.get_backend(group) == "nccl":
+        dist.barrier(group=group, device_ids=[device.index])
+    else:
+        dist.barrier(group=group)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "cpu"

@@ -1,0 +1,74 @@
+"""Run results as plain JSON: per-rank records written by each rank, and their aggregate.
+
+Each rank rewrites `ranks/rank-NNNNN.json` atomically (write, then rename) after every iteration,
+so a job killed after k iterations still has k. `aggregate()` folds them into one summary: an
+iteration's time is the slowest rank's; delivered bytes count every destination byte once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from pathlib import Path
+from typing import Any
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def rank_path(run_dir: Path, rank: int) -> Path:
+    return run_dir / "ranks" / f"rank-{rank:05d}.json"
+
+
+def read_rank_records(run_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """All readable rank records, and a note per unreadable (corrupt, truncated) file."""
+    records, problems = [], []
+    for p in sorted((run_dir / "ranks").glob("rank-*.json")):
+        try:
+            records.append(json.loads(p.read_text()))
+        except (json.JSONDecodeError, OSError, UnicodeDecodeError) as e:
+            problems.append(f"{p.name}: unreadable ({e.__class__.__name__})")
+    return records, problems
+
+
+def aggregate(run_dir: Path, expected_ranks: list[int], delivered_bytes: int) -> dict[str, Any]:
+    """Summary of a run from its rank records: per-iteration time (max over ranks), median, GB/s."""
+    records, problems = read_rank_records(run_dir)
+    by_rank = {r["rank"]: r for r in records}
+    missing = [r for r in expected_ranks if r not in by_rank]
+    errors = {str(r["rank"]): r["error"] for r in records if r.get("error")}
+    n_iter = min((len(by_rank[r]["iterations"]) for r in expected_ranks if r in by_rank), default=0)
+    iterations = []
+    for k in range(n_iter):
+        its = [by_rank[r]["iterations"][k] for r in expected_ranks]
+        t = max(i["time_ms"] for i in its)
+        slowest = max(its, key=lambda i: i["time_ms"])
+        iterations.append({
+            "iteration": its[0]["iteration"], "warmup": its[0]["warmup"], "time_ms": t,
+            "GBps": delivered_bytes / (t * 1e6) if t > 0 else None,
+            "phases_ms": slowest.get("phases_ms", {}), "launches": max(i.get("launches", 0) for i in its),
+        })
+    timed = [i["time_ms"] for i in iterations if not i["warmup"]]
+    verified = bool(expected_ranks) and not missing and not errors and not problems and \
+        all(by_rank[r].get("verified") for r in expected_ranks)
+    out: dict[str, Any] = {
+        "iterations": iterations,
+        "timed_iterations": len(timed),
+        "warmup_ms": [i["time_ms"] for i in iterations if i["warmup"]],
+        "median_ms": statistics.median(timed) if timed else None,
+        "min_ms": min(timed) if timed else None,
+        "delivered_bytes": delivered_bytes,
+        "verified": verified,
+        "complete": verified and all(by_rank[r].get("complete") for r in expected_ranks),
+        "missing_ranks": missing,
+        "errors": errors,
+        "problems": problems,
+        "extra_bytes_max": max((r.get("extra_bytes", 0) for r in records), default=0),
+    }
+    out["GBps"] = delivered_bytes / (out["median_ms"] * 1e6) if out["median_ms"] else None
+    return out

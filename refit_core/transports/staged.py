@@ -1,0 +1,165 @@
+"""Two-sided refit through torch.distributed point-to-point (NCCL on GPUs, gloo on CPU).
+
+Per round: pack every peer's chunk into a staging buffer (one kernel on GPU), exchange all chunks
+with one batched isend/irecv, unpack (one kernel). Two staging sets alternate so that round k+1
+is packed while round k is in flight; the chunk size keeps both sets within the bucket size.
+Slices the rank already holds are copied locally, first.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.distributed as dist
+
+from refit_core.blocks import Block, Chunk, RankBlocks, chunk_bytes_for, rank_blocks
+from refit_core.transports.base import IterationStats, RankContext, allocate
+from refit_core.transports.copy import CudaBlockCopy, absolute, copy_blocks_torch, cuda_copy_available
+
+
+class _Step:
+    """One copy step (local, a round's pack or unpack) bound to its buffers."""
+
+    def __init__(self, blocks: list[Block], src: torch.Tensor, dst: torch.Tensor, cuda: bool) -> None:
+        self.blocks, self.src, self.dst = blocks, src, dst
+        self.kernel = CudaBlockCopy(absolute(blocks, src.data_ptr(), dst.data_ptr()), src.device) if cuda else None
+
+    def __call__(self) -> int:
+        if self.kernel is not None:
+            self.kernel()
+            return 1 if self.kernel.count else 0
+        copy_blocks_torch(self.blocks, self.src, self.dst)
+        return len(self.blocks)
+
+
+class StagedTransport:
+    """nccl / gloo: packed buckets exchanged with batched isend/irecv."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.src_buf: torch.Tensor | None = None
+        self.dst_buf: torch.Tensor | None = None
+        self.extra_bytes = 0
+
+    def prepare(self, ctx: RankContext) -> None:
+        self.ctx = ctx
+        dev = ctx.device
+        self.cuda = dev.type == "cuda" and cuda_copy_available()
+        self.src_buf = allocate(ctx.source.nbytes, dev) if ctx.source else None
+        self.dst_buf = allocate(ctx.destination.nbytes, dev) if ctx.destination else None
+        chunk = chunk_bytes_for(ctx.plan, ctx.config.bucket_bytes)
+        rb: RankBlocks = rank_blocks(ctx.plan, ctx.rank_plan, ctx.source, ctx.destination, chunk)
+        send_size = max((sum(c.nbytes for c in r) for r in rb.sends), default=0)
+        recv_size = max((sum(c.nbytes for c in r) for r in rb.recvs), default=0)
+        sets = 2 if rb.rounds > 1 else 1
+        self.stage_send = [allocate(send_size, dev) for _ in range(sets)]
+        self.stage_recv = [allocate(recv_size, dev) for _ in range(sets)]
+        self.extra_bytes = sets * (send_size + recv_size)
+        self.local = _Step(list(rb.local), self.src_buf, self.dst_buf, self.cuda) if rb.local else None
+        self.rounds = []
+        for k in range(rb.rounds):
+            s_stage, r_stage = self.stage_send[k % sets], self.stage_recv[k % sets]
+            pack, sends = self._lay_out(rb.sends[k], packed_is_dst=True)
+            unpack, recvs = self._lay_out(rb.recvs[k], packed_is_dst=False)
+            self.rounds.append((
+                _Step(pack, self.src_buf, s_stage, self.cuda) if pack else None,
+                [(peer, s_stage[o: o + n]) for peer, o, n in sends],
+                [(peer, r_stage[o: o + n]) for peer, o, n in recvs],
+                _Step(unpack, r_stage, self.dst_buf, self.cuda) if unpack else None,
+            ))
+        if self.cuda:
+            self.extra_bytes += sum(s.kernel.desc.numel() * 8 for r in self.rounds for s in (r[0], r[3])
+                                    if s is not None and s.kernel.desc is not None)
+
+    @staticmethod
+    def _lay_out(chunks: tuple[Chunk, ...], packed_is_dst: bool) -> tuple[list[Block], list[tuple[int, int, int]]]:
+        """Place a round's chunks one after another in the staging buffer."""
+        blocks: list[Block] = []
+        where: list[tuple[int, int, int]] = []
+        off = 0
+        for c in chunks:
+            for b in c.blocks:
+                blocks.append(b._replace(dst=b.dst + off) if packed_is_dst else b._replace(src=b.src + off))
+            where.append((c.peer, off, c.nbytes))
+            off += -(-c.nbytes // 256) * 256
+        return blocks, where
+
+    def iteration(self) -> IterationStats:
+        cuda = self.ctx.device.type == "cuda"
+        launches = 0
+        clock = _Clock(cuda)
+        clock.mark()
+        if self.local is not None:
+            launches += self.local()
+            clock.lap("local")
+        pending = None
+        for k, (pack, sends, recvs, unpack) in enumerate(self.rounds):
+            if pack is not None:
+                launches += pack()
+            clock.lap("pack")
+            ops = [dist.P2POp(dist.isend, buf, peer) for peer, buf in sends] + \
+                  [dist.P2POp(dist.irecv, buf, peer) for peer, buf in recvs]
+            works = dist.batch_isend_irecv(ops) if ops else []
+            launches += 1 if ops else 0
+            if pending is not None:
+                launches += self._finish(pending, clock)
+            pending = (works, unpack)
+        if pending is not None:
+            launches += self._finish(pending, clock)
+        total = clock.total()
+        return IterationStats(total, clock.phase_totals(), launches)
+
+    @staticmethod
+    def _finish(pending: tuple[list, "_Step | None"], clock: "_Clock") -> int:
+        works, unpack = pending
+        for w in works:
+            w.wait()
+        clock.lap("transfer")
+        n = unpack() if unpack is not None else 0
+        clock.lap("unpack")
+        return n
+
+    def close(self) -> None:
+        self.rounds = []
+        self.src_buf = self.dst_buf = None
+
+
+class _Clock:
+    """Phase timing: CUDA events on GPU (read after the iteration), perf_counter on CPU."""
+
+    def __init__(self, cuda: bool) -> None:
+        self.cuda = cuda
+        self.marks: list[tuple[str | None, object]] = []
+
+    def _now(self) -> object:
+        if self.cuda:
+            e = torch.cuda.Event(enable_timing=True)
+            e.record()
+            return e
+        return time.perf_counter()
+
+    def mark(self) -> None:
+        self.marks.append((None, self._now()))
+
+    def lap(self, name: str) -> None:
+        self.marks.append((name, self._now()))
+
+    def total(self) -> float:
+        """Total ms from the first mark to now; fills phases (summed) on the way."""
+        self.mark()
+        if self.cuda:
+            self.marks[-1][1].synchronize()  # type: ignore[union-attr]
+        return self._ms(self.marks[0][1], self.marks[-1][1])
+
+    def _ms(self, a: object, b: object) -> float:
+        if self.cuda:
+            return a.elapsed_time(b)  # type: ignore[union-attr]
+        return (b - a) * 1e3  # type: ignore[operator]
+
+    def phase_totals(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for (_, a), (name, b) in zip(self.marks, self.marks[1:]):
+            if name:
+                out[name] = out.get(name, 0.0) + self._ms(a, b)
+        return out
