@@ -19,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,11 @@ def run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     from refit_core.plan import plan_transfers
     from refit_core.results import aggregate, rank_path, write_json_atomic
 
+    t0 = time.monotonic()
+
+    def log(msg: str) -> None:
+        print(f"[rank {env.rank} +{time.monotonic() - t0:7.2f}s] {msg}", flush=True)
+
     for k, v in SAFE_ENV.items():
         os.environ.setdefault(k, v)
     run_path = Path(run_dir)
@@ -95,21 +101,29 @@ def run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"device_id": device} if backend == "nccl" else {}
     dist.init_process_group(backend, rank=env.rank, world_size=env.world_size, timeout=timeout,
                             init_method=f"tcp://{env.master_addr}:{env.master_port}", **kwargs)
+    log(f"process group ready: {backend}, rank {env.rank} of {env.world_size}, device {device}")
     plan = plan_transfers(cfg.inventory(), cfg.world())
     world = plan.world
     active = list(range(world.gpus_used))
     group = dist.new_group(active) if len(active) < env.world_size else dist.group.WORLD
+    # Setup (filling weights) and the idle ranks' wait last as long as the run: their own group,
+    # gloo, with a long timeout. A crashed peer still ends it at once (its connection closes).
+    slow = dist.new_group(backend="gloo", timeout=datetime.timedelta(hours=12))
+    slow_active = dist.new_group(active, backend="gloo", timeout=datetime.timedelta(hours=12)) \
+        if len(active) < env.world_size else slow
+    log(f"plan ready: {len(plan.transfers)} transfers; role {world.role(env.rank)}")
     path = rank_path(run_path, env.rank)
     record: dict[str, Any] = {"rank": env.rank, "role": world.role(env.rank), "iterations": [],
                               "verified": False, "complete": False, "error": None}
     try:
         if env.rank in active:
             record = run_rank(cfg, env.rank, env.world_size, device, group,
-                              lambda r: write_json_atomic(path, r), plan=plan)
+                              lambda r: write_json_atomic(path, r), plan=plan, setup_group=slow_active)
         else:
             record.update(verified=True, complete=True)  # idle: waits, builds nothing
             write_json_atomic(path, record)
-        _world_barrier(backend, device)
+        dist.barrier(group=slow)
+        log("all ranks done")
         if env.rank == 0:
             summary = aggregate(run_path, active, plan.delivered_bytes)
             write_json_atomic(run_path / "results.json", summary)
@@ -124,15 +138,6 @@ def run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
             dist.destroy_process_group()
         except Exception:  # noqa: BLE001 - best effort on the way out
             pass
-
-
-def _world_barrier(backend: str, device: Any) -> None:
-    import torch.distributed as dist
-
-    if backend == "nccl":
-        dist.barrier(device_ids=[device.index])
-    else:
-        dist.barrier()
 
 
 def main(argv: list[str] | None = None) -> int:

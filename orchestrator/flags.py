@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -49,6 +50,12 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--num-warmup-iterations", "run", "warmup", int, "untimed warm-up iterations (default 1)"),
     Flag("--refit-bucket-size", "run", "bucket_bytes", _size, "staging bucket per rank, e.g. 1GiB"),
     Flag("--gpus", "run", "gpus", int, "GPUs available (world size); default 8"),
+    Flag("--gpu-memory-gb", "run", "gpu_memory_gb", float, "memory per GPU in GiB (H100: 80, H200: 141); default 80"),
+    Flag("--gpus-per-node", "run", "gpus_per_node", int, "GPUs per node (time model); default 8"),
+    Flag("--intra-node-gbps", "run", "intra_node_gbps", float,
+         "intra-node (NVLink) GB/s per GPU per direction, bytes not bits; default 450"),
+    Flag("--inter-node-gbps", "run", "inter_node_gbps", float,
+         "inter-node (network) GB/s per GPU per direction, bytes not bits; default 50 (one 400 Gb/s NIC)"),
     Flag("--num-layers", "model", "num_layers", int),
     Flag("--hidden-size", "model", "hidden_size", int),
     Flag("--num-attention-heads", "model", "num_attention_heads", int),
@@ -119,8 +126,10 @@ def _convert(f: Flag, key: str, value: Any, where: str) -> Any:
     except (ValueError, TypeError, OverflowError):
         if f.kind is RefitMode:
             raise ConfigError(f"{where}: {f.flag} {value!r} is not one of non-collocated, collocated") from None
-        want = "an integer" if f.kind in (int, _size) else "a value"
+        want = "an integer" if f.kind in (int, _size) else "a number" if f.kind is float else "a value"
         raise ConfigError(f"{where}: {f.flag} {value!r} is not {want}") from None
+    if f.kind is float and not math.isfinite(out):
+        raise ConfigError(f"{where}: {f.flag} {value!r} is not a finite number")
     if f.kind is int and isinstance(value, float) and value != int(value):
         raise ConfigError(f"{where}: {f.flag} {value!r} is not an integer")
     if f.kind in (int, _size) and not (0 <= out < 1 << 48):

@@ -8,7 +8,9 @@ from rich.console import Console
 from rich.table import Table
 
 from refit_core.config import RunConfig
+from refit_core.memory import GIB, MemoryFit
 from refit_core.plan import Plan
+from refit_core.timemodel import TimePrediction, predict
 
 
 def human_bytes(n: float) -> str:
@@ -19,9 +21,21 @@ def human_bytes(n: float) -> str:
     return f"{n:.2f} TiB"
 
 
+def memory_json(fit: MemoryFit) -> dict[str, Any]:
+    b = fit.busiest
+    return {
+        "per_gpu_max_bytes": fit.max_bytes, "limit_bytes": fit.limit_bytes, "fits": fit.fits,
+        "headroom_bytes": fit.headroom_bytes,
+        "busiest": {"rank": b.rank, "role": b.role, "source_bytes": b.source_bytes,
+                    "destination_bytes": b.destination_bytes, "buffer_bytes": b.buffer_bytes},
+    }
+
+
 def plan_json(cfg: RunConfig, plan: Plan) -> dict[str, Any]:
     w = plan.world
     inv = plan.inventory
+    fit = cfg.memory_fit(inv, w)
+    pred = predict(plan, cfg.link_model())
     return {
         "config": cfg.name,
         "mode": w.mode.value,
@@ -41,10 +55,39 @@ def plan_json(cfg: RunConfig, plan: Plan) -> dict[str, Any]:
         "local_bytes": plan.local_bytes,
         "balance": {"max_source_bytes": plan.max_source_bytes, "bound_bytes": plan.balance_bound,
                     "ratio": plan.balance},
+        "predicted": pred.to_json(),
+        "memory": memory_json(fit),
         "pairs": [{"src": s, "dst": d, "bytes": b, "local": s == d} for (s, d), b in plan.pair_bytes.items()],
-        "per_rank": {str(r): {"bytes_in": v.bytes_in, "bytes_out": v.bytes_out, "bytes_local": v.bytes_local}
-                     for r, v in plan.per_rank.items()},
+        "per_rank": {str(r): {"bytes_in": v.bytes_in, "bytes_out": v.bytes_out, "bytes_local": v.bytes_local,
+                              "intra_node_in": g.intra_in, "intra_node_out": g.intra_out,
+                              "inter_node_in": g.inter_in, "inter_node_out": g.inter_out,
+                              "memory_bytes": m.total}
+                     for (r, v), g, m in zip(plan.per_rank.items(), pred.loads, fit.per_rank)},
     }
+
+
+def predicted_lines(pred: TimePrediction) -> list[str]:
+    """The time model's verdict: time and bound, the link model, and load against the even share."""
+    link, bal = pred.link, pred.balance
+    return [
+        f"Predicted refit time: {pred.time_s:.3f} s, lower bound {pred.bound_s:.3f} s "
+        f"(bottleneck: GPU {pred.bottleneck_rank}, {pred.bottleneck_link})",
+        f"Link model per GPU per direction: intra-node {link.intra_node_gbps:g} GB/s, inter-node "
+        f"{link.inter_node_gbps:g} GB/s, local copy {link.local_copy_gbps:g} GB/s; {link.gpus_per_node} GPUs/node",
+        f"Load vs even share: sources x{bal.out_ratio:.4f} (busiest {human_bytes(bal.max_out)} out), "
+        f"destinations x{bal.in_ratio:.4f} (busiest {human_bytes(bal.max_in)} in)",
+    ]
+
+
+def memory_lines(fit: MemoryFit) -> list[str]:
+    b = fit.busiest
+    verdict = (f"fits ({human_bytes(fit.headroom_bytes)} headroom)" if fit.fits
+               else f"[red]does not fit ({human_bytes(-fit.headroom_bytes)} over)[/]")
+    return [
+        f"Memory per GPU: at most {human_bytes(b.total)} of {fit.limit_bytes / GIB:g} GiB, {verdict}",
+        f"  busiest GPU {b.rank} ({b.role}): source shard {human_bytes(b.source_bytes)} + destination shard "
+        f"{human_bytes(b.destination_bytes)} + refit buffers {human_bytes(b.buffer_bytes)}",
+    ]
 
 
 def print_plan(console: Console, cfg: RunConfig, plan: Plan) -> None:
@@ -63,11 +106,16 @@ def print_plan(console: Console, cfg: RunConfig, plan: Plan) -> None:
         f"Balance: busiest source sends {human_bytes(plan.max_source_bytes)}, best possible "
         f"{human_bytes(plan.balance_bound)} (ratio {plan.balance:.4f})"
     )
+    fit = cfg.memory_fit(inv, w)
+    pred = predict(plan, cfg.link_model())
+    for line in (*memory_lines(fit), *predicted_lines(pred)):
+        console.print(line)
     t = Table(title="Per-rank bytes", show_lines=False)
-    for col in ("rank", "role", "in (network)", "out (network)", "local copy"):
+    for col in ("rank", "role", "in (network)", "out (network)", "local copy", "memory"):
         t.add_column(col, justify="right" if col != "role" else "left")
-    for r, v in plan.per_rank.items():
-        t.add_row(str(r), w.role(r), human_bytes(v.bytes_in), human_bytes(v.bytes_out), human_bytes(v.bytes_local))
+    for (r, v), m in zip(plan.per_rank.items(), fit.per_rank):
+        t.add_row(str(r), w.role(r), human_bytes(v.bytes_in), human_bytes(v.bytes_out), human_bytes(v.bytes_local),
+                  human_bytes(m.total))
     console.print(t)
     srcs = list(w.source.ranks)
     dsts = list(w.destination.ranks)

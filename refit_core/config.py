@@ -12,8 +12,10 @@ from typing import Any
 
 from refit_core.errors import ConfigError
 from refit_core.layout import ParallelLayout, RefitMode, WorldLayout, world_layout
+from refit_core.memory import GIB, MemoryFit, check_memory, memory_fit
 from refit_core.model import Inventory, ModelSpec, inventory
 from refit_core.sharding import check_divisible
+from refit_core.timemodel import LOCAL_COPY_GBPS, NETWORK_GBPS, NVLINK_GBPS, LinkModel
 
 METHODS = ("nccl", "nvshmem", "gloo")
 
@@ -32,6 +34,13 @@ class RunConfig:
     bucket_bytes: int = 1 << 30
     use_case: str = ""
     description: str = ""
+    gpu_memory_gb: float = 80.0
+    """Memory of one GPU in GiB as vendors quote it (H100: 80, H200: 141)."""
+    gpus_per_node: int = 8
+    intra_node_gbps: float = NVLINK_GBPS
+    """Intra-node (NVLink) bandwidth per GPU per direction, GB/s (bytes, not bits)."""
+    inter_node_gbps: float = NETWORK_GBPS
+    """Inter-node (network adapter) bandwidth per GPU per direction, GB/s (bytes, not bits)."""
 
     def validate(self) -> None:
         """Raise ConfigError for anything the seed says cannot work, before submission."""
@@ -51,16 +60,32 @@ class RunConfig:
                 )
             if not self.model.disable_bias_linear:
                 raise ConfigError("MoE refit needs --disable-bias-linear (the seed's requirement): add the flag")
-        world_layout(self.mode, self.source, self.destination, self.gpus)
+        if not self.gpu_memory_gb > 0:
+            raise ConfigError(f"--gpu-memory-gb must be > 0, got {self.gpu_memory_gb}")
+        if self.gpus_per_node < 1:
+            raise ConfigError(f"--gpus-per-node must be >= 1, got {self.gpus_per_node}")
+        for flag, value in (("--intra-node-gbps", self.intra_node_gbps), ("--inter-node-gbps", self.inter_node_gbps)):
+            if not value > 0:
+                raise ConfigError(f"{flag} must be > 0 (GB/s per GPU per direction), got {value}")
+        world = self.world()
         inv = self.inventory()
         check_divisible(self.model, inv, self.source, "source")
         check_divisible(self.model, inv, self.destination, "destination")
+        check_memory(self.memory_fit(inv, world), self.gpu_memory_gb)
 
     def world(self) -> WorldLayout:
         return world_layout(self.mode, self.source, self.destination, self.gpus)
 
     def inventory(self) -> Inventory:
         return inventory(self.model, (self.source.tp, self.destination.tp))
+
+    def memory_fit(self, inv: Inventory | None = None, world: WorldLayout | None = None) -> MemoryFit:
+        """Per-GPU bytes of this refit (source + destination shard + buckets) against --gpu-memory-gb."""
+        return memory_fit(inv or self.inventory(), world or self.world(), self.bucket_bytes,
+                          int(self.gpu_memory_gb * GIB))
+
+    def link_model(self) -> LinkModel:
+        return LinkModel(self.gpus_per_node, self.intra_node_gbps, self.inter_node_gbps, LOCAL_COPY_GBPS)
 
     def with_changes(self, **changes: Any) -> "RunConfig":
         return dataclasses.replace(self, **changes)

@@ -69,7 +69,7 @@ class Fault:
 
 def run_rank(cfg: RunConfig, rank: int, world_size: int, device: torch.device,
              active_group: object, on_record: Callable[[dict[str, Any]], None],
-             plan: Plan | None = None) -> dict[str, Any]:
+             plan: Plan | None = None, setup_group: object = None) -> dict[str, Any]:
     """Execute warm-up + timed iterations on this (active) rank; returns its record."""
     plan = plan or plan_transfers(cfg.inventory(), cfg.world())
     world = plan.world
@@ -91,12 +91,18 @@ def run_rank(cfg: RunConfig, rank: int, world_size: int, device: torch.device,
         "destination_bytes": ctx.destination.nbytes if ctx.destination else 0,
     }
     fault = Fault.from_env()
+    log = _Log(rank)
     transport = make_transport(cfg.method)
     transport.prepare(ctx)
     record["extra_bytes"] = transport.extra_bytes
+    log(f"{record['role']} on {record['device']}: {cfg.method} transport ready, "
+        f"{record['source_bytes'] + record['destination_bytes']} shard bytes, {transport.extra_bytes} extra bytes")
     if ctx.source is not None:
         weights.fill(transport.src_buf, ctx.source, inv)
+        log("source shards filled")
     total = cfg.warmup + cfg.iterations
+    if setup_group is not None and dist.is_initialized():
+        dist.barrier(group=setup_group)  # sources have filled; setup time is not refit time
     try:
         for k in range(total):
             if transport.dst_buf is not None:
@@ -111,6 +117,8 @@ def run_rank(cfg: RunConfig, rank: int, world_size: int, device: torch.device,
                 _corrupt(transport.dst_buf, ctx.destination)
             if ctx.destination is not None:
                 weights.verify(transport.dst_buf, ctx.destination, inv, rank)
+            log(f"iteration {k - cfg.warmup}{' (warm-up)' if k < cfg.warmup else ''}: {stats.time_ms:.3f} ms"
+                + (", verified" if ctx.destination is not None else ""))
             rec = IterationRecord(k - cfg.warmup if k >= cfg.warmup else -(cfg.warmup - k), k < cfg.warmup,
                                   stats.time_ms, traffic.bytes_in, traffic.bytes_out, traffic.bytes_local,
                                   stats.phases_ms, stats.launches)
@@ -126,6 +134,16 @@ def run_rank(cfg: RunConfig, rank: int, world_size: int, device: torch.device,
         transport.close()
     on_record(record)
     return record
+
+
+class _Log:
+    """Per-rank progress lines on stdout (they land in the rank's log), with seconds since start."""
+
+    def __init__(self, rank: int) -> None:
+        self.rank, self.t0 = rank, time.monotonic()
+
+    def __call__(self, msg: str) -> None:
+        print(f"[rank {self.rank} +{time.monotonic() - self.t0:7.2f}s] {msg}", flush=True)
 
 
 def _inject_before(fault: Fault) -> None:

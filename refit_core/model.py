@@ -270,9 +270,9 @@ def inventory(spec: ModelSpec, tp_sizes: tuple[int, ...] = (1,)) -> Inventory:
             if spec.moe_shared_expert_intermediate_size:
                 mlp(f"{p}mlp.shared_experts.", i, spec.moe_shared_expert_intermediate_size)
         else:
-            mlp(f"{p}mlp.", i, spec.ffn, fused_ln=not spec.multi_latent_attention)
-            if spec.multi_latent_attention:
-                norm(f"{p}pre_mlp_layernorm.", i)
+            # Dense layers fuse the pre-MLP norm into linear_fc1 in both attention kinds: Megatron's
+            # MLA layer spec has pre_mlp_layernorm=IdentityOp without experts, like the GQA one.
+            mlp(f"{p}mlp.", i, spec.ffn, fused_ln=True)
 
     norm("decoder.final_layernorm.", None, stage="last")
     if spec.untie_embeddings_and_output_weights:

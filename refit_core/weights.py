@@ -1,10 +1,12 @@
 """Deterministic weights: every element's value is a function of (parameter, global index).
 
 Sources fill their shards with it; destinations check theirs against it bitwise, with no
-reference copy and no communication. Values are integers in [-128, 127], exact in bf16, fp16
-and fp32, from a multiplicative hash of the global index, so a misplaced slice shows up as a
-wrong value (no short period for a shift to hide in). Poisoning uses NaN, which never compares
-equal, so an element nothing wrote cannot pass.
+reference copy and no communication. An element (r, c) of a 2-D parameter holds
+`(A[r] xor B[c]) - 128`, where A and B are multiplicative hashes of the parameter's id and the
+global row / column index: integers in [-128, 127], exact in bf16, fp16 and fp32. A misplaced
+row or column, or a slice of another parameter, shows up as wrong values (hashes have no period
+for a shift to hide in), and building a shard costs one byte-wide pass instead of a hash per
+element. Poisoning uses NaN, which never compares equal, so an element nothing wrote cannot pass.
 """
 
 from __future__ import annotations
@@ -24,27 +26,40 @@ def torch_dtype(name: str) -> torch.dtype:
     return _DTYPES[name]
 
 
-def _hash_values(gidx: torch.Tensor, param: int) -> torch.Tensor:
-    x = gidx * _M1 + (param + 1) * _M2
+def _hash8(idx: torch.Tensor, salt: int) -> torch.Tensor:
+    """A byte per index: multiplicative hash of (salt, index), as uint8."""
+    x = idx * _M1 + salt * _M2
     x = x ^ (x >> 15)
     x = x * _M3
     x = x ^ (x >> 13)
-    return ((x >> 7) & 0xFF) - 128
+    return ((x >> 7) & 0xFF).to(torch.uint8)
 
 
-def _global_index(p: ParamSpec, slot: Slot, device: torch.device, rows: slice | None = None) -> torch.Tensor:
-    """Global linear indices of the slot's local elements (row range `rows` of the local tensor)."""
-    d = p.split_dim
+def _global_axes(p: ParamSpec, slot: Slot, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Global row indices and (2-D) global column indices of the slot's local tensor."""
     along = torch.cat([torch.arange(pc.start, pc.stop, device=device, dtype=torch.int64) for pc in slot.pieces])
     if len(p.shape) == 1:
-        return along if rows is None else along[rows]
-    cols_global = p.shape[1]
-    if d == 0:
-        r = along if rows is None else along[rows]
-        return r[:, None] * cols_global + torch.arange(cols_global, device=device, dtype=torch.int64)[None, :]
-    r = torch.arange(p.shape[0], device=device, dtype=torch.int64)
-    r = r if rows is None else r[rows]
-    return r[:, None] * cols_global + along[None, :]
+        return along, None
+    if p.split_dim == 0:
+        return along, torch.arange(p.shape[1], device=device, dtype=torch.int64)
+    return torch.arange(p.shape[0], device=device, dtype=torch.int64), along
+
+
+def _expected(p: ParamSpec, param: int, rows_g: torch.Tensor, cols_g: torch.Tensor | None,
+              dtype: torch.dtype) -> torch.Tensor:
+    a = _hash8(rows_g, 2 * param + 1)
+    if cols_g is None:
+        v = a
+    else:
+        v = a[:, None] ^ _hash8(cols_g, 2 * param + 2)[None, :]
+    return (v.to(torch.int16) - 128).to(dtype)
+
+
+def expected_values(p: ParamSpec, param: int, global_index: tuple[int, ...]) -> float:
+    """The value of one element (for messages and tests)."""
+    r = torch.tensor([global_index[0]])
+    c = torch.tensor([global_index[1]]) if len(global_index) > 1 else None
+    return float(_expected(p, param, r, c, torch.float32).reshape(-1)[0])
 
 
 def param_view(buf: torch.Tensor, slot: Slot, dtype: str) -> torch.Tensor:
@@ -64,8 +79,9 @@ def fill(buf: torch.Tensor, storage: Storage, inv: Inventory) -> None:
     for slot in storage.slots:
         p = inv.params[slot.param]
         view = param_view(buf, slot, p.dtype)
+        rows_g, cols_g = _global_axes(p, slot, buf.device)
         for rows in _row_steps(p, slot):
-            view[rows] = _hash_values(_global_index(p, slot, buf.device, rows), slot.param).to(view.dtype)
+            view[rows] = _expected(p, slot.param, rows_g[rows], cols_g, view.dtype)
 
 
 def poison(buf: torch.Tensor) -> None:
@@ -78,26 +94,19 @@ def verify(buf: torch.Tensor, storage: Storage, inv: Inventory, rank: int) -> No
     for slot in storage.slots:
         p = inv.params[slot.param]
         view = param_view(buf, slot, p.dtype)
+        rows_g, cols_g = _global_axes(p, slot, buf.device)
         for rows in _row_steps(p, slot):
             got = view[rows]
-            gidx = _global_index(p, slot, buf.device, rows)
-            want = _hash_values(gidx, slot.param).to(got.dtype)
-            # bitwise comparison: NaN poison never equals, -0/+0 cannot arise from integers
-            bad = got.view(torch.int16 if got.element_size() == 2 else torch.int32) != \
-                want.view(torch.int16 if want.element_size() == 2 else torch.int32)
-            if bool(bad.any()):
+            want = _expected(p, slot.param, rows_g[rows], cols_g, got.dtype)
+            # bitwise: NaN poison never equals; integers never give -0
+            ibits = torch.int16 if got.element_size() == 2 else torch.int32
+            if not torch.equal(got.view(ibits), want.view(ibits)):
+                bad = got.view(ibits) != want.view(ibits)
                 flat = int(torch.nonzero(bad.reshape(-1))[0])
-                g = int(gidx.reshape(-1)[flat])
-                idx = tuple(int(i) for i in _unravel(g, p.shape))
+                ncols = 1 if cols_g is None else cols_g.numel()
+                r, c = divmod(flat, ncols)
+                idx = (int(rows_g[rows][r]),) if cols_g is None else (int(rows_g[rows][r]), int(cols_g[c]))
                 raise VerificationError(
                     f"rank {rank}: {p.name} wrong at global index {idx}: got {float(got.reshape(-1)[flat])}, "
                     f"want {float(want.reshape(-1)[flat])}"
                 )
-
-
-def _unravel(g: int, shape: tuple[int, ...]) -> list[int]:
-    out = []
-    for s in reversed(shape):
-        out.append(g % s)
-        g //= s
-    return list(reversed(out))

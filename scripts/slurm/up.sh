@@ -132,6 +132,17 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # ---------------------------------------------------------------- dirs, hosts
+# A cluster still running from another REFITCTL_SLURM_DIR holds the same ports.
+if [ -f "$CONF_DIR/slurm.conf" ] && grep -q 'refitctl scripts/slurm/up.sh' "$CONF_DIR/slurm.conf"; then
+    old_dir=$(sed -n 's/^StateSaveLocation=\(.*\)\/state$/\1/p' "$CONF_DIR/slurm.conf")
+    if [ -n "$old_dir" ] && [ "$old_dir" != "$DIR" ]; then
+        for f in "$old_dir"/run/*.pid "$old_dir/mariadb/mariadbd.pid"; do
+            if pid_alive "$f"; then
+                fail "a cluster from REFITCTL_SLURM_DIR=$old_dir is still running; stop it first: REFITCTL_SLURM_DIR=$old_dir bash scripts/slurm/down.sh"
+            fi
+        done
+    fi
+fi
 mkdir -p "$DIR" "$RUN" "$LOG" "$DIR/state" "$DIR/dev" "$MDB"
 chmod 755 "$DIR"
 touch "$DIR/.refitctl-slurm"    # marker: down.sh --purge only deletes a dir that has it
@@ -369,7 +380,7 @@ nodes_usable() {
     local n s
     for n in "${NODES[@]}"; do
         s=$(node_state "$n")
-        [[ "$s" =~ ^(idle|mix|alloc|comp)$ ]] || return 1
+        [[ "$s" =~ ^(idle|mix|alloc|comp|plnd)$ ]] || return 1
     done
 }
 end=$(( $(date +%s) + WAIT_S ))
