@@ -13,6 +13,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from refit_core.config import RunConfig
 
 
 def free_port() -> int:
@@ -54,3 +58,15 @@ def launch(run_dir: Path, world_size: int, timeout_s: float = 600, grace_s: floa
     for _, log in procs:
         log.close()
     return [p.returncode for p, _ in procs]
+
+
+def run_locally(cfg: "RunConfig", run_dir: Path, timeout_s: float = 600, grace_s: float = 90,
+                extra_env: dict[str, str] | None = None) -> tuple[list[int], dict | None]:
+    """Write the run directory for `cfg`, run all its ranks here; (exit codes, results.json or None)."""
+    import json
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(cfg.to_json(), indent=1))
+    codes = launch(run_dir, cfg.gpus, timeout_s=timeout_s, grace_s=grace_s, extra_env=extra_env)
+    res = run_dir / "results.json"
+    return codes, (json.loads(res.read_text()) if res.exists() else None)

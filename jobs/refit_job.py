@@ -129,6 +129,11 @@ def run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
             write_json_atomic(run_path / "results.json", summary)
         return record
     except BaseException as e:
+        if path.exists():  # keep the iterations this rank already recorded
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                pass
         record["error"] = record.get("error") or f"{e.__class__.__name__}: {e}"
         record["traceback"] = traceback.format_exc()
         write_json_atomic(path, record)

@@ -66,7 +66,8 @@ KIMI_K2_CONFIGS: tuple[RunConfig, ...] = (
         name="kimi-k2",
         model=KIMI_K2_MODEL,
         # Training: Megatron-Bridge's Kimi K2 recipe runs TP=2 and EP=32; weights alone fit at
-        # EP=32 (71 GiB per GPU) without the recipe's PP, which 61 layers cannot split evenly.
+        # EP=32 (71 GiB per GPU) without the recipe's PP, which 61 layers cannot split evenly
+        # under the even-split rule (docs/kimi-k2.md, "Pipeline parallelism").
         source=ParallelLayout(tp=2, ep=32),
         # Inference: data-parallel attention (TP=1) with each expert on exactly one of 64 GPUs.
         destination=ParallelLayout(tp=1, ep=64),
@@ -85,7 +86,7 @@ KIMI_K2_CONFIGS: tuple[RunConfig, ...] = (
         mode=RefitMode.COLLOCATED,
         method="nccl",
         gpus=128,
-        # Both copies share each GPU (41.5 + 36.6 GiB): 256 MiB buckets keep it under 80 GiB.
+        # Both copies share each GPU (41.5 + 36.6 GiB); 256 MiB of staging leaves 1.7 GiB of 80.
         bucket_bytes=256 << 20,
         use_case="Kimi K2 multi-node, TP<->EP swap on shared GPUs",
         description=f"Kimi K2 1T refit on {_NODES}, both models on every GPU: training TP=2, EP=64 "

@@ -71,7 +71,7 @@ class RunConfig:
         inv = self.inventory()
         check_divisible(self.model, inv, self.source, "source")
         check_divisible(self.model, inv, self.destination, "destination")
-        check_memory(self.memory_fit(inv, world), self.gpu_memory_gb)
+        check_memory(self.memory_fit(inv, world), self.gpu_memory_gb, self.method)
 
     def world(self) -> WorldLayout:
         return world_layout(self.mode, self.source, self.destination, self.gpus)
@@ -80,8 +80,8 @@ class RunConfig:
         return inventory(self.model, (self.source.tp, self.destination.tp))
 
     def memory_fit(self, inv: Inventory | None = None, world: WorldLayout | None = None) -> MemoryFit:
-        """Per-GPU bytes of this refit (source + destination shard + buckets) against --gpu-memory-gb."""
-        return memory_fit(inv or self.inventory(), world or self.world(), self.bucket_bytes,
+        """Per-GPU bytes of this refit (shards + the transport's buffers) against --gpu-memory-gb."""
+        return memory_fit(inv or self.inventory(), world or self.world(), self.method, self.bucket_bytes,
                           int(self.gpu_memory_gb * GIB))
 
     def link_model(self) -> LinkModel:

@@ -126,8 +126,8 @@ def run_rank(cfg: RunConfig, rank: int, world_size: int, device: torch.device,
             on_record(record)
         record["verified"] = True
         record["complete"] = True
-    except VerificationError as e:
-        record["error"] = str(e)
+    except BaseException as e:
+        record["error"] = f"{e.__class__.__name__}: {e}"
         on_record(record)
         raise
     finally:

@@ -1,12 +1,20 @@
 """Does the refit fit in GPU memory: per GPU, the source shard, the destination shard and the buffers.
 
 A GPU holds what its role gives it: a source rank its shard of the training layout, a destination
-rank its shard of the inference layout (a collocated GPU both), plus one staging bucket of
-`bucket_bytes` per role (a send bucket as a source, a receive bucket as a destination). Shard sizes
-come from `sharding.shard_groups`, the one function that says which slice each rank holds, so the
-memory figure and the transfer plan can never disagree. Weights only: optimizer state, activations,
-KV cache, the CUDA context and the communication libraries' own buffers are not counted, so a config
-that fits here is necessary, not sufficient.
+rank its shard of the inference layout (a collocated GPU both), each laid out as
+`storage.rank_storage` lays it (every tensor 256-byte aligned). On top of the shards, what the
+transport allocates:
+
+- nccl / gloo (transports/staged.py): packed staging buffers, two alternating sets whose chunk
+  size keeps them within `bucket_bytes` per rank; counted as `bucket_bytes` on every active GPU.
+- nvshmem (transports/nvshmem.py): the shards live in one symmetric buffer, which NVSHMEM sizes
+  alike on every PE: the largest active rank's source + destination shards, plus the 512 MiB the
+  transport adds to NVSHMEM_SYMMETRIC_SIZE. A GPU's buffer bytes are that size minus its own shards.
+
+Shard sizes come from `sharding.shard_groups`, the one function that says which slice each rank
+holds, so the memory figure and the transfer plan cannot disagree. Weights only: optimizer state,
+activations, KV cache, the CUDA context and NCCL's own buffers are not counted, so a config that
+fits here is necessary, not sufficient.
 """
 
 from __future__ import annotations
@@ -17,8 +25,11 @@ from refit_core.errors import ConfigError
 from refit_core.layout import ParallelLayout, WorldLayout
 from refit_core.model import Inventory
 from refit_core.sharding import shard_groups
+from refit_core.storage import ALIGN
 
 GIB = 1 << 30
+NVSHMEM_RESERVE_BYTES = 512 << 20
+"""Added to the symmetric buffer's size in NVSHMEM_SYMMETRIC_SIZE by transports/nvshmem.py."""
 
 
 @dataclass(frozen=True)
@@ -45,7 +56,7 @@ class MemoryFit:
 
     @property
     def busiest(self) -> RankMemory:
-        return max(self.per_rank, key=lambda m: (m.total, -m.rank))
+        return max(self.per_rank, key=lambda m: (m.total, m.source_bytes + m.destination_bytes, -m.rank))
 
     @property
     def max_bytes(self) -> int:
@@ -62,56 +73,59 @@ class MemoryFit:
 
 
 def shard_bytes(inv: Inventory, layout: ParallelLayout) -> list[int]:
-    """Bytes each local rank of `layout` holds of `inv` (index = local rank)."""
+    """Bytes of each local rank's shard buffer in `layout` (index = local rank), tensors aligned."""
     spec = inv.spec
     held = [0] * layout.size
     for p in inv.params:
         unit = p.nbytes // p.shape[p.split_dim]
         for g in shard_groups(p, layout, spec.num_layers, spec.num_experts):
-            b = sum(pc.length for pc in g.pieces) * unit
+            b = -(-sum(pc.length for pc in g.pieces) * unit // ALIGN) * ALIGN
             for h in g.holders:
                 held[h] += b
     return held
 
 
-def memory_fit(inv: Inventory, world: WorldLayout, bucket_bytes: int, limit_bytes: int) -> MemoryFit:
-    """Per-GPU bytes of a refit of `inv` on `world`, against `limit_bytes` per GPU."""
+def memory_fit(inv: Inventory, world: WorldLayout, method: str, bucket_bytes: int, limit_bytes: int) -> MemoryFit:
+    """Per-GPU bytes of a refit of `inv` on `world` by `method`, against `limit_bytes` per GPU."""
     src = shard_bytes(inv, world.source.layout)
     dst = shard_bytes(inv, world.destination.layout)
-    out = []
+    shards = []
     for r in range(world.world_size):
         sl, dl = world.source.local(r), world.destination.local(r)
-        roles = (sl is not None) + (dl is not None)
-        out.append(RankMemory(
-            rank=r, role=world.role(r),
-            source_bytes=src[sl] if sl is not None else 0,
-            destination_bytes=dst[dl] if dl is not None else 0,
-            buffer_bytes=roles * bucket_bytes,
-        ))
-    return MemoryFit(tuple(out), limit_bytes)
+        shards.append((src[sl] if sl is not None else 0, dst[dl] if dl is not None else 0))
+    active = range(world.gpus_used)
+    if method == "nvshmem":
+        heap = max(-(-s // ALIGN) * ALIGN + d for s, d in (shards[r] for r in active)) + NVSHMEM_RESERVE_BYTES
+        buffers = [heap - s - d for s, d in shards]
+    else:
+        buffers = [bucket_bytes] * len(shards)
+    out = tuple(
+        RankMemory(r, world.role(r), s, d, buffers[r] if r in active else 0)
+        for r, (s, d) in enumerate(shards)
+    )
+    return MemoryFit(out, limit_bytes)
 
 
-def check_memory(fit: MemoryFit, gpu_memory_gb: float) -> None:
+def check_memory(fit: MemoryFit, gpu_memory_gb: float, method: str) -> None:
     """Raise a one-line ConfigError saying how far over the busiest GPU is and what to change."""
     if fit.fits:
         return
     m = fit.busiest
     over = -fit.headroom_bytes
     if m.source_bytes >= m.destination_bytes:
-        ep_flag = "--expert-model-parallel-size or --pipeline-model-parallel-size"
+        more = "--expert-model-parallel-size (or --pipeline-model-parallel-size)"
     else:
-        ep_flag = "--rl-inference-expert-model-parallel-size"
-    fixes = [f"use more GPUs with a larger {ep_flag} (fewer experts per GPU)"]
-    if m.buffer_bytes >= over:
-        fixes.append("or a smaller --refit-bucket-size")
-    else:
-        fixes.append("a smaller --refit-bucket-size saves at most " + _gib(m.buffer_bytes))
+        more = "--rl-inference-expert-model-parallel-size"
+    fix = f"use more GPUs with a larger {more} so each GPU holds fewer experts"
+    if method != "nvshmem":
+        fix += (", or a smaller --refit-bucket-size" if m.buffer_bytes > over
+                else f" (a smaller --refit-bucket-size saves at most {_gib(m.buffer_bytes)})")
     raise ConfigError(
         f"GPU {m.rank} ({m.role}) needs {_gib(m.total)} (source shard {_gib(m.source_bytes)} + destination shard "
-        f"{_gib(m.destination_bytes)} + refit buffers {_gib(m.buffer_bytes)}) but --gpu-memory-gb is "
-        f"{gpu_memory_gb:g} GiB: {_gib(over)} over; " + ", ".join(fixes)
+        f"{_gib(m.destination_bytes)} + {method} buffers {_gib(m.buffer_bytes)}) but --gpu-memory-gb is "
+        f"{gpu_memory_gb:g} GiB: {_gib(over)} over; {fix}"
     )
 
 
 def _gib(n: int) -> str:
-    return f"{n / GIB:.1f} GiB"
+    return f"{n / GIB:.2f} GiB"

@@ -89,6 +89,8 @@ def tp_pieces(param: ParamSpec, tp: int, tp_rank: int) -> tuple[Piece, ...]:
         return (Piece(0, n, 0),)
     block = n // param.tp_blocks
     chunk = block // tp
+    if tp == 1:  # the blocks are adjacent both globally and locally: one piece
+        return (Piece(0, n, 0),)
     return tuple(Piece(b * block + tp_rank * chunk, chunk, b * chunk) for b in range(param.tp_blocks))
 
 

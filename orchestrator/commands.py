@@ -1,0 +1,333 @@
+"""`refitctl submit / status / results / cancel / runs` (and, through imports, `sweep` and `render`).
+
+submit: config -> RunSpec (validated, layout printed) -> run directory -> executor -> live status
+-> final table; exit code 0 only when the run verified. Ctrl-C detaches: the job keeps running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from orchestrator import executor
+from orchestrator.cli import add_config_args, command, resolve_config, wide_console
+from orchestrator.jobstate import cancel
+from orchestrator.liveview import (comparison_view, method_label, results_view, run_view, state_style,
+                                   status_line, sweep_table, watch)
+from orchestrator.planview import human_bytes
+from orchestrator.rundir import (find_run, is_sweep, iterations_csv, list_runs, load_run, stamp, unique_dir,
+                                 update_run, write_run)
+from orchestrator.runspec import CLUSTERS, DEFAULT_TIME, ClusterOptions, RunSpec, make_spec, parse_env
+from orchestrator.tracking import Snapshot, snapshot
+from refit_core.errors import ConfigError
+from refit_core.plan import Plan, plan_transfers
+
+# Defaults a site can set once, in the environment, instead of on every command.
+ENV_DEFAULTS = {"cluster": "REFITCTL_CLUSTER", "partition": "REFITCTL_PARTITION", "account": "REFITCTL_ACCOUNT",
+                "qos": "REFITCTL_QOS", "time": "REFITCTL_TIME"}
+_OPTION_KEYS = ("cluster", "nodes", "tasks_per_node", "cpus_per_task", "request_gpus", "partition", "account", "qos",
+                "time", "exclusive", "job_name", "sbatch_args", "srun_args", "env")
+
+
+# ----------------------------------------------------------------------------- shared arguments
+
+def add_cluster_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("where and how to run (SLURM options apply with --cluster slurm; "
+                             "--gpus-per-node, a seed flag, also sets the GPUs requested per node)")
+    g.add_argument("--cluster", choices=CLUSTERS, default=None,
+                   help="auto: SLURM if sbatch is found and SLURM answers, else local processes (default; "
+                        "env REFITCTL_CLUSTER)")
+    g.add_argument("--nodes", type=int, help="nodes (default: world size / tasks per node)")
+    g.add_argument("--tasks-per-node", type=int, help="tasks per node (default: min(world size, GPUs per node))")
+    g.add_argument("--cpus-per-task", type=int, help="CPUs per task (sets OMP_NUM_THREADS too)")
+    g.add_argument("--no-gpu-request", dest="request_gpus", action="store_false", default=None,
+                   help="do not request GPUs from SLURM (CPU-only nodes; GPU methods then fall back to gloo)")
+    g.add_argument("--partition", help="SLURM partition (env REFITCTL_PARTITION)")
+    g.add_argument("--account", help="SLURM account (env REFITCTL_ACCOUNT)")
+    g.add_argument("--qos", help="SLURM quality of service (env REFITCTL_QOS)")
+    g.add_argument("--time", help=f"time limit, SLURM syntax: M, M:S, H:M:S, D-H:M (default {DEFAULT_TIME} minutes; "
+                                  "env REFITCTL_TIME); local runs are stopped at it too")
+    g.add_argument("--exclusive", action="store_true", default=None, help="ask for whole nodes (sbatch --exclusive)")
+    g.add_argument("--job-name", help="SLURM job name (default refit-CONFIG)")
+    g.add_argument("--sbatch-arg", dest="sbatch_args", action="append", metavar="ARG",
+                   help="extra sbatch option, repeatable: --sbatch-arg=--constraint=h100")
+    g.add_argument("--srun-arg", dest="srun_args", action="append", metavar="ARG",
+                   help="extra srun option, repeatable: --srun-arg=--cpu-bind=none")
+    g.add_argument("--env", action="append", metavar="KEY=VALUE",
+                   help="environment variable for every task, repeatable (NCCL_*, NVSHMEM_*, REFITCTL_* of "
+                        "your environment are carried already)")
+
+
+def add_runs_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runs-dir", type=Path, default=None,
+                   help="where run directories live (default ./runs; env REFITCTL_RUNS_DIR)")
+
+
+def add_watch_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--detach", action="store_true", help="submit and return; follow later with refitctl status --watch")
+    p.add_argument("--poll", type=float, default=None, help="seconds between status checks (default 1 local, 3 SLURM)")
+
+
+def runs_root(args: argparse.Namespace) -> Path:
+    return args.runs_dir or Path(os.environ.get("REFITCTL_RUNS_DIR") or "runs")
+
+
+def given_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The cluster options the user gave on this command line (nothing for those left out)."""
+    out: dict[str, Any] = {}
+    for key in _OPTION_KEYS:
+        v = getattr(args, key, None)
+        if v is None:
+            continue
+        if key in ("sbatch_args", "srun_args"):
+            v = tuple(v)
+        elif key == "env":
+            v = parse_env(v)
+        out[key] = v
+    return out
+
+
+def cluster_options(args: argparse.Namespace, base: dict[str, Any] | None = None) -> ClusterOptions:
+    env = {k: os.environ[v] for k, v in ENV_DEFAULTS.items() if os.environ.get(v)}
+    merged = {**env, **(base or {}), **given_options(args)}
+    return ClusterOptions.from_json(merged)
+
+
+def command_line() -> str:
+    return "refitctl " + shlex.join(sys.argv[1:])
+
+
+def plan_and_spec(name: str, cfg: Any, opts: ClusterOptions, cluster: str, method_explicit: bool) -> tuple[RunSpec, Plan]:
+    gpus = executor.local_gpu_count() > 0 if cluster == "local" else opts.request_gpus
+    spec = make_spec(name, cfg, cluster, opts, os.environ, method_explicit, gpus, os.cpu_count() or 1)
+    return spec, plan_transfers(spec.config.inventory(), spec.config.world())
+
+
+def print_intro(console: Console, spec: RunSpec, plan: Plan, why: str) -> None:
+    """What is about to run: the seed's layout lines, the plan in one line, where and how."""
+    cfg = spec.config
+    for note in spec.notes:
+        console.print(f"[bold yellow]note:[/] {note}", highlight=False)
+    title = f"{cfg.name}" + (f" ({cfg.use_case})" if cfg.use_case else "")
+    console.print(f"[bold]{title}[/]: {cfg.mode.value}, method {cfg.method}, "
+                  f"{cfg.warmup} warm-up + {cfg.iterations} timed iterations", highlight=False)
+    console.print(plan.world.describe(), highlight=False)
+    inv = plan.inventory
+    console.print(f"Model: {inv.numel:,} parameters, {human_bytes(inv.nbytes)}; plan: {len(plan.transfers)} transfers, "
+                  f"{human_bytes(plan.delivered_bytes)} delivered", highlight=False)
+    where = "SLURM" if spec.cluster == "slurm" else "local processes"
+    console.print(f"Executor: {where} ({why}); {spec.resources.describe()}", highlight=False)
+
+
+def submit_runs(specs: Sequence[RunSpec], run_dirs: Sequence[Path], folder: Path) -> list[executor.JobRef]:
+    """Submit and record the job ids in each run.json; a failed submission leaves no half run behind."""
+    try:
+        refs = executor.submit(specs, run_dirs, folder)
+    except BaseException:
+        for d in run_dirs:
+            shutil.rmtree(d, ignore_errors=True)
+        raise
+    for d, ref in zip(run_dirs, refs):
+        update_run(d, job=ref.to_json())
+    return refs
+
+
+def poll_seconds(args: argparse.Namespace, cluster: str) -> float:
+    return args.poll if args.poll else (1.0 if cluster == "local" else 3.0)
+
+
+def detach_hint(console: Console, target: Path) -> None:
+    console.print(f"Reattach: [bold]refitctl status {target} --watch[/]   Cancel: [bold]refitctl cancel {target}[/]",
+                  highlight=False)
+
+
+def follow(run_dirs: list[Path], console: Console, poll_s: float, title: str | None,
+           target: Path) -> list[Snapshot] | None:
+    """Watch until done; on Ctrl-C say how to reattach and cancel, and return None (the job runs on)."""
+    try:
+        return watch(run_dirs, console, poll_s, title)
+    except KeyboardInterrupt:
+        console.print("\n[bold]Detached[/]: the job keeps running.", highlight=False)
+        detach_hint(console, target)
+        return None
+
+
+# ----------------------------------------------------------------------------- submit
+
+@command("submit", "run a config (a name, or the seed's flags) as a job, watch it live, print its results")
+def _submit(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    add_config_args(p)
+    add_cluster_args(p)
+    add_runs_dir(p)
+    add_watch_args(p)
+    p.add_argument("--name", help="run name (default: the config's name); the directory is runs/NAME-TIMESTAMP")
+
+    def run(args: argparse.Namespace) -> int:
+        console = wide_console()
+        cfg = resolve_config(args)
+        opts = cluster_options(args)
+        cluster, why = executor.detect_cluster(opts.cluster)
+        spec, plan = plan_and_spec(args.name or cfg.name, cfg, opts, cluster, args.flag_refit_method is not None)
+        print_intro(console, spec, plan, why)
+        run_dir = unique_dir(runs_root(args), f"{spec.name}-{stamp()}")
+        write_run(run_dir, spec, plan, command_line())
+        ref = submit_runs([spec], [run_dir], run_dir / "submitit")[0]
+        console.print(f"Submitted {ref.cluster} job {ref.job_id}: [bold]{run_dir}[/]", highlight=False)
+        if args.detach:
+            detach_hint(console, run_dir)
+            return 0
+        snaps = follow([run_dir], console, poll_seconds(args, cluster), None, run_dir)
+        if snaps is None:
+            return 130
+        console.print(results_view(snaps[0]))
+        return 0 if snaps[0].verified else 1
+
+    return run
+
+
+# ----------------------------------------------------------------------------- status / results / cancel / runs
+
+@command("status", "where a run or sweep stands (the newest without RUN); --watch follows it until it is done")
+def _status(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    p.add_argument("run", nargs="?", help="run directory, its name under the runs directory, or a name prefix")
+    add_runs_dir(p)
+    p.add_argument("--watch", action="store_true", help="follow it live until it is done (Ctrl-C detaches)")
+    p.add_argument("--poll", type=float, default=None, help="seconds between checks with --watch")
+
+    def run(args: argparse.Namespace) -> int:
+        console = wide_console()
+        target = find_run(runs_root(args), args.run)
+        if is_sweep(target):
+            from orchestrator.sweep import sweep_run_dirs, sweep_title
+
+            dirs, title = sweep_run_dirs(target), sweep_title(target)
+        else:
+            dirs, title = [target], None
+        if args.watch:
+            cluster = (load_run(dirs[0]).get("job") or {}).get("cluster", "local") if dirs else "local"
+            snaps = follow(dirs, console, poll_seconds(args, cluster), title, target)
+            if snaps is None:
+                return 130
+        else:
+            snaps = [snapshot(d) for d in dirs]
+            console.print(run_view(snaps[0]) if title is None else sweep_table(snaps, title))
+        if all(s.state.final for s in snaps):
+            if title is None:
+                console.print(results_view(snaps[0]))
+            else:
+                console.print(comparison_view(snaps, title))
+        return 0
+
+    return run
+
+
+@command("results", "a run's per-iteration timings as a table, --csv or --json (a sweep: its comparison)")
+def _results(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    p.add_argument("run", help="run (or sweep) directory, its name, or a name prefix (newest)")
+    add_runs_dir(p)
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--csv", action="store_true", help="per-iteration CSV on stdout")
+    fmt.add_argument("--json", action="store_true", help="results JSON on stdout (with the job state)")
+
+    def run(args: argparse.Namespace) -> int:
+        target = find_run(runs_root(args), args.run)
+        if is_sweep(target):
+            from orchestrator.sweep import print_sweep_results
+
+            return print_sweep_results(target, args.csv, args.json)
+        s = snapshot(target)
+        res = s.results
+        if res is None:
+            from orchestrator.rundir import results as partial
+
+            res = partial(target, s.info)
+            print(f"refitctl: note: {s.name} is {s.state.state}: results so far", file=sys.stderr)
+        if args.csv:
+            sys.stdout.write(iterations_csv(res, s.info))
+        elif args.json:
+            print(json.dumps({"run": s.name, "run_dir": str(target), "state": s.state.state,
+                              "detail": s.state.detail, "method": s.info["spec"].get("method"), **res}, indent=1))
+        else:
+            wide_console().print(results_view(Snapshot(s.run_dir, s.info, s.state, s.progress, res)))
+        return 0 if s.verified else 1
+
+    return run
+
+
+@command("cancel", "cancel a run's job (or every run of a sweep)")
+def _cancel(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    p.add_argument("run", help="run (or sweep) directory, its name, or a name prefix (newest)")
+    add_runs_dir(p)
+
+    def run(args: argparse.Namespace) -> int:
+        target = find_run(runs_root(args), args.run)
+        if is_sweep(target):
+            from orchestrator.sweep import sweep_run_dirs
+
+            dirs = sweep_run_dirs(target)
+        else:
+            dirs = [target]
+        for d in dirs:
+            print(cancel(d, load_run(d)))
+        return 0
+
+    return run
+
+
+@command("runs", "list the runs and sweeps under the runs directory")
+def _runs(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    add_runs_dir(p)
+    p.add_argument("--last", type=int, default=30, help="show the newest N (default 30)")
+
+    def run(args: argparse.Namespace) -> int:
+        root = runs_root(args)
+        dirs = list_runs(root)[-args.last:]
+        if not dirs:
+            print(f"no runs under {root}: refitctl submit config-1 makes one")
+            return 0
+        t = Table(title=f"runs in {root}")
+        for col in ("run", "config", "method", "job", "state", "verified", "median ms", "GB/s", "created"):
+            t.add_column(col, justify="right" if col in ("median ms", "GB/s") else "left")
+        for d in dirs:
+            t.add_row(*_run_row(d))
+        wide_console().print(t)
+        return 0
+
+    return run
+
+
+def _run_row(d: Path) -> list[Any]:
+    if is_sweep(d):
+        from orchestrator.sweep import sweep_run_dirs
+
+        info = json.loads((d / "sweep.json").read_text())
+        snaps = [snapshot(r) for r in sweep_run_dirs(d)]
+        ok = sum(s.verified for s in snaps)
+        states = sorted({s.state.state for s in snaps})
+        return [d.name, f"sweep {info.get('name', '')}", "", f"{len(snaps)} runs", ", ".join(states),
+                f"{ok}/{len(snaps)}", "", "", info.get("created", "")[:19]]
+    try:
+        s = snapshot(d)
+    except ConfigError as e:
+        return [d.name, "", "", "", Text("damaged", style="red"), str(e)[:40], "", "", ""]
+    res = s.results or {}
+    return [d.name, s.info["config"], method_label(s.info), s.job_label,
+            Text(s.state.state, style=state_style(s.state.state)),
+            "" if not s.state.final else ("yes" if s.verified else "no"),
+            "-" if res.get("median_ms") is None else f"{res['median_ms']:,.1f}",
+            "-" if res.get("GBps") is None else f"{res['GBps']:.3f}", s.info.get("created", "")[:19]]
+
+
+# `sweep` and `render` register themselves on import.
+from orchestrator import render as _render  # noqa: E402,F401
+from orchestrator import sweep as _sweep  # noqa: E402,F401

@@ -1,0 +1,158 @@
+"""Where a submitted run stands, and how to cancel it: from SLURM (squeue, sacct) or the local controller.
+
+Every answer is a `JobState`; when the scheduler cannot say (no accounting, an unknown job id, a
+controller that vanished), the state comes from the run directory and `detail` says so in plain
+words: nothing here raises for a job that cannot be found.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator.rundir import CANCEL_FILE, STATE_FILE
+
+QUEUED = {"PENDING", "REQUEUED", "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SUBMITTED"}
+ACTIVE = {"RUNNING", "CONFIGURING", "COMPLETING", "STAGE_OUT", "SIGNALING", "RESIZING", "STOPPED"}
+FINAL = {"COMPLETED", "FAILED", "TIMEOUT", "CANCELLED", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
+         "PREEMPTED", "REVOKED", "SPECIAL_EXIT", "UNKNOWN"}
+_SUBMIT_GRACE_S = 60  # a job SLURM does not list yet, this soon after sbatch, is "SUBMITTED"
+
+
+@dataclass(frozen=True)
+class JobState:
+    state: str
+    detail: str = ""
+    source: str = ""
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL
+
+    @property
+    def queued(self) -> bool:
+        return self.state in QUEUED
+
+    def describe(self) -> str:
+        return self.state + (f" ({self.detail})" if self.detail else "")
+
+
+def job_state(run_dir: Path, info: dict[str, Any]) -> JobState:
+    job = info.get("job")
+    if not job:
+        final = info.get("final")
+        if final:
+            return JobState(final["state"], final.get("detail", ""), "run.json")
+        return JobState("UNKNOWN", "never submitted (no job id in run.json)", "run.json")
+    if job["cluster"] == "local":
+        return _local_state(run_dir, job)
+    return _slurm_state(run_dir, job)
+
+
+# ----------------------------------------------------------------------------- local
+
+def _local_state(run_dir: Path, job: dict[str, Any]) -> JobState:
+    try:
+        st = json.loads((run_dir / STATE_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        st = None
+    alive = _controller_alive(job.get("controller_pid"))
+    if st and st.get("state") != "RUNNING":
+        return JobState(st["state"], st.get("detail", ""), "local controller")
+    if alive:
+        return JobState("RUNNING" if st else "PENDING", "" if st else "waiting for earlier runs of its array",
+                        "local controller")
+    if st is None and time.time() - job.get("submitted", 0) < 10:
+        return JobState("SUBMITTED", "", "local controller")
+    return JobState("UNKNOWN", f"the local controller (pid {job.get('controller_pid')}) is gone without a final "
+                    "state: the machine restarted or it was killed", "run directory")
+
+
+def _controller_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        try:
+            os.kill(pid, 0)
+            return True  # no /proc (macOS): trust the pid
+        except OSError:
+            return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z" and b"orchestrator.executor" in cmd
+
+
+# ----------------------------------------------------------------------------- SLURM
+
+def _run(cmd: list[str]) -> tuple[int, str, str]:
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        return p.returncode, p.stdout, p.stderr.strip()
+    except FileNotFoundError:
+        return 127, "", f"{cmd[0]} not found"
+    except subprocess.TimeoutExpired:
+        return 124, "", f"{cmd[0]} did not answer in 30 s"
+
+
+def _slurm_state(run_dir: Path, job: dict[str, Any]) -> JobState:
+    jid = job["job_id"]
+    rc, out, err = _run(["squeue", "-h", "-j", jid, "-o", "%i|%T|%r"])
+    squeue_err = err if rc != 0 else ""
+    for line in out.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) == 3 and parts[0] == jid:
+            state, reason = parts[1], parts[2]
+            return JobState(state, "" if reason in ("None", "") else reason, "squeue")
+    rc, out, err = _run(["sacct", "-X", "-n", "-P", "-j", jid, "-o", "JobID,State,ExitCode,Elapsed"])
+    if rc == 0:
+        for line in out.splitlines():
+            parts = line.strip().split("|")
+            if len(parts) >= 4 and parts[0] == jid:
+                state = parts[1].split()[0] if parts[1] else "UNKNOWN"
+                if state in ACTIVE or state in QUEUED:
+                    return JobState(state, "", "sacct")
+                detail = f"exit code {parts[2]}, elapsed {parts[3]}" if state != "COMPLETED" else f"elapsed {parts[3]}"
+                return JobState(state, detail, "sacct")
+    sacct_err = err.splitlines()[-1] if rc != 0 and err else ("" if rc == 0 else f"sacct exit code {rc}")
+    if time.time() - job.get("submitted", 0) < _SUBMIT_GRACE_S and not squeue_err:
+        return JobState("SUBMITTED", "", "squeue")
+    why = "; ".join(x for x in (f"squeue: {squeue_err}" if squeue_err else "",
+                                f"sacct: {sacct_err}" if sacct_err else "sacct has no record of it") if x)
+    return _from_run_dir(run_dir, f"SLURM no longer knows job {jid} ({why})")
+
+
+def _from_run_dir(run_dir: Path, why: str) -> JobState:
+    """The scheduler cannot say: tell what the run directory shows, and why."""
+    try:
+        res = json.loads((run_dir / "results.json").read_text())
+        if res.get("verified"):
+            return JobState("COMPLETED", f"{why}; results.json says verified", "run directory")
+        return JobState("FAILED", f"{why}; results.json says not verified", "run directory")
+    except (OSError, json.JSONDecodeError):
+        return JobState("UNKNOWN", f"{why}; no results.json", "run directory")
+
+
+# ----------------------------------------------------------------------------- cancel
+
+def cancel(run_dir: Path, info: dict[str, Any]) -> str:
+    """Cancel the run's job; returns what was done, in one line."""
+    job = info.get("job")
+    if not job:
+        return f"{run_dir.name}: never submitted, nothing to cancel"
+    st = job_state(run_dir, info)
+    if st.final:
+        return f"{run_dir.name}: already {st.state}, nothing to cancel"
+    if job["cluster"] == "local":
+        (run_dir / CANCEL_FILE).write_text(f"{time.time()}\n")
+        return f"{run_dir.name}: cancel requested from the local controller (pid {job.get('controller_pid')})"
+    rc, out, err = _run(["scancel", job["job_id"]])
+    if rc != 0:
+        return f"{run_dir.name}: scancel {job['job_id']} failed: {err or out or rc}"
+    return f"{run_dir.name}: scancel {job['job_id']} sent"
+

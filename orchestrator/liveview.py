@@ -1,0 +1,265 @@
+"""How runs look to people: the live status (queued -> running -> iteration k/N), results and sweep tables.
+
+Rendering functions take Snapshots and return rich renderables; `watch()` polls until every run is
+over, redrawing in place on a terminal and printing one line per change otherwise (CI logs).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from orchestrator.planview import human_bytes
+from orchestrator.runspec import format_time
+from orchestrator.tracking import Snapshot, snapshot
+
+_UNKNOWN_POLLS = 3  # an UNKNOWN state must persist this many polls before the watch gives up
+
+
+def state_style(state: str) -> str:
+    if state == "COMPLETED":
+        return "bold green"
+    if state in ("RUNNING", "COMPLETING", "CONFIGURING"):
+        return "bold cyan"
+    if state in ("PENDING", "SUBMITTED", "REQUEUED", "SUSPENDED"):
+        return "bold yellow"
+    return "bold red"
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:,.1f}"
+
+
+def _gbps(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def method_label(info: dict[str, Any]) -> str:
+    spec = info.get("spec", {})
+    m, req = spec.get("method", "?"), spec.get("requested_method")
+    return m if not req or req == m else f"{m} (for {req})"
+
+
+def refit_kind(info: dict[str, Any]) -> str:
+    """Which dimensions the refit changes: 'TP refit', 'EP refit', 'TP+EP refit' or 'same layout'."""
+    s, d = info.get("source", {}), info.get("destination", {})
+    changed = [k.upper() for k in ("tp", "ep", "pp") if s.get(k) != d.get(k)]
+    return "same layout" if not changed else "+".join(changed) + " refit"
+
+
+def layout_label(lay: dict[str, Any]) -> str:
+    return f"TP={lay.get('tp')},EP={lay.get('ep')}" + (f",PP={lay['pp']}" if lay.get("pp", 1) > 1 else "")
+
+
+def phase_label(s: Snapshot) -> str:
+    if s.state.queued:
+        return "queued"
+    return s.progress.phase()
+
+
+def status_line(s: Snapshot) -> str:
+    """One line: `config-1: RUNNING, iteration 2/3, last 1,234.5 ms`."""
+    parts = [f"{s.name}: {s.state.describe()}"]
+    if not s.state.queued:
+        parts.append(s.progress.phase())
+        if s.progress.last_ms is not None:
+            parts.append(f"last {_ms(s.progress.last_ms)} ms")
+    if s.state.final:
+        parts.append("verified" if s.verified else "NOT verified")
+    return ", ".join(parts)
+
+
+def run_view(s: Snapshot) -> Group:
+    """The status of one run: header, state and progress, the ranks, the errors."""
+    job = s.info.get("job") or {}
+    head = Text.assemble((s.name, "bold"), f"  {s.run_dir}  ", (s.job_label, "dim"))
+    state = Text.assemble(("state ", ""), (s.state.state, state_style(s.state.state)))
+    if s.state.detail:
+        state.append(f" ({s.state.detail})", style="dim")
+    if not s.state.queued:
+        state.append(f" · {s.progress.phase()}")
+        if s.progress.last_ms is not None:
+            state.append(f" · last {_ms(s.progress.last_ms)} ms")
+    if not s.state.final and job.get("submitted"):
+        state.append(f" · {format_time(time.time() - job['submitted'])} since submission", style="dim")
+    parts: list[Any] = [head, state]
+    if s.progress.ranks:
+        parts.append(rank_table(s))
+    parts.extend(error_lines(s))
+    return Group(*parts)
+
+
+def rank_table(s: Snapshot) -> Table:
+    p = s.progress
+    t = Table(show_edge=False, pad_edge=False, box=None)
+    for col, just in (("rank", "right"), ("role", "left"), ("done", "right"), ("last ms", "right"), ("status", "left")):
+        t.add_column(col, justify=just)
+    rows = p.ranks if len(p.ranks) <= 16 else _role_summary(p.ranks)
+    for r in rows:
+        if r.error:
+            status = Text(r.error.splitlines()[0][:90], style="red")
+        elif r.verified and r.complete:
+            status = Text("done, verified" if r.rank < p.active else "idle", style="green" if r.rank < p.active else "dim")
+        else:
+            status = Text("running")
+        done = f"{r.done}/{p.total}" if r.rank < p.active else "-"
+        t.add_row(str(r.rank), r.role, done, _ms(r.last_ms), status)
+    if len(p.ranks) > 16:
+        t.caption = f"{len(p.ranks)} ranks: first of each role shown, and every rank with an error"
+    return t
+
+
+def _role_summary(ranks: Iterable[Any]) -> list[Any]:
+    seen: set[str] = set()
+    out = []
+    for r in ranks:
+        if r.error or r.role not in seen:
+            out.append(r)
+            seen.add(r.role)
+    return out
+
+
+def error_lines(s: Snapshot) -> list[Text]:
+    errs = s.progress.errors
+    out: list[Text] = []
+    if errs:
+        first = errs[0]
+        out.append(Text.assemble(("first failure: ", "bold red"), f"rank {first.rank} ({first.role}): ",
+                                 (first.error or "", "red")))
+        out.append(Text(f"  log: {s.run_dir / 'logs' / f'rank-{first.rank:05d}.log'}", style="dim"))
+        for r in errs[1:4]:
+            out.append(Text(f"then rank {r.rank}: {(r.error or '').splitlines()[0][:120]}", style="red"))
+        if len(errs) > 4:
+            out.append(Text(f"... and {len(errs) - 4} more ranks with errors", style="red"))
+    elif s.state.final and not s.verified:
+        tail = log_tail(s.run_dir, 0)
+        if tail:
+            out.append(Text("last lines of rank 0's log:", style="dim"))
+            out.extend(Text("  " + ln, style="dim") for ln in tail)
+    for prob in s.progress.problems:
+        out.append(Text(f"unreadable rank file: {prob}", style="yellow"))
+    return out
+
+
+def log_tail(run_dir: Path, rank: int, n: int = 5) -> list[str]:
+    try:
+        lines = (run_dir / "logs" / f"rank-{rank:05d}.log").read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    return [ln for ln in lines if ln.strip()][-n:]
+
+
+def results_view(s: Snapshot) -> Group:
+    """The final table of a run: per-iteration timings, the summary, where the files are."""
+    res = s.results or {}
+    t = Table(title=f"{s.name}: per-iteration timings (slowest rank)")
+    phases = sorted({k for i in res.get("iterations", []) for k in (i.get("phases_ms") or {})})
+    for col in ("iteration", "time ms", "GB/s", *(f"{p} ms" for p in phases), "launches"):
+        t.add_column(col, justify="right")
+    for i in res.get("iterations", []):
+        label = f"warm-up {i['iteration']}" if i.get("warmup") else str(i["iteration"])
+        t.add_row(label, _ms(i["time_ms"]), _gbps(i.get("GBps")),
+                  *(_ms((i.get("phases_ms") or {}).get(p)) for p in phases), str(i.get("launches", "")))
+    verdict = Text("verified", style="bold green") if s.verified else Text("NOT verified", style="bold red")
+    summary = Text.assemble(
+        (s.state.state, state_style(s.state.state)), " · ", verdict,
+        f" · median {_ms(res.get('median_ms'))} ms · min {_ms(res.get('min_ms'))} ms"
+        f" · {_gbps(res.get('GBps'))} GB/s · {human_bytes(res.get('delivered_bytes', 0))} delivered"
+        f" · method {method_label(s.info)}",
+    )
+    files = Text(f"run directory: {s.run_dir} (results.json, iterations.csv, logs/)", style="dim")
+    parts: list[Any] = [t, summary]
+    if res.get("aggregated_by"):
+        parts.append(Text(f"results aggregated by {res['aggregated_by']}", style="dim"))
+    parts.extend(error_lines(s))
+    parts.append(files)
+    return Group(*parts)
+
+
+def sweep_table(snaps: Sequence[Snapshot], title: str) -> Table:
+    t = Table(title=title)
+    for col in ("config", "state", "progress", "last ms", "median ms", "GB/s"):
+        t.add_column(col, justify="left" if col in ("config", "state", "progress") else "right")
+    for s in snaps:
+        res = s.results or {}
+        t.add_row(s.info["config"], Text(s.state.state, style=state_style(s.state.state)), phase_label(s),
+                  _ms(s.progress.last_ms), _ms(res.get("median_ms")), _gbps(res.get("GBps")))
+    return t
+
+
+def comparison_view(snaps: Sequence[Snapshot], title: str) -> Group:
+    """The sweep's comparison: every config, then by method (NCCL vs NVSHMEM) and by refit kind (TP vs EP)."""
+    t = Table(title=title)
+    for col in ("config", "mode", "method", "source", "destination", "refit", "GPUs", "state", "verified",
+                "median ms", "GB/s"):
+        t.add_column(col, justify="right" if col in ("GPUs", "median ms", "GB/s") else "left")
+    for s in snaps:
+        res = s.results or {}
+        t.add_row(s.info["config"], s.info.get("mode", ""), method_label(s.info), layout_label(s.info["source"]),
+                  layout_label(s.info["destination"]), refit_kind(s.info), str(s.info.get("active_ranks", "")),
+                  Text(s.state.state, style=state_style(s.state.state)),
+                  Text("yes", style="green") if s.verified else Text("no", style="red"),
+                  _ms(res.get("median_ms")), _gbps(res.get("GBps")))
+    return Group(t, _group_table(snaps, "method", method_label), _group_table(snaps, "refit", refit_kind))
+
+
+def _group_table(snaps: Sequence[Snapshot], name: str, key: Any) -> Table:
+    groups: dict[str, list[Snapshot]] = {}
+    for s in snaps:
+        groups.setdefault(key(s.info), []).append(s)
+    t = Table(title=f"by {name}")
+    for col in (name, "configs", "verified", "median GB/s", "best GB/s", "median ms"):
+        t.add_column(col, justify="left" if col == name else "right")
+    for label, ss in sorted(groups.items()):
+        ok = [s for s in ss if s.verified and s.results and s.results.get("GBps")]
+        gb = [s.results["GBps"] for s in ok]  # type: ignore[index]
+        ms = [s.results["median_ms"] for s in ok]  # type: ignore[index]
+        t.add_row(label, ", ".join(s.info["config"] for s in ss), f"{len(ok)}/{len(ss)}",
+                  _gbps(statistics.median(gb)) if gb else "-", _gbps(max(gb)) if gb else "-",
+                  _ms(statistics.median(ms)) if ms else "-")
+    return t
+
+
+# ----------------------------------------------------------------------------- watching
+
+def watch(run_dirs: Sequence[Path], console: Console, poll_s: float, title: str | None = None) -> list[Snapshot]:
+    """Poll until every run is over; returns the last snapshots. Ctrl-C raises KeyboardInterrupt."""
+    unknown: dict[Path, int] = {}
+
+    def over(snaps: list[Snapshot]) -> bool:
+        for s in snaps:
+            unknown[s.run_dir] = unknown.get(s.run_dir, 0) + 1 if s.state.state == "UNKNOWN" else 0
+        return all(s.state.final and (s.state.state != "UNKNOWN" or unknown[s.run_dir] >= _UNKNOWN_POLLS)
+                   for s in snaps)
+
+    def render(snaps: list[Snapshot]) -> Any:
+        return run_view(snaps[0]) if title is None else sweep_table(snaps, title)
+
+    snaps = [snapshot(d) for d in run_dirs]
+    if console.is_terminal:
+        with Live(render(snaps), console=console, refresh_per_second=4, transient=True) as live:
+            while not over(snaps):
+                time.sleep(poll_s)
+                snaps = [snapshot(d) for d in run_dirs]
+                live.update(render(snaps))
+        if title is None:
+            console.print(run_view(snaps[0]))
+        return snaps
+    last: dict[Path, str] = {}
+    while True:
+        for s in snaps:
+            line = status_line(s)
+            if last.get(s.run_dir) != line:
+                console.print(f"[{time.strftime('%H:%M:%S')}] {line}", highlight=False, markup=False)
+                last[s.run_dir] = line
+        if over(snaps):
+            return snaps
+        time.sleep(poll_s)
+        snaps = [snapshot(d) for d in run_dirs]

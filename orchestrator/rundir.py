@@ -1,0 +1,288 @@
+"""A run directory: everything about one run, as files anyone (and any later refitctl) can read.
+
+    runs/<name>-<YYYYmmdd-HHMMSS>/
+      run.json          what was submitted: spec, job id, executor; the final state once known
+      config.json       the resolved RunConfig (what the job reads)
+      layout.txt        the seed's "World size / Source ranks / ..." lines
+      plan.json         the transfer plan's summary (`refitctl plan --json`)
+      ranks/rank-NNNNN.json   written by each rank after every iteration (refit_core.results)
+      results.json      the aggregate: by rank 0 at the end, else by refitctl from the rank files
+      iterations.csv    per-iteration timings (slowest rank), rank-iterations.csv per rank
+      logs/rank-NNNNN.log     each task's output
+      job-state.json    local runs: the controller's RUNNING / COMPLETED / FAILED / TIMEOUT / CANCELLED
+      submitit/         submitit's pickles and first log lines
+
+A sweep directory holds `sweep.json` and one run directory per config.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator.runspec import RunSpec
+from refit_core.config import RunConfig
+from refit_core.errors import ConfigError
+from refit_core.plan import Plan
+from refit_core.results import aggregate, read_rank_records, write_json_atomic
+
+RUN_FILE = "run.json"
+SWEEP_FILE = "sweep.json"
+STATE_FILE = "job-state.json"
+CANCEL_FILE = "cancel-requested"
+
+
+def now_iso() -> str:
+    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def stamp() -> str:
+    return _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def unique_dir(parent: Path, base: str) -> Path:
+    """parent/base, or parent/base.2, .3, ... if taken; created."""
+    safe = re.sub(r"[^A-Za-z0-9._+-]", "_", base)
+    parent.mkdir(parents=True, exist_ok=True)
+    for k in range(1, 1000):
+        d = parent / (safe if k == 1 else f"{safe}.{k}")
+        try:
+            d.mkdir()
+            return d
+        except FileExistsError:
+            continue
+    raise ConfigError(f"cannot create a run directory under {parent}: too many named {safe}")
+
+
+def write_run(run_dir: Path, spec: RunSpec, plan: Plan, command: str, sweep: Path | None = None) -> dict[str, Any]:
+    """Write config, layout, plan summary and run.json (not yet submitted); returns run.json's content."""
+    from orchestrator.planview import plan_json
+
+    cfg = spec.config
+    write_json_atomic(run_dir / "config.json", cfg.to_json())
+    (run_dir / "layout.txt").write_text(plan.world.describe() + "\n")
+    write_json_atomic(run_dir / "plan.json", plan_json(cfg, plan))
+    info = run_info(spec, plan, command, str(run_dir.resolve()))
+    if sweep is not None:
+        info["sweep"] = str(sweep.resolve())
+    write_json_atomic(run_dir / RUN_FILE, info)
+    (run_dir / "logs").mkdir(exist_ok=True)
+    return info
+
+
+def run_info(spec: RunSpec, plan: Plan, command: str, run_dir: str) -> dict[str, Any]:
+    """run.json's content before submission (pure)."""
+    cfg = spec.config
+    return {
+        "version": 1, "name": spec.name, "config": cfg.name, "run_dir": run_dir,
+        "created": now_iso(), "command": command, "spec": spec.to_json(),
+        "world_size": cfg.gpus, "active_ranks": plan.world.gpus_used, "delivered_bytes": plan.delivered_bytes,
+        "iterations": cfg.iterations, "warmup": cfg.warmup, "mode": cfg.mode.value,
+        "source": {"tp": cfg.source.tp, "ep": cfg.source.ep, "pp": cfg.source.pp},
+        "destination": {"tp": cfg.destination.tp, "ep": cfg.destination.ep, "pp": cfg.destination.pp},
+        "job": None, "final": None,
+    }
+
+
+def update_run(run_dir: Path, **fields: Any) -> dict[str, Any]:
+    info = load_run(run_dir)
+    info.update(fields)
+    write_json_atomic(run_dir / RUN_FILE, info)
+    return info
+
+
+def load_run(run_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((run_dir / RUN_FILE).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{run_dir} is not a run directory (no {RUN_FILE})") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{run_dir / RUN_FILE} is not valid JSON ({e}): the run directory is damaged") from None
+
+
+def load_config(run_dir: Path) -> RunConfig:
+    return RunConfig.from_json(json.loads((run_dir / "config.json").read_text()))
+
+
+def is_run(d: Path) -> bool:
+    return (d / RUN_FILE).is_file()
+
+
+def is_sweep(d: Path) -> bool:
+    return (d / SWEEP_FILE).is_file()
+
+
+def list_runs(root: Path) -> list[Path]:
+    """Run and sweep directories directly under `root`, oldest first."""
+    if not root.is_dir():
+        return []
+    found = [d for d in root.iterdir() if d.is_dir() and (is_run(d) or is_sweep(d))]
+    return sorted(found, key=lambda d: (_created(d), d.name))
+
+
+def _created(d: Path) -> str:
+    try:
+        return json.loads((d / (RUN_FILE if is_run(d) else SWEEP_FILE)).read_text()).get("created", "")
+    except (OSError, json.JSONDecodeError):
+        return ""
+
+
+def find_run(root: Path, text: str | None) -> Path:
+    """A run or sweep directory from a path, a directory name under `root`, or a name prefix (newest)."""
+    runs = list_runs(root)
+    if not text:
+        if not runs:
+            raise ConfigError(f"no runs under {root}: submit one with `refitctl submit config-1`")
+        return runs[-1]
+    p = Path(text)
+    for cand in (p, root / text):
+        if cand.is_dir() and (is_run(cand) or is_sweep(cand)):
+            return cand
+    matches = [d for d in runs if d.name.startswith(text)]
+    if not matches:
+        raise ConfigError(f"no run {text!r} under {root}: `refitctl runs` lists them")
+    return matches[-1]
+
+
+# ----------------------------------------------------------------------------- progress
+
+@dataclass(frozen=True)
+class RankProgress:
+    rank: int
+    role: str
+    done: int  # iterations recorded, warm-up included
+    last_ms: float | None
+    verified: bool
+    complete: bool
+    error: str | None
+    mtime: float
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What the rank files say right now."""
+
+    ranks: tuple[RankProgress, ...]
+    active: int  # ranks 0..active-1 take part
+    warmup: int
+    iterations: int
+    problems: tuple[str, ...] = ()
+
+    @property
+    def total(self) -> int:
+        return self.warmup + self.iterations
+
+    @property
+    def started(self) -> bool:
+        return bool(self.ranks)
+
+    @property
+    def done(self) -> int:
+        """Iterations every active rank has finished (0 until all have reported)."""
+        act = [r for r in self.ranks if r.rank < self.active]
+        return min((r.done for r in act), default=0) if len(act) == self.active else 0
+
+    @property
+    def last_ms(self) -> float | None:
+        """The latest iteration every rank finished: its time (slowest rank), None before the first."""
+        k = self.done
+        if k == 0:
+            return None
+        times = [r.last_ms for r in self.ranks if r.rank < self.active and r.done == k and r.last_ms is not None]
+        return max(times) if times and len(times) == self.active else None
+
+    @property
+    def errors(self) -> list[RankProgress]:
+        """Ranks that reported an error, the first to fail (oldest record) first."""
+        return sorted((r for r in self.ranks if r.error), key=lambda r: (r.mtime, r.rank))
+
+    def phase(self) -> str:
+        """'starting', 'warm-up k/W' or 'iteration k/N'."""
+        if not self.started:
+            return "starting"
+        k = self.done
+        if k < self.warmup:
+            return f"warm-up {k}/{self.warmup}"
+        return f"iteration {k - self.warmup}/{self.iterations}"
+
+
+def progress(run_dir: Path, info: dict[str, Any]) -> Progress:
+    records, problems = read_rank_records(run_dir)
+    ranks = []
+    for r in records:
+        its = r.get("iterations") or []
+        path = run_dir / "ranks" / f"rank-{r['rank']:05d}.json"
+        try:
+            mtime = path.stat().st_mtime
+        except OSError:
+            mtime = 0.0
+        ranks.append(RankProgress(r["rank"], r.get("role", "?"), len(its), its[-1]["time_ms"] if its else None,
+                                  bool(r.get("verified")), bool(r.get("complete")), r.get("error"), mtime))
+    return Progress(tuple(sorted(ranks, key=lambda x: x.rank)), info["active_ranks"], info["warmup"],
+                    info["iterations"], tuple(problems))
+
+
+# ----------------------------------------------------------------------------- results
+
+def results(run_dir: Path, info: dict[str, Any]) -> dict[str, Any]:
+    """results.json if rank 0 wrote it, else the aggregate of the rank files (nothing is lost)."""
+    path = run_dir / "results.json"
+    if path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            pass
+    out = aggregate(run_dir, list(range(info["active_ranks"])), info["delivered_bytes"])
+    out["aggregated_by"] = "refitctl (from the rank files; rank 0 wrote no results.json)"
+    return out
+
+
+def finalize(run_dir: Path, info: dict[str, Any], final: dict[str, Any]) -> dict[str, Any]:
+    """Once the job is over: results.json (aggregated if rank 0 wrote none), CSVs, final state in run.json."""
+    res = results(run_dir, info)
+    if not (run_dir / "results.json").is_file():
+        write_json_atomic(run_dir / "results.json", res)
+    (run_dir / "iterations.csv").write_text(iterations_csv(res, info))
+    (run_dir / "rank-iterations.csv").write_text(rank_iterations_csv(run_dir))
+    update_run(run_dir, final=final)
+    return res
+
+
+def iterations_csv(res: dict[str, Any], info: dict[str, Any]) -> str:
+    its = res.get("iterations", [])
+    phases = sorted({k for i in its for k in (i.get("phases_ms") or {})})
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["run", "config", "method", "iteration", "warmup", "time_ms", "GBps", "launches",
+                *(f"{p}_ms" for p in phases)])
+    method = info.get("spec", {}).get("method", "")
+    for i in its:
+        w.writerow([info["name"], info["config"], method, i["iteration"], int(bool(i["warmup"])),
+                    f"{i['time_ms']:.3f}", "" if i.get("GBps") is None else f"{i['GBps']:.4f}",
+                    i.get("launches", 0), *(_fmt((i.get("phases_ms") or {}).get(p)) for p in phases)])
+    return buf.getvalue()
+
+
+def rank_iterations_csv(run_dir: Path) -> str:
+    records, _ = read_rank_records(run_dir)
+    rows = [(r["rank"], r.get("role", ""), i) for r in records for i in r.get("iterations", [])]
+    phases = sorted({k for _, _, i in rows for k in (i.get("phases_ms") or {})})
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["rank", "role", "iteration", "warmup", "time_ms", "bytes_in", "bytes_out", "bytes_local",
+                "launches", *(f"{p}_ms" for p in phases)])
+    for rank, role, i in sorted(rows, key=lambda x: (x[0], x[2]["iteration"])):
+        w.writerow([rank, role, i["iteration"], int(bool(i["warmup"])), f"{i['time_ms']:.3f}", i.get("bytes_in", 0),
+                    i.get("bytes_out", 0), i.get("bytes_local", 0), i.get("launches", 0),
+                    *(_fmt((i.get("phases_ms") or {}).get(p)) for p in phases)])
+    return buf.getvalue()
+
+
+def _fmt(v: float | None) -> str:
+    return "" if v is None else f"{v:.3f}"

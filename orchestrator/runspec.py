@@ -1,0 +1,218 @@
+"""What to run and where, decided before anything is submitted: a `RunSpec` per run.
+
+A RunSpec is a validated RunConfig plus the resources it is given (nodes, tasks per node, GPUs per
+node, time limit), the scheduler options the user chose, and the environment its tasks get. It is
+a frozen value built by pure functions; the executor (orchestrator/executor.py) turns it into a job.
+
+World size is `cfg.gpus` (the seed's configs: 8 = one 8-GPU node). On SLURM, tasks per node default
+to min(world, GPUs per node) and nodes to ceil(world / tasks per node). Locally every rank is a
+process on this machine.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Sequence
+
+from jobs.refit_job import SAFE_ENV
+from refit_core.config import RunConfig
+from refit_core.errors import ConfigError
+
+CLUSTERS = ("auto", "slurm", "local")
+DEFAULT_TIME = "30"  # minutes, SLURM's --time syntax
+
+# The user's environment variables that jobs need and therefore carry, by prefix: transports'
+# tuning (NCCL_*, NVSHMEM_*, ...), and refitctl's job-side settings (REFITCTL_TIMEOUT, _FAULT).
+FORWARD_PREFIXES = ("NCCL_", "NVSHMEM_", "TORCH_NCCL_", "TORCH_SYMM_MEM_", "TORCH_DISTRIBUTED_", "GLOO_",
+                    "UCX_", "CUDA_DEVICE_MAX_CONNECTIONS", "OMP_NUM_THREADS", "REFITCTL_")
+# refitctl's own command-line defaults: they describe the submission, not the job.
+NOT_FORWARDED = ("REFITCTL_CLUSTER", "REFITCTL_RUNS_DIR", "REFITCTL_PARTITION", "REFITCTL_ACCOUNT",
+                 "REFITCTL_QOS", "REFITCTL_TIME")
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """Scheduler options as the user gave them; None = the default (or the scheduler's)."""
+
+    cluster: str = "auto"
+    nodes: int | None = None
+    tasks_per_node: int | None = None
+    cpus_per_task: int | None = None
+    request_gpus: bool = True
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time: str = DEFAULT_TIME
+    exclusive: bool = False
+    job_name: str | None = None
+    sbatch_args: tuple[str, ...] = ()
+    srun_args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.cluster not in CLUSTERS:
+            raise ConfigError(f"unknown --cluster {self.cluster!r}: use one of {', '.join(CLUSTERS)}")
+        for name in ("nodes", "tasks_per_node", "cpus_per_task"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+        parse_time(self.time)
+        sbatch_parameters(self.sbatch_args)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "ClusterOptions":
+        d = dict(d)
+        for k in ("sbatch_args", "srun_args"):
+            d[k] = tuple(d.get(k, ()))
+        d["env"] = tuple(tuple(kv) for kv in d.get("env", ()))
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Resources:
+    nodes: int
+    tasks_per_node: int
+    gpus_per_node: int  # requested from the scheduler; 0 = none
+    time_limit_s: int
+
+    @property
+    def tasks(self) -> int:
+        return self.nodes * self.tasks_per_node
+
+    def describe(self) -> str:
+        gpus = f", {self.gpus_per_node} GPUs per node" if self.gpus_per_node else ", no GPUs requested"
+        return (f"{self.nodes} node{'s' if self.nodes > 1 else ''} x {self.tasks_per_node} tasks{gpus}, "
+                f"time limit {format_time(self.time_limit_s)}")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run, fully decided: config, executor, resources, environment."""
+
+    name: str
+    config: RunConfig
+    cluster: str  # "slurm" or "local"
+    resources: Resources
+    options: ClusterOptions
+    env: tuple[tuple[str, str], ...]
+    requested_method: str
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def job_name(self) -> str:
+        return self.options.job_name or f"refit-{self.name}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "cluster": self.cluster, "resources": asdict(self.resources),
+            "options": self.options.to_json(), "env": dict(self.env), "requested_method": self.requested_method,
+            "method": self.config.method, "notes": list(self.notes),
+        }
+
+
+def parse_time(text: str) -> int:
+    """Seconds from SLURM's --time formats: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S."""
+    t = str(text).strip()
+    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", t)
+    if not m or t in ("",):
+        raise ConfigError(f"--time {text!r} is not a SLURM time (M, M:S, H:M:S, D-H, D-H:M or D-H:M:S)")
+    days, a, b, c = m.groups()
+    nums = [int(x) for x in (a, b, c) if x is not None]
+    if days is not None:
+        h, mi, s = (nums + [0, 0])[:3]
+        secs = int(days) * 86400 + h * 3600 + mi * 60 + s
+    elif len(nums) == 1:
+        secs = nums[0] * 60
+    elif len(nums) == 2:
+        secs = nums[0] * 60 + nums[1]
+    else:
+        secs = nums[0] * 3600 + nums[1] * 60 + nums[2]
+    if secs <= 0:
+        raise ConfigError(f"--time {text!r} must be more than zero")
+    return secs
+
+
+def format_time(seconds: float) -> str:
+    s = int(round(seconds))
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def sbatch_parameters(args: Sequence[str]) -> dict[str, Any]:
+    """Extra sbatch options (`--constraint=h100`, `--requeue`) as a {name: value} mapping."""
+    out: dict[str, Any] = {}
+    for a in args:
+        m = re.fullmatch(r"--([A-Za-z][A-Za-z0-9-]*)(?:=(.*))?", a.strip())
+        if not m:
+            raise ConfigError(f"--sbatch-arg {a!r}: write it as --name=value or --flag (e.g. --sbatch-arg=--constraint=h100)")
+        out[m.group(1).replace("-", "_")] = True if m.group(2) is None else m.group(2)
+    return out
+
+
+def parse_env(items: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    out = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not _ENV_KEY.match(key):
+            raise ConfigError(f"--env {item!r}: write it as KEY=VALUE")
+        out.append((key, value))
+    return tuple(out)
+
+
+def job_env(environ: Mapping[str, str], extra: Sequence[tuple[str, str]], cpus_per_task: int | None,
+            local_threads: int | None = None) -> tuple[tuple[str, str], ...]:
+    """The environment every task gets: safe defaults, then the user's forwarded variables, then --env."""
+    env: dict[str, str] = dict(SAFE_ENV)
+    env["OMP_NUM_THREADS"] = str(local_threads or cpus_per_task or 1)
+    env.update({k: v for k, v in sorted(environ.items())
+                if k.startswith(FORWARD_PREFIXES) and k not in NOT_FORWARDED})
+    env.update(dict(extra))
+    return tuple(sorted(env.items()))
+
+
+def plan_resources(world: int, cluster: str, gpus_per_node: int, opts: ClusterOptions) -> Resources:
+    """Nodes x tasks per node for a world of `world` ranks; raises ConfigError if they cannot match."""
+    limit = parse_time(opts.time)
+    if cluster == "local":
+        if opts.nodes not in (None, 1):
+            raise ConfigError(f"--nodes {opts.nodes}: the local executor runs every rank on this machine; "
+                              "use --cluster slurm for several nodes")
+        if opts.tasks_per_node not in (None, world):
+            raise ConfigError(f"--tasks-per-node {opts.tasks_per_node}: locally all {world} ranks run here; drop the option")
+        return Resources(1, world, 0, limit)
+    tpn = opts.tasks_per_node or (min(world, gpus_per_node) if opts.nodes is None else math.ceil(world / opts.nodes))
+    nodes = opts.nodes or math.ceil(world / tpn)
+    if nodes * tpn != world:
+        raise ConfigError(
+            f"{nodes} nodes x {tpn} tasks per node = {nodes * tpn} tasks, but the config's world is {world} ranks "
+            "(--gpus): choose --nodes/--tasks-per-node whose product is the world size"
+        )
+    return Resources(nodes, tpn, gpus_per_node if opts.request_gpus else 0, limit)
+
+
+def effective_config(cfg: RunConfig, method_explicit: bool, gpus_available: bool) -> tuple[RunConfig, str | None]:
+    """Without GPUs, a GPU method the user did not ask for by flag runs on gloo (with one line saying so)."""
+    if cfg.method in ("nccl", "nvshmem") and not gpus_available and not method_explicit:
+        note = (f"no CUDA GPU available: running {cfg.name} with gloo on the CPU instead of {cfg.method} "
+                f"(pass --refit-method {cfg.method} to insist)")
+        return cfg.with_changes(method="gloo"), note
+    return cfg, None
+
+
+def make_spec(name: str, cfg: RunConfig, cluster: str, opts: ClusterOptions, environ: Mapping[str, str],
+              method_explicit: bool, gpus_available: bool, local_cpus: int = 1) -> RunSpec:
+    """Decide everything about one run. `cluster` is already resolved to "slurm" or "local"."""
+    requested = cfg.method
+    cfg, note = effective_config(cfg, method_explicit, gpus_available)
+    cfg.validate()
+    res = plan_resources(cfg.gpus, cluster, cfg.gpus_per_node, opts)
+    threads = max(1, local_cpus // res.tasks) if cluster == "local" else None
+    env = job_env(environ, opts.env, opts.cpus_per_task, threads)
+    return RunSpec(name, cfg, cluster, res, opts, env, requested, (note,) if note else ())
