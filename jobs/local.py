@@ -26,7 +26,7 @@ def free_port() -> int:
 
 
 def launch(run_dir: Path, world_size: int, timeout_s: float = 600, grace_s: float = 90,
-           extra_env: dict[str, str] | None = None) -> list[int]:
+           extra_env: dict[str, str] | None = None, module: str = "jobs.refit_job") -> list[int]:
     """Run all ranks; return their exit codes (negative: killed by that signal)."""
     logs = run_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -39,7 +39,7 @@ def launch(run_dir: Path, world_size: int, timeout_s: float = 600, grace_s: floa
                    PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
                    **(extra_env or {}))
         log = open(logs / f"rank-{r}.log", "w")
-        procs.append((subprocess.Popen([sys.executable, "-m", "jobs.refit_job", str(run_dir)], env=env,
+        procs.append((subprocess.Popen([sys.executable, "-m", module, str(run_dir)], env=env,
                                        stdout=log, stderr=subprocess.STDOUT, cwd=root), log))
     deadline = time.monotonic() + timeout_s
     first_failure: float | None = None

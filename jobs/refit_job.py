@@ -89,8 +89,8 @@ def run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     env = task_env()
     if env.world_size != cfg.gpus:
         raise RuntimeError(f"job has {env.world_size} tasks but config {cfg.name} needs a world of {cfg.gpus}")
-    use_cuda = cfg.method in ("nccl", "nvshmem") and torch.cuda.is_available()
-    if cfg.method in ("nccl", "nvshmem") and not torch.cuda.is_available():
+    use_cuda = cfg.method in ("nccl", "nvshmem", "naive") and torch.cuda.is_available()
+    if cfg.method in ("nccl", "nvshmem", "naive") and not torch.cuda.is_available():
         raise RuntimeError(f"--refit-method {cfg.method} needs CUDA GPUs; use --refit-method gloo on CPU")
     device = torch.device("cuda", env.local_rank % torch.cuda.device_count()) if use_cuda else torch.device("cpu")
     if use_cuda:

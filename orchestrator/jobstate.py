@@ -65,8 +65,8 @@ def _local_state(run_dir: Path, job: dict[str, Any]) -> JobState:
     if st and st.get("state") != "RUNNING":
         return JobState(st["state"], st.get("detail", ""), "local controller")
     if alive:
-        return JobState("RUNNING" if st else "PENDING", "" if st else "waiting for earlier runs of its array",
-                        "local controller")
+        queued = "waiting for the earlier runs of its array" if "_" in str(job.get("job_id")) else ""
+        return JobState("RUNNING" if st else "PENDING", "" if st else queued, "local controller")
     if st is None and time.time() - job.get("submitted", 0) < 10:
         return JobState("SUBMITTED", "", "local controller")
     return JobState("UNKNOWN", f"the local controller (pid {job.get('controller_pid')}) is gone without a final "
@@ -109,9 +109,10 @@ def _slurm_state(run_dir: Path, job: dict[str, Any]) -> JobState:
         if len(parts) == 3 and parts[0] == jid:
             state, reason = parts[1], parts[2]
             return JobState(state, "" if reason in ("None", "") else reason, "squeue")
-    rc, out, err = _run(["sacct", "-X", "-n", "-P", "-j", jid, "-o", "JobID,State,ExitCode,Elapsed"])
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(job.get("submitted", 0) - 300))
+    rc, out, err = _run(["sacct", "-X", "-n", "-P", "-j", jid, "-S", since, "-o", "JobID,State,ExitCode,Elapsed"])
     if rc == 0:
-        for line in out.splitlines():
+        for line in reversed(out.splitlines()):  # a reused job id: the newest record is last
             parts = line.strip().split("|")
             if len(parts) >= 4 and parts[0] == jid:
                 state = parts[1].split()[0] if parts[1] else "UNKNOWN"

@@ -126,19 +126,28 @@ def _role_summary(ranks: Iterable[Any]) -> list[Any]:
     return out
 
 
+def _stopped(error: str | None) -> bool:
+    """An error that only says the rank was stopped (time limit, cancel, a failed peer's job ended)."""
+    return bool(error) and error.startswith(("JobTerminated", "KeyboardInterrupt"))
+
+
 def error_lines(s: Snapshot) -> list[Text]:
     errs = s.progress.errors
+    real = [r for r in errs if not _stopped(r.error)]
     out: list[Text] = []
-    if errs:
-        first = errs[0]
+    if real:
+        first = real[0]
         out.append(Text.assemble(("first failure: ", "bold red"), f"rank {first.rank} ({first.role}): ",
                                  (first.error or "", "red")))
         out.append(Text(f"  log: {s.run_dir / 'logs' / f'rank-{first.rank:05d}.log'}", style="dim"))
-        for r in errs[1:4]:
+        for r in real[1:4]:
             out.append(Text(f"then rank {r.rank}: {(r.error or '').splitlines()[0][:120]}", style="red"))
-        if len(errs) > 4:
-            out.append(Text(f"... and {len(errs) - 4} more ranks with errors", style="red"))
-    elif s.state.final and not s.verified:
+        if len(real) > 4:
+            out.append(Text(f"... and {len(real) - 4} more ranks with errors", style="red"))
+    if len(errs) > len(real):
+        out.append(Text(f"{len(errs) - len(real)} rank(s) were stopped by the scheduler or the controller "
+                        f"({s.state.state})", style="yellow"))
+    if not real and s.state.final and not s.verified:
         tail = log_tail(s.run_dir, 0)
         if tail:
             out.append(Text("last lines of rank 0's log:", style="dim"))
@@ -164,7 +173,7 @@ def results_view(s: Snapshot) -> Group:
     for col in ("iteration", "time ms", "GB/s", *(f"{p} ms" for p in phases), "launches"):
         t.add_column(col, justify="right")
     for i in res.get("iterations", []):
-        label = f"warm-up {i['iteration']}" if i.get("warmup") else str(i["iteration"])
+        label = "warm-up" if i.get("warmup") else str(i["iteration"])
         t.add_row(label, _ms(i["time_ms"]), _gbps(i.get("GBps")),
                   *(_ms((i.get("phases_ms") or {}).get(p)) for p in phases), str(i.get("launches", "")))
     verdict = Text("verified", style="bold green") if s.verified else Text("NOT verified", style="bold red")
@@ -175,7 +184,8 @@ def results_view(s: Snapshot) -> Group:
         f" · method {method_label(s.info)}",
     )
     files = Text(f"run directory: {s.run_dir} (results.json, iterations.csv, logs/)", style="dim")
-    parts: list[Any] = [t, summary]
+    parts: list[Any] = [t if res.get("iterations") else Text(f"{s.name}: no iteration finished", style="bold"),
+                        summary]
     if res.get("aggregated_by"):
         parts.append(Text(f"results aggregated by {res['aggregated_by']}", style="dim"))
     parts.extend(error_lines(s))

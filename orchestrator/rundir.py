@@ -157,11 +157,15 @@ class RankProgress:
     rank: int
     role: str
     done: int  # iterations recorded, warm-up included
-    last_ms: float | None
+    times_ms: tuple[float, ...]
     verified: bool
     complete: bool
     error: str | None
     mtime: float
+
+    @property
+    def last_ms(self) -> float | None:
+        return self.times_ms[-1] if self.times_ms else None
 
 
 @dataclass(frozen=True)
@@ -190,12 +194,11 @@ class Progress:
 
     @property
     def last_ms(self) -> float | None:
-        """The latest iteration every rank finished: its time (slowest rank), None before the first."""
+        """The latest iteration every active rank finished: its time (slowest rank), None before the first."""
         k = self.done
         if k == 0:
             return None
-        times = [r.last_ms for r in self.ranks if r.rank < self.active and r.done == k and r.last_ms is not None]
-        return max(times) if times and len(times) == self.active else None
+        return max(r.times_ms[k - 1] for r in self.ranks if r.rank < self.active)
 
     @property
     def errors(self) -> list[RankProgress]:
@@ -222,7 +225,7 @@ def progress(run_dir: Path, info: dict[str, Any]) -> Progress:
             mtime = path.stat().st_mtime
         except OSError:
             mtime = 0.0
-        ranks.append(RankProgress(r["rank"], r.get("role", "?"), len(its), its[-1]["time_ms"] if its else None,
+        ranks.append(RankProgress(r["rank"], r.get("role", "?"), len(its), tuple(i["time_ms"] for i in its),
                                   bool(r.get("verified")), bool(r.get("complete")), r.get("error"), mtime))
     return Progress(tuple(sorted(ranks, key=lambda x: x.rank)), info["active_ranks"], info["warmup"],
                     info["iterations"], tuple(problems))

@@ -17,7 +17,7 @@ from refit_core.model import Inventory, ModelSpec, inventory
 from refit_core.sharding import check_divisible
 from refit_core.timemodel import LOCAL_COPY_GBPS, NETWORK_GBPS, NVLINK_GBPS, LinkModel
 
-METHODS = ("nccl", "nvshmem", "gloo")
+METHODS = ("nccl", "nvshmem", "gloo", "naive")
 
 
 @dataclass(frozen=True)

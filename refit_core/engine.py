@@ -46,7 +46,11 @@ def make_transport(method: str) -> Transport:
         from refit_core.transports.nvshmem import NvshmemTransport
 
         return NvshmemTransport()
-    raise ConfigError(f"unknown refit method {method!r}: use nccl, nvshmem or gloo")
+    if method == "naive":
+        from refit_core.transports.naive import NaiveTransport
+
+        return NaiveTransport()
+    raise ConfigError(f"unknown refit method {method!r}: use nccl, nvshmem, gloo or naive")
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,25 @@ def _aligned(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
 
 
+def init_nvshmem(rank: int, nranks: int, device: torch.device, group: object) -> None:
+    """Initialise NVSHMEM by unique id, the id travelling over the torch (gloo) process group."""
+    import nvshmem.core as nv
+
+    try:
+        from cuda.core import Device
+    except ImportError:  # older cuda-python
+        from cuda.core.experimental import Device
+    os.environ.setdefault("NVSHMEM_DISABLE_NVLS", "1")
+    uid = nv.get_unique_id(empty=rank != 0)
+    raw = [ctypes.string_at(uid.ptr, uid._data.itemsize) if rank == 0 else None]
+    dist.broadcast_object_list(raw, src=0, group=group)
+    if rank != 0:
+        ctypes.memmove(uid.ptr, raw[0], len(raw[0]))
+    dev = Device(device.index)
+    dev.set_current()
+    nv.init(device=dev, uid=uid, rank=rank, nranks=nranks, initializer_method="uid")
+
+
 class NvshmemTransport:
     name = "nvshmem"
 
@@ -50,10 +69,6 @@ class NvshmemTransport:
             import nvshmem.core as nv
         except ImportError as e:
             raise TransportError("--refit-method nvshmem needs nvshmem4py: pip install 'refitctl[gpu]'") from e
-        try:
-            from cuda.core import Device
-        except ImportError:  # older cuda-python
-            from cuda.core.experimental import Device
         self.ctx, self.nv = ctx, nv
         w = ctx.plan.world
         active = list(range(w.gpus_used))
@@ -65,16 +80,8 @@ class NvshmemTransport:
             sizes[r] = self.dst_offset[r] + (d.nbytes if d else 0)
         size = max(_aligned(max(sizes.values())), ALIGN)
         os.environ.setdefault("NVSHMEM_SYMMETRIC_SIZE", str(size + (512 << 20)))
-        os.environ.setdefault("NVSHMEM_DISABLE_NVLS", "1")
 
-        uid = nv.get_unique_id(empty=ctx.rank != 0)
-        raw = [ctypes.string_at(uid.ptr, uid._data.itemsize) if ctx.rank == 0 else None]
-        dist.broadcast_object_list(raw, src=0, group=ctx.active_group)
-        if ctx.rank != 0:
-            ctypes.memmove(uid.ptr, raw[0], len(raw[0]))
-        dev = Device(ctx.device.index)
-        dev.set_current()
-        nv.init(device=dev, uid=uid, rank=ctx.rank, nranks=len(active), initializer_method="uid")
+        init_nvshmem(ctx.rank, len(active), ctx.device, ctx.active_group)
         self._sym = nv.bytetensor((size,))
         base = self._sym.data_ptr()
         if ctx.source is not None:
