@@ -40,6 +40,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--expert-model-parallel-size", "source", "ep", int, "source EP"),
     Flag("--expert-tensor-parallel-size", "source", "etp", int, "source expert TP (must be 1 for MoE)"),
     Flag("--pipeline-model-parallel-size", "source", "pp", int, "source PP"),
+    Flag("--decoder-first-pipeline-num-layers", "source", "first_stage_layers", int, "layers of the first source stage"),
+    Flag("--decoder-last-pipeline-num-layers", "source", "last_stage_layers", int, "layers of the last source stage"),
     Flag("--rl-inference-tensor-model-parallel-size", "destination", "tp", int, "destination (inference) TP"),
     Flag("--rl-inference-expert-model-parallel-size", "destination", "ep", int, "destination EP"),
     Flag("--rl-inference-expert-tensor-model-parallel-size", "destination", "etp", int, "destination expert TP (1 for MoE)"),
@@ -151,6 +153,14 @@ def apply_overrides(cfg: RunConfig, values: dict[str, Any], where: str = "comman
                 continue
             raise ConfigError(f"{where}: unknown setting {key!r}: see `refitctl plan --help` for the flags")
         {"model": model, "source": src, "destination": dst, "run": run}[f.target][f.field] = _convert(f, key, value, where)
+    if "num_layers" in model and not {"first_stage_layers", "last_stage_layers"} & set(src) \
+            and (cfg.source.first_stage_layers or cfg.source.last_stage_layers):
+        # a scaled-down run of an unevenly split model: the same rule for the new depth
+        pp, layers = src.get("pp", cfg.source.pp), model["num_layers"]
+        per = max(layers // pp, 1)
+        last = layers - per * (pp - 1)
+        src["first_stage_layers"] = None
+        src["last_stage_layers"] = last if 1 <= last != per else None
     try:
         new_model = dataclasses.replace(cfg.model, **model)
         return dataclasses.replace(

@@ -92,4 +92,20 @@ KIMI_K2_CONFIGS: tuple[RunConfig, ...] = (
         description=f"Kimi K2 1T refit on {_NODES}, both models on every GPU: training TP=2, EP=64 "
                     "to inference TP=1, EP=128",
     ),
+    RunConfig(
+        name="kimi-k2-pp4",
+        model=KIMI_K2_MODEL,
+        # Training as Megatron splits a 61-layer DeepSeek-V3-class model: PP=4 with stages of
+        # 16+16+16+13 layers (--decoder-last-pipeline-num-layers 13), TP=2, EP=8 per stage. The
+        # 16-layer stages hold 23 % more than the 13-layer one, so the busiest source sends 14 % over
+        # the mean by construction (docs/kimi-k2.md).
+        source=ParallelLayout(tp=2, ep=8, pp=4, last_stage_layers=13),
+        destination=ParallelLayout(tp=1, ep=64),
+        mode=RefitMode.NON_COLLOCATED,
+        method="nvshmem",
+        gpus=128,
+        use_case="Kimi K2 with source PP (uneven stages)",
+        description=f"Kimi K2 1T refit across {_NODES}: training TP=2, EP=8, PP=4 (16+16+16+13 layers) "
+                    "on GPUs 0-63 to inference TP=1, EP=64 on GPUs 64-127",
+    ),
 )

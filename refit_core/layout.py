@@ -10,6 +10,7 @@ out of data parallel); an expert's weights are replicated over the TP ranks (ETP
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from enum import Enum
 
@@ -29,11 +30,34 @@ class ParallelLayout:
     ep: int = 1
     pp: int = 1
     etp: int = 1
+    first_stage_layers: int | None = None  # Megatron's --decoder-first-pipeline-num-layers
+    last_stage_layers: int | None = None  # Megatron's --decoder-last-pipeline-num-layers
 
     def __post_init__(self) -> None:
         for name in ("tp", "ep", "pp", "etp"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name.upper()} must be >= 1, got {getattr(self, name)}")
+        for name in ("first_stage_layers", "last_stage_layers"):
+            v = getattr(self, name)
+            if v is not None and (v < 1 or self.pp == 1):
+                raise ConfigError(f"{name.replace('_', ' ')} {v} needs PP > 1 and at least one layer")
+
+    def stage_starts(self, num_layers: int) -> tuple[int, ...]:
+        """First layer of each pipeline stage: given first/last stage sizes, the rest split evenly."""
+        if self.pp == 1:
+            return (0,)
+        first, last = self.first_stage_layers, self.last_stage_layers
+        middle = self.pp - (first is not None) - (last is not None)
+        rest = num_layers - (first or 0) - (last or 0)
+        if rest < 0 or (middle and (rest % middle or rest == 0)) or (not middle and rest):
+            raise ConfigError(
+                f"--num-layers {num_layers} cannot be split over PP={self.pp}"
+                + (f" with first stage {first}" if first else "") + (f" and last stage {last}" if last else "")
+                + ": choose sizes that divide (or --decoder-first/last-pipeline-num-layers that add up)"
+            )
+        sizes = ([first] if first is not None else []) + [rest // middle if middle else 0] * middle \
+            + ([last] if last is not None else [])
+        return tuple(itertools.accumulate(sizes[:-1], initial=0))
 
     @property
     def size(self) -> int:

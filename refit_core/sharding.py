@@ -8,6 +8,8 @@ covering the whole dimension.
 
 from __future__ import annotations
 
+import bisect
+import functools
 from dataclasses import dataclass
 
 from refit_core.errors import ConfigError
@@ -49,7 +51,10 @@ def check_divisible(spec: ModelSpec, inv: Inventory, layout: ParallelLayout, sid
                 f"{side}: {what} {value} is not divisible by {flag} {by}: choose sizes that divide"
             )
 
-    need(spec.num_layers, pp, "--num-layers", pp_flag)
+    if layout.first_stage_layers is None and layout.last_stage_layers is None:
+        need(spec.num_layers, pp, "--num-layers", pp_flag)
+    else:
+        layout.stage_starts(spec.num_layers)
     need(spec.num_attention_heads, tp, "--num-attention-heads", tp_flag)
     if not spec.multi_latent_attention:
         need(spec.query_groups, tp, "--num-query-groups", tp_flag)
@@ -70,8 +75,15 @@ def check_divisible(spec: ModelSpec, inv: Inventory, layout: ParallelLayout, sid
 def stage_of(param: ParamSpec, layout: ParallelLayout, num_layers: int) -> int:
     """The pipeline stage holding `param`: layers split evenly, embedding first, head last."""
     if param.layer is not None:
-        return param.layer // (num_layers // layout.pp)
+        if layout.pp == 1:
+            return 0
+        return bisect.bisect_right(_stage_starts(layout, num_layers), param.layer) - 1
     return 0 if param.stage == "first" else layout.pp - 1
+
+
+@functools.lru_cache(maxsize=256)
+def _stage_starts(layout: ParallelLayout, num_layers: int) -> tuple[int, ...]:
+    return layout.stage_starts(num_layers)
 
 
 def local_shape(param: ParamSpec, layout: ParallelLayout) -> tuple[int, ...]:

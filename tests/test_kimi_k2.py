@@ -123,7 +123,7 @@ def reduced(name: str, num_layers: int = 2, num_experts: int = 128) -> RunConfig
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_reduced_plan_covers_every_element_once(name: str) -> None:
-    cfg = reduced(name)
+    cfg = reduced(name, num_layers=2 * CONFIGS[name].source.pp)
     cfg.validate()
     plan = plan_transfers(cfg.inventory(), cfg.world())
     check_plan(plan)
