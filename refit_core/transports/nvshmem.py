@@ -119,8 +119,13 @@ class NvshmemTransport:
         self.stream = torch.cuda.current_stream(ctx.device)
 
     def _put_fallback(self) -> None:
-        """Rows one by one through nvshmem put, for peers without a load/store mapping."""
+        """nvshmem put for peers without a load/store mapping: a contiguous block in one call,
+        a strided one row by row."""
         for peer, b in self.puts:
+            if b.src_stride == b.row_bytes == b.dst_stride:
+                n = b.nbytes
+                self.nv.put(self._sym[b.dst: b.dst + n], self._sym[b.src: b.src + n], remote_pe=peer, stream=self.stream)
+                continue
             for r in range(b.rows):
                 s = b.src + r * b.src_stride
                 d = b.dst + r * b.dst_stride
