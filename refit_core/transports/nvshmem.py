@@ -133,6 +133,8 @@ class NvshmemTransport:
                             remote_pe=peer, stream=self.stream)
 
     def iteration(self) -> IterationStats:
+        if os.environ.get("REFITCTL_NVSHMEM_SYNC", "device") == "host":
+            return self._iteration_host()
         start = torch.cuda.Event(enable_timing=True)
         end = torch.cuda.Event(enable_timing=True)
         start.record(self.stream)
@@ -145,6 +147,25 @@ class NvshmemTransport:
         end.synchronize()
         ms = start.elapsed_time(end)
         return IterationStats(ms, {"transfer": ms}, 1 + (1 if self.copy.count else 0) + 1 + len(self.puts))
+
+    def _iteration_host(self) -> IterationStats:
+        """Completion on the host: sources copy and synchronise, then a gloo barrier.
+
+        Destination PEs never run a GPU kernel, so on a time-sliced shared GPU they do not spin in
+        NVSHMEM's barrier kernel while the sources need the GPU. An experiment for one-GPU runs
+        (REFITCTL_NVSHMEM_SYNC=host); the device-side barrier is the default.
+        """
+        import time
+
+        t0 = time.perf_counter()
+        self.copy(self.stream)
+        if self.puts:
+            self._put_fallback()
+            self.nv.quiet(stream=self.stream)
+        self.stream.synchronize()
+        dist.barrier(group=self.ctx.active_group)
+        ms = (time.perf_counter() - t0) * 1e3
+        return IterationStats(ms, {"transfer": ms}, 1 if self.copy.count else 0)
 
     def close(self) -> None:
         if self._sym is not None:
