@@ -96,7 +96,7 @@ def run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     if use_cuda:
         torch.cuda.set_device(device)
     backend = "nccl" if cfg.method == "nccl" else "gloo"
-    timeout = datetime.timedelta(seconds=float(os.environ.get("REFITCTL_TIMEOUT", "60")))
+    timeout = datetime.timedelta(seconds=cfg.timeout_s)
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = env.master_addr, str(env.master_port)
     kwargs: dict[str, Any] = {"device_id": device} if backend == "nccl" else {}
     dist.init_process_group(backend, rank=env.rank, world_size=env.world_size, timeout=timeout,

@@ -52,6 +52,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--num-warmup-iterations", "run", "warmup", int, "untimed warm-up iterations (default 1)"),
     Flag("--refit-bucket-size", "run", "bucket_bytes", _size, "staging bucket per rank, e.g. 1GiB"),
     Flag("--gpus", "run", "gpus", int, "GPUs available (world size); default 8"),
+    Flag("--refit-timeout", "run", "timeout_s", float, "seconds a rank waits on a peer before the run fails (default 60)"),
     Flag("--gpu-memory-gb", "run", "gpu_memory_gb", float, "memory per GPU in GiB (H100: 80, H200: 141); default 80"),
     Flag("--gpus-per-node", "run", "gpus_per_node", int, "GPUs per node (time model); default 8"),
     Flag("--intra-node-gbps", "run", "intra_node_gbps", float,
@@ -134,6 +135,8 @@ def _convert(f: Flag, key: str, value: Any, where: str) -> Any:
         raise ConfigError(f"{where}: {f.flag} {value!r} is not a finite number")
     if f.kind is int and isinstance(value, float) and value != int(value):
         raise ConfigError(f"{where}: {f.flag} {value!r} is not an integer")
+    if f.kind is float and not (0 <= out < 1e9):
+        raise ConfigError(f"{where}: {f.flag} {value!r} is out of range")
     if f.kind in (int, _size) and not (0 <= out < 1 << 48):
         raise ConfigError(f"{where}: {f.flag} {value!r} is out of range: give a value from 0 to 2^48")
     return out

@@ -34,6 +34,7 @@ class RunConfig:
     bucket_bytes: int = 1 << 30
     use_case: str = ""
     description: str = ""
+    timeout_s: float = 60.0  # --refit-timeout: longest a rank waits on a peer before the run fails
     gpu_memory_gb: float = 80.0
     """Memory of one GPU in GiB as vendors quote it (H100: 80, H200: 141)."""
     gpus_per_node: int = 8
@@ -50,6 +51,8 @@ class RunConfig:
             raise ConfigError(f"--num-benchmark-iterations must be >= 1, got {self.iterations}")
         if self.warmup < 0:
             raise ConfigError(f"--num-warmup-iterations must be >= 0, got {self.warmup}")
+        if not 1 <= self.timeout_s <= 86400:
+            raise ConfigError(f"--refit-timeout must be 1..86400 seconds, got {self.timeout_s}")
         if self.bucket_bytes < 1 << 20:
             raise ConfigError(f"--refit-bucket-size must be at least 1 MiB, got {self.bucket_bytes} bytes")
         if self.model.is_moe:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -105,6 +106,7 @@ def run_rank(cfg: RunConfig, rank: int, world_size: int, device: torch.device,
         weights.fill(transport.src_buf, ctx.source, inv)
         log("source shards filled")
     total = cfg.warmup + cfg.iterations
+    watchdog = Watchdog(cfg.timeout_s, record, on_record)
     if setup_group is not None and dist.is_initialized():
         dist.barrier(group=setup_group)  # sources have filled; setup time is not refit time
     try:
@@ -112,6 +114,7 @@ def run_rank(cfg: RunConfig, rank: int, world_size: int, device: torch.device,
             if transport.dst_buf is not None:
                 weights.poison(transport.dst_buf)
             _sync(device)
+            watchdog.arm(f"iteration {k - cfg.warmup}")
             _barrier(active_group, device, cfg.method)
             if fault and fault.rank == rank and fault.iteration == k:
                 _inject_before(fault)
@@ -121,6 +124,7 @@ def run_rank(cfg: RunConfig, rank: int, world_size: int, device: torch.device,
                 _corrupt(transport.dst_buf, ctx.destination)
             if ctx.destination is not None:
                 weights.verify(transport.dst_buf, ctx.destination, inv, rank)
+            watchdog.disarm()
             log(f"iteration {k - cfg.warmup}{' (warm-up)' if k < cfg.warmup else ''}: {stats.time_ms:.3f} ms"
                 + (", verified" if ctx.destination is not None else ""))
             rec = IterationRecord(k - cfg.warmup if k >= cfg.warmup else -(cfg.warmup - k), k < cfg.warmup,
@@ -135,9 +139,44 @@ def run_rank(cfg: RunConfig, rank: int, world_size: int, device: torch.device,
         on_record(record)
         raise
     finally:
+        watchdog.disarm()
         transport.close()
     on_record(record)
     return record
+
+
+class Watchdog:
+    """Ends this process if one iteration (barrier, transfer, verification) outlasts the timeout.
+
+    NCCL and gloo time out by themselves; an NVSHMEM barrier kernel waiting for a dead PE does
+    not. The record is written first, so the run shows which rank gave up, and when.
+    """
+
+    def __init__(self, timeout_s: float, record: dict[str, Any], on_record: Callable[[dict[str, Any]], None]) -> None:
+        # the process group's own timeout fires first where it can; this is the backstop
+        self.timeout_s = timeout_s * 1.5 + 5
+        self.record, self.on_record = record, on_record
+        self._timer: threading.Timer | None = None
+
+    def arm(self, what: str) -> None:
+        self.disarm()
+        self._timer = threading.Timer(self.timeout_s, self._fire, args=(what,))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _fire(self, what: str) -> None:
+        self.record["error"] = (f"TimeoutError: {what} did not finish within {self.timeout_s:.0f} s "
+                                "(a peer died or hung; see the other ranks' errors)")
+        try:
+            self.on_record(self.record)
+        finally:
+            print(f"[rank {self.record['rank']}] {self.record['error']}", flush=True)
+            os._exit(3)
 
 
 class _Log:
