@@ -61,6 +61,8 @@ def _plan(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
     add_config_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.add_argument("--check", action="store_true", help="also verify the plan's coverage (every element once)")
+    p.add_argument("--png", type=Path, metavar="FILE",
+                   help="also write the transfer matrix as a heatmap PNG (needs matplotlib: refitctl[report])")
 
     def run(args: argparse.Namespace) -> int:
         cfg = resolve_config(args)
@@ -69,6 +71,10 @@ def _plan(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
             from refit_core.validate import check_plan
 
             check_plan(plan)
+        if args.png:
+            from orchestrator.report_cmd import write_plan_png
+
+            write_plan_png(args.png, plan_json(cfg, plan), cfg.name)
         if args.json:
             print(json.dumps(plan_json(cfg, plan), indent=1))
         else:
@@ -76,6 +82,8 @@ def _plan(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
             print_plan(console, cfg, plan)
             if args.check:
                 console.print("Coverage: every destination element exactly once [green]OK[/]")
+            if args.png:
+                console.print(f"Transfer matrix heatmap: {args.png}", highlight=False)
         return 0
 
     return run
