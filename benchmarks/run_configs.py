@@ -82,13 +82,18 @@ def main() -> int:
     ap.add_argument("--method")
     ap.add_argument("--keep-idle", action="store_true", help="launch idle ranks too (world = the config's gpus)")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--env", action="append", default=[], help="KEY=VALUE for every rank (repeatable)")
+    ap.add_argument("--repeat", type=int, default=1, help="run each config this many times")
     args = ap.parse_args(argv)
+    env = dict(kv.split("=", 1) for kv in args.env)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.configs.split(","):
-            row = run_config(name, args.method, _overrides(extra), args.keep_idle, Path(tmp))
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+        for rep in range(args.repeat):
+            for name in args.configs.split(","):
+                row = run_config(name, args.method, _overrides(extra), args.keep_idle, Path(tmp) / str(rep), env=env)
+                row["env"] = env
+                rows.append(row)
+                print(json.dumps(row), flush=True)
     print(f"\n{'config':14} {'method':8} {'PEs':>3} {'bytes':>12} {'median ms':>10} {'min ms':>9} {'GB/s':>8} {'launch':>6} ok")
     for r in rows:
         f = lambda v, fmt: (fmt % v) if isinstance(v, (int, float)) else "-"  # noqa: E731
