@@ -22,8 +22,8 @@ from rich.text import Text
 from orchestrator import executor
 from orchestrator.cli import add_config_args, command, resolve_config, wide_console
 from orchestrator.jobstate import cancel
-from orchestrator.liveview import (comparison_view, method_label, results_view, run_view, state_style,
-                                   status_line, sweep_table, watch)
+from orchestrator.liveview import (comparison_view, method_label, results_view, run_header, run_view, state_style,
+                                   sweep_table, watch)
 from orchestrator.planview import human_bytes
 from orchestrator.rundir import (find_run, is_sweep, iterations_csv, list_runs, load_run, stamp, unique_dir,
                                  update_run, write_run)
@@ -117,7 +117,7 @@ def print_intro(console: Console, spec: RunSpec, plan: Plan, why: str) -> None:
     """What is about to run: the seed's layout lines, the plan in one line, where and how."""
     cfg = spec.config
     for note in spec.notes:
-        console.print(f"[bold yellow]note:[/] {note}", highlight=False)
+        console.print(f"[bold yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     title = f"{cfg.name}" + (f" ({cfg.use_case})" if cfg.use_case else "")
     console.print(f"[bold]{title}[/]: {cfg.mode.value}, method {cfg.method}, "
                   f"{cfg.warmup} warm-up + {cfg.iterations} timed iterations", highlight=False)
@@ -126,7 +126,7 @@ def print_intro(console: Console, spec: RunSpec, plan: Plan, why: str) -> None:
     console.print(f"Model: {inv.numel:,} parameters, {human_bytes(inv.nbytes)}; plan: {len(plan.transfers)} transfers, "
                   f"{human_bytes(plan.delivered_bytes)} delivered", highlight=False)
     where = "SLURM" if spec.cluster == "slurm" else "local processes"
-    console.print(f"Executor: {where} ({why}); {spec.resources.describe()}", highlight=False)
+    console.print(f"Executor: {where} ({why}); {spec.resources.describe()}", highlight=False, soft_wrap=True)
 
 
 def submit_runs(specs: Sequence[RunSpec], run_dirs: Sequence[Path], folder: Path) -> list[executor.JobRef]:
@@ -148,7 +148,7 @@ def poll_seconds(args: argparse.Namespace, cluster: str) -> float:
 
 def detach_hint(console: Console, target: Path) -> None:
     console.print(f"Reattach: [bold]refitctl status {target} --watch[/]   Cancel: [bold]refitctl cancel {target}[/]",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
 
 
 def follow(run_dirs: list[Path], console: Console, poll_s: float, title: str | None,
@@ -199,14 +199,14 @@ def _submit(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
 
 @command("status", "where a run or sweep stands (the newest without RUN); --watch follows it until it is done")
 def _status(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
-    p.add_argument("run", nargs="?", help="run directory, its name under the runs directory, or a name prefix")
+    p.add_argument("target", metavar="RUN", nargs="?", help="run directory, its name under the runs directory, or a name prefix")
     add_runs_dir(p)
     p.add_argument("--watch", action="store_true", help="follow it live until it is done (Ctrl-C detaches)")
     p.add_argument("--poll", type=float, default=None, help="seconds between checks with --watch")
 
     def run(args: argparse.Namespace) -> int:
         console = wide_console()
-        target = find_run(runs_root(args), args.run)
+        target = find_run(runs_root(args), args.target)
         if is_sweep(target):
             from orchestrator.sweep import sweep_run_dirs, sweep_title
 
@@ -220,12 +220,15 @@ def _status(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
                 return 130
         else:
             snaps = [snapshot(d) for d in dirs]
-            console.print(run_view(snaps[0]) if title is None else sweep_table(snaps, title))
-        if all(s.state.final for s in snaps):
-            if title is None:
-                console.print(results_view(snaps[0]))
-            else:
-                console.print(comparison_view(snaps, title))
+        if title is not None:
+            console.print(comparison_view(snaps, title) if all(s.state.final for s in snaps)
+                          else sweep_table(snaps, title))
+        elif snaps[0].state.final:
+            if not args.watch:
+                console.print(run_header(snaps[0]))
+            console.print(results_view(snaps[0]))
+        elif not args.watch:
+            console.print(run_view(snaps[0]))
         return 0
 
     return run
@@ -233,14 +236,14 @@ def _status(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
 
 @command("results", "a run's per-iteration timings as a table, --csv or --json (a sweep: its comparison)")
 def _results(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
-    p.add_argument("run", help="run (or sweep) directory, its name, or a name prefix (newest)")
+    p.add_argument("target", metavar="RUN", help="run (or sweep) directory, its name, or a name prefix (newest)")
     add_runs_dir(p)
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--csv", action="store_true", help="per-iteration CSV on stdout")
     fmt.add_argument("--json", action="store_true", help="results JSON on stdout (with the job state)")
 
     def run(args: argparse.Namespace) -> int:
-        target = find_run(runs_root(args), args.run)
+        target = find_run(runs_root(args), args.target)
         if is_sweep(target):
             from orchestrator.sweep import print_sweep_results
 
@@ -253,10 +256,10 @@ def _results(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
             res = partial(target, s.info)
             print(f"refitctl: note: {s.name} is {s.state.state}: results so far", file=sys.stderr)
         if args.csv:
-            sys.stdout.write(iterations_csv(res, s.info))
+            emit(iterations_csv(res, s.info))
         elif args.json:
-            print(json.dumps({"run": s.name, "run_dir": str(target), "state": s.state.state,
-                              "detail": s.state.detail, "method": s.info["spec"].get("method"), **res}, indent=1))
+            emit(json.dumps({"run": s.name, "run_dir": str(target), "state": s.state.state,
+                             "detail": s.state.detail, "method": s.info["spec"].get("method"), **res}, indent=1) + "\n")
         else:
             wide_console().print(results_view(Snapshot(s.run_dir, s.info, s.state, s.progress, res)))
         return 0 if s.verified else 1
@@ -266,11 +269,11 @@ def _results(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
 
 @command("cancel", "cancel a run's job (or every run of a sweep)")
 def _cancel(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
-    p.add_argument("run", help="run (or sweep) directory, its name, or a name prefix (newest)")
+    p.add_argument("target", metavar="RUN", help="run (or sweep) directory, its name, or a name prefix (newest)")
     add_runs_dir(p)
 
     def run(args: argparse.Namespace) -> int:
-        target = find_run(runs_root(args), args.run)
+        target = find_run(runs_root(args), args.target)
         if is_sweep(target):
             from orchestrator.sweep import sweep_run_dirs
 
@@ -296,8 +299,8 @@ def _runs(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
             print(f"no runs under {root}: refitctl submit config-1 makes one")
             return 0
         t = Table(title=f"runs in {root}")
-        for col in ("run", "config", "method", "job", "state", "verified", "median ms", "GB/s", "created"):
-            t.add_column(col, justify="right" if col in ("median ms", "GB/s") else "left")
+        for col in ("run", "method", "job", "state", "verified", "median ms", "GB/s"):
+            t.add_column(col, justify="right" if col in ("median ms", "GB/s") else "left", no_wrap=col == "run")
         for d in dirs:
             t.add_row(*_run_row(d))
         wide_console().print(t)
@@ -314,18 +317,26 @@ def _run_row(d: Path) -> list[Any]:
         snaps = [snapshot(r) for r in sweep_run_dirs(d)]
         ok = sum(s.verified for s in snaps)
         states = sorted({s.state.state for s in snaps})
-        return [d.name, f"sweep {info.get('name', '')}", "", f"{len(snaps)} runs", ", ".join(states),
-                f"{ok}/{len(snaps)}", "", "", info.get("created", "")[:19]]
+        return [d.name, "", f"sweep {info.get('name', '')}, {len(snaps)} runs", ", ".join(states),
+                f"{ok}/{len(snaps)}", "", ""]
     try:
         s = snapshot(d)
     except ConfigError as e:
-        return [d.name, "", "", "", Text("damaged", style="red"), str(e)[:40], "", "", ""]
+        return [d.name, "", "", Text("damaged", style="red"), str(e)[:40], "", ""]
     res = s.results or {}
-    return [d.name, s.info["config"], method_label(s.info), s.job_label,
-            Text(s.state.state, style=state_style(s.state.state)),
+    return [d.name, method_label(s.info), s.job_label, Text(s.state.state, style=state_style(s.state.state)),
             "" if not s.state.final else ("yes" if s.verified else "no"),
             "-" if res.get("median_ms") is None else f"{res['median_ms']:,.1f}",
-            "-" if res.get("GBps") is None else f"{res['GBps']:.3f}", s.info.get("created", "")[:19]]
+            "-" if res.get("GBps") is None else f"{res['GBps']:.3f}"]
+
+
+def emit(text: str) -> None:
+    """Write to stdout; a reader that stops early (`| head`) is not an error."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 # `sweep` and `render` register themselves on import.

@@ -27,6 +27,8 @@ and calls `jobs.refit_job.run(run_dir)`.
 from __future__ import annotations
 
 import atexit
+import contextlib
+import io
 import json
 import math
 import os
@@ -120,15 +122,16 @@ def submit(specs: Sequence[RunSpec], run_dirs: Sequence[Path], folder: Path) -> 
         raise ValueError("a SLURM array needs runs of one shape; group them with shape() first")
     ex = submitit.SlurmExecutor(folder=folder)
     ex.update_parameters(**slurm_parameters(spec, len(specs)))
-    try:
-        with submitit.helpers.clean_env():
+    try:  # submitit prints sbatch's stderr on failure; the error below says it in one line
+        with submitit.helpers.clean_env(), contextlib.redirect_stderr(io.StringIO()):
             if len(args) == 1:
                 jobs = [ex.submit(run_task, *args[0])]
             else:
                 with ex.batch():
                     jobs = [ex.submit(run_task, *a) for a in args]
     except submitit_utils.FailedJobError as e:
-        raise RefitError(f"sbatch refused the job: {_last_line(str(e))}") from None
+        raise RefitError(f"sbatch refused the job: {_last_line(str(e))} (compare --partition, --gpus-per-node, "
+                         "--nodes and --time with what `sinfo` shows)") from None
     except subprocess.CalledProcessError as e:
         raise RefitError(f"sbatch failed: {_last_line(str(e.output or e))}") from None
     return [JobRef("slurm", str(j.job_id), str(folder.resolve()), t) for j in jobs]
@@ -251,8 +254,8 @@ def run_task(run_dir: str, env: dict[str, str]) -> dict[str, Any]:
                       LOCAL_WORLD_SIZE=str(world // nodes), MASTER_ADDR=addr, MASTER_PORT=port)
     signal.signal(submitit.JobEnvironment._usr_sig(), _log_signal)
     signal.signal(signal.SIGTERM, _terminate)
-    print(f"refitctl: rank {rank} of {world} on {socket.gethostname()} (job {job.job_id}, {job.cluster}); "
-          f"master {addr}:{port}", flush=True)
+    print(f"refitctl: rank {rank} of {world}, node {job.node} of {nodes} ({socket.gethostname()}), "
+          f"{job.cluster} job {job.job_id}; master {addr}:{port}", flush=True)
     from jobs.refit_job import run
 
     record = run(run_dir)

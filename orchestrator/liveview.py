@@ -61,6 +61,9 @@ def layout_label(lay: dict[str, Any]) -> str:
 def phase_label(s: Snapshot) -> str:
     if s.state.queued:
         return "queued"
+    if not s.progress.started and not s.state.final:
+        up = len(list((s.run_dir / "logs").glob("rank-*.log")))
+        return f"starting ({up}/{s.info.get('world_size', '?')} tasks up)"
     return s.progress.phase()
 
 
@@ -68,7 +71,7 @@ def status_line(s: Snapshot) -> str:
     """One line: `config-1: RUNNING, iteration 2/3, last 1,234.5 ms`."""
     parts = [f"{s.name}: {s.state.describe()}"]
     if not s.state.queued:
-        parts.append(s.progress.phase())
+        parts.append(phase_label(s))
         if s.progress.last_ms is not None:
             parts.append(f"last {_ms(s.progress.last_ms)} ms")
     if s.state.final:
@@ -76,15 +79,19 @@ def status_line(s: Snapshot) -> str:
     return ", ".join(parts)
 
 
+def run_header(s: Snapshot) -> Text:
+    return Text.assemble((s.name, "bold"), f"  {s.run_dir}  ", (s.job_label, "dim"))
+
+
 def run_view(s: Snapshot) -> Group:
     """The status of one run: header, state and progress, the ranks, the errors."""
     job = s.info.get("job") or {}
-    head = Text.assemble((s.name, "bold"), f"  {s.run_dir}  ", (s.job_label, "dim"))
+    head = run_header(s)
     state = Text.assemble(("state ", ""), (s.state.state, state_style(s.state.state)))
     if s.state.detail:
         state.append(f" ({s.state.detail})", style="dim")
     if not s.state.queued:
-        state.append(f" · {s.progress.phase()}")
+        state.append(f" · {phase_label(s)}")
         if s.progress.last_ms is not None:
             state.append(f" · last {_ms(s.progress.last_ms)} ms")
     if not s.state.final and job.get("submitted"):
@@ -147,7 +154,7 @@ def error_lines(s: Snapshot) -> list[Text]:
     if len(errs) > len(real):
         out.append(Text(f"{len(errs) - len(real)} rank(s) were stopped by the scheduler or the controller "
                         f"({s.state.state})", style="yellow"))
-    if not real and s.state.final and not s.verified:
+    if not real and s.state.final and not s.verified and s.state.state not in ("CANCELLED", "TIMEOUT"):
         tail = log_tail(s.run_dir, 0)
         if tail:
             out.append(Text("last lines of rank 0's log:", style="dim"))
@@ -172,7 +179,12 @@ def results_view(s: Snapshot) -> Group:
     phases = sorted({k for i in res.get("iterations", []) for k in (i.get("phases_ms") or {})})
     for col in ("iteration", "time ms", "GB/s", *(f"{p} ms" for p in phases), "launches"):
         t.add_column(col, justify="right")
-    for i in res.get("iterations", []):
+    its = res.get("iterations", [])
+    shown = its if len(its) <= 25 else [*its[:6], None, *its[-10:]]
+    for i in shown:
+        if i is None:
+            t.add_row(f"... {len(its) - 16} more", *[""] * (len(t.columns) - 1))
+            continue
         label = "warm-up" if i.get("warmup") else str(i["iteration"])
         t.add_row(label, _ms(i["time_ms"]), _gbps(i.get("GBps")),
                   *(_ms((i.get("phases_ms") or {}).get(p)) for p in phases), str(i.get("launches", "")))
@@ -207,17 +219,37 @@ def sweep_table(snaps: Sequence[Snapshot], title: str) -> Table:
 def comparison_view(snaps: Sequence[Snapshot], title: str) -> Group:
     """The sweep's comparison: every config, then by method (NCCL vs NVSHMEM) and by refit kind (TP vs EP)."""
     t = Table(title=title)
-    for col in ("config", "mode", "method", "source", "destination", "refit", "GPUs", "state", "verified",
-                "median ms", "GB/s"):
-        t.add_column(col, justify="right" if col in ("GPUs", "median ms", "GB/s") else "left")
+    for col in ("config", "mode", "method", "source -> destination", "refit", "GPUs", "state", "median ms", "GB/s"):
+        t.add_column(col, justify="right" if col in ("GPUs", "median ms", "GB/s") else "left",
+                     no_wrap=col in ("config", "mode", "source -> destination"))
     for s in snaps:
         res = s.results or {}
-        t.add_row(s.info["config"], s.info.get("mode", ""), method_label(s.info), layout_label(s.info["source"]),
-                  layout_label(s.info["destination"]), refit_kind(s.info), str(s.info.get("active_ranks", "")),
-                  Text(s.state.state, style=state_style(s.state.state)),
-                  Text("yes", style="green") if s.verified else Text("no", style="red"),
-                  _ms(res.get("median_ms")), _gbps(res.get("GBps")))
-    return Group(t, _group_table(snaps, "method", method_label), _group_table(snaps, "refit", refit_kind))
+        state = Text(s.state.state, style=state_style(s.state.state))
+        if s.state.state == "COMPLETED" and not s.verified:
+            state = Text("COMPLETED, not verified", style="bold red")
+        t.add_row(s.info["config"], s.info.get("mode", ""), method_label(s.info),
+                  f"{layout_label(s.info['source'])} -> {layout_label(s.info['destination'])}", refit_kind(s.info),
+                  str(s.info.get("active_ranks", "")), state, _ms(res.get("median_ms")), _gbps(res.get("GBps")))
+    parts: list[Any] = [t, _group_table(snaps, "method", method_label), _group_table(snaps, "refit", refit_kind)]
+    for s in snaps:
+        why = failure_summary(s)
+        if why:
+            parts.append(Text.assemble((f"{s.info['config']}: ", "bold red"), why))
+    return Group(*parts)
+
+
+def failure_summary(s: Snapshot) -> str | None:
+    """Why a finished run did not verify, in one line: the first real rank error, else the log's last error."""
+    if not s.state.final or s.verified:
+        return None
+    real = [r for r in s.progress.errors if not _stopped(r.error)]
+    if real:
+        return f"rank {real[0].rank}: {(real[0].error or '').splitlines()[0][:150]}"
+    for rank in range(min(s.info.get("world_size", 1), 8)):
+        errs = [ln.strip() for ln in log_tail(s.run_dir, rank, 40) if "Error" in ln or "error:" in ln]
+        if errs:
+            return f"{s.state.describe()}; rank {rank}'s log: {errs[-1][:150]}"
+    return s.state.describe()
 
 
 def _group_table(snaps: Sequence[Snapshot], name: str, key: Any) -> Table:
@@ -259,8 +291,8 @@ def watch(run_dirs: Sequence[Path], console: Console, poll_s: float, title: str 
                 time.sleep(poll_s)
                 snaps = [snapshot(d) for d in run_dirs]
                 live.update(render(snaps))
-        if title is None:
-            console.print(run_view(snaps[0]))
+        for s in snaps:
+            console.print(status_line(s), highlight=False, markup=False)
         return snaps
     last: dict[Path, str] = {}
     while True:

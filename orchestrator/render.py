@@ -57,7 +57,7 @@ def render_sbatch(spec: RunSpec, plan: Plan, python: str, run_dir: str | None, c
              f": TP={src.tp},EP={src.ep} -> TP={dst.tp},EP={dst.ep}, {cfg.mode.value}, {cfg.method}")
     env_lines = [f"export {k}=${{{k}:-{shlex.quote(v)}}}" for k, v in spec.env]
     values: dict[str, Any] = {
-        "title": title, "command": command, "script_name": f"{spec.name}.sbatch",
+        "title": title, "command": command,
         "sbatch_lines": "\n".join(sbatch_lines(spec)),
         "python": shlex.quote(python),
         "run_dir": run_dir or f"$SLURM_SUBMIT_DIR/runs/{spec.name}-$SLURM_JOB_ID",

@@ -198,12 +198,16 @@ def plan_resources(world: int, cluster: str, gpus_per_node: int, opts: ClusterOp
 
 
 def effective_config(cfg: RunConfig, method_explicit: bool, gpus_available: bool) -> tuple[RunConfig, str | None]:
-    """Without GPUs, a GPU method the user did not ask for by flag runs on gloo (with one line saying so)."""
-    if cfg.method in ("nccl", "nvshmem") and not gpus_available and not method_explicit:
-        note = (f"no CUDA GPU available: running {cfg.name} with gloo on the CPU instead of {cfg.method} "
-                f"(pass --refit-method {cfg.method} to insist)")
-        return cfg.with_changes(method="gloo"), note
-    return cfg, None
+    """Without GPUs, a GPU method the user did not ask for by flag runs on gloo (with one line saying so);
+    one asked for by flag is an error."""
+    if cfg.method == "gloo" or gpus_available:
+        return cfg, None
+    if method_explicit:
+        raise ConfigError(f"--refit-method {cfg.method} needs CUDA GPUs and none is available here: "
+                          "use --refit-method gloo, or leave the flag out to fall back to gloo")
+    note = (f"no CUDA GPU available: running {cfg.name} with gloo on the CPU instead of {cfg.method} "
+            f"(on GPUs it runs {cfg.method})")
+    return cfg.with_changes(method="gloo"), note
 
 
 def make_spec(name: str, cfg: RunConfig, cluster: str, opts: ClusterOptions, environ: Mapping[str, str],

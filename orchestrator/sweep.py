@@ -17,15 +17,13 @@ import csv
 import dataclasses
 import io
 import json
-import os
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from orchestrator import configs, executor
 from orchestrator.cli import command, wide_console
 from orchestrator.commands import (add_cluster_args, add_runs_dir, add_watch_args, cluster_options, command_line,
-                                   detach_hint, follow, given_options, plan_and_spec, poll_seconds, runs_root,
+                                   detach_hint, emit, follow, plan_and_spec, poll_seconds, runs_root,
                                    submit_runs)
 from orchestrator.flags import add_flags, apply_overrides, overrides_from_args
 from orchestrator.liveview import comparison_view, layout_label, method_label, refit_kind
@@ -57,7 +55,8 @@ def sweep_configs(name: str, config_file: Path | None) -> list[str]:
 def sweep_run_dirs(sweep_dir: Path) -> list[Path]:
     """The latest run directory of each config, in the sweep's order."""
     data = _load(sweep_dir)
-    return [sweep_dir / data["runs"][n][-1] for n in data["configs"] if data["runs"].get(n)]
+    dirs = [sweep_dir / data["runs"][n][-1] for n in data["configs"] if data["runs"].get(n)]
+    return [d for d in dirs if (d / "run.json").is_file()]  # a run whose submission failed is not there
 
 
 def sweep_title(sweep_dir: Path) -> str:
@@ -116,7 +115,8 @@ def _sweep(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
             cluster = specs[0].cluster
             console.print(f"Executor: {'SLURM' if cluster == 'slurm' else 'local processes'} ({why}); "
                           f"{specs[0].resources.describe()}"
-                          + ("; one job array" if cluster == "slurm" else "; one run after another"), highlight=False)
+                          + ("; one job array" if cluster == "slurm" else "; one run after another"), highlight=False,
+                          soft_wrap=True)
             ids = launch(specs, dirs, sweep_dir)
             data["jobs"] = data.get("jobs", []) + ids
             write_json_atomic(sweep_dir / SWEEP_FILE, data)
@@ -167,7 +167,7 @@ def _prepare_new(args: argparse.Namespace, root: Path, console: Any) -> tuple[Pa
     notes = sorted({n for s in specs for n in s.notes})
     if notes:
         console.print("[bold yellow]note:[/] no CUDA GPU available: configs asking for nccl or nvshmem run with gloo "
-                      "on the CPU (pass --refit-method to insist)", highlight=False)
+                      "on the CPU (on GPUs they run their own method)", highlight=False, soft_wrap=True)
     label = args.sweep if (args.sweep in configs.SWEEPS or args.sweep == "all") else "custom"
     sweep_dir = unique_dir(root, f"sweep-{label}-{stamp()}")
     dirs = []
@@ -265,9 +265,9 @@ def print_sweep_results(sweep_dir: Path, as_csv: bool, as_json: bool) -> int:
         write_comparison(sweep_dir, snaps)
     rows = comparison_rows(snaps)
     if as_csv:
-        sys.stdout.write(comparison_csv(rows))
+        emit(comparison_csv(rows))
     elif as_json:
-        print(json.dumps(rows, indent=1))
+        emit(json.dumps(rows, indent=1) + "\n")
     else:
         wide_console().print(comparison_view(snaps, sweep_title(sweep_dir)))
     return 0 if all(s.verified for s in snaps) else 1

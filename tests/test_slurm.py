@@ -1,0 +1,152 @@
+"""refitctl against a real SLURM cluster: the local one of scripts/slurm/up.sh (`make slurm-up`).
+
+Partition `debug`, nodes node1 and node2 with 4 (fake) GPUs each, slurmdbd accounting so sacct gives
+true states. Every job is submitted through `refitctl` (submitit -> sbatch -> srun), runs gloo on the
+CPU, and is followed the way a user follows it. Nothing here mocks SLURM.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from test_orchestrator_local import SMALL, only_run, only_run_or_sweep, refitctl, run_json
+
+
+def _why_no_slurm() -> str | None:
+    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
+        return "SLURM is not installed here (no sinfo/sbatch): run `make slurm-up` (scripts/slurm/up.sh)"
+    try:
+        p = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"SLURM does not answer ({e}): run `make slurm-up`"
+    if p.returncode != 0:
+        return f"SLURM does not answer (sinfo: {p.stderr.strip()}): run `make slurm-up`"
+    if "debug" not in p.stdout:
+        return "no partition `debug`: this is not the test cluster of scripts/slurm/up.sh"
+    return None
+
+
+WHY = _why_no_slurm()
+pytestmark = [pytest.mark.slurm, pytest.mark.skipif(WHY is not None, reason=WHY or "")]
+# The test cluster: 4 GPUs per node, partition debug. A long --refit-timeout keeps the ranks' own wait for a
+# hung peer from ending a job before SLURM's time limit does.
+ON_CLUSTER = ["--cluster", "slurm", "--partition", "debug", "--gpus-per-node", "4", "--refit-method", "gloo",
+              "--poll", "1", "--time", "10", "--refit-timeout", "600"]
+
+
+def sacct(job_id: str, fields: str = "State") -> str:
+    out = subprocess.run(["sacct", "-X", "-n", "-P", "-j", job_id, "-o", fields], capture_output=True, text=True,
+                         timeout=30).stdout.strip().splitlines()
+    return out[-1] if out else ""
+
+
+def test_config_4_as_three_tasks(tmp_path: Path) -> None:
+    p = refitctl("submit", "config-4", "--gpus", "3", *ON_CLUSTER, *SMALL, runs=tmp_path, check=0)
+    assert "Executor: SLURM" in p.stdout and "1 node x 3 tasks, 4 GPUs per node" in p.stdout
+    d = only_run(tmp_path)
+    info = run_json(d)
+    job = info["job"]["job_id"]
+    assert job.isdigit() and info["final"]["state"] == "COMPLETED"
+    assert sacct(job).startswith("COMPLETED")
+    assert json.loads((d / "results.json").read_text())["verified"]
+    assert sorted(x.name for x in (d / "logs").iterdir()) == [f"rank-{r:05d}.log" for r in range(3)]
+    assert (d / "iterations.csv").read_text().count("\n") == 4
+
+
+def test_collocated_config(tmp_path: Path) -> None:
+    refitctl("submit", "collocated-4", "--gpus", "4", *ON_CLUSTER, *SMALL, runs=tmp_path, check=0)
+    d = only_run(tmp_path)
+    assert run_json(d)["mode"] == "collocated" and run_json(d)["final"]["state"] == "COMPLETED"
+
+
+def test_two_node_layout(tmp_path: Path) -> None:
+    """config-1's 8 ranks on 4-GPU nodes: 2 nodes x 4 tasks, ranks 4-7 on the second node."""
+    p = refitctl("submit", "config-1", *ON_CLUSTER, *SMALL, runs=tmp_path, check=0)
+    assert "2 nodes x 4 tasks" in p.stdout
+    d = only_run(tmp_path)
+    job = run_json(d)["job"]["job_id"]
+    assert sacct(job, "State,NNodes,NodeList").split("|")[:2] == ["COMPLETED", "2"]
+    assert "node 0 of 2" in (d / "logs" / "rank-00000.log").read_text()
+    assert "node 1 of 2" in (d / "logs" / "rank-00004.log").read_text()
+    assert "master node1:" in (d / "logs" / "rank-00007.log").read_text()
+
+
+def test_sweep_is_one_job_array(tmp_path: Path) -> None:
+    names = "config-4,tp-ep-swap-4gpu,ep-refit-minimal"
+    root = Path(__file__).resolve().parent.parent
+    p = refitctl("sweep", names, "--config-file", str(root / "examples" / "my-configs.toml"), "--gpus", "4",
+                 *ON_CLUSTER, *SMALL, runs=tmp_path, timeout=400, check=0)
+    assert "one job array" in p.stdout
+    sweep = only_run_or_sweep(tmp_path)
+    data = json.loads((sweep / "sweep.json").read_text())
+    assert len(data["jobs"]) == 1
+    array = data["jobs"][0]
+    ids = [run_json(sweep / data["runs"][n][0])["job"]["job_id"] for n in data["configs"]]
+    assert ids == [f"{array}_{i}" for i in range(3)]
+    for i in ids:
+        assert sacct(i).startswith("COMPLETED")
+    assert (sweep / "comparison.csv").read_text().count(",COMPLETED,") == 3
+
+
+def test_a_failing_rank_ends_failed_with_its_error(tmp_path: Path) -> None:
+    p = refitctl("submit", "config-4", "--gpus", "3", *ON_CLUSTER, "--env", "REFITCTL_FAULT=raise:rank=1:iteration=0",
+                 *SMALL, runs=tmp_path, check=1)
+    assert "FAILED" in p.stdout and "first failure: rank 1 (source)" in p.stdout
+    d = only_run(tmp_path)
+    job = run_json(d)["job"]["job_id"]
+    assert sacct(job).startswith("FAILED")
+    status = refitctl("status", d.name, runs=tmp_path, check=0).stdout
+    assert "FAILED" in status and "injected fault: rank 1 raised at iteration 0" in status
+    data = json.loads(refitctl("results", d.name, "--json", runs=tmp_path, check=1).stdout)
+    assert data["state"] == "FAILED" and "injected fault" in data["errors"]["1"]
+
+
+def test_a_job_past_its_time_limit_ends_timeout(tmp_path: Path) -> None:
+    """SLURM counts time limits in minutes: a 1-minute limit, a rank that hangs."""
+    args = [a if a != "10" else "1" for a in ON_CLUSTER]  # --time 1
+    p = refitctl("submit", "config-4", "--gpus", "3", *args, "--env", "REFITCTL_FAULT=hang:rank=0:iteration=0",
+                 *SMALL, runs=tmp_path, timeout=300, check=1)
+    assert "TIMEOUT" in p.stdout
+    d = only_run(tmp_path)
+    assert sacct(run_json(d)["job"]["job_id"]).startswith("TIMEOUT")
+    assert run_json(d)["final"]["state"] == "TIMEOUT"
+
+
+def test_cancel_a_running_job(tmp_path: Path) -> None:
+    refitctl("submit", "config-4", "--gpus", "3", *ON_CLUSTER, "--detach", "--env", "REFITCTL_FAULT=hang:rank=0:iteration=0",
+             *SMALL, runs=tmp_path, check=0)
+    d = only_run(tmp_path)
+    job = run_json(d)["job"]["job_id"]
+    deadline = time.monotonic() + 60
+    while sacct(job).split("|")[0] in ("", "PENDING"):
+        assert time.monotonic() < deadline
+        time.sleep(1)
+    assert f"scancel {job} sent" in refitctl("cancel", d.name, runs=tmp_path, check=0).stdout
+    p = refitctl("status", d.name, "--watch", "--poll", "1", runs=tmp_path, timeout=120, check=0)
+    assert "CANCELLED" in p.stdout
+    assert sacct(job).startswith("CANCELLED")
+
+
+def test_a_rendered_script_submitted_by_hand(tmp_path: Path) -> None:
+    """`refitctl render` -> `sbatch` by hand -> `refitctl status RUN_DIR --watch` follows it."""
+    script = tmp_path / "job.sbatch"
+    refitctl("render", "config-4", "--gpus", "3", "--gpus-per-node", "4", "--partition", "debug", "--time", "10",
+             "--refit-method", "gloo", *SMALL, "-o", str(script), runs=tmp_path, check=0)
+    run_dir = tmp_path / "by-hand"
+    out = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, cwd=tmp_path,
+                         env={**__import__("os").environ, "RUN_DIR": str(run_dir)}, timeout=30, check=True)
+    job = out.stdout.strip().split(";")[0]
+    deadline = time.monotonic() + 60
+    while not (run_dir / "run.json").exists() or "@SLURM_JOB_ID@" in (run_dir / "run.json").read_text():
+        assert time.monotonic() < deadline, "the script did not write its run directory"
+        time.sleep(0.5)
+    assert run_json(run_dir)["job"]["job_id"] == job
+    p = refitctl("status", str(run_dir), "--watch", "--poll", "1", runs=tmp_path, timeout=180, check=0)
+    assert "COMPLETED" in p.stdout and "verified" in p.stdout
+    assert json.loads((run_dir / "results.json").read_text())["verified"]
