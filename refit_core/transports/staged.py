@@ -50,8 +50,8 @@ class StagedTransport:
         self.dst_buf = allocate(ctx.destination.nbytes, dev) if ctx.destination else None
         chunk = chunk_bytes_for(ctx.plan, ctx.config.bucket_bytes)
         rb: RankBlocks = rank_blocks(ctx.plan, ctx.rank_plan, ctx.source, ctx.destination, chunk)
-        send_size = max((sum(c.nbytes for c in r) for r in rb.sends), default=0)
-        recv_size = max((sum(c.nbytes for c in r) for r in rb.recvs), default=0)
+        send_size = max((self._laid_out_size(r) for r in rb.sends), default=0)
+        recv_size = max((self._laid_out_size(r) for r in rb.recvs), default=0)
         sets = 2 if rb.rounds > 1 else 1
         self.stage_send = [allocate(send_size, dev) for _ in range(sets)]
         self.stage_recv = [allocate(recv_size, dev) for _ in range(sets)]
@@ -71,6 +71,10 @@ class StagedTransport:
         if self.cuda:
             self.extra_bytes += sum(s.kernel.desc.numel() * 8 for r in self.rounds for s in (r[0], r[3])
                                     if s is not None and s.kernel.desc is not None)
+
+    @staticmethod
+    def _laid_out_size(chunks: tuple[Chunk, ...]) -> int:
+        return sum(-(-c.nbytes // 256) * 256 for c in chunks)
 
     @staticmethod
     def _lay_out(chunks: tuple[Chunk, ...], packed_is_dst: bool) -> tuple[list[Block], list[tuple[int, int, int]]]:
