@@ -8,8 +8,15 @@ REFITCTL := $(VENV)/bin/refitctl
 SWEEP_ARGS ?=
 # Extra arguments for pytest, e.g. PYTEST_ARGS="-m 'not slurm'"
 PYTEST_ARGS ?=
+# SLURM settings for `make kimi-k2`, e.g. PARTITION=gpu ACCOUNT=myproj TIME=60
+PARTITION ?=
+ACCOUNT ?=
+TIME ?= 60
+KIMI_ARGS ?=
+SLURM_OPTS = $(if $(PARTITION),--partition $(PARTITION)) $(if $(ACCOUNT),--account $(ACCOUNT)) --time $(TIME)
 
-.PHONY: help venv test test-local test-slurm slurm-up slurm-down sweep-8gpu submit-config-1 templates
+.PHONY: help run venv test test-fast test-local test-slurm slurm-up slurm-down sweep-8gpu submit-config-1 templates \
+	kimi-k2 kimi-k2-collocated kimi-k2-plan kimi-k2-small
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -23,7 +30,13 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed  ## create .venv: torch first (TORCH=...), then refitctl with its test extras
 
-test: venv  ## run the whole test suite (SLURM tests skip unless the cluster is up: make slurm-up)
+run: venv  ## set up, then run the embedded default: refitctl submit config-1 (local processes)
+	$(REFITCTL) submit config-1 --cluster local
+
+test: venv slurm-up  ## set up (venv + local SLURM cluster), then run the whole test suite
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: venv  ## the test suite without starting SLURM (its tests skip)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-local: venv  ## the orchestrator's tests without SLURM
@@ -49,3 +62,17 @@ templates: venv  ## re-render the example sbatch scripts in templates/examples/
 	env -i PATH="$$PATH" HOME="$$HOME" $(REFITCTL) render config-1 --python python3 --exclusive -o templates/examples/config-1.sbatch
 	env -i PATH="$$PATH" HOME="$$HOME" $(REFITCTL) render collocated-1 --python python3 --exclusive -o templates/examples/collocated-1.sbatch
 	env -i PATH="$$PATH" HOME="$$HOME" $(REFITCTL) render kimi-k2 --python python3 --exclusive --time 1:00:00 -o templates/examples/kimi-k2.sbatch
+
+kimi-k2: venv  ## submit Kimi K2 (non-collocated) on SLURM: 16 nodes x 8 GPUs (PARTITION=, ACCOUNT=, TIME=)
+	$(REFITCTL) submit kimi-k2 --cluster slurm --gpus-per-node 8 --exclusive $(SLURM_OPTS) $(KIMI_ARGS)
+
+kimi-k2-collocated: venv  ## submit Kimi K2 collocated (NCCL) on SLURM: 16 nodes x 8 GPUs
+	$(REFITCTL) submit kimi-k2-collocated --cluster slurm --gpus-per-node 8 --exclusive $(SLURM_OPTS) $(KIMI_ARGS)
+
+kimi-k2-plan: venv  ## Kimi K2 plans, memory fit and predicted times (any machine, no GPU)
+	$(REFITCTL) plan kimi-k2
+	$(REFITCTL) plan kimi-k2-collocated
+	$(REFITCTL) plan kimi-k2-pp4
+
+kimi-k2-small: venv slurm-up  ## Kimi K2's layouts scaled down, on the local SLURM cluster (2 nodes x 4), verified
+	$(REFITCTL) submit kimi-k2-small --cluster slurm --gpus-per-node 4 --refit-method gloo --time 10

@@ -19,6 +19,8 @@ no MTP layer (num_nextn_predict_layers 0), so the 61 layers are all of it.
 
 from __future__ import annotations
 
+import dataclasses
+
 from refit_core.config import RunConfig
 from refit_core.layout import ParallelLayout, RefitMode
 from refit_core.model import ModelSpec
@@ -107,5 +109,26 @@ KIMI_K2_CONFIGS: tuple[RunConfig, ...] = (
         use_case="Kimi K2 with source PP (uneven stages)",
         description=f"Kimi K2 1T refit across {_NODES}: training TP=2, EP=8, PP=4 (16+16+16+13 layers) "
                     "on GPUs 0-63 to inference TP=1, EP=64 on GPUs 64-127",
+    ),
+    RunConfig(
+        name="kimi-k2-small",
+        # Kimi K2's architecture (MLA, dense first layer, SwiGLU, shared expert, untied, RMSNorm)
+        # at toy widths, and kimi-k2's layout shapes scaled to the 2x4-GPU local test cluster:
+        # training TP=2 with EP across the rest, inference TP=1 with every expert on one GPU.
+        model=dataclasses.replace(
+            KIMI_K2_MODEL, name="kimi-k2-small", num_layers=3, hidden_size=256, ffn_hidden_size=512,
+            moe_ffn_hidden_size=64, num_experts=16, num_attention_heads=8, q_lora_rank=96, kv_lora_rank=64,
+            qk_head_dim=32, qk_pos_emb_head_dim=16, v_head_dim=32, vocab_size=1024, padded_vocab_size=1024,
+            seq_length=256, max_position_embeddings=256),
+        source=ParallelLayout(tp=2, ep=2),
+        destination=ParallelLayout(tp=1, ep=4),
+        mode=RefitMode.NON_COLLOCATED,
+        method="nvshmem",
+        gpus=8,
+        gpus_per_node=4,
+        iterations=3,
+        use_case="Kimi K2 layouts scaled down (local cluster)",
+        description="kimi-k2's architecture and layout shapes on 2 nodes x 4 GPUs: training TP=2, EP=2 "
+                    "on ranks 0-3 (node 1), inference TP=1, EP=4 on ranks 4-7 (node 2)",
     ),
 )
