@@ -250,3 +250,22 @@ def test_full_plans_are_balanced_and_predicted(full_plans: dict[str, tuple[RunCo
     pred = predict(plan, cfg.link_model())
     assert plan.balance <= 1.05 and pred.balance.out_ratio <= 1.05 and pred.balance.in_ratio <= 1.05
     assert pred.time_s >= pred.bound_s > 0
+
+
+@pytest.mark.slurm
+def test_make_kimi_k2_small_runs_verified_on_the_local_slurm_cluster(tmp_path) -> None:
+    """`make kimi-k2-small`'s command: Kimi K2's layout shapes on 2 nodes x 4 GPUs, verified."""
+    import shutil
+    import subprocess
+
+    if shutil.which("sinfo") is None or subprocess.run(["sinfo"], capture_output=True).returncode != 0:
+        pytest.skip("needs the local SLURM cluster: make slurm-up")
+    from test_orchestrator_local import refitctl, run_json, only_run
+
+    p = refitctl("submit", "kimi-k2-small", "--cluster", "slurm", "--gpus-per-node", "4", "--refit-method", "gloo",
+                 "--time", "10", "--poll", "1", runs=tmp_path, check=0)
+    assert "Executor: SLURM (--cluster slurm); 2 nodes x 4 tasks" in p.stdout
+    d = only_run(tmp_path)
+    assert run_json(d)["final"]["state"] == "COMPLETED"
+    res = json.loads((d / "results.json").read_text())
+    assert res["verified"] and res["timed_iterations"] == 3
