@@ -1,5 +1,6 @@
 """Shared-GPU copy ceiling: N NVSHMEM PEs each copy their share of S bytes into the next PE's
-symmetric buffer at once, timed barrier to barrier exactly like an NVSHMEM refit iteration.
+symmetric buffer at once, timed barrier to barrier exactly like an NVSHMEM refit iteration (the
+same completion: REFITCTL_NVSHMEM_SYNC, host barrier when PEs share a GPU).
 
 Run by benchmarks/refit_bench.py as N local processes: `python -m benchmarks.probe_copy RUN_DIR`,
 RUN_DIR/probe.json holding {"bytes": S, "iterations": K, "warmup": W}. Each rank writes
@@ -12,6 +13,7 @@ import datetime
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -20,7 +22,7 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from jobs.refit_job import SAFE_ENV, task_env  # noqa: E402
-from refit_core.transports.nvshmem import init_nvshmem  # noqa: E402
+from refit_core.transports.nvshmem import init_nvshmem, sync_mode  # noqa: E402
 
 
 def main(run_dir: Path) -> None:
@@ -44,20 +46,30 @@ def main(run_dir: Path) -> None:
     peer = nv.get_peer_tensor(dst, (r + 1) % n)
     stream = torch.cuda.current_stream(dev)
     times = []
+    host = sync_mode(n) == "host"  # the same completion the refit uses (transports/nvshmem.py)
     for k in range(spec["warmup"] + spec["iterations"]):
         dist.barrier()
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record(stream)
-        nv.barrier_all(stream=stream)
-        peer.copy_(src)
-        nv.barrier_all(stream=stream)
-        b.record(stream)
-        b.synchronize()
+        if host:
+            t0 = time.perf_counter()
+            peer.copy_(src)
+            stream.synchronize()
+            dist.barrier()
+            ms = (time.perf_counter() - t0) * 1e3
+        else:
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record(stream)
+            nv.barrier_all(stream=stream)
+            peer.copy_(src)
+            nv.barrier_all(stream=stream)
+            b.record(stream)
+            b.synchronize()
+            ms = a.elapsed_time(b)
         if k >= spec["warmup"]:
-            times.append(a.elapsed_time(b))
+            times.append(ms)
     dist.barrier()
     ok = bool(torch.equal(dst, nv.get_peer_tensor(src, (r - 1) % n)))
-    (run_dir / f"probe-rank-{r}.json").write_text(json.dumps({"rank": r, "times_ms": times, "verified": ok}))
+    (run_dir / f"probe-rank-{r}.json").write_text(json.dumps({"rank": r, "times_ms": times, "verified": ok,
+                                                             "sync": "host" if host else "device"}))
     dist.barrier()
     nv.free_tensor(src)
     nv.free_tensor(dst)

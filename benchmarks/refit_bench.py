@@ -77,7 +77,7 @@ def shared_ceiling(pes: int, nbytes: int, work: Path, iters: int) -> dict:
     moved = nbytes // pes // 256 * 256 * pes
     med = statistics.median(its)
     return {"pes": pes, "bytes": moved, "median_ms": med, "GBps": moved / (med * 1e6),
-            "verified": all(p["verified"] for p in per)}
+            "verified": all(p["verified"] for p in per), "sync": per[0].get("sync")}
 
 
 def refit(cfg: RunConfig, work: Path, tag: str) -> dict:
@@ -202,6 +202,7 @@ def main() -> int:
         mps_rows.append({"error": "nvidia-cuda-mps-control not found"})
 
     out = {"device": device, "date": datetime.date.today().isoformat(),
+           "nvshmem_sync": os.environ.get("REFITCTL_NVSHMEM_SYNC", "auto"),
            "command": "python " + " ".join(sys.argv), "ceilings": ceilings, "rows": rows, "mps": mps_rows,
            "wall_s": round(time.time() - t0, 1)}
     print(f"\n{'config':24} {'PEs':>3} {'bytes':>12} {'median ms':>10} {'min ms':>9} {'GB/s':>8} "

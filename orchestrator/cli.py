@@ -156,4 +156,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run as `python -m orchestrator.cli`: use the imported module, whose registry the plugins fill
+    from orchestrator.cli import main as _main
+
+    sys.exit(_main())

@@ -29,6 +29,17 @@ def _aligned(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
 
 
+def sync_mode(active_pes: int) -> str:
+    """How an iteration completes: REFITCTL_NVSHMEM_SYNC=device|host, or auto (the default):
+    host when PEs share a GPU (more active PEs than this node has GPUs), device otherwise."""
+    mode = os.environ.get("REFITCTL_NVSHMEM_SYNC", "auto")
+    if mode not in ("auto", "host", "device"):
+        raise TransportError(f"REFITCTL_NVSHMEM_SYNC={mode!r}: use auto, host or device")
+    if mode == "auto":
+        return "host" if active_pes > torch.cuda.device_count() else "device"
+    return mode
+
+
 def init_nvshmem(rank: int, nranks: int, device: torch.device, group: object) -> None:
     """Initialise NVSHMEM by unique id, the id travelling over the torch (gloo) process group."""
     import nvshmem.core as nv
@@ -117,6 +128,7 @@ class NvshmemTransport:
         self.extra_bytes = (self.copy.desc.numel() * 8 if self.copy.desc is not None else 0) + \
             (size - (ctx.source.nbytes if ctx.source else 0) - (ctx.destination.nbytes if ctx.destination else 0))
         self.stream = torch.cuda.current_stream(ctx.device)
+        self.sync = sync_mode(len(active))
 
     def _put_fallback(self) -> None:
         """nvshmem put for peers without a load/store mapping: a contiguous block in one call,
@@ -133,7 +145,7 @@ class NvshmemTransport:
                             remote_pe=peer, stream=self.stream)
 
     def iteration(self) -> IterationStats:
-        if os.environ.get("REFITCTL_NVSHMEM_SYNC", "device") == "host":
+        if self.sync == "host":
             return self._iteration_host()
         start = torch.cuda.Event(enable_timing=True)
         end = torch.cuda.Event(enable_timing=True)
@@ -152,8 +164,8 @@ class NvshmemTransport:
         """Completion on the host: sources copy and synchronise, then a gloo barrier.
 
         Destination PEs never run a GPU kernel, so on a time-sliced shared GPU they do not spin in
-        NVSHMEM's barrier kernel while the sources need the GPU. An experiment for one-GPU runs
-        (REFITCTL_NVSHMEM_SYNC=host); the device-side barrier is the default.
+        NVSHMEM's barrier kernel while the sources need the GPU (measured: 2x to 4.8x faster on one
+        H100, docs/benchmarks.md). Timed on the host, barrier to barrier.
         """
         import time
 
