@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from refit_core.sharding import shard_groups
+from refit_core.memory import NVSHMEM_RESERVE_BYTES
 from refit_core.storage import ALIGN
 from refit_core.transports.base import IterationStats, RankContext
 from refit_core.transports.nvshmem import NvshmemTransport, init_nvshmem
@@ -42,7 +43,7 @@ class NaiveTransport(NvshmemTransport):
         size = stor + 2 * biggest
         import os
 
-        os.environ.setdefault("NVSHMEM_SYMMETRIC_SIZE", str(size + (512 << 20)))
+        os.environ.setdefault("NVSHMEM_SYMMETRIC_SIZE", str(size + NVSHMEM_RESERVE_BYTES))
         init_nvshmem(ctx.rank, len(active), ctx.device, ctx.active_group)
         self._sym = nv.bytetensor((size,))
         me = ctx.rank

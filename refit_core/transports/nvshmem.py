@@ -20,6 +20,7 @@ import torch.distributed as dist
 
 from refit_core.blocks import Block, direct_blocks, transfer_block
 from refit_core.errors import TransportError
+from refit_core.memory import NVSHMEM_RESERVE_BYTES
 from refit_core.storage import ALIGN, Storage, rank_storage
 from refit_core.transports.base import IterationStats, RankContext
 from refit_core.transports.copy import CudaBlockCopy, copy_blocks_torch
@@ -90,7 +91,7 @@ class NvshmemTransport:
             self.dst_offset[r] = _aligned(s.nbytes) if s else 0
             sizes[r] = self.dst_offset[r] + (d.nbytes if d else 0)
         size = max(_aligned(max(sizes.values())), ALIGN)
-        os.environ.setdefault("NVSHMEM_SYMMETRIC_SIZE", str(size + (512 << 20)))
+        os.environ.setdefault("NVSHMEM_SYMMETRIC_SIZE", str(size + NVSHMEM_RESERVE_BYTES))
 
         init_nvshmem(ctx.rank, len(active), ctx.device, ctx.active_group)
         self._sym = nv.bytetensor((size,))
