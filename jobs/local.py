@@ -26,8 +26,11 @@ def free_port() -> int:
 
 
 def launch(run_dir: Path, world_size: int, timeout_s: float = 600, grace_s: float = 90,
-           extra_env: dict[str, str] | None = None, module: str = "jobs.refit_job") -> list[int]:
-    """Run all ranks; return their exit codes (negative: killed by that signal)."""
+           extra_env: dict[str, str] | None = None, module: str = "jobs.refit_job",
+           exit_times: list[float] | None = None) -> list[int]:
+    """Run all ranks; return their exit codes (negative: killed by that signal).
+
+    `exit_times`, if given, is filled with each rank's exit as wall-clock time (seen within 50 ms)."""
     logs = run_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -43,8 +46,12 @@ def launch(run_dir: Path, world_size: int, timeout_s: float = 600, grace_s: floa
                                        stdout=log, stderr=subprocess.STDOUT, cwd=root), log))
     deadline = time.monotonic() + timeout_s
     first_failure: float | None = None
+    ended: list[float | None] = [None] * world_size
     while True:
         codes = [p.poll() for p, _ in procs]
+        for r, c in enumerate(codes):
+            if c is not None and ended[r] is None:
+                ended[r] = time.time()
         if all(c is not None for c in codes):
             break
         if first_failure is None and any(c not in (None, 0) for c in codes):
@@ -57,6 +64,8 @@ def launch(run_dir: Path, world_size: int, timeout_s: float = 600, grace_s: floa
         time.sleep(0.05)
     for _, log in procs:
         log.close()
+    if exit_times is not None:
+        exit_times[:] = [t if t is not None else time.time() for t in ended]
     return [p.returncode for p, _ in procs]
 
 

@@ -87,6 +87,21 @@ def run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     run_path = Path(run_dir)
     cfg = RunConfig.from_json(json.loads((run_path / "config.json").read_text()))
     env = task_env()
+    # A requeued job (preempted, node lost) starts again from scratch: its records replace the last attempt's.
+    restarts = int(_first("SLURM_RESTART_COUNT") or 0)
+    path = rank_path(run_path, env.rank)
+
+    def save(rec: dict[str, Any]) -> None:
+        rec["restarts"] = restarts
+        write_json_atomic(path, rec)
+
+    record: dict[str, Any] = {"rank": env.rank, "role": cfg.world().role(env.rank) if env.rank < cfg.gpus else "?",
+                              "iterations": [], "verified": False, "complete": False, "error": None}
+    save(record)
+    if env.rank == 0:
+        (run_path / "results.json").unlink(missing_ok=True)
+    if restarts:
+        log(f"attempt {restarts + 1}: the job was requeued {restarts} time(s); the refit starts again")
     if env.world_size != cfg.gpus:
         raise RuntimeError(f"job has {env.world_size} tasks but config {cfg.name} needs a world of {cfg.gpus}")
     use_cuda = cfg.method in ("nccl", "nvshmem", "naive") and torch.cuda.is_available()
@@ -112,16 +127,12 @@ def run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     slow_active = dist.new_group(active, backend="gloo", timeout=datetime.timedelta(hours=12)) \
         if len(active) < env.world_size else slow
     log(f"plan ready: {len(plan.transfers)} transfers; role {world.role(env.rank)}")
-    path = rank_path(run_path, env.rank)
-    record: dict[str, Any] = {"rank": env.rank, "role": world.role(env.rank), "iterations": [],
-                              "verified": False, "complete": False, "error": None}
     try:
         if env.rank in active:
-            record = run_rank(cfg, env.rank, env.world_size, device, group,
-                              lambda r: write_json_atomic(path, r), plan=plan, setup_group=slow_active)
+            record = run_rank(cfg, env.rank, env.world_size, device, group, save, plan=plan, setup_group=slow_active)
         else:
             record.update(verified=True, complete=True)  # idle: waits, builds nothing
-            write_json_atomic(path, record)
+            save(record)
         dist.barrier(group=slow)
         log("all ranks done")
         if env.rank == 0:
@@ -136,7 +147,7 @@ def run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
                 pass
         record["error"] = record.get("error") or f"{e.__class__.__name__}: {e}"
         record["traceback"] = traceback.format_exc()
-        write_json_atomic(path, record)
+        save(record)
         raise
     finally:
         try:

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NoReturn
 
 from rich.console import Console
 from rich.table import Table
@@ -15,9 +15,21 @@ from orchestrator import configs
 from orchestrator.flags import add_flags, apply_overrides, overrides_from_args
 from orchestrator.planview import plan_json, print_plan
 from refit_core.config import RunConfig
-from refit_core.errors import RefitError
+from refit_core.errors import ConfigError, RefitError
 from refit_core.layout import gpus_needed
 from refit_core.plan import plan_transfers
+
+
+class UsageError(ConfigError):
+    """A command line argparse cannot parse (unknown option, missing value, bad choice)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is a UsageError: one line and exit code 2 like every other error, not usage text."""
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        raise UsageError(f"{message}: see `{self.prog} --help`")
+
 
 COMMANDS: dict[str, Callable[[argparse.ArgumentParser], Callable[[argparse.Namespace], int]]] = {}
 
@@ -120,7 +132,7 @@ def _list(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
 
 def build_parser() -> argparse.ArgumentParser:
     _load_plugins()
-    parser = argparse.ArgumentParser(prog="refitctl", description="Benchmark MoE weight refit between parallel layouts.")
+    parser = _Parser(prog="refitctl", description="Benchmark MoE weight refit between parallel layouts.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, fn in COMMANDS.items():
         sp = sub.add_parser(name, help=fn.__doc__, description=fn.__doc__)
@@ -145,7 +157,9 @@ def _load_plugins() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            raise UsageError(f"unrecognized arguments: {' '.join(extra)}: see `refitctl {args.command} --help`")
         return args.run(args)
     except RefitError as e:
         print(f"refitctl: error: {e}", file=sys.stderr)

@@ -7,6 +7,7 @@ submit: config -> RunSpec (validated, layout printed) -> run directory -> execut
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -249,6 +250,10 @@ def _results(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
 
             return print_sweep_results(target, args.csv, args.json)
         s = snapshot(target)
+        if s.progress.problems:
+            more = f" (and {len(s.progress.problems) - 1} more)" if len(s.progress.problems) > 1 else ""
+            raise ConfigError(f"{s.name}: rank file {s.progress.problems[0]}{more}: its iterations cannot be shown; "
+                              f"move it out of {target / 'ranks'} to see the other ranks' results")
         res = s.results
         if res is None:
             from orchestrator.rundir import results as partial
@@ -259,9 +264,10 @@ def _results(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
             emit(iterations_csv(res, s.info))
         elif args.json:
             emit(json.dumps({"run": s.name, "run_dir": str(target), "state": s.state.state,
-                             "detail": s.state.detail, "method": s.info["spec"].get("method"), **res}, indent=1) + "\n")
+                             "detail": s.state.detail, "method": s.info["spec"].get("method"), **res,
+                             **s.diagnosis.to_json()}, indent=1) + "\n")
         else:
-            wide_console().print(results_view(Snapshot(s.run_dir, s.info, s.state, s.progress, res)))
+            wide_console().print(results_view(dataclasses.replace(s, results=res)))
         return 0 if s.verified else 1
 
     return run
@@ -313,21 +319,30 @@ def _run_row(d: Path) -> list[Any]:
     if is_sweep(d):
         from orchestrator.sweep import sweep_run_dirs
 
-        info = json.loads((d / "sweep.json").read_text())
-        snaps = [snapshot(r) for r in sweep_run_dirs(d)]
+        try:
+            info = json.loads((d / "sweep.json").read_text())
+            snaps = [snapshot(r) for r in sweep_run_dirs(d)]
+        except (ConfigError, OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            return [d.name, "", "sweep", Text("damaged", style="red"), _damage(d, e), "", ""]
         ok = sum(s.verified for s in snaps)
         states = sorted({s.state.state for s in snaps})
         return [d.name, "", f"sweep {info.get('name', '')}, {len(snaps)} runs", ", ".join(states),
                 f"{ok}/{len(snaps)}", "", ""]
     try:
         s = snapshot(d)
-    except ConfigError as e:
-        return [d.name, "", "", Text("damaged", style="red"), str(e)[:40], "", ""]
+    except (ConfigError, OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        return [d.name, "", "", Text("damaged", style="red"), _damage(d, e), "", ""]
     res = s.results or {}
     return [d.name, method_label(s.info), s.job_label, Text(s.state.state, style=state_style(s.state.state)),
             "" if not s.state.final else ("yes" if s.verified else "no"),
             "-" if res.get("median_ms") is None else f"{res['median_ms']:,.1f}",
             "-" if res.get("GBps") is None else f"{res['GBps']:.3f}"]
+
+
+def _damage(d: Path, e: BaseException) -> str:
+    """Why a run's row reads "damaged", short: `refitctl results RUN` gives the whole line."""
+    text = str(e) if isinstance(e, ConfigError) else f"{e.__class__.__name__}: {e}"
+    return text.replace(f"{d}/", "").split(" (")[0][:60]
 
 
 def emit(text: str) -> None:

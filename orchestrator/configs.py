@@ -7,6 +7,7 @@ docs/adding-a-config.md). Every entry is a complete RunConfig; per-run flags ove
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,9 @@ def load_user_configs(path: Path) -> dict[str, RunConfig]:
     base = builtin_configs()
     out: dict[str, RunConfig] = {}
     for name, table in tables.items():
+        if not re.fullmatch(r"[\w.+-]+", name):
+            raise ConfigError(f"config file {path}: config name {name!r}: use letters, digits, '-', '_', '.' and '+' "
+                              "only (it becomes a file name and a job name)")
         if not isinstance(table, dict):
             raise ConfigError(f"config file {path}: configs.{name} must be a table")
         out[name] = config_from_table(name, table, {**base, **out}, str(path))
@@ -107,6 +111,9 @@ def config_from_table(name: str, table: dict[str, Any], known: dict[str, RunConf
     table = {k.replace("-", "_"): v for k, v in table.items()}
     parent = table.pop("from", None)
     if parent is not None:
+        if not isinstance(parent, str):
+            raise ConfigError(f"{where}: configs.{name}: from = {parent!r} must be a config's name in quotes, "
+                              f"e.g. from = \"config-1\"")
         if parent not in known:
             raise ConfigError(f"{where}: configs.{name} starts from unknown config {parent!r}: use one of {', '.join(known)}")
         start = known[parent]

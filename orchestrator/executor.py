@@ -164,9 +164,12 @@ def slurm_parameters(spec: RunSpec, array_size: int = 1) -> dict[str, Any]:
             params[key] = getattr(o, key)
     if o.exclusive:
         params["exclusive"] = True
+    # Preempted or on a lost node, the job goes back in the queue and runs again (the refit restarts
+    # from scratch; the ranks record the restart count), even where the site's JobRequeue is 0.
     extra = sbatch_parameters(o.sbatch_args)
-    if extra:
-        params["additional_parameters"] = extra
+    if "no_requeue" not in extra and "requeue" not in extra:
+        extra = {"requeue": True, **extra}
+    params["additional_parameters"] = extra
     if array_size > 1:
         params["array_parallelism"] = array_size
     return params
@@ -324,13 +327,14 @@ class _RunController(Controller):  # pragma: no cover - runs in its own process
                                       "controller_pid": os.getpid()})
             try:
                 self.start_tasks()
-                outcome, detail, codes = self._wait(run_dir)
+                outcome, detail, codes, failed = self._wait(run_dir)
             finally:
                 self.kill_tasks()
-            write_json_atomic(state, {"state": outcome, "detail": detail, "exit_codes": codes, "started": started,
-                                      "ended": time.time(), "job_id": self.pid})
+            write_json_atomic(state, {"state": outcome, "detail": detail, "exit_codes": codes, "failed_ranks": failed,
+                                      "started": started, "ended": time.time(), "job_id": self.pid})
 
-    def _wait(self, run_dir: Path) -> tuple[str, str, list[int | None]]:
+    def _wait(self, run_dir: Path) -> tuple[str, str, list[int | None], list[int]]:
+        """(state, detail, each rank's exit code (None: still running), ranks in the order they failed)."""
         start = time.monotonic()
         failed: list[int] = []  # ranks in the order their failure was seen
         first_fail = 0.0
@@ -341,15 +345,15 @@ class _RunController(Controller):  # pragma: no cover - runs in its own process
                 first_fail = time.monotonic()
             failed += new
             if self.stop_all or (run_dir / CANCEL_FILE).exists():
-                return "CANCELLED", "cancelled by the user", codes
+                return "CANCELLED", "cancelled by the user", codes, failed
             if all(c is not None for c in codes):
                 if not failed:
-                    return "COMPLETED", "", codes
-                return "FAILED", _failure(failed, codes), codes
+                    return "COMPLETED", "", codes, failed
+                return "FAILED", _failure(failed, codes), codes, failed
             if failed and time.monotonic() - first_fail > KILL_GRACE_S:
-                return "FAILED", _failure(failed, codes) + "; the other ranks were stopped", codes
+                return "FAILED", _failure(failed, codes) + "; the other ranks were stopped", codes, failed
             if time.monotonic() - start > self.timeout_s:
-                return "TIMEOUT", f"time limit of {format_time(self.timeout_s)} reached", codes
+                return "TIMEOUT", f"time limit of {format_time(self.timeout_s)} reached", codes, failed
             time.sleep(0.1)
 
     def kill_tasks(self) -> None:
@@ -372,9 +376,17 @@ class _RunController(Controller):  # pragma: no cover - runs in its own process
 
 
 def _failure(failed: list[int], codes: list[int | None]) -> str:
-    first = failed[0]
+    first, code = failed[0], codes[failed[0]]
     rest = f" (then {len(failed) - 1} more)" if len(failed) > 1 else ""
-    return f"rank {first} failed first, exit code {codes[first]}{rest}"
+    how = f"killed by signal {-code} ({_signal_name(-code)})" if code is not None and code < 0 else f"exit code {code}"
+    return f"rank {first} failed first, {how}{rest}"
+
+
+def _signal_name(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return "unknown signal"
 
 
 def _free_port() -> int:

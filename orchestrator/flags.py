@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from refit_core.config import RunConfig
+from refit_core.config import RunConfig, plain_text
 from refit_core.errors import ConfigError
 from refit_core.layout import RefitMode
 
@@ -89,6 +89,7 @@ FLAGS: tuple[Flag, ...] = (
 )
 # Accepted for compatibility with the seed's commands; they do not change what is refit.
 IGNORED = ("--micro-batch-size", "--global-batch-size")
+IGNORED_KEYS = {n[2:].replace("-", "_") for n in IGNORED} | {"bf16"}
 BY_KEY = {f.flag[2:].replace("-", "_"): f for f in FLAGS}
 BY_KEY["add_bias_linear"] = Flag("--add-bias-linear", "model", "disable_bias_linear", None)
 
@@ -151,8 +152,10 @@ def apply_overrides(cfg: RunConfig, values: dict[str, Any], where: str = "comman
     for key, value in values.items():
         f = BY_KEY.get(key)
         if f is None:
-            if key in ("name", "use_case", "description") and isinstance(value, str):
-                run[key] = value
+            if key in ("name", "use_case", "description"):
+                run[key] = plain_text(f"{where}: {key}", value)
+                continue
+            if key in IGNORED_KEYS:  # accepted like the seed's command line, and ignored
                 continue
             raise ConfigError(f"{where}: unknown setting {key!r}: see `refitctl plan --help` for the flags")
         {"model": model, "source": src, "destination": dst, "run": run}[f.target][f.field] = _convert(f, key, value, where)
@@ -160,15 +163,26 @@ def apply_overrides(cfg: RunConfig, values: dict[str, Any], where: str = "comman
             and (cfg.source.first_stage_layers or cfg.source.last_stage_layers):
         # a scaled-down run of an unevenly split model: the same rule for the new depth
         pp, layers = src.get("pp", cfg.source.pp), model["num_layers"]
-        per = max(layers // pp, 1)
-        last = layers - per * (pp - 1)
         src["first_stage_layers"] = None
-        src["last_stage_layers"] = last if 1 <= last != per else None
+        src["last_stage_layers"] = None
+        if pp >= 1 and layers >= 1:  # else ParallelLayout / ModelSpec below say what is wrong
+            per = max(layers // pp, 1)
+            last = layers - per * (pp - 1)
+            src["last_stage_layers"] = last if 1 <= last != per else None
     try:
         new_model = dataclasses.replace(cfg.model, **model)
-        return dataclasses.replace(
-            cfg, model=new_model, source=dataclasses.replace(cfg.source, **src),
-            destination=dataclasses.replace(cfg.destination, **dst), **run,
-        )
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
+    layouts = []
+    for side, base, changes in (("source", cfg.source, src), ("destination", cfg.destination, dst)):
+        try:
+            layouts.append(dataclasses.replace(base, **changes))
+        except ConfigError as e:
+            text = str(e)
+            for f in FLAGS:  # "PP must be ..." -> "--pipeline-model-parallel-size (PP) must be ..."
+                if f.target == side and text.startswith(f"{f.field.upper()} "):
+                    text = f"{f.flag} ({text}"
+                    text = text.replace(" must be", ") must be", 1)
+                    break
+            raise ConfigError(f"{where}: {side} layout: {text}") from None
+    return dataclasses.replace(cfg, model=new_model, source=layouts[0], destination=layouts[1], **run)

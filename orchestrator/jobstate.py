@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from dataclasses import dataclass
@@ -108,7 +109,12 @@ def _slurm_state(run_dir: Path, job: dict[str, Any]) -> JobState:
         parts = line.strip().split("|")
         if len(parts) == 3 and parts[0] == jid:
             state, reason = parts[1], parts[2]
-            return JobState(state, "" if reason in ("None", "") else reason, "squeue")
+            detail = "" if reason in ("None", "") else reason
+            restarts = _restarts(jid)
+            if restarts:
+                detail = f"requeued {restarts} time(s) (preempted or a node lost): each attempt starts the refit " \
+                    "from scratch" + (f"; {detail}" if detail else "")
+            return JobState(state, detail, "squeue")
     since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(job.get("submitted", 0) - 300))
     rc, out, err = _run(["sacct", "-X", "-n", "-P", "-j", jid, "-S", since, "-o", "JobID,State,ExitCode,Elapsed"])
     if rc == 0:
@@ -126,6 +132,13 @@ def _slurm_state(run_dir: Path, job: dict[str, Any]) -> JobState:
     why = "; ".join(x for x in (f"squeue: {squeue_err}" if squeue_err else "",
                                 f"sacct: {sacct_err}" if sacct_err else "sacct has no record of it") if x)
     return _from_run_dir(run_dir, f"SLURM no longer knows job {jid} ({why})")
+
+
+def _restarts(jid: str) -> int:
+    """How many times SLURM requeued the job (scontrol's Restarts); 0 when it cannot say."""
+    rc, out, _ = _run(["scontrol", "show", "job", "-o", jid])
+    m = re.search(r"\bRestarts=(\d+)", out) if rc == 0 else None
+    return int(m.group(1)) if m else 0
 
 
 def _from_run_dir(run_dir: Path, why: str) -> JobState:

@@ -133,28 +133,24 @@ def _role_summary(ranks: Iterable[Any]) -> list[Any]:
     return out
 
 
-def _stopped(error: str | None) -> bool:
-    """An error that only says the rank was stopped (time limit, cancel, a failed peer's job ended)."""
-    return bool(error) and error.startswith(("JobTerminated", "KeyboardInterrupt"))
-
-
 def error_lines(s: Snapshot) -> list[Text]:
-    errs = s.progress.errors
-    real = [r for r in errs if not _stopped(r.error)]
+    """The first failure (rank, role, why), the ranks that failed after it, and those stopped."""
+    d = s.diagnosis
     out: list[Text] = []
-    if real:
-        first = real[0]
+    if d.first is not None:
+        first = d.first
         out.append(Text.assemble(("first failure: ", "bold red"), f"rank {first.rank} ({first.role}): ",
-                                 (first.error or "", "red")))
+                                 (first.reason, "red")))
         out.append(Text(f"  log: {s.run_dir / 'logs' / f'rank-{first.rank:05d}.log'}", style="dim"))
-        for r in real[1:4]:
-            out.append(Text(f"then rank {r.rank}: {(r.error or '').splitlines()[0][:120]}", style="red"))
-        if len(real) > 4:
-            out.append(Text(f"... and {len(real) - 4} more ranks with errors", style="red"))
-    if len(errs) > len(real):
-        out.append(Text(f"{len(errs) - len(real)} rank(s) were stopped by the scheduler or the controller "
+    real = [f for f in d.others if f.kind != "stopped"]
+    for f in real[:3]:
+        out.append(Text(f"then rank {f.rank}: {f.reason[:150]}", style="red"))
+    if len(real) > 3:
+        out.append(Text(f"... and {len(real) - 3} more ranks with errors", style="red"))
+    if d.stopped:
+        out.append(Text(f"{d.stopped} rank(s) were stopped by the scheduler or the controller "
                         f"({s.state.state})", style="yellow"))
-    if not real and s.state.final and not s.verified and s.state.state not in ("CANCELLED", "TIMEOUT"):
+    if d.first is None and s.state.final and not s.verified and s.state.state not in ("CANCELLED", "TIMEOUT"):
         tail = log_tail(s.run_dir, 0)
         if tail:
             out.append(Text("last lines of rank 0's log:", style="dim"))
@@ -189,15 +185,23 @@ def results_view(s: Snapshot) -> Group:
         t.add_row(label, _ms(i["time_ms"]), _gbps(i.get("GBps")),
                   *(_ms((i.get("phases_ms") or {}).get(p)) for p in phases), str(i.get("launches", "")))
     verdict = Text("verified", style="bold green") if s.verified else Text("NOT verified", style="bold red")
+    detail = f" ({s.state.detail})" if s.state.detail else ""
     summary = Text.assemble(
-        (s.state.state, state_style(s.state.state)), " · ", verdict,
+        (s.state.state, state_style(s.state.state)), detail, " · ", verdict,
         f" · median {_ms(res.get('median_ms'))} ms · min {_ms(res.get('min_ms'))} ms"
         f" · {_gbps(res.get('GBps'))} GB/s · {human_bytes(res.get('delivered_bytes', 0))} delivered"
         f" · method {method_label(s.info)}",
     )
+    done = sum(1 for i in res.get("iterations", []) if not i.get("warmup"))
+    planned = s.info.get("iterations", done)
+    if done < planned or not res.get("complete", s.verified):
+        summary.append(f" · incomplete: {done} of {planned} timed iterations recorded", style="bold yellow")
     files = Text(f"run directory: {s.run_dir} (results.json, iterations.csv, logs/)", style="dim")
     parts: list[Any] = [t if res.get("iterations") else Text(f"{s.name}: no iteration finished", style="bold"),
                         summary]
+    if res.get("restarts"):
+        parts.append(Text(f"requeued {res['restarts']} time(s) (preempted, or a node was lost): the refit started "
+                          "again from scratch; these are the final attempt's results", style="yellow"))
     if res.get("aggregated_by"):
         parts.append(Text(f"results aggregated by {res['aggregated_by']}", style="dim"))
     parts.extend(error_lines(s))
@@ -239,12 +243,12 @@ def comparison_view(snaps: Sequence[Snapshot], title: str) -> Group:
 
 
 def failure_summary(s: Snapshot) -> str | None:
-    """Why a finished run did not verify, in one line: the first real rank error, else the log's last error."""
+    """Why a finished run did not verify, in one line: the first failure, else the log's last error."""
     if not s.state.final or s.verified:
         return None
-    real = [r for r in s.progress.errors if not _stopped(r.error)]
-    if real:
-        return f"rank {real[0].rank}: {(real[0].error or '').splitlines()[0][:150]}"
+    first = s.diagnosis.first
+    if first is not None:
+        return f"rank {first.rank}: {first.reason[:200]}"
     for rank in range(min(s.info.get("world_size", 1), 8)):
         errs = [ln.strip() for ln in log_tail(s.run_dir, rank, 40) if "Error" in ln or "error:" in ln]
         if errs:

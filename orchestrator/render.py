@@ -37,7 +37,10 @@ def sbatch_lines(spec: RunSpec) -> list[str]:
             lines.append(f"--{key}={getattr(o, key)}")
     if o.exclusive:
         lines.append("--exclusive")
-    for key, value in sbatch_parameters(o.sbatch_args).items():
+    extra = sbatch_parameters(o.sbatch_args)
+    if "no_requeue" not in extra and "requeue" not in extra:
+        lines.append("--requeue")  # preempted or on a lost node, the job runs again (as `submit` asks too)
+    for key, value in extra.items():
         name = key.replace("_", "-")
         lines.append(f"--{name}" if value is True else f"--{name}={value}")
     return ["#SBATCH " + ln for ln in lines]

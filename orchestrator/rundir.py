@@ -184,7 +184,8 @@ class Progress:
 
     @property
     def started(self) -> bool:
-        return bool(self.ranks)
+        """A rank has recorded an iteration or an error (each rank writes an empty record when it starts)."""
+        return any(r.done or r.error for r in self.ranks)
 
     @property
     def done(self) -> int:
@@ -237,13 +238,26 @@ def results(run_dir: Path, info: dict[str, Any]) -> dict[str, Any]:
     """results.json if rank 0 wrote it, else the aggregate of the rank files (nothing is lost)."""
     path = run_dir / "results.json"
     if path.is_file():
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError:
-            pass
+        return read_results_file(path)
     out = aggregate(run_dir, list(range(info["active_ranks"])), info["delivered_bytes"])
     out["aggregated_by"] = "refitctl (from the rank files; rank 0 wrote no results.json)"
     return out
+
+
+def read_results_file(path: Path) -> dict[str, Any]:
+    """results.json, or a ConfigError that names the file and says how to recover (the rank files stay)."""
+    fix = "delete it and refitctl aggregates the results again from the rank files (ranks/)"
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is damaged (truncated or corrupt: {e.__class__.__name__}): {fix}") from None
+    except OSError as e:
+        raise ConfigError(f"{path} cannot be read ({e.strerror or e}): check its permissions") from None
+    its = data.get("iterations") if isinstance(data, dict) else None
+    if not isinstance(its, list) or not all(isinstance(i, dict) and isinstance(i.get("time_ms"), (int, float))
+                                            for i in its):
+        raise ConfigError(f"{path} is damaged (not a results file: fields missing or of the wrong type): {fix}")
+    return data
 
 
 def finalize(run_dir: Path, info: dict[str, Any], final: dict[str, Any]) -> dict[str, Any]:

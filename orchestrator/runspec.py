@@ -17,11 +17,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
 from jobs.refit_job import SAFE_ENV
-from refit_core.config import RunConfig
+from refit_core.config import RunConfig, plain_text
 from refit_core.errors import ConfigError
+from refit_core.layout import MAX_WORLD
 
 CLUSTERS = ("auto", "slurm", "local")
 DEFAULT_TIME = "30"  # minutes, SLURM's --time syntax
+MAX_TIME_S = 366 * 86400
 
 # The user's environment variables that jobs need and therefore carry, by prefix: transports'
 # tuning (NCCL_*, NVSHMEM_*, ...), and refitctl's job-side settings (REFITCTL_TIMEOUT, _FAULT).
@@ -57,10 +59,18 @@ class ClusterOptions:
             raise ConfigError(f"unknown --cluster {self.cluster!r}: use one of {', '.join(CLUSTERS)}")
         for name in ("nodes", "tasks_per_node", "cpus_per_task"):
             v = getattr(self, name)
-            if v is not None and v < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= MAX_WORLD):
+                raise ConfigError(f"--{name.replace('_', '-')} must be an integer 1..{MAX_WORLD}, got {v!r}")
         parse_time(self.time)
         sbatch_parameters(self.sbatch_args)
+        for name in ("partition", "account", "qos", "job_name"):
+            v = getattr(self, name)
+            if v is not None:
+                plain_text(f"--{name.replace('_', '-')}", v, spaces=False)
+        for a in self.srun_args:
+            plain_text("--srun-arg", a)
+        for k, v in self.env:
+            plain_text(f"--env {k}=", v)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,6 +145,8 @@ def parse_time(text: str) -> int:
         secs = nums[0] * 3600 + nums[1] * 60 + nums[2]
     if secs <= 0:
         raise ConfigError(f"--time {text!r} must be more than zero")
+    if secs > MAX_TIME_S:
+        raise ConfigError(f"--time {text!r} is more than a year: give minutes (M), H:M:S or D-H:M:S")
     return secs
 
 
@@ -149,7 +161,7 @@ def sbatch_parameters(args: Sequence[str]) -> dict[str, Any]:
     """Extra sbatch options (`--constraint=h100`, `--requeue`) as a {name: value} mapping."""
     out: dict[str, Any] = {}
     for a in args:
-        m = re.fullmatch(r"--([A-Za-z][A-Za-z0-9-]*)(?:=(.*))?", a.strip())
+        m = re.fullmatch(r"--([A-Za-z][A-Za-z0-9-]*)(?:=(.*))?", plain_text("--sbatch-arg", a).strip())
         if not m:
             raise ConfigError(f"--sbatch-arg {a!r}: write it as --name=value or --flag (e.g. --sbatch-arg=--constraint=h100)")
         out[m.group(1).replace("-", "_")] = True if m.group(2) is None else m.group(2)

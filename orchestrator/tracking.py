@@ -8,9 +8,11 @@ CSVs, the final state in run.json), so a detached run's data is complete whoever
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from orchestrator.failures import Diagnosis, diagnose, process_ends
 from orchestrator.jobstate import JobState, job_state
 from orchestrator.rundir import Progress, finalize, load_run, now_iso, progress, results
 
@@ -26,6 +28,12 @@ class Snapshot:
     @property
     def verified(self) -> bool:
         return self.state.state == "COMPLETED" and bool(self.results and self.results.get("verified"))
+
+    @cached_property
+    def diagnosis(self) -> Diagnosis:
+        """Which rank failed first and why, every other rank that did not finish (orchestrator.failures)."""
+        ends, order = process_ends(self.run_dir, self.info) if self.state.final else ({}, [])
+        return diagnose(self.progress, ends, order, self.state.state)
 
     @property
     def name(self) -> str:

@@ -7,17 +7,19 @@ as plain JSON. `validate()` raises the one-line errors users see before anything
 from __future__ import annotations
 
 import dataclasses
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
 from refit_core.errors import ConfigError
-from refit_core.layout import ParallelLayout, RefitMode, WorldLayout, world_layout
+from refit_core.layout import MAX_WORLD, ParallelLayout, RefitMode, WorldLayout, world_layout
 from refit_core.memory import GIB, MemoryFit, check_memory, memory_fit
-from refit_core.model import Inventory, ModelSpec, inventory
+from refit_core.model import MAX_PARAMETERS, Inventory, ModelSpec, inventory
 from refit_core.sharding import check_divisible
 from refit_core.timemodel import LOCAL_COPY_GBPS, NETWORK_GBPS, NVLINK_GBPS, LinkModel
 
 METHODS = ("nccl", "nvshmem", "gloo", "naive")
+MAX_ITERATIONS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -44,16 +46,21 @@ class RunConfig:
     """Inter-node (network adapter) bandwidth per GPU per direction, GB/s (bytes, not bits)."""
 
     def validate(self) -> None:
-        """Raise ConfigError for anything the seed says cannot work, before submission."""
+        """Raise ConfigError for anything the seed says cannot work, before submission.
+
+        Scalars first (cheap, and they bound what follows: the world's size, the model's), then the
+        layouts against the model, then memory."""
         if self.method not in METHODS:
             raise ConfigError(f"unknown --refit-method {self.method!r}: use one of {', '.join(METHODS)}")
-        if self.iterations < 1:
-            raise ConfigError(f"--num-benchmark-iterations must be >= 1, got {self.iterations}")
-        if self.warmup < 0:
-            raise ConfigError(f"--num-warmup-iterations must be >= 0, got {self.warmup}")
+        for flag, value, low, high in (("--num-benchmark-iterations", self.iterations, 1, MAX_ITERATIONS),
+                                       ("--num-warmup-iterations", self.warmup, 0, MAX_ITERATIONS),
+                                       ("--gpus", self.gpus, 1, MAX_WORLD),
+                                       ("--gpus-per-node", self.gpus_per_node, 1, MAX_WORLD)):
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise ConfigError(f"{flag} must be an integer {low}..{high:,}, got {value!r}")
         if not 1 <= self.timeout_s <= 86400:
             raise ConfigError(f"--refit-timeout must be 1..86400 seconds, got {self.timeout_s}")
-        if self.bucket_bytes < 1 << 20:
+        if not isinstance(self.bucket_bytes, int) or self.bucket_bytes < 1 << 20:
             raise ConfigError(f"--refit-bucket-size must be at least 1 MiB, got {self.bucket_bytes} bytes")
         if self.model.is_moe:
             if self.source.etp != 1 or self.destination.etp != 1:
@@ -65,13 +72,14 @@ class RunConfig:
                 raise ConfigError("MoE refit needs --disable-bias-linear (the seed's requirement): add the flag")
         if not self.gpu_memory_gb > 0:
             raise ConfigError(f"--gpu-memory-gb must be > 0, got {self.gpu_memory_gb}")
-        if self.gpus_per_node < 1:
-            raise ConfigError(f"--gpus-per-node must be >= 1, got {self.gpus_per_node}")
         for flag, value in (("--intra-node-gbps", self.intra_node_gbps), ("--inter-node-gbps", self.inter_node_gbps)):
             if not value > 0:
                 raise ConfigError(f"{flag} must be > 0 (GB/s per GPU per direction), got {value}")
         world = self.world()
         inv = self.inventory()
+        if inv.numel > MAX_PARAMETERS:
+            raise ConfigError(f"the model has {inv.numel:.3g} parameters, more than {MAX_PARAMETERS:.0e} "
+                              "(Kimi K2 has 1.03e12): check --hidden-size, --ffn-hidden-size and the vocabulary")
         check_divisible(self.model, inv, self.source, "source")
         check_divisible(self.model, inv, self.destination, "destination")
         check_memory(self.memory_fit(inv, world), self.gpu_memory_gb, self.method)
@@ -107,3 +115,14 @@ class RunConfig:
         d["mode"] = RefitMode(d["mode"])
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def plain_text(flag: str, text: object, spaces: bool = True) -> str:
+    """`text` if it is a string that a script line can hold: no control characters (and no spaces if asked)."""
+    if not isinstance(text, str):
+        raise ConfigError(f"{flag} must be text, got {text!r}")
+    bad = next((c for c in text if unicodedata.category(c).startswith("C") or (not spaces and c.isspace())), None)
+    if bad is not None:
+        what = "a space" if bad.isspace() and bad not in "\n\r\t" else f"the control character {bad!r}"
+        raise ConfigError(f"{flag} {text!r} contains {what}: remove it")
+    return text

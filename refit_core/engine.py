@@ -117,6 +117,7 @@ def run_rank(cfg: RunConfig, rank: int, world_size: int, device: torch.device,
             watchdog.arm(f"iteration {k - cfg.warmup}")
             _barrier(active_group, device, cfg.method)
             if fault and fault.rank == rank and fault.iteration == k:
+                log(f"test fault {fault.kind} injected (wall clock {time.time():.3f})")
                 _inject_before(fault)
             stats = transport.iteration()
             if fault and fault.rank == rank and fault.iteration == k and fault.kind == "corrupt" \
@@ -171,7 +172,7 @@ class Watchdog:
 
     def _fire(self, what: str) -> None:
         self.record["error"] = (f"TimeoutError: {what} did not finish within {self.timeout_s:.0f} s "
-                                "(a peer died or hung; see the other ranks' errors)")
+                                "(this rank hung, or a peer died or hung: see the other ranks' errors)")
         try:
             self.on_record(self.record)
         finally:

@@ -17,6 +17,10 @@ from enum import Enum
 from refit_core.errors import ConfigError
 
 
+MAX_WORLD = 65536
+"""The most ranks a world (or one model's layout) may have; beyond it a value is a typo, not a cluster."""
+
+
 class RefitMode(str, Enum):
     NON_COLLOCATED = "non-collocated"
     COLLOCATED = "collocated"
@@ -35,12 +39,17 @@ class ParallelLayout:
 
     def __post_init__(self) -> None:
         for name in ("tp", "ep", "pp", "etp"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name.upper()} must be >= 1, got {getattr(self, name)}")
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= MAX_WORLD:
+                raise ConfigError(f"{name.upper()} must be an integer 1..{MAX_WORLD}, got {v!r}")
+        if self.size > MAX_WORLD:
+            raise ConfigError(f"TP*EP*PP = {self.tp}*{self.ep}*{self.pp} = {self.size:,} ranks, more than "
+                              f"{MAX_WORLD:,}: check the parallel sizes")
         for name in ("first_stage_layers", "last_stage_layers"):
             v = getattr(self, name)
-            if v is not None and (v < 1 or self.pp == 1):
-                raise ConfigError(f"{name.replace('_', ' ')} {v} needs PP > 1 and at least one layer")
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1 or self.pp == 1):
+                flag = "--decoder-" + name.split("_")[0] + "-pipeline-num-layers"
+                raise ConfigError(f"{flag} {v!r} needs PP > 1 and at least one layer")
 
     def stage_starts(self, num_layers: int) -> tuple[int, ...]:
         """First layer of each pipeline stage: given first/last stage sizes, the rest split evenly."""

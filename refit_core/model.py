@@ -18,6 +18,20 @@ from refit_core.errors import ConfigError
 
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 
+# Beyond these a config is a typo, not a model: refused before anything is built (the largest public MoE
+# models have ~100 layers, a few hundred experts and ~25,000 expert instances; Kimi K2 plans in seconds).
+MAX_DIM = 2 ** 31 - 1  # any one size (hidden, ffn, vocab, heads, sequence): Megatron's int32 shapes
+MAX_LAYERS = 4096
+MAX_EXPERT_INSTANCES = 1 << 17  # num_layers x num_experts: planning time grows with it
+MAX_PARAMETERS = 10 ** 13  # Kimi K2 has 1.03e12
+_AT_LEAST_1 = ("num_layers", "hidden_size", "num_attention_heads", "seq_length", "vocab_size", "moe_router_topk",
+               "make_vocab_size_divisible_by", "kv_lora_rank", "qk_head_dim", "v_head_dim")
+_OPTIONAL_AT_LEAST_1 = ("num_query_groups", "kv_channels", "ffn_hidden_size", "moe_ffn_hidden_size", "num_experts",
+                        "max_position_embeddings", "padded_vocab_size")
+_AT_LEAST_0 = ("first_dense_layers", "qk_pos_emb_head_dim")
+_OPTIONAL_AT_LEAST_0 = ("q_lora_rank", "moe_shared_expert_intermediate_size")
+_SWITCHES = ("disable_bias_linear", "swiglu", "untie_embeddings_and_output_weights", "multi_latent_attention")
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -59,9 +73,7 @@ class ModelSpec:
     name: str = "moe-gpt"
 
     def __post_init__(self) -> None:
-        for f in ("num_layers", "hidden_size", "num_attention_heads", "seq_length", "vocab_size"):
-            if getattr(self, f) < 1:
-                raise ConfigError(f"--{f.replace('_', '-')} must be >= 1, got {getattr(self, f)}")
+        self._check_sizes()
         if self.dtype not in DTYPE_BYTES:
             raise ConfigError(f"unknown dtype {self.dtype!r}: use one of {', '.join(DTYPE_BYTES)}")
         if self.position_embedding_type not in ("learned_absolute", "rope", "none"):
@@ -84,6 +96,35 @@ class ModelSpec:
             )
         if not 0 <= self.first_dense_layers <= self.num_layers:
             raise ConfigError(f"--first-dense-layers must be in 0..{self.num_layers}, got {self.first_dense_layers}")
+
+    def _check_sizes(self) -> None:
+        """Every size an integer in range, every switch a bool: one line naming the flag, before any use."""
+        for f in _AT_LEAST_1 + _OPTIONAL_AT_LEAST_1 + _AT_LEAST_0 + _OPTIONAL_AT_LEAST_0:
+            v = getattr(self, f)
+            if v is None and f in _OPTIONAL_AT_LEAST_1 + _OPTIONAL_AT_LEAST_0:
+                continue
+            low = 1 if f in _AT_LEAST_1 + _OPTIONAL_AT_LEAST_1 else 0
+            flag = f"--{f.replace('_', '-')}"
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise ConfigError(f"{flag} must be an integer, got {v!r}")
+            if not low <= v <= MAX_DIM:
+                raise ConfigError(f"{flag} must be {low}..{MAX_DIM}, got {v}")
+        for f in _SWITCHES:
+            if not isinstance(getattr(self, f), bool):
+                raise ConfigError(f"--{f.replace('_', '-')} is a switch: true or false, got {getattr(self, f)!r}")
+        for f in ("position_embedding_type", "normalization", "dtype", "name"):
+            if not isinstance(getattr(self, f), str):
+                raise ConfigError(f"--{f.replace('_', '-')} must be a string, got {getattr(self, f)!r}")
+        if self.num_layers > MAX_LAYERS:
+            raise ConfigError(f"--num-layers {self.num_layers} is more than {MAX_LAYERS}: check the value")
+        if self.num_experts is not None and self.num_layers * self.num_experts > MAX_EXPERT_INSTANCES:
+            raise ConfigError(
+                f"--num-layers {self.num_layers} x --num-experts {self.num_experts} = "
+                f"{self.num_layers * self.num_experts:,} expert instances, more than refitctl plans "
+                f"({MAX_EXPERT_INSTANCES:,}; Kimi K2 has 23,424): check the values")
+        if self.num_experts is not None and self.moe_router_topk > self.num_experts:
+            raise ConfigError(f"--moe-router-topk {self.moe_router_topk} is more than --num-experts "
+                              f"{self.num_experts}: a token cannot pick more experts than exist")
 
     # ---- derived sizes -------------------------------------------------------------------
     @property

@@ -17,8 +17,12 @@ from typing import Any
 def write_json_atomic(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, path)
+    except BaseException:  # e.g. SIGTERM mid-write: the old file stays whole, no half-written temporary is left
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def rank_path(run_dir: Path, rank: int) -> Path:
@@ -30,10 +34,27 @@ def read_rank_records(run_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
     records, problems = [], []
     for p in sorted((run_dir / "ranks").glob("rank-*.json")):
         try:
-            records.append(json.loads(p.read_text()))
+            rec = json.loads(p.read_text())
         except (json.JSONDecodeError, OSError, UnicodeDecodeError) as e:
-            problems.append(f"{p.name}: unreadable ({e.__class__.__name__})")
+            problems.append(f"{p.name}: unreadable ({e.__class__.__name__}: truncated or corrupt)")
+            continue
+        if not is_rank_record(rec):
+            problems.append(f"{p.name}: not a rank record (fields missing or of the wrong type)")
+            continue
+        records.append(rec)
     return records, problems
+
+
+def is_rank_record(rec: Any) -> bool:
+    """The shape every reader relies on: rank, iterations with their times, the flags and the error."""
+    if not isinstance(rec, dict) or not isinstance(rec.get("rank"), int) or isinstance(rec.get("rank"), bool):
+        return False
+    its = rec.get("iterations", [])
+    if not isinstance(its, list) or not isinstance(rec.get("error"), (str, type(None))) \
+            or not isinstance(rec.get("restarts", 0), int):
+        return False
+    return all(isinstance(i, dict) and isinstance(i.get("time_ms"), (int, float)) and isinstance(i.get("iteration"), int)
+               and isinstance(i.get("warmup"), bool) for i in its)
 
 
 def aggregate(run_dir: Path, expected_ranks: list[int], delivered_bytes: int) -> dict[str, Any]:
@@ -69,6 +90,7 @@ def aggregate(run_dir: Path, expected_ranks: list[int], delivered_bytes: int) ->
         "errors": errors,
         "problems": problems,
         "extra_bytes_max": max((r.get("extra_bytes", 0) for r in records), default=0),
+        "restarts": max((r.get("restarts", 0) for r in records), default=0),
     }
     out["GBps"] = delivered_bytes / (out["median_ms"] * 1e6) if out["median_ms"] else None
     return out

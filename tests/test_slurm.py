@@ -8,6 +8,7 @@ CPU, and is followed the way a user follows it. Nothing here mocks SLURM.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -150,3 +151,80 @@ def test_a_rendered_script_submitted_by_hand(tmp_path: Path) -> None:
     p = refitctl("status", str(run_dir), "--watch", "--poll", "1", runs=tmp_path, timeout=180, check=0)
     assert "COMPLETED" in p.stdout and "verified" in p.stdout
     assert json.loads((run_dir / "results.json").read_text())["verified"]
+
+
+# ----------------------------------------------------------------------------- faults and preemption
+
+FAULTY = [a if a != "600" else "10" for a in ON_CLUSTER]  # --refit-timeout 10: a hung peer is given up on soon
+
+
+@pytest.mark.parametrize("fault,says", [
+    ("kill", "first failure: rank 1 (source): killed by signal 9 (SIGKILL) in iteration 0"),
+    ("hang", "first failure: rank 1 (source): hung in iteration 0"),
+])
+def test_a_killed_or_hung_rank_is_named(fault: str, says: str, tmp_path: Path) -> None:
+    """SIGKILL leaves no record (srun's `task 1: Killed` says what happened); a hung rank is found by its peers'
+    timeouts. srun --kill-on-bad-exit then ends the others, and the job is FAILED."""
+    p = refitctl("submit", "config-4", "--gpus", "3", *FAULTY, "--env", f"REFITCTL_FAULT={fault}:rank=1:iteration=1",
+                 *SMALL, runs=tmp_path, timeout=300, check=1)
+    assert "FAILED" in p.stdout
+    d = only_run(tmp_path)
+    assert sacct(run_json(d)["job"]["job_id"]).startswith("FAILED")
+    status = refitctl("status", d.name, runs=tmp_path, env={"COLUMNS": "400"}, check=0).stdout
+    assert says in status, status
+    data = json.loads(refitctl("results", d.name, "--json", runs=tmp_path, check=1).stdout)
+    assert data["first_failure"]["rank"] == 1 and data["first_failure"]["kind"] == ("killed" if fault == "kill" else "hang")
+
+
+def _wait(what: str, ok, limit_s: float, every_s: float = 1.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + limit_s
+    while True:
+        got = ok()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"waited {limit_s:.0f} s for {what}"
+        time.sleep(every_s)
+
+
+def _restarts(job: str) -> int:
+    out = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True, timeout=30).stdout
+    m = re.search(r"\bRestarts=(\d+)", out)
+    return int(m.group(1)) if m else 0
+
+
+def _iterations(rank_file: Path) -> int:
+    try:
+        return len(json.loads(rank_file.read_text())["iterations"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def test_a_preempted_job_is_requeued_and_finishes(tmp_path: Path) -> None:
+    """QOS `high` preempts `normal` by requeue: the refit is stopped, goes back in the queue, starts again from
+    scratch and finishes verified; the results say it was requeued once."""
+    runs, high_runs = tmp_path / "runs", tmp_path / "high"
+    refitctl("submit", "config-1", *ON_CLUSTER, "--num-benchmark-iterations", "300", "--detach", *SMALL,
+             runs=runs, check=0)
+    d = only_run(runs)
+    job = run_json(d)["job"]["job_id"]
+    _wait("the first attempt to refit", lambda: _iterations(d / "ranks" / "rank-00000.json") > 5, 120, 0.5)
+    # a high-QOS job needing GPUs that the running job holds (it holds all 8): SLURM preempts it
+    refitctl("submit", "config-4", "--gpus", "3", *ON_CLUSTER, "--qos", "high", "--detach", *SMALL,
+             runs=high_runs, check=0)
+    _wait("the preemption", lambda: _restarts(job) >= 1, 60)
+    status = refitctl("status", d.name, runs=runs, env={"COLUMNS": "400"}, check=0).stdout
+    assert "requeued 1 time(s)" in status, status
+    p = refitctl("status", only_run(high_runs).name, "--watch", runs=high_runs, timeout=180, check=0)
+    assert "COMPLETED" in p.stdout
+    # SLURM holds a requeued job ~120 s (BeginTime) before it may start again: release it now
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, timeout=30)
+    p = refitctl("status", d.name, "--watch", "--poll", "1", runs=runs, timeout=300, check=0)
+    assert "COMPLETED" in p.stdout and "verified" in p.stdout
+    res = json.loads(refitctl("results", d.name, "--json", runs=runs, check=0).stdout)
+    assert res["verified"] and res["complete"] and res["restarts"] == 1 and res["timed_iterations"] == 300
+    history = subprocess.run(["sacct", "-D", "-X", "-n", "-P", "-j", job, "-o", "State"], capture_output=True,
+                             text=True, timeout=30).stdout.split()
+    assert history[0] == "PREEMPTED" and history[-1] == "COMPLETED", history
+    assert "attempt 2: the job was requeued 1 time(s)" in (d / "logs" / "rank-00000.log").read_text()
+    out = refitctl("results", d.name, runs=runs, env={"COLUMNS": "400"}, check=0).stdout
+    assert "requeued 1 time(s)" in out

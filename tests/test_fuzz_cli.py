@@ -1,0 +1,241 @@
+"""Property test: whatever flags and config files a user gives, refitctl answers with a result or one line.
+
+hypothesis drives `orchestrator.cli.main([...])` in-process with random values for random seed flags
+(wrong types, negative, zero, huge, non-dividing), random SLURM options, and random TOML config files
+(known and unknown keys, wrong types, nested tables, broken syntax), through `refitctl plan`,
+`refitctl render` (which checks what `submit` checks, and submits nothing) and `refitctl list`. The only
+allowed outcomes: exit 0, or exit 2 with exactly one line on stderr that starts `refitctl: error:`.
+A traceback, another exception or another exit code fails the test.
+
+Example counts: FLAG_EXAMPLES + RENDER_EXAMPLES + FILE_EXAMPLES per run (docs/reliability.md records
+them); `derandomize` makes every run draw the same cases, so a failure reproduces.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import io
+import json
+import math
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, event, example, given, settings
+from hypothesis import strategies as st
+
+from orchestrator.cli import main
+from orchestrator.flags import BY_KEY, FLAGS
+
+FLAG_EXAMPLES = 800
+RENDER_EXAMPLES = 300
+FILE_EXAMPLES = 500
+NAMED = ["config-1", "config-4", "collocated-4", "kimi-k2-small", "no-such-config"]
+SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+                derandomize=True, database=None)
+
+# Integers a user might type, from plausible to absurd; few mid-sized ones (a valid model with thousands
+# of layers or experts is legal and just slow to plan, which is not what this test is about).
+INTS = st.one_of(
+    st.integers(-3, 16),
+    st.sampled_from([0, -1, 24, 32, 48, 64, 100, 1000, 4097, 65537, 2 ** 31, 2 ** 48, 2 ** 63, 10 ** 30, -(2 ** 63)]),
+)
+FLOATS = st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([0.5, 1e-300, 1e300, -0.0, 2.5])
+TOKENS = st.sampled_from(["", " ", "1e3", "0x10", "1_000", " 4 ", "nan", "inf", "-inf", "1GiB", "1.5", "true",
+                          "None", "2MiB", "0.1K", "9" * 40, "collocated", "non-collocated", "nccl", "gloo", "rope",
+                          "RMSNorm", "\x00", "é", "--", "-"])
+VALUES = st.one_of(INTS.map(str), INTS.map(str), INTS.map(str), FLOATS.map(repr), TOKENS, st.text(max_size=8))
+VALUED = [f.flag for f in FLAGS if f.kind is not None]
+SWITCHES = [f.flag for f in FLAGS if f.kind is None] + ["--add-bias-linear", "--bf16"]
+
+
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    """Run refitctl in-process; (exit code, stderr, stdout). Any exception but SystemExit propagates."""
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        try:
+            code = main(argv)
+        except SystemExit as e:  # argparse's --help; nothing else should exit this way
+            code = e.code if isinstance(e.code, int) else 1
+    return code, err.getvalue(), out.getvalue()
+
+
+def check(argv: list[str]) -> str:
+    """Assert the outcome is exit 0 or exit 2 with one error line; returns stdout."""
+    code, err, out = run_cli(argv)
+    lines = err.splitlines()
+    event(f"{argv[0]}: exit {code}")  # --hypothesis-show-statistics shows how many got how far
+    if code == 0:
+        return out
+    assert code == 2, f"exit {code} for {argv!r}: {err}"
+    assert len(lines) == 1 and lines[0].startswith("refitctl: error: "), f"{argv!r} gave:\n{err}"
+    return out
+
+
+@st.composite
+def flag_args(draw: st.DrawFn) -> list[str]:
+    argv = ["plan"]
+    if draw(st.booleans()):
+        argv.append(draw(st.sampled_from(NAMED[:-1])))
+    for _ in range(draw(st.integers(1, 6))):
+        if draw(st.integers(0, 5)) == 0:
+            argv.append(draw(st.sampled_from(SWITCHES)))
+        else:
+            argv += [draw(st.sampled_from(VALUED)), draw(VALUES)]
+    if draw(st.booleans()):
+        argv.append("--json")
+    return argv
+
+
+@settings(max_examples=FLAG_EXAMPLES, **SETTINGS)
+@given(argv=flag_args())
+# bugs found so far, kept as fixed cases: a zero size used as a divisor, a world too large to lay out
+@example(argv=["plan", "kimi-k2-pp4", "--num-layers", "4", "--pipeline-model-parallel-size", "0"])
+@example(argv=["plan", "--disable-bias-linear", "--num-attention-heads", "4097", "--kv-channels", "0"])
+@example(argv=["plan", "--gpus", str(2 ** 48)])
+@example(argv=["plan", "--tensor-model-parallel-size", "65536", "--expert-model-parallel-size", "65536"])
+@example(argv=["plan", "--num-layers", "100000", "--num-experts", "1000"])
+def test_random_flags_give_a_plan_or_one_error_line(argv: list[str]) -> None:
+    check(argv)
+
+
+CLUSTER = {"--nodes": INTS.map(str), "--tasks-per-node": INTS.map(str), "--cpus-per-task": INTS.map(str),
+           "--time": st.one_of(INTS.map(str), st.sampled_from(["1:00", "0:0:0", "2-0", "1-2:3:4", "99999999-0", "1:2:3:4",
+                                                               "INFINITE", "-1", "0"]), st.text(max_size=6)),
+           "--partition": st.text(max_size=6), "--qos": st.text(max_size=6), "--job-name": st.text(max_size=6),
+           "--sbatch-arg": st.sampled_from(["--requeue", "--constraint=h100", "constraint", "--=x", "--no-requeue"])
+           | st.text(max_size=6),
+           "--srun-arg": st.text(max_size=8), "--env": st.sampled_from(["A=1", "=1", "A", "1A=2", "NCCL_DEBUG=INFO"])
+           | st.text(max_size=6)}
+
+
+@st.composite
+def render_args(draw: st.DrawFn) -> list[str]:
+    argv = ["render", draw(st.sampled_from(NAMED)), "--python", "python3"]
+    for _ in range(draw(st.integers(1, 4))):
+        key = draw(st.sampled_from(sorted(CLUSTER)))
+        argv.append(f"{key}={draw(CLUSTER[key])}")  # `=` so that a value may start with '-'
+    if draw(st.booleans()):
+        argv += [draw(st.sampled_from(VALUED)), draw(VALUES)]
+    return argv
+
+
+@settings(max_examples=RENDER_EXAMPLES, **SETTINGS)
+@given(argv=render_args())
+@example(argv=["render", "config-4", "--python", "python3", "--partition=a\nb"])
+@example(argv=["render", "config-4", "--python", "python3", "--time=99999999999999999999"])
+def test_random_cluster_options_give_a_script_or_one_error_line(argv: list[str]) -> None:
+    """`refitctl render` checks the SLURM options as submit does, and submits nothing; a script it writes parses."""
+    script = check(argv)
+    if script:
+        p = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True, timeout=30)
+        assert p.returncode == 0, f"{argv!r}: bash -n: {p.stderr}"
+
+
+# ----------------------------------------------------------------------------- config files
+
+KNOWN = st.sampled_from(sorted(BY_KEY))
+SPECIAL_KEYS = st.sampled_from(["from", "name", "use_case", "description", "bf16", "micro_batch_size", "configs",
+                                 "dtype"])
+KEYS = st.integers(0, 19).flatmap(  # mostly the known settings, so that files get past the first key
+    lambda i: KNOWN if i < 15 else KNOWN.map(lambda k: k.replace("_", "-")) if i < 17 else SPECIAL_KEYS if i < 19
+    else st.text(min_size=1, max_size=6))
+SCALARS = st.one_of(
+    INTS, INTS, INTS, FLOATS, st.booleans(), st.text(max_size=6), TOKENS, st.sampled_from(NAMED),
+    st.just(datetime.datetime(2026, 1, 1, 12, 0)), st.just(datetime.date(2026, 1, 1)),
+)
+TOML_VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(KEYS, inner, max_size=3),
+                           max_leaves=6)
+
+
+PLAUSIBLE = {"refit_mode": st.sampled_from(["collocated", "non-collocated"]),
+             "refit_method": st.sampled_from(["gloo", "nccl", "nvshmem"]),
+             "position_embedding_type": st.sampled_from(["rope", "learned_absolute", "none"]),
+             "normalization": st.sampled_from(["LayerNorm", "RMSNorm"]),
+             "refit_bucket_size": st.sampled_from(["64MiB", "1GiB", 1 << 26])}
+
+
+def plausible(key: str) -> st.SearchStrategy[Any]:
+    """A value that fits the key's type (small, so configs often get as far as the layout checks)."""
+    flag = BY_KEY.get(key.replace("-", "_"))
+    if key in PLAUSIBLE:
+        return PLAUSIBLE[key]
+    if flag is None:
+        return SCALARS
+    if flag.kind is None:
+        return st.booleans()
+    if flag.kind is float:
+        return st.sampled_from([1.0, 10.0, 80.0, 450.0])
+    return st.integers(1, 8)
+
+
+@st.composite
+def config_files(draw: st.DrawFn) -> tuple[str, str]:
+    """(file text, a config name to plan)."""
+    kind = draw(st.sampled_from(["ok"] * 6 + ["garbage", "scalar", "extra", "random"]))
+    if kind == "garbage":  # not TOML at all
+        return draw(st.text(max_size=40)), "x"
+    names = draw(st.lists(st.sampled_from(["a", "b", "config-1", "my_cfg", "ü", "my cfg"]), min_size=1, max_size=3, unique=True))
+    configs: dict[str, Any] = {}
+    for n in names:
+        table: dict[str, Any] = {}
+        if draw(st.booleans()):
+            table["from"] = draw(st.sampled_from(NAMED[:-1]) if draw(st.integers(0, 4)) else SCALARS)
+        for _ in range(draw(st.integers(0, 5))):
+            key = draw(KEYS)
+            table[key] = draw(st.sampled_from(["plausible"] * 3 + ["scalar", "any"]).flatmap(
+                lambda how: plausible(key) if how == "plausible" else SCALARS if how == "scalar" else TOML_VALUES))
+        configs[n] = table if kind != "scalar" else draw(SCALARS)
+    doc: dict[str, Any] = {"configs": configs}
+    if kind == "extra":
+        doc[draw(KEYS)] = draw(TOML_VALUES)
+    if kind == "random":
+        doc = {"configs": draw(TOML_VALUES)}
+    return to_toml(doc), draw(st.sampled_from(names + ["config-4"]))
+
+
+@settings(max_examples=FILE_EXAMPLES, **SETTINGS)
+@given(case=config_files(), extra=st.lists(st.sampled_from(VALUED), max_size=2), value=VALUES)
+@example(case=('"configs" = {"a" = {"from" = []}}\n', "a"), extra=[], value="0")
+@example(case=('"configs" = {"a\\nb" = {"from" = "config-4"}}\n', "a\nb"), extra=[], value="0")
+@example(case=('"configs" = {"a" = {"from" = "config-4", "micro_batch_size" = 2, "bf16" = true}}\n', "a"),
+         extra=[], value="0")
+def test_random_config_files_give_a_plan_or_one_error_line(case: tuple[str, str], extra: list[str], value: str) -> None:
+    text, name = case
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "configs.toml"
+        path.write_text(text, encoding="utf-8", errors="surrogatepass")
+        flags = [a for f in extra for a in (f, value)]
+        check(["plan", name, "--config-file", str(path), "--json", *flags])
+        check(["list", "--config-file", str(path)])
+
+
+# ----------------------------------------------------------------------------- a small TOML writer
+
+def to_toml(doc: dict[str, Any]) -> str:
+    """TOML for `doc` (tables as inline tables, so any nesting is one line); what tomllib reads back."""
+    return "\n".join(f"{_key(k)} = {_value(v)}" for k, v in doc.items()) + "\n"
+
+
+def _key(k: str) -> str:
+    return json.dumps(k, ensure_ascii=False)
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v) if -(2 ** 63) <= v < 2 ** 63 else json.dumps(str(v))  # TOML integers are 64-bit
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf") if math.isinf(v) else repr(v)
+    if isinstance(v, (datetime.datetime, datetime.date)):
+        return v.isoformat()
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, list):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{_key(k)} = {_value(x)}" for k, x in v.items()) + "}"
+    raise TypeError(type(v))
