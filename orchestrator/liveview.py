@@ -6,6 +6,8 @@ over, redrawing in place on a terminal and printing one line per change otherwis
 
 from __future__ import annotations
 
+import json
+
 import statistics
 import time
 from pathlib import Path
@@ -196,6 +198,9 @@ def results_view(s: Snapshot) -> Group:
     planned = s.info.get("iterations", done)
     if done < planned or not res.get("complete", s.verified):
         summary.append(f" · incomplete: {done} of {planned} timed iterations recorded", style="bold yellow")
+    predicted = predicted_line(s.run_dir, res)
+    if predicted is not None:
+        summary = Group(summary, predicted)
     files = Text(f"run directory: {s.run_dir} (results.json, iterations.csv, logs/)", style="dim")
     parts: list[Any] = [t if res.get("iterations") else Text(f"{s.name}: no iteration finished", style="bold"),
                         summary]
@@ -207,6 +212,24 @@ def results_view(s: Snapshot) -> Group:
     parts.extend(error_lines(s))
     parts.append(files)
     return Group(*parts)
+
+
+def predicted_line(run_dir: Path, res: dict[str, Any]) -> Text | None:
+    """The time model's prediction (stored in plan.json at submission) against the measured median."""
+    try:
+        pred = json.loads((run_dir / "plan.json").read_text()).get("predicted") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    t, bound = pred.get("time_s"), pred.get("bound_s")
+    if not isinstance(t, (int, float)) or t <= 0:
+        return None
+    line = f"predicted (link model, docs/kimi-k2.md): {t * 1e3:.3f} ms"
+    if isinstance(bound, (int, float)):
+        line += f", lower bound {bound * 1e3:.3f} ms"
+    med = res.get("median_ms")
+    if isinstance(med, (int, float)) and med > 0:
+        line += f"; measured median {med:.3f} ms = {med / (t * 1e3):.2f}x predicted"
+    return Text(line, style="dim")
 
 
 def sweep_table(snaps: Sequence[Snapshot], title: str) -> Table:
