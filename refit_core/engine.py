@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from refit_core.config import RunConfig
-from refit_core.errors import ConfigError, VerificationError
+from refit_core.errors import ConfigError
 from refit_core.plan import Plan, plan_transfers
 from refit_core.storage import Storage, rank_storage
 from refit_core.transports.base import RankContext, Transport

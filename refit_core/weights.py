@@ -55,13 +55,6 @@ def _expected(p: ParamSpec, param: int, rows_g: torch.Tensor, cols_g: torch.Tens
     return (v.to(torch.int16) - 128).to(dtype)
 
 
-def expected_values(p: ParamSpec, param: int, global_index: tuple[int, ...]) -> float:
-    """The value of one element (for messages and tests)."""
-    r = torch.tensor([global_index[0]])
-    c = torch.tensor([global_index[1]]) if len(global_index) > 1 else None
-    return float(_expected(p, param, r, c, torch.float32).reshape(-1)[0])
-
-
 def param_view(buf: torch.Tensor, slot: Slot, dtype: str) -> torch.Tensor:
     """The slot's shard as a typed tensor viewing the rank's byte buffer."""
     return buf[slot.offset: slot.offset + slot.nbytes].view(_DTYPES[dtype]).view(slot.shape)

@@ -23,7 +23,7 @@ from refit_core.errors import TransportError
 from refit_core.memory import NVSHMEM_RESERVE_BYTES
 from refit_core.storage import ALIGN, Storage, rank_storage
 from refit_core.transports.base import IterationStats, RankContext
-from refit_core.transports.copy import CudaBlockCopy, copy_blocks_torch
+from refit_core.transports.copy import CudaBlockCopy
 
 
 def _aligned(n: int) -> int:
