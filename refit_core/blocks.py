@@ -14,8 +14,9 @@ same way, because both derive it from the same plan entries in the same order.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, NamedTuple
+from typing import Callable, Iterable, NamedTuple, Sequence
 
+from refit_core.placement import Placement
 from refit_core.plan import Plan, RankPlan, Transfer
 from refit_core.storage import Slot, Storage
 
@@ -143,6 +144,39 @@ def direct_blocks(plan: Plan, rank_plan: RankPlan, src: Storage,
         for t in ts:
             p = params[t.param]
             out.append((peer, transfer_block(t, p.shape, p.split_dim, src.by_param[t.param], dst.by_param[t.param])))
+    return out
+
+
+class Where(NamedTuple):
+    """A buffer in a one-sided refit: rank `rank`'s symmetric heap, or its private memory."""
+
+    rank: int
+    in_heap: bool
+
+
+def one_sided_blocks(plan: Plan, rank: int, placement: Placement,
+                     storages: Sequence[tuple[Storage | None, Storage | None]]) -> list[tuple[Where, Where, Block]]:
+    """(source buffer, destination buffer, block) for everything `rank` copies in a one-sided
+    refit: its local slices, and what it writes to peers (push, all) or reads from them (pull).
+    Block offsets are within the buffers named; a peer's buffer is always its heap."""
+    params = plan.inventory.params
+    rank_plan = plan.for_rank(rank)
+
+    def at(r: int, role: str, param: int) -> tuple[Where, Slot]:
+        st = storages[r][0 if role == "source" else 1]
+        in_heap, slot = placement.ranks[r].slot(role, param, st.by_param[param])
+        return Where(r, in_heap), slot
+
+    def block(t: Transfer, src_rank: int, dst_rank: int) -> tuple[Where, Where, Block]:
+        (sw, ss), (dw, ds) = at(src_rank, "source", t.param), at(dst_rank, "destination", t.param)
+        p = params[t.param]
+        return sw, dw, transfer_block(t, p.shape, p.split_dim, ss, ds)
+
+    out = [block(t, rank, rank) for t in rank_plan.local]
+    if placement.direction == "pull":
+        out += [block(t, peer, rank) for peer, ts in sorted(rank_plan.recvs.items()) for t in ts]
+    else:
+        out += [block(t, rank, peer) for peer, ts in sorted(rank_plan.sends.items()) for t in ts]
     return out
 
 

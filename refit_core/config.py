@@ -93,7 +93,7 @@ class RunConfig:
     def memory_fit(self, inv: Inventory | None = None, world: WorldLayout | None = None) -> MemoryFit:
         """Per-GPU bytes of this refit (shards + the transport's buffers) against --gpu-memory-gb."""
         return memory_fit(inv or self.inventory(), world or self.world(), self.method, self.bucket_bytes,
-                          int(self.gpu_memory_gb * GIB))
+                          int(self.gpu_memory_gb * GIB), self.gpus_per_node)
 
     def link_model(self) -> LinkModel:
         return LinkModel(self.gpus_per_node, self.intra_node_gbps, self.inter_node_gbps, LOCAL_COPY_GBPS)

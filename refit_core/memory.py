@@ -7,9 +7,10 @@ transport allocates:
 
 - nccl / gloo (transports/staged.py): packed staging buffers, two alternating sets whose chunk
   size keeps them within `bucket_bytes` per rank; counted as `bucket_bytes` on every active GPU.
-- nvshmem (transports/nvshmem.py): the shards live in one symmetric buffer, which NVSHMEM sizes
-  alike on every PE: the largest active rank's source + destination shards, plus the 512 MiB the
-  transport adds to NVSHMEM_SYMMETRIC_SIZE. A GPU's buffer bytes are that size minus its own shards.
+- nvshmem (transports/nvshmem.py): the symmetric heap, one size on every PE, holds the role peers
+  reach whole and as much of the other role as fits (placement.py); the rest of the other role
+  is private memory, which is shard, not buffer. A GPU's buffer bytes are the heap bytes it holds
+  no shard in, plus NVSHMEM's own memory (NVSHMEM_OVERHEAD_BYTES, measured).
 
 Shard sizes come from `sharding.shard_groups`, the one function that says which slice each rank
 holds, so the memory figure and the transfer plan cannot disagree. Weights only: optimizer state,
@@ -24,12 +25,20 @@ from dataclasses import dataclass
 from refit_core.errors import ConfigError
 from refit_core.layout import ParallelLayout, WorldLayout
 from refit_core.model import Inventory
+from refit_core.placement import layout_heap
 from refit_core.sharding import shard_groups
 from refit_core.storage import ALIGN
 
 GIB = 1 << 30
 NVSHMEM_RESERVE_BYTES = 512 << 20
-"""Added to the symmetric buffer's size in NVSHMEM_SYMMETRIC_SIZE by transports/nvshmem.py."""
+"""Added to the symmetric buffer's size in NVSHMEM_SYMMETRIC_SIZE by transports/nvshmem.py: address
+space for NVSHMEM's own symmetric objects; heap memory is mapped only as allocated (measured: the
+free memory dropped by the same amount with 0, 32 MiB, 128 MiB or 512 MiB here)."""
+NVSHMEM_GRANULARITY_BYTES = 2 << 20
+"""NVSHMEM_CUMEM_GRANULARITY the transport sets: heap memory is mapped in chunks this small."""
+NVSHMEM_OVERHEAD_BYTES = 224 << 20
+"""NVSHMEM's own device memory per PE (init, with 2 MiB granularity), measured 205-214 MB per PE
+on one H100 with nvshmem4py 0.4.1 (docs/benchmarks.md); rounded up."""
 
 
 @dataclass(frozen=True)
@@ -72,31 +81,39 @@ class MemoryFit:
         return self.limit_bytes - self.max_bytes
 
 
-def shard_bytes(inv: Inventory, layout: ParallelLayout) -> list[int]:
-    """Bytes of each local rank's shard buffer in `layout` (index = local rank), tensors aligned."""
+def slot_sizes(inv: Inventory, layout: ParallelLayout) -> list[list[int]]:
+    """Aligned bytes of each local rank's shards in `layout`, in inventory order (as `storage.rank_storage`
+    lays them out; index = local rank)."""
     spec = inv.spec
-    held = [0] * layout.size
+    held: list[list[int]] = [[] for _ in range(layout.size)]
     for p in inv.params:
         unit = p.nbytes // p.shape[p.split_dim]
         for g in shard_groups(p, layout, spec.num_layers, spec.num_experts):
             b = -(-sum(pc.length for pc in g.pieces) * unit // ALIGN) * ALIGN
             for h in g.holders:
-                held[h] += b
+                held[h].append(b)
     return held
 
 
-def memory_fit(inv: Inventory, world: WorldLayout, method: str, bucket_bytes: int, limit_bytes: int) -> MemoryFit:
+def shard_bytes(inv: Inventory, layout: ParallelLayout) -> list[int]:
+    """Bytes of each local rank's shard buffer in `layout` (index = local rank), tensors aligned."""
+    return [sum(s) for s in slot_sizes(inv, layout)]
+
+
+def memory_fit(inv: Inventory, world: WorldLayout, method: str, bucket_bytes: int, limit_bytes: int,
+               gpus_per_node: int | None = None, placement: str = "auto") -> MemoryFit:
     """Per-GPU bytes of a refit of `inv` on `world` by `method`, against `limit_bytes` per GPU."""
-    src = shard_bytes(inv, world.source.layout)
-    dst = shard_bytes(inv, world.destination.layout)
-    shards = []
+    src = slot_sizes(inv, world.source.layout)
+    dst = slot_sizes(inv, world.destination.layout)
+    slots = []
     for r in range(world.world_size):
         sl, dl = world.source.local(r), world.destination.local(r)
-        shards.append((src[sl] if sl is not None else 0, dst[dl] if dl is not None else 0))
+        slots.append((src[sl] if sl is not None else None, dst[dl] if dl is not None else None))
+    shards = [(sum(s or ()), sum(d or ())) for s, d in slots]
     active = range(world.gpus_used)
     if method == "nvshmem":
-        heap = max(-(-s // ALIGN) * ALIGN + d for s, d in (shards[r] for r in active)) + NVSHMEM_RESERVE_BYTES
-        buffers = [heap - s - d for s, d in shards]
+        hl = layout_heap([slots[r] for r in active], nvshmem_direction(world, placement, gpus_per_node))
+        buffers = [hl.heap_bytes - hl.heap_used[r] + NVSHMEM_OVERHEAD_BYTES for r in active]
     else:
         buffers = [bucket_bytes] * len(shards)
     out = tuple(
@@ -104,6 +121,13 @@ def memory_fit(inv: Inventory, world: WorldLayout, method: str, bucket_bytes: in
         for r, (s, d) in enumerate(shards)
     )
     return MemoryFit(out, limit_bytes)
+
+
+def nvshmem_direction(world: WorldLayout, placement: str, gpus_per_node: int | None = None) -> str:
+    """The placement the NVSHMEM transport uses: `all` for `auto` across nodes (peers may be unmappable)."""
+    if placement == "auto" and gpus_per_node is not None and world.gpus_used > gpus_per_node:
+        return "all"
+    return placement
 
 
 def check_memory(fit: MemoryFit, gpu_memory_gb: float, method: str) -> None:
