@@ -100,10 +100,14 @@ def run_rank(cfg: RunConfig, rank: int, world_size: int, device: torch.device,
     transport = make_transport(cfg.method)
     transport.prepare(ctx)
     record["extra_bytes"] = transport.extra_bytes
+    record["transport"] = transport.info
+    if transport.measured_extra_bytes is not None:
+        record["extra_bytes_measured"] = transport.measured_extra_bytes
     log(f"{record['role']} on {record['device']}: {cfg.method} transport ready, "
         f"{record['source_bytes'] + record['destination_bytes']} shard bytes, {transport.extra_bytes} extra bytes")
-    if ctx.source is not None:
-        weights.fill(transport.src_buf, ctx.source, inv)
+    for buf, storage in transport.source_parts:
+        weights.fill(buf, storage, inv)
+    if transport.source_parts:
         log("source shards filled")
     total = cfg.warmup + cfg.iterations
     watchdog = Watchdog(cfg.timeout_s, record, on_record)
@@ -111,8 +115,8 @@ def run_rank(cfg: RunConfig, rank: int, world_size: int, device: torch.device,
         dist.barrier(group=setup_group)  # sources have filled; setup time is not refit time
     try:
         for k in range(total):
-            if transport.dst_buf is not None:
-                weights.poison(transport.dst_buf)
+            for buf, _ in transport.destination_parts:
+                weights.poison(buf)
             _sync(device)
             watchdog.arm(f"iteration {k - cfg.warmup}")
             _barrier(active_group, device, cfg.method)
@@ -121,10 +125,10 @@ def run_rank(cfg: RunConfig, rank: int, world_size: int, device: torch.device,
                 _inject_before(fault)
             stats = transport.iteration()
             if fault and fault.rank == rank and fault.iteration == k and fault.kind == "corrupt" \
-                    and transport.dst_buf is not None:
-                _corrupt(transport.dst_buf, ctx.destination)
-            if ctx.destination is not None:
-                weights.verify(transport.dst_buf, ctx.destination, inv, rank)
+                    and transport.destination_parts:
+                _corrupt(*transport.destination_parts[0])
+            for buf, storage in transport.destination_parts:
+                weights.verify(buf, storage, inv, rank)
             watchdog.disarm()
             log(f"iteration {k - cfg.warmup}{' (warm-up)' if k < cfg.warmup else ''}: {stats.time_ms:.3f} ms"
                 + (", verified" if ctx.destination is not None else ""))

@@ -90,7 +90,11 @@ def aggregate(run_dir: Path, expected_ranks: list[int], delivered_bytes: int) ->
         "errors": errors,
         "problems": problems,
         "extra_bytes_max": max((r.get("extra_bytes", 0) for r in records), default=0),
+        "extra_bytes_measured_max": max((r["extra_bytes_measured"] for r in records if "extra_bytes_measured" in r),
+                                        default=None),
         "restarts": max((r.get("restarts", 0) for r in records), default=0),
+        "transport": next((r["transport"] for r in sorted(records, key=lambda r: r["rank"]) if r.get("transport")),
+                          {}),
     }
     out["GBps"] = delivered_bytes / (out["median_ms"] * 1e6) if out["median_ms"] else None
     return out

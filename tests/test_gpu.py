@@ -59,6 +59,29 @@ def test_nvshmem_pes_on_one_gpu_verify(name: str, tmp_path: Path) -> None:
     assert res["verified"]
 
 
+@needs_nvshmem
+def test_naive_baseline_verifies(tmp_path: Path) -> None:
+    cfg = apply_overrides(resolve("config-1"), {**SMALL_FLAGS, "refit_method": "naive"})
+    cfg = cfg.with_changes(gpus=cfg.world().gpus_used)
+    codes, res = run_locally(cfg, tmp_path, timeout_s=300)
+    assert codes == [0] * cfg.gpus, (tmp_path / "logs" / "rank-0.log").read_text()[-3000:]
+    assert res["verified"]
+
+
+@needs_nvshmem
+@pytest.mark.parametrize("placement", ["push", "pull", "all"])
+@pytest.mark.parametrize("name", ["config-1", "collocated-3"])
+def test_nvshmem_every_placement_verifies_and_measures_its_memory(name: str, placement: str, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REFITCTL_NVSHMEM_PLACEMENT", placement)
+    cfg = apply_overrides(resolve(name), {**SMALL_FLAGS, "refit_method": "nvshmem"})
+    cfg = cfg.with_changes(gpus=cfg.world().gpus_used)
+    codes, res = run_locally(cfg, tmp_path, timeout_s=300)
+    assert codes == [0] * cfg.gpus, (tmp_path / "logs" / "rank-0.log").read_text()[-3000:]
+    assert res["verified"]
+    assert res["extra_bytes_measured_max"] is not None
+
+
 @needs_cuda
 def test_nccl_world_size_one_verifies(tmp_path: Path) -> None:
     cfg = apply_overrides(resolve("collocated-4"), {

@@ -37,17 +37,29 @@ class IterationStats:
     launches: int = 0
 
 
+ShardPart = tuple[torch.Tensor, Storage]
+"""Some of a rank's shards of one role: a byte buffer and the slots laid out in it."""
+
+
 class Transport(Protocol):
     name: str
-    src_buf: torch.Tensor | None
-    dst_buf: torch.Tensor | None
-    extra_bytes: int  # device memory beyond the shards (staging, descriptors)
+    source_parts: list[ShardPart]  # where this rank's source shards live (empty: not a source)
+    destination_parts: list[ShardPart]  # where its destination shards live (empty: not a destination)
+    extra_bytes: int  # device memory beyond the shards (staging, descriptors), as allocated
+    measured_extra_bytes: int | None  # the same, measured on the device where the transport can
+    info: dict[str, object]  # how the transport set itself up (for results: placement, rounds, ...)
+
 
     def prepare(self, ctx: RankContext) -> None: ...
 
     def iteration(self) -> IterationStats: ...
 
     def close(self) -> None: ...
+
+
+def whole(buf: torch.Tensor | None, storage: Storage | None) -> list[ShardPart]:
+    """One part holding all of `storage`, or none for a role the rank does not have."""
+    return [(buf, storage)] if buf is not None and storage is not None else []
 
 
 def allocate(nbytes: int, device: torch.device) -> torch.Tensor:

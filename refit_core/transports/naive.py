@@ -14,7 +14,7 @@ import torch
 from refit_core.sharding import shard_groups
 from refit_core.memory import NVSHMEM_RESERVE_BYTES
 from refit_core.storage import ALIGN
-from refit_core.transports.base import IterationStats, RankContext
+from refit_core.transports.base import IterationStats, RankContext, whole
 from refit_core.transports.nvshmem import NvshmemTransport, init_nvshmem
 from refit_core.weights import torch_dtype
 
@@ -47,10 +47,10 @@ class NaiveTransport(NvshmemTransport):
         init_nvshmem(ctx.rank, len(active), ctx.device, ctx.active_group)
         self._sym = nv.bytetensor((size,))
         me = ctx.rank
-        if ctx.source is not None:
-            self.src_buf = self._sym[: ctx.source.nbytes]
-        if ctx.destination is not None:
-            self.dst_buf = self._sym[self.dst_offset[me]: self.dst_offset[me] + ctx.destination.nbytes]
+        self.source_parts = whole(self._sym[: ctx.source.nbytes] if ctx.source else None, ctx.source)
+        self.destination_parts = whole(
+            self._sym[self.dst_offset[me]: self.dst_offset[me] + ctx.destination.nbytes] if ctx.destination else None,
+            ctx.destination)
         peers = {r: nv.get_peer_tensor(self._sym, r) for r in active}
         gather_at, recv_at = stor, stor + biggest
 

@@ -1,13 +1,16 @@
-"""One-sided refit through NVSHMEM (nvshmem4py): sources write straight into destinations' shards.
+"""One-sided refit through NVSHMEM (nvshmem4py): one rank copies straight between shards.
 
-Every active rank keeps its shards in one symmetric buffer (source shards first, destination
-shards after), so a destination's parameters are themselves the receive buffer: no staging, no
-unpack. Each source maps every destination's buffer (nvshmem_ptr, through get_peer_tensor) and
-copies all its slices, local copies included, with ONE kernel launch per iteration; a
-barrier_all on the stream before and after brackets the iteration, so a destination reads only
-complete data. Peers that cannot be mapped (another node without NVLink) get `put` calls instead.
-Several PEs may share one GPU (shared/notes/gpu-machine.md); the torch process group (gloo)
-carries NVSHMEM's unique id.
+The role peers reach lives in the symmetric heap (placement.py): the destination shards when
+sources write into them (push), or the source shards when destinations read from them (pull),
+whichever leaves less heap unused on the worst rank; the other role fills the rest of its
+rank's heap and spills into private memory. So a destination's parameters are themselves the
+receive buffer: no staging, no unpack, and no GPU holds much more than its shards. The copying
+rank maps every peer's heap (nvshmem_ptr, through get_peer_tensor) and copies all its slices,
+local copies included, with ONE kernel launch per iteration; a barrier before and after
+brackets the iteration, so a destination reads only complete data. Peers that cannot be mapped
+(another node without NVLink) get `put` calls instead, in the `all` placement. Several PEs may
+share one GPU (shared/notes/gpu-machine.md); the torch process group (gloo) carries NVSHMEM's
+unique id.
 """
 
 from __future__ import annotations
@@ -18,16 +21,13 @@ import os
 import torch
 import torch.distributed as dist
 
-from refit_core.blocks import Block, direct_blocks, transfer_block
+from refit_core.blocks import Block, Where, one_sided_blocks
 from refit_core.errors import TransportError
-from refit_core.memory import NVSHMEM_RESERVE_BYTES
-from refit_core.storage import ALIGN, Storage, rank_storage
-from refit_core.transports.base import IterationStats, RankContext
+from refit_core.memory import NVSHMEM_GRANULARITY_BYTES, NVSHMEM_RESERVE_BYTES, nvshmem_direction
+from refit_core.placement import Part, place
+from refit_core.storage import Storage, rank_storage
+from refit_core.transports.base import IterationStats, RankContext, ShardPart, allocate
 from refit_core.transports.copy import CudaBlockCopy
-
-
-def _aligned(n: int) -> int:
-    return -(-n // ALIGN) * ALIGN
 
 
 def sync_mode(active_pes: int) -> str:
@@ -60,16 +60,24 @@ def init_nvshmem(rank: int, nranks: int, device: torch.device, group: object) ->
     nv.init(device=dev, uid=uid, rank=rank, nranks=nranks, initializer_method="uid")
 
 
+def placement_direction() -> str:
+    """REFITCTL_NVSHMEM_PLACEMENT=auto|push|pull|all (placement.py); auto is the default."""
+    return os.environ.get("REFITCTL_NVSHMEM_PLACEMENT", "auto")
+
+
 class NvshmemTransport:
     name = "nvshmem"
 
     def __init__(self) -> None:
-        self.src_buf: torch.Tensor | None = None
-        self.dst_buf: torch.Tensor | None = None
+        self.source_parts: list[ShardPart] = []
+        self.destination_parts: list[ShardPart] = []
         self.extra_bytes = 0
+        self.measured_extra_bytes: int | None = None
+        self.info: dict[str, object] = {}
         self._sym: torch.Tensor | None = None
+        self._private: torch.Tensor | None = None
 
-    # -- layout of every rank's symmetric buffer (pure; every rank computes all of them) --------
+    # -- every rank's shards (pure; every rank computes all of them) ---------------------------
     def _storages(self, ctx: RankContext, rank: int) -> tuple[Storage | None, Storage | None]:
         w, inv = ctx.plan.world, ctx.plan.inventory
         s, d = w.source.local(rank), w.destination.local(rank)
@@ -84,52 +92,94 @@ class NvshmemTransport:
         self.ctx, self.nv = ctx, nv
         w = ctx.plan.world
         active = list(range(w.gpus_used))
-        sizes = {}
-        self.dst_offset = {}
-        for r in active:
-            s, d = self._storages(ctx, r)
-            self.dst_offset[r] = _aligned(s.nbytes) if s else 0
-            sizes[r] = self.dst_offset[r] + (d.nbytes if d else 0)
-        size = max(_aligned(max(sizes.values())), ALIGN)
-        os.environ.setdefault("NVSHMEM_SYMMETRIC_SIZE", str(size + NVSHMEM_RESERVE_BYTES))
+        storages = [self._storages(ctx, r) for r in active]
+        direction = nvshmem_direction(w, placement_direction(), ctx.config.gpus_per_node)
+        self.placement = placement = place(storages, direction)
+        me = placement.ranks[ctx.rank]
+        os.environ.setdefault("NVSHMEM_SYMMETRIC_SIZE", str(placement.heap_bytes + NVSHMEM_RESERVE_BYTES))
+        # Physical heap memory comes in chunks of this size; NVSHMEM's default (512 MiB) left up to
+        # that much unused per PE (measured 849 -> 214 MB per PE beyond the shards, docs/benchmarks.md).
+        os.environ.setdefault("NVSHMEM_CUMEM_GRANULARITY", str(NVSHMEM_GRANULARITY_BYTES))
 
+        free_before = self._free_memory(ctx)
         init_nvshmem(ctx.rank, len(active), ctx.device, ctx.active_group)
-        self._sym = nv.bytetensor((size,))
-        base = self._sym.data_ptr()
-        if ctx.source is not None:
-            self.src_buf = self._sym[: ctx.source.nbytes]
-        if ctx.destination is not None:
-            off = self.dst_offset[ctx.rank]
-            self.dst_buf = self._sym[off: off + ctx.destination.nbytes]
+        free_init = self._free_memory(ctx)
+        self._sym = nv.bytetensor((placement.heap_bytes,))
+        free_heap = self._free_memory(ctx)
+        if me.private_bytes:
+            self._private = allocate(me.private_bytes, ctx.device)
+        bases = {True: self._sym.data_ptr(), False: self._private.data_ptr() if self._private is not None else 0}
 
-        peers = sorted(ctx.rank_plan.sends)
+        def parts(ps: tuple[Part, ...]) -> list[ShardPart]:
+            out = []
+            for part in ps:
+                buf = self._sym if part.in_heap else self._private
+                out.append((buf[part.start: part.start + max(part.storage.nbytes, 1)], part.storage))
+            return out
+
+        self.source_parts = parts(me.source)
+        self.destination_parts = parts(me.destination)
+
+        # The copying rank reaches its peers' heaps: sources write (push, all), destinations read (pull).
+        copies = one_sided_blocks(ctx.plan, ctx.rank, placement, storages)
         mapped: dict[int, int] = {}
-        self.puts: list[tuple[int, Block]] = []
-        for p in peers:
+        for p in sorted({x.rank for s, d, _ in copies for x in (s, d)} - {ctx.rank}):
             try:
                 t = nv.get_peer_tensor(self._sym, p)
                 mapped[p] = t.data_ptr() if t is not None else 0
-            except Exception:  # noqa: BLE001 - not mappable: fall back to put
+            except Exception:  # noqa: BLE001 - not mappable: put fallback (layout `all` only)
                 mapped[p] = 0
+        unmapped = [p for p, ptr in mapped.items() if not ptr]
+        if unmapped and placement.direction != "all":
+            raise TransportError(
+                f"rank {ctx.rank}: PEs {unmapped} cannot be mapped (no NVLink/P2P path); "
+                "set REFITCTL_NVSHMEM_PLACEMENT=all to use NVSHMEM put for them")
+
+        def base(w: Where) -> int:
+            return bases[w.in_heap] if w.rank == ctx.rank else mapped[w.rank]
+
         blocks: list[Block] = []
-        if ctx.rank_plan.local:
-            params = ctx.plan.inventory.params
-            for t in ctx.rank_plan.local:
-                pr = params[t.param]
-                b = transfer_block(t, pr.shape, pr.split_dim, ctx.source.by_param[t.param],
-                                   ctx.destination.by_param[t.param])
-                blocks.append(b._replace(src=b.src + base, dst=b.dst + base + self.dst_offset[ctx.rank]))
-        if ctx.source is not None:
-            for peer, b in direct_blocks(ctx.plan, ctx.rank_plan, ctx.source, lambda r: self._storages(ctx, r)[1]):
-                if mapped[peer]:
-                    blocks.append(b._replace(src=b.src + base, dst=b.dst + mapped[peer] + self.dst_offset[peer]))
-                else:
-                    self.puts.append((peer, b._replace(dst=b.dst + self.dst_offset[peer])))
+        self.puts: list[tuple[int, Block]] = []
+        for s, d, b in copies:
+            if d.rank != ctx.rank and not mapped[d.rank]:  # layout `all`: heap offsets on both sides
+                self.puts.append((d.rank, b))
+            else:
+                blocks.append(b._replace(src=b.src + base(s), dst=b.dst + base(d)))
         self.copy = CudaBlockCopy(blocks, ctx.device)
+        shards = sum(st.nbytes for _, st in self.source_parts + self.destination_parts)
         self.extra_bytes = (self.copy.desc.numel() * 8 if self.copy.desc is not None else 0) + \
-            (size - (ctx.source.nbytes if ctx.source else 0) - (ctx.destination.nbytes if ctx.destination else 0))
+            placement.heap_bytes + me.private_bytes - shards
+        self.measured_extra_bytes = self._measure(ctx, free_before, shards)
         self.stream = torch.cuda.current_stream(ctx.device)
         self.sync = sync_mode(len(active))
+        self.info = {"placement": placement.direction, "heap_bytes": placement.heap_bytes,
+                     "private_bytes": me.private_bytes, "unused_heap_bytes": placement.unused_heap(ctx.rank),
+                     "sync": self.sync, "puts": len(self.puts),
+                     # drops in free GPU memory (whole GPU: all PEs sharing it) across init and heap allocation
+                     "gpu_init_bytes": free_before - free_init, "gpu_heap_bytes": free_init - free_heap}
+
+    @staticmethod
+    def _free_memory(ctx: RankContext) -> int:
+        """Free device memory once every PE has its CUDA context and has stopped allocating."""
+        torch.empty(1, device=ctx.device)
+        torch.cuda.synchronize(ctx.device)
+        dist.barrier(group=ctx.active_group)
+        free = torch.cuda.mem_get_info(ctx.device)[0]
+        dist.barrier(group=ctx.active_group)
+        return free
+
+    def _measure(self, ctx: RankContext, free_before: int, shards: int) -> int:
+        """Device memory this PE's transport took beyond its shards (NVSHMEM's own state, heap
+        slack, private remainder, copy descriptors): the drop in free memory across prepare,
+        shared evenly among the PEs on the same GPU, minus their shard bytes."""
+        import socket
+
+        free_after = self._free_memory(ctx)
+        me = (socket.gethostname(), str(torch.cuda.get_device_properties(ctx.device).uuid), shards)
+        everyone: list[object] = [None] * dist.get_world_size(ctx.active_group)
+        dist.all_gather_object(everyone, me, group=ctx.active_group)
+        here = [e for e in everyone if e[:2] == me[:2]]
+        return (free_before - free_after - sum(e[2] for e in here)) // len(here)
 
     def _put_fallback(self) -> None:
         """nvshmem put for peers without a load/store mapping: a contiguous block in one call,
@@ -162,10 +212,10 @@ class NvshmemTransport:
         return IterationStats(ms, {"transfer": ms}, 1 + (1 if self.copy.count else 0) + 1 + len(self.puts))
 
     def _iteration_host(self) -> IterationStats:
-        """Completion on the host: sources copy and synchronise, then a gloo barrier.
+        """Completion on the host: the copying ranks copy and synchronise, then a gloo barrier.
 
-        Destination PEs never run a GPU kernel, so on a time-sliced shared GPU they do not spin in
-        NVSHMEM's barrier kernel while the sources need the GPU (measured: 2x to 4.8x faster on one
+        The other PEs never run a GPU kernel, so on a time-sliced shared GPU they do not spin in
+        NVSHMEM's barrier kernel while the copying ranks need the GPU (measured: 2x to 4.8x faster on one
         H100, docs/benchmarks.md). Timed on the host, barrier to barrier.
         """
         import time
@@ -183,7 +233,8 @@ class NvshmemTransport:
     def close(self) -> None:
         if self._sym is not None:
             torch.cuda.synchronize()
-            self.src_buf = self.dst_buf = None
+            self.source_parts, self.destination_parts = [], []
+            self._private = None
             self.nv.free_tensor(self._sym)
             self._sym = None
             self.nv.finalize()

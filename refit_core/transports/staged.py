@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 from refit_core.blocks import Block, Chunk, RankBlocks, chunk_bytes_for, rank_blocks
-from refit_core.transports.base import IterationStats, RankContext, allocate
+from refit_core.transports.base import IterationStats, RankContext, ShardPart, allocate, whole
 from refit_core.transports.copy import CudaBlockCopy, absolute, copy_blocks_torch, cuda_copy_available
 
 
@@ -40,7 +40,11 @@ class StagedTransport:
         self.name = name
         self.src_buf: torch.Tensor | None = None
         self.dst_buf: torch.Tensor | None = None
+        self.source_parts: list[ShardPart] = []
+        self.destination_parts: list[ShardPart] = []
         self.extra_bytes = 0
+        self.measured_extra_bytes: int | None = None
+        self.info: dict[str, object] = {}
 
     def prepare(self, ctx: RankContext) -> None:
         self.ctx = ctx
@@ -48,6 +52,8 @@ class StagedTransport:
         self.cuda = dev.type == "cuda" and cuda_copy_available()
         self.src_buf = allocate(ctx.source.nbytes, dev) if ctx.source else None
         self.dst_buf = allocate(ctx.destination.nbytes, dev) if ctx.destination else None
+        self.source_parts = whole(self.src_buf, ctx.source)
+        self.destination_parts = whole(self.dst_buf, ctx.destination)
         chunk = chunk_bytes_for(ctx.plan, ctx.config.bucket_bytes)
         rb: RankBlocks = rank_blocks(ctx.plan, ctx.rank_plan, ctx.source, ctx.destination, chunk)
         send_size = max((self._laid_out_size(r) for r in rb.sends), default=0)
@@ -68,6 +74,7 @@ class StagedTransport:
                 [(peer, r_stage[o: o + n]) for peer, o, n in recvs],
                 _Step(unpack, r_stage, self.dst_buf, self.cuda) if unpack else None,
             ))
+        self.info = {"rounds": rb.rounds, "chunk_bytes": chunk, "staging_sets": sets}
         if self.cuda:
             self.extra_bytes += sum(s.kernel.desc.numel() * 8 for r in self.rounds for s in (r[0], r[3])
                                     if s is not None and s.kernel.desc is not None)
@@ -127,6 +134,7 @@ class StagedTransport:
     def close(self) -> None:
         self.rounds = []
         self.src_buf = self.dst_buf = None
+        self.source_parts, self.destination_parts = [], []
 
 
 class _Clock:
