@@ -4,13 +4,18 @@
 
 1. Ceilings: a single-process device-to-device copy, and for every PE count used below the
    shared-GPU copy (N NVSHMEM PEs each copying its share of the same bytes into a peer's
-   symmetric buffer at once, barrier to barrier; benchmarks/probe_copy.py).
-2. The NVSHMEM refit of config-1..6 at the seed's sizes and of a larger model (all PEs on the GPU).
+   symmetric buffer at once, barrier to barrier; benchmarks/probe_copy.py). A refit row's
+   ratio is against the ceiling with as many PEs as copy in it (the sources when they write,
+   the destinations when they read: placement.py); its ratio against all its PEs copying is
+   kept too.
+2. The NVSHMEM refit of config-1..6 (placement auto, or REFITCTL_NVSHMEM_PLACEMENT) at the seed's sizes and of a larger model (all PEs on the GPU).
 3. The naive baseline on the same layouts (gather whole tensors, send whole, slice).
 4. The single-process path (world size 1: every slice a local copy) against the single-process
    copy of the same bytes.
 5. Optionally (--mps) the shared ceiling and one refit again under CUDA MPS, started and stopped
    inside this run.
+Every refit row also carries the device memory its transport took beyond the shards, measured
+(extra_bytes_measured_max: the largest over PEs), against the bucket size.
 Prints a table and writes one JSON object: device, command, ceilings, rows.
 """
 
@@ -90,7 +95,8 @@ def refit(cfg: RunConfig, work: Path, tag: str) -> dict:
     timed = [i["time_ms"] for i in res["iterations"] if not i["warmup"]]
     return {"verified": True, "bytes": res["delivered_bytes"], "median_ms": res["median_ms"], "min_ms": min(timed),
             "GBps": res["GBps"], "launches": res["iterations"][-1]["launches"],
-            "extra_bytes_max": res["extra_bytes_max"]}
+            "extra_bytes_max": res["extra_bytes_max"], "extra_bytes_measured_max": res.get("extra_bytes_measured_max"),
+            "bucket_bytes": cfg.bucket_bytes, "transport": res.get("transport", {})}
 
 
 def config_for(name: str, method: str, iters: int, large: bool) -> RunConfig:
@@ -128,6 +134,10 @@ class Mps:
         time.sleep(1)
         for k in ("CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY"):
             os.environ.pop(k, None)
+
+
+def _mb(n: int | None) -> float | None:
+    return None if n is None else n / 1e6
 
 
 def main() -> int:
@@ -168,11 +178,19 @@ def main() -> int:
         naive = refit(config_for(name, "naive", args.naive_iterations, large), work, cfg.name + "-naive")
         row = {"config": cfg.name, "method": "nvshmem", "pes": pes, **r,
                "naive_median_ms": naive.get("median_ms"), "naive_verified": naive.get("verified"),
-               "naive_launches": naive.get("launches")}
+               "naive_launches": naive.get("launches"), **({"naive_error": naive["error"][-800:]} if "error" in naive else {})}
         if r.get("verified"):
-            c = ceiling_shared(pes, r["bytes"])
+            # The processes that copy: sources when they write (push), destinations when they read
+            # (pull). The others launch nothing, so the GPU is time-sliced among the copiers only.
+            w = cfg.world()
+            copiers = len(w.destination.ranks) if r["transport"].get("placement") == "pull" else len(w.source.ranks)
+            c = ceiling_shared(copiers, r["bytes"])
+            row["copying_pes"] = copiers
             row["ceiling_GBps"] = c["GBps"]
             row["ratio_to_ceiling"] = r["GBps"] / c["GBps"]
+            every = ceiling_shared(pes, r["bytes"])
+            row["all_pe_ceiling_GBps"] = every["GBps"]
+            row["ratio_to_all_pe_ceiling"] = r["GBps"] / every["GBps"]
             row["speedup_vs_naive"] = (naive["median_ms"] / r["median_ms"]) if naive.get("verified") else None
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -205,14 +223,16 @@ def main() -> int:
            "nvshmem_sync": os.environ.get("REFITCTL_NVSHMEM_SYNC", "auto"),
            "command": "python " + " ".join(sys.argv), "ceilings": ceilings, "rows": rows, "mps": mps_rows,
            "wall_s": round(time.time() - t0, 1)}
-    print(f"\n{'config':24} {'PEs':>3} {'bytes':>12} {'median ms':>10} {'min ms':>9} {'GB/s':>8} "
-          f"{'ceiling':>8} {'ratio':>6} {'naive ms':>9} {'speedup':>7} {'launch':>6}")
+    print(f"\n{'config':24} {'PEs':>3} {'cp':>2} {'bytes':>12} {'median ms':>10} {'min ms':>9} {'GB/s':>8} "
+          f"{'ceiling':>8} {'ratio':>6} {'all-PE':>6} {'naive ms':>9} {'speedup':>7} {'launch':>6} {'place':>5} {'extra MB':>8}")
     for r in rows:
         f = lambda v, fmt: (fmt % v) if isinstance(v, (int, float)) else "-"  # noqa: E731
-        print(f"{r['config']:24} {r['pes']:>3} {f(r.get('bytes'), '%d'):>12} {f(r.get('median_ms'), '%.3f'):>10} "
+        print(f"{r['config']:24} {r['pes']:>3} {f(r.get('copying_pes', r['pes']), '%d'):>2} {f(r.get('bytes'), '%d'):>12} {f(r.get('median_ms'), '%.3f'):>10} "
               f"{f(r.get('min_ms'), '%.3f'):>9} {f(r.get('GBps'), '%.1f'):>8} {f(r.get('ceiling_GBps'), '%.1f'):>8} "
-              f"{f(r.get('ratio_to_ceiling'), '%.2f'):>6} {f(r.get('naive_median_ms'), '%.2f'):>9} "
-              f"{f(r.get('speedup_vs_naive'), '%.1f'):>7} {f(r.get('launches'), '%d'):>6}")
+              f"{f(r.get('ratio_to_ceiling'), '%.2f'):>6} {f(r.get('ratio_to_all_pe_ceiling'), '%.2f'):>6} "
+              f"{f(r.get('naive_median_ms'), '%.2f'):>9} "
+              f"{f(r.get('speedup_vs_naive'), '%.1f'):>7} {f(r.get('launches'), '%d'):>6} "
+              f"{r.get('transport', {}).get('placement', '-'):>5} {f(_mb(r.get('extra_bytes_measured_max')), '%.1f'):>8}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(out, indent=1))
