@@ -198,9 +198,9 @@ def results_view(s: Snapshot) -> Group:
     planned = s.info.get("iterations", done)
     if done < planned or not res.get("complete", s.verified):
         summary.append(f" · incomplete: {done} of {planned} timed iterations recorded", style="bold yellow")
-    predicted = predicted_line(s.run_dir, res)
-    if predicted is not None:
-        summary = Group(summary, predicted)
+    extra = [x for x in (predicted_line(s.run_dir, res), memory_line(res)) if x is not None]
+    if extra:
+        summary = Group(summary, *extra)
     files = Text(f"run directory: {s.run_dir} (results.json, iterations.csv, logs/)", style="dim")
     parts: list[Any] = [t if res.get("iterations") else Text(f"{s.name}: no iteration finished", style="bold"),
                         summary]
@@ -212,6 +212,22 @@ def results_view(s: Snapshot) -> Group:
     parts.extend(error_lines(s))
     parts.append(files)
     return Group(*parts)
+
+
+def memory_line(res: dict[str, Any]) -> Text | None:
+    """Device memory the transport took beyond the shards: measured where the transport measures it
+    (nvshmem), else as allocated (staging buffers and copy descriptors)."""
+    measured, allocated = res.get("extra_bytes_measured_max"), res.get("extra_bytes_max")
+    how = res.get("transport") or {}
+    if isinstance(measured, int):
+        line = f"memory beyond the shards: {human_bytes(max(measured, 0))} per GPU, measured"
+        if how.get("placement"):
+            line += f" (NVSHMEM placement {how['placement']}, docs/benchmarks.md)"
+    elif isinstance(allocated, int):
+        line = f"memory beyond the shards: {human_bytes(allocated)} per rank, as allocated (staging, descriptors)"
+    else:
+        return None
+    return Text(line, style="dim")
 
 
 def predicted_line(run_dir: Path, res: dict[str, Any]) -> Text | None:

@@ -19,6 +19,7 @@ import pytest
 from conftest import ROOT, SMALL_FLAGS
 from orchestrator import executor
 from orchestrator.jobstate import job_state
+from orchestrator.planview import human_bytes
 from orchestrator.runspec import ClusterOptions, effective_config, job_env, parse_env, parse_time, plan_resources
 from refit_core.errors import ConfigError
 
@@ -216,6 +217,8 @@ def test_submit_writes_a_complete_run_directory(tmp_path: Path) -> None:
     csv_lines = (d / "iterations.csv").read_text().splitlines()
     assert csv_lines[0].startswith("run,config,method,iteration,warmup,time_ms,GBps") and len(csv_lines) == 4
     assert "per-iteration timings" in p.stdout and "verified" in p.stdout
+    assert res["transport"]["rounds"] >= 1  # gloo: staged rounds
+    assert f"memory beyond the shards: {human_bytes(res['extra_bytes_max'])} per rank, as allocated" in p.stdout
 
     out = refitctl("results", d.name, "--csv", runs=tmp_path, check=0).stdout
     assert out == (d / "iterations.csv").read_text()
