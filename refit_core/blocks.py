@@ -14,7 +14,7 @@ same way, because both derive it from the same plan entries in the same order.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, NamedTuple, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 from refit_core.placement import Placement
 from refit_core.plan import Plan, RankPlan, Transfer
@@ -132,19 +132,6 @@ def chunk_bytes_for(plan: Plan, bucket_bytes: int, double_buffer: bool = True) -
     most = max(peers.values(), default=1)
     per = bucket_bytes // (most * (2 if double_buffer else 1))
     return max(per - per % 256, 256)
-
-
-def direct_blocks(plan: Plan, rank_plan: RankPlan, src: Storage,
-                  peer_storage: Callable[[int], Storage]) -> list[tuple[int, Block]]:
-    """(destination rank, block) pairs writing straight into each destination's buffer (one-sided)."""
-    params = plan.inventory.params
-    out: list[tuple[int, Block]] = []
-    for peer, ts in rank_plan.sends.items():
-        dst = peer_storage(peer)
-        for t in ts:
-            p = params[t.param]
-            out.append((peer, transfer_block(t, p.shape, p.split_dim, src.by_param[t.param], dst.by_param[t.param])))
-    return out
 
 
 class Where(NamedTuple):
