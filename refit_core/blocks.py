@@ -141,13 +141,13 @@ class Where(NamedTuple):
     in_heap: bool
 
 
-def one_sided_blocks(plan: Plan, rank: int, placement: Placement,
+def one_sided_blocks(plan: Plan, rank_plan: RankPlan, placement: Placement,
                      storages: Sequence[tuple[Storage | None, Storage | None]]) -> list[tuple[Where, Where, Block]]:
-    """(source buffer, destination buffer, block) for everything `rank` copies in a one-sided
-    refit: its local slices, and what it writes to peers (push, all) or reads from them (pull).
-    Block offsets are within the buffers named; a peer's buffer is always its heap."""
+    """(source buffer, destination buffer, block) for everything `rank_plan.rank` copies in a
+    one-sided refit: its local slices, and what it writes to peers (push, all) or reads from them
+    (pull). Block offsets are within the buffers named; a peer's buffer is always its heap."""
     params = plan.inventory.params
-    rank_plan = plan.for_rank(rank)
+    rank = rank_plan.rank
 
     def at(r: int, role: str, param: int) -> tuple[Where, Slot]:
         st = storages[r][0 if role == "source" else 1]

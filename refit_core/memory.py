@@ -101,7 +101,7 @@ def shard_bytes(inv: Inventory, layout: ParallelLayout) -> list[int]:
 
 
 def memory_fit(inv: Inventory, world: WorldLayout, method: str, bucket_bytes: int, limit_bytes: int,
-               gpus_per_node: int | None = None, placement: str = "auto") -> MemoryFit:
+               gpus_per_node: int | None = None) -> MemoryFit:
     """Per-GPU bytes of a refit of `inv` on `world` by `method`, against `limit_bytes` per GPU."""
     src = slot_sizes(inv, world.source.layout)
     dst = slot_sizes(inv, world.destination.layout)
@@ -112,7 +112,7 @@ def memory_fit(inv: Inventory, world: WorldLayout, method: str, bucket_bytes: in
     shards = [(sum(s or ()), sum(d or ())) for s, d in slots]
     active = range(world.gpus_used)
     if method == "nvshmem":
-        hl = layout_heap([slots[r] for r in active], nvshmem_direction(world, placement, gpus_per_node))
+        hl = layout_heap([slots[r] for r in active], nvshmem_direction(world, "auto", gpus_per_node))
         buffers = [hl.heap_bytes - hl.heap_used[r] + NVSHMEM_OVERHEAD_BYTES for r in active]
     else:
         buffers = [bucket_bytes] * len(shards)

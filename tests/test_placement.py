@@ -114,7 +114,7 @@ def test_one_sided_copies_deliver_every_destination_byte(case, direction: str) -
         for part in rp.source:
             weights.fill(buf_view(heap[r] if part.in_heap else private[r], part), part.storage, inv)
     for r in range(len(storages)):
-        for s, d, b in one_sided_blocks(plan, r, p, storages):
+        for s, d, b in one_sided_blocks(plan, plan.for_rank(r), p, storages):
             if d.rank != r:
                 assert d.in_heap and direction != "pull"  # peers are reached only in their heap
             if s.rank != r:

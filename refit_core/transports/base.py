@@ -49,7 +49,6 @@ class Transport(Protocol):
     measured_extra_bytes: int | None  # the same, measured on the device where the transport can
     info: dict[str, object]  # how the transport set itself up (for results: placement, rounds, ...)
 
-
     def prepare(self, ctx: RankContext) -> None: ...
 
     def iteration(self) -> IterationStats: ...

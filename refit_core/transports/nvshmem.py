@@ -121,7 +121,7 @@ class NvshmemTransport:
         self.destination_parts = parts(me.destination)
 
         # The copying rank reaches its peers' heaps: sources write (push, all), destinations read (pull).
-        copies = one_sided_blocks(ctx.plan, ctx.rank, placement, storages)
+        copies = one_sided_blocks(ctx.plan, ctx.rank_plan, placement, storages)
         mapped: dict[int, int] = {}
         for p in sorted({x.rank for s, d, _ in copies for x in (s, d)} - {ctx.rank}):
             try:
