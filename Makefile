@@ -19,7 +19,7 @@ SLURM_OPTS = $(if $(PARTITION),--partition $(PARTITION)) $(if $(ACCOUNT),--accou
 	kimi-k2 kimi-k2-collocated kimi-k2-plan kimi-k2-small
 
 help:  ## list the targets
-	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
