@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator import executor
+from orchestrator import executor, slurm_fit
 from orchestrator.cli import add_config_args, command, resolve_config, wide_console
 from orchestrator.jobstate import cancel
 from orchestrator.liveview import (comparison_view, method_label, results_view, run_header, run_view, state_style,
@@ -109,9 +109,32 @@ def command_line() -> str:
 
 
 def plan_and_spec(name: str, cfg: Any, opts: ClusterOptions, cluster: str, method_explicit: bool) -> tuple[RunSpec, Plan]:
+    """Decide the run. On SLURM, first ask `sinfo` whether the cluster can ever run it: if not,
+    `--cluster slurm` stops here in one line, and `--cluster auto` runs it locally, saying why."""
     gpus = executor.local_gpu_count() > 0 if cluster == "local" else opts.request_gpus
     spec = make_spec(name, cfg, cluster, opts, os.environ, method_explicit, gpus, os.cpu_count() or 1)
+    if cluster == "slurm":
+        reason = slurm_misfit(spec)
+        if reason is not None and opts.cluster == "slurm":
+            raise ConfigError(f"this SLURM cluster cannot run {name}: {reason}: choose a partition that can "
+                              "(--partition, --gpus-per-node), or run it here with --cluster local")
+        if reason is not None:
+            local, _ = plan_and_spec(name, cfg, opts, "local", method_explicit)
+            note = (f"SLURM here cannot run {name} ({reason}): running it as local processes instead "
+                    "(--cluster slurm insists on SLURM)")
+            spec = dataclasses.replace(local, notes=(note, *local.notes))
     return spec, plan_transfers(spec.config.inventory(), spec.config.world())
+
+
+def slurm_misfit(spec: RunSpec) -> str | None:
+    """Why SLURM as `sinfo` reports it can never run `spec`, or None (also when sinfo cannot tell)."""
+    nodes = slurm_fit.query_nodes()
+    if not nodes:
+        return None
+    r, o = spec.resources, spec.options
+    req = slurm_fit.Request(r.nodes, r.tasks_per_node, o.cpus_per_task or 1, r.gpus_per_node, r.time_limit_s,
+                            o.partition)
+    return slurm_fit.misfit(req, nodes)
 
 
 def print_intro(console: Console, spec: RunSpec, plan: Plan, why: str) -> None:
@@ -179,6 +202,8 @@ def _submit(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
         opts = cluster_options(args)
         cluster, why = executor.detect_cluster(opts.cluster)
         spec, plan = plan_and_spec(args.name or cfg.name, cfg, opts, cluster, args.flag_refit_method is not None)
+        if spec.cluster != cluster:
+            cluster, why = spec.cluster, "the SLURM cluster cannot hold it"
         print_intro(console, spec, plan, why)
         run_dir = unique_dir(runs_root(args), f"{spec.name}-{stamp()}")
         write_run(run_dir, spec, plan, command_line())

@@ -101,6 +101,34 @@ def _run(cmd: list[str]) -> tuple[int, str, str]:
         return 124, "", f"{cmd[0]} did not answer in 30 s"
 
 
+# SLURM's pending reasons (squeue %r) in words, with what the user can change.
+PENDING_REASONS = {
+    "Resources": "waiting for nodes to free up: the job fits the partition, the nodes are busy",
+    "Priority": "waiting behind jobs of higher priority",
+    "PartitionConfig": "the partition cannot run this job as requested (nodes, GPUs or time above its limits): "
+                       "cancel it and resubmit with a smaller request or another --partition",
+    "PartitionNodeLimit": "more nodes than the partition allows: cancel it and use another --partition",
+    "PartitionTimeLimit": "time limit above the partition's: cancel it and resubmit with a shorter --time",
+    "ReqNodeNotAvail": "a node it needs is down, drained or reserved: wait, or cancel and use another --partition",
+    "QOSMaxGRESPerUser": "your QOS allows fewer GPUs at once: wait for your other jobs, or use another --qos",
+    "QOSMaxNodePerUserLimit": "your QOS allows fewer nodes at once: wait for your other jobs, or use another --qos",
+    "AssocGrpGRES": "your account's GPU allowance is in use: wait, or use another --account",
+    "Dependency": "waiting for a job it depends on",
+    "BeginTime": "its start time has not come yet",
+    "JobHeldUser": "held by a user: `scontrol release JOBID` lets it run",
+    "JobHeldAdmin": "held by an administrator",
+    "NodeDown": "a node it needs is down: wait, or cancel and use another --partition",
+    "InvalidAccount": "the account is not valid here: cancel it and resubmit with a valid --account",
+    "InvalidQOS": "the QOS is not valid here: cancel it and resubmit with a valid --qos",
+}
+
+
+def pending_reason(reason: str) -> str:
+    """SLURM's reason code followed by what it means and what to change; unknown codes as they are."""
+    words = PENDING_REASONS.get(reason)
+    return f"{reason}: {words}" if words else reason
+
+
 def _slurm_state(run_dir: Path, job: dict[str, Any]) -> JobState:
     jid = job["job_id"]
     rc, out, err = _run(["squeue", "-h", "-j", jid, "-o", "%i|%T|%r"])
@@ -109,7 +137,7 @@ def _slurm_state(run_dir: Path, job: dict[str, Any]) -> JobState:
         parts = line.strip().split("|")
         if len(parts) == 3 and parts[0] == jid:
             state, reason = parts[1], parts[2]
-            detail = "" if reason in ("None", "") else reason
+            detail = "" if reason in ("None", "") else pending_reason(reason)
             restarts = _restarts(jid)
             if restarts:
                 detail = f"requeued {restarts} time(s) (preempted or a node lost): each attempt starts the refit " \

@@ -228,3 +228,22 @@ def test_a_preempted_job_is_requeued_and_finishes(tmp_path: Path) -> None:
     assert "attempt 2: the job was requeued 1 time(s)" in (d / "logs" / "rank-00000.log").read_text()
     out = refitctl("results", d.name, runs=runs, env={"COLUMNS": "400"}, check=0).stdout
     assert "requeued 1 time(s)" in out
+
+
+def test_a_job_the_cluster_can_never_hold_is_refused_before_submission(tmp_path: Path) -> None:
+    t0 = time.monotonic()
+    p = refitctl("submit", "kimi-k2", "--cluster", "slurm", "--gpus-per-node", "8", "--exclusive", "--time", "60",
+                 runs=tmp_path, check=2)
+    assert p.stderr == ("refitctl: error: this SLURM cluster cannot run kimi-k2: partition 'debug' cannot hold "
+                        "8 GPUs per node (its nodes have at most 4): choose a partition that can (--partition, "
+                        "--gpus-per-node), or run it here with --cluster local\n")
+    assert time.monotonic() - t0 < 60 and not list(tmp_path.iterdir())
+
+
+def test_auto_runs_locally_what_the_cluster_cannot_hold(tmp_path: Path) -> None:
+    # config-1 asks for its 8 GPUs on one node; the test cluster's nodes have 4
+    p = refitctl("submit", "config-1", "--refit-method", "gloo", "--poll", "0.5", *SMALL, runs=tmp_path, check=0)
+    assert ("note: SLURM here cannot run config-1 (partition 'debug' cannot hold 8 GPUs per node (its nodes have "
+            "at most 4)): running it as local processes instead (--cluster slurm insists on SLURM)") in p.stdout
+    assert "Executor: local processes (the SLURM cluster cannot hold it)" in p.stdout
+    assert json.loads((only_run(tmp_path) / "results.json").read_text())["verified"]
