@@ -59,33 +59,33 @@ FLAGS: tuple[Flag, ...] = (
          "intra-node (NVLink) GB/s per GPU per direction, bytes not bits; default 450"),
     Flag("--inter-node-gbps", "run", "inter_node_gbps", float,
          "inter-node (network) GB/s per GPU per direction, bytes not bits; default 50 (one 400 Gb/s NIC)"),
-    Flag("--num-layers", "model", "num_layers", int),
-    Flag("--hidden-size", "model", "hidden_size", int),
-    Flag("--num-attention-heads", "model", "num_attention_heads", int),
-    Flag("--num-query-groups", "model", "num_query_groups", int),
-    Flag("--kv-channels", "model", "kv_channels", int),
-    Flag("--ffn-hidden-size", "model", "ffn_hidden_size", int),
-    Flag("--moe-ffn-hidden-size", "model", "moe_ffn_hidden_size", int),
-    Flag("--num-experts", "model", "num_experts", int),
-    Flag("--moe-router-topk", "model", "moe_router_topk", int),
-    Flag("--moe-shared-expert-intermediate-size", "model", "moe_shared_expert_intermediate_size", int),
+    Flag("--num-layers", "model", "num_layers", int, "transformer layers"),
+    Flag("--hidden-size", "model", "hidden_size", int, "hidden size"),
+    Flag("--num-attention-heads", "model", "num_attention_heads", int, "attention heads"),
+    Flag("--num-query-groups", "model", "num_query_groups", int, "query groups (GQA); none = one per head"),
+    Flag("--kv-channels", "model", "kv_channels", int, "channels per head; none = hidden / heads"),
+    Flag("--ffn-hidden-size", "model", "ffn_hidden_size", int, "dense MLP width"),
+    Flag("--moe-ffn-hidden-size", "model", "moe_ffn_hidden_size", int, "expert MLP width; none = --ffn-hidden-size"),
+    Flag("--num-experts", "model", "num_experts", int, "routed experts per MoE layer; none = a dense model"),
+    Flag("--moe-router-topk", "model", "moe_router_topk", int, "experts per token (shapes do not depend on it)"),
+    Flag("--moe-shared-expert-intermediate-size", "model", "moe_shared_expert_intermediate_size", int, "shared expert width; none = no shared expert"),
     Flag("--first-dense-layers", "model", "first_dense_layers", int, "leading dense (non-MoE) layers"),
-    Flag("--seq-length", "model", "seq_length", int),
-    Flag("--max-position-embeddings", "model", "max_position_embeddings", int),
-    Flag("--vocab-size", "model", "vocab_size", int),
-    Flag("--padded-vocab-size", "model", "padded_vocab_size", int),
-    Flag("--make-vocab-size-divisible-by", "model", "make_vocab_size_divisible_by", int),
-    Flag("--position-embedding-type", "model", "position_embedding_type", str),
-    Flag("--normalization", "model", "normalization", str),
-    Flag("--q-lora-rank", "model", "q_lora_rank", int),
-    Flag("--kv-lora-rank", "model", "kv_lora_rank", int),
-    Flag("--qk-head-dim", "model", "qk_head_dim", int),
-    Flag("--qk-pos-emb-head-dim", "model", "qk_pos_emb_head_dim", int),
-    Flag("--v-head-dim", "model", "v_head_dim", int),
-    Flag("--disable-bias-linear", "model", "disable_bias_linear", None),
-    Flag("--swiglu", "model", "swiglu", None),
-    Flag("--untie-embeddings-and-output-weights", "model", "untie_embeddings_and_output_weights", None),
-    Flag("--multi-latent-attention", "model", "multi_latent_attention", None),
+    Flag("--seq-length", "model", "seq_length", int, "sequence length (shapes do not depend on it)"),
+    Flag("--max-position-embeddings", "model", "max_position_embeddings", int, "learned position embeddings"),
+    Flag("--vocab-size", "model", "vocab_size", int, "vocabulary before padding"),
+    Flag("--padded-vocab-size", "model", "padded_vocab_size", int, "vocabulary after padding; none = padded to the divisor x TP"),
+    Flag("--make-vocab-size-divisible-by", "model", "make_vocab_size_divisible_by", int, "vocabulary padding divisor"),
+    Flag("--position-embedding-type", "model", "position_embedding_type", str, "learned_absolute, rope or none"),
+    Flag("--normalization", "model", "normalization", str, "LayerNorm or RMSNorm"),
+    Flag("--q-lora-rank", "model", "q_lora_rank", int, "MLA query LoRA rank"),
+    Flag("--kv-lora-rank", "model", "kv_lora_rank", int, "MLA key/value LoRA rank"),
+    Flag("--qk-head-dim", "model", "qk_head_dim", int, "MLA query/key head dim"),
+    Flag("--qk-pos-emb-head-dim", "model", "qk_pos_emb_head_dim", int, "MLA rotary head dim"),
+    Flag("--v-head-dim", "model", "v_head_dim", int, "MLA value head dim"),
+    Flag("--disable-bias-linear", "model", "disable_bias_linear", None, "no linear biases (required for MoE)"),
+    Flag("--swiglu", "model", "swiglu", None, "SwiGLU MLPs (fc1 holds gate and up)"),
+    Flag("--untie-embeddings-and-output-weights", "model", "untie_embeddings_and_output_weights", None, "a separate output layer"),
+    Flag("--multi-latent-attention", "model", "multi_latent_attention", None, "MLA attention (Kimi K2, DeepSeek-V3)"),
 )
 # Accepted for compatibility with the seed's commands; they do not change what is refit.
 IGNORED = ("--micro-batch-size", "--global-batch-size")
@@ -94,11 +94,30 @@ BY_KEY = {f.flag[2:].replace("-", "_"): f for f in FLAGS}
 BY_KEY["add_bias_linear"] = Flag("--add-bias-linear", "model", "disable_bias_linear", None)
 
 
+def _model_default(field: str) -> str:
+    from refit_core.model import ModelSpec
+
+    value = {f.name: f.default for f in dataclasses.fields(ModelSpec)}[field]
+    if field == "disable_bias_linear":
+        return "on"  # a bare-flags config starts with biases off, as MoE needs
+    return "off" if value is False else "on" if value is True else "none" if value is None else str(value)
+
+
 def add_flags(parser: argparse.ArgumentParser) -> None:
     """Register every seed flag; unset flags stay None so they do not override a named config."""
-    g = parser.add_argument_group("seed flags (Megatron names; override the named config)")
+    groups = {
+        "model": parser.add_argument_group(
+            "model (Megatron names; each overrides the named config; with no config the defaults shown apply)"),
+        "source": parser.add_argument_group("source layout (training)"),
+        "destination": parser.add_argument_group("destination layout (inference)"),
+        "run": parser.add_argument_group("run"),
+    }
+    g = groups["run"]
     for f in FLAGS:
+        g = groups[f.target]
         dest = "flag_" + f.flag[2:].replace("-", "_")
+        if f.target == "model" and f.help:
+            f = dataclasses.replace(f, help=f"{f.help} (default: {_model_default(f.field)})")
         if f.kind is None:
             g.add_argument(f.flag, dest=dest, action="store_true", default=None, help=f.help or argparse.SUPPRESS)
         else:

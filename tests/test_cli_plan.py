@@ -60,3 +60,18 @@ def test_bad_input_is_one_line_and_exit_2(argv: list[str], line: str, capsys: py
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(line) and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["plan", "submit"])
+def test_help_lists_every_flag_in_its_group(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from orchestrator.flags import FLAGS
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    groups = {g: out.index(title) for g, title in (("model", "\nmodel ("), ("source", "\nsource layout"),
+                                                    ("destination", "\ndestination layout"), ("run", "\nrun:"))}
+    for f in FLAGS:
+        at = out.index(f"\n  {f.flag}")  # listed with a help line, not only in the usage
+        assert at > groups[f.target], f.flag
+    assert "--num-layers V        transformer layers (default: 4)" in out
