@@ -69,6 +69,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--num-experts", "model", "num_experts", int, "routed experts per MoE layer; none = a dense model"),
     Flag("--moe-router-topk", "model", "moe_router_topk", int, "experts per token (shapes do not depend on it)"),
     Flag("--moe-shared-expert-intermediate-size", "model", "moe_shared_expert_intermediate_size", int, "shared expert width; none = no shared expert"),
+    Flag("--moe-router-enable-expert-bias", "model", "moe_router_enable_expert_bias", None,
+         "a per-expert fp32 router bias (Kimi K2, DeepSeek-V3: e_score_correction_bias)"),
     Flag("--first-dense-layers", "model", "first_dense_layers", int, "leading dense (non-MoE) layers"),
     Flag("--seq-length", "model", "seq_length", int, "sequence length (shapes do not depend on it)"),
     Flag("--max-position-embeddings", "model", "max_position_embeddings", int, "learned position embeddings"),

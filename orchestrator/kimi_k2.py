@@ -35,6 +35,7 @@ KIMI_K2_MODEL = ModelSpec(
     num_experts=384,
     moe_router_topk=8,
     moe_shared_expert_intermediate_size=1 * 2048,
+    moe_router_enable_expert_bias=True,  # e_score_correction_bias: inference routes with it
     num_attention_heads=64,
     multi_latent_attention=True,
     q_lora_rank=1536,

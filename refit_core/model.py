@@ -52,6 +52,10 @@ class ModelSpec:
     num_experts: int | None = None
     moe_router_topk: int = 2
     moe_shared_expert_intermediate_size: int | None = None
+    moe_router_enable_expert_bias: bool = False
+    """Megatron's `--moe-router-enable-expert-bias`: a per-expert fp32 score-correction bias in each
+    router (`mlp.router.expert_bias`; `e_score_correction_bias` in DeepSeek-V3 and Kimi K2
+    checkpoints). Inference routes with it, so a refit moves it."""
     first_dense_layers: int = 0
     seq_length: int = 512
     max_position_embeddings: int | None = None
@@ -245,8 +249,8 @@ def inventory(spec: ModelSpec, tp_sizes: tuple[int, ...] = (1,)) -> Inventory:
     bias = not spec.disable_bias_linear
     params: list[ParamSpec] = []
 
-    def add(name: str, shape: tuple[int, ...], **kw: object) -> None:
-        params.append(ParamSpec(name, tuple(int(s) for s in shape), dt, **kw))  # type: ignore[arg-type]
+    def add(name: str, shape: tuple[int, ...], dtype: str | None = None, **kw: object) -> None:
+        params.append(ParamSpec(name, tuple(int(s) for s in shape), dtype or dt, **kw))  # type: ignore[arg-type]
 
     def norm(prefix: str, layer: int | None, stage: str | None = None) -> None:
         add(f"{prefix}weight", (h,), layer=layer, stage=stage)
@@ -306,6 +310,8 @@ def inventory(spec: ModelSpec, tp_sizes: tuple[int, ...] = (1,)) -> Inventory:
         if spec.is_moe_layer(i):
             norm(f"{p}pre_mlp_layernorm.", i)
             add(f"{p}mlp.router.weight", (spec.num_experts, h), layer=i)
+            if spec.moe_router_enable_expert_bias:
+                add(f"{p}mlp.router.expert_bias", (spec.num_experts,), dtype="float32", layer=i)
             for e in range(spec.num_experts or 0):
                 mlp(f"{p}mlp.experts.local_experts.{e}.", i, spec.moe_ffn, expert=e)
             if spec.moe_shared_expert_intermediate_size:

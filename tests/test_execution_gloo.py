@@ -68,3 +68,10 @@ def test_corrupted_byte_is_caught_and_named(tmp_path: Path) -> None:
     assert rec["error"].startswith("VerificationError: rank 2: ") or rec["error"].startswith("rank 2: ")
     assert "wrong at global index (" in rec["error"]
     assert len(rec["iterations"]) == 1  # the warm-up passed; the corrupted iteration is not reported as a time
+
+
+def test_fp32_router_expert_bias_moves_with_the_bf16_weights(tmp_path: Path) -> None:
+    cfg = small("collocated-4", moe_router_enable_expert_bias=True)  # EP 2 -> 1: the bias is replicated
+    assert any(p.name.endswith("mlp.router.expert_bias") and p.dtype == "float32" for p in cfg.inventory().params)
+    codes, res = run_locally(cfg, tmp_path, timeout_s=240)
+    assert codes == [0] * cfg.gpus and res["verified"]

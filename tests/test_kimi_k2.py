@@ -50,10 +50,15 @@ def test_parameter_count_matches_published(kimi_inventory: Inventory) -> None:
     h, v, layers, experts = 7168, 163840, 61, 384
     attention = (1536 * h + 1536 + 64 * 192 * 1536 + 576 * h + 512 + 64 * 256 * 512 + h * 64 * 128) + h
     expert = 3 * h * 2048
-    moe_layer = attention + h + 384 * h + experts * expert + expert
+    moe_layer = attention + h + 384 * h + 384 + experts * expert + expert  # router weight + expert_bias
     dense_layer = attention + 3 * h * 18432 + h
     expected = 2 * v * h + dense_layer + (layers - 1) * moe_layer + h
-    assert kimi_inventory.numel == expected == 1_026_408_209_408
+    # the published config.json's count: hidden 7168, 61 layers, first dense 1, 384 routed + 1 shared
+    # experts (moe_intermediate 2048), MLA q_lora 1536 / kv_lora 512, vocab 163840, untied output,
+    # and each MoE router's e_score_correction_bias (60 x 384 = 23,040)
+    assert kimi_inventory.numel == expected == 1_026_408_232_448
+    bias = kimi_inventory.params[kimi_inventory.index["decoder.layers.60.mlp.router.expert_bias"]]
+    assert bias.shape == (384,) and bias.dtype == "float32" and bias.tp_dim is None
     assert abs(kimi_inventory.numel - PUBLISHED_SAFETENSORS_PARAMS) / PUBLISHED_SAFETENSORS_PARAMS < 0.001
     assert abs(kimi_inventory.numel - PUBLISHED_TECH_REPORT_PARAMS) / PUBLISHED_TECH_REPORT_PARAMS < 0.015
 
@@ -84,7 +89,7 @@ def test_named_weights_have_megatron_shapes_and_splits(kimi_inventory: Inventory
     for name, (shape, tp_dim) in want.items():
         assert (by_name[name].shape, by_name[name].tp_dim) == (shape, tp_dim), name
     assert "decoder.layers.0.pre_mlp_layernorm.weight" not in by_name  # fused into linear_fc1 (dense layer)
-    assert not any(p.name.endswith("bias") for p in kimi_inventory.params)
+    assert not any(p.name.endswith("bias") and not p.name.endswith("router.expert_bias") for p in kimi_inventory.params)
     assert not any(p.name.startswith("decoder.layers.61.") for p in kimi_inventory.params)  # no MTP layer
     tp2 = ParallelLayout(tp=2)
     assert local_shape(by_name[f"{a}linear_q_up_proj.weight"], tp2) == (6144, 1536)
