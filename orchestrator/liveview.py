@@ -191,7 +191,7 @@ def results_view(s: Snapshot) -> Group:
     summary = Text.assemble(
         (s.state.state, state_style(s.state.state)), detail, " · ", verdict,
         f" · median {_ms(res.get('median_ms'))} ms · min {_ms(res.get('min_ms'))} ms"
-        f" · {_gbps(res.get('GBps'))} GB/s · {human_bytes(res.get('delivered_bytes', 0))} delivered"
+        f" · {_gbps(res.get('GBps'))} GB/s · {delivered_text(res)}"
         f" · method {method_label(s.info)}",
     )
     done = sum(1 for i in res.get("iterations", []) if not i.get("warmup"))
@@ -214,6 +214,13 @@ def results_view(s: Snapshot) -> Group:
     return Group(*parts)
 
 
+def delivered_text(res: dict[str, Any]) -> str:
+    """Bytes one iteration delivered, or 'nothing delivered' when no iteration (warm-up included) finished."""
+    if not res.get("iterations"):
+        return "nothing delivered"
+    return f"{human_bytes(res.get('delivered_bytes', 0))} delivered per iteration"
+
+
 def memory_line(res: dict[str, Any]) -> Text | None:
     """Device memory the transport took beyond the shards: measured where the transport measures it
     (nvshmem), else as allocated (staging buffers and copy descriptors)."""
@@ -232,10 +239,15 @@ def memory_line(res: dict[str, Any]) -> Text | None:
 
 def predicted_line(run_dir: Path, res: dict[str, Any]) -> Text | None:
     """The time model's prediction (stored in plan.json at submission) against the measured median."""
+    from orchestrator.report import GPU_METHODS
+
     try:
-        pred = json.loads((run_dir / "plan.json").read_text()).get("predicted") or {}
+        plan = json.loads((run_dir / "plan.json").read_text())
+        pred = plan.get("predicted") or {}
     except (OSError, ValueError, AttributeError):
         return None
+    if plan.get("method") not in GPU_METHODS:
+        return None  # the link model describes NVLink and network adapters, not gloo between CPU processes
     t, bound = pred.get("time_s"), pred.get("bound_s")
     if not isinstance(t, (int, float)) or t <= 0:
         return None

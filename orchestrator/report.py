@@ -12,6 +12,7 @@ one line saying how to install it.
 from __future__ import annotations
 
 import base64
+import math
 import html
 import io
 from dataclasses import dataclass
@@ -93,6 +94,14 @@ class RunData:
         return None
 
 
+def plain_number(v: float) -> str:
+    """Three significant digits without scientific notation: 0.0123, 4.56, 789, 1,140, 52,300."""
+    if v == 0 or abs(v) >= 100:
+        return f"{v:,.0f}"
+    digits = max(0, 2 - math.floor(math.log10(abs(v))))
+    return f"{v:.{digits}f}"
+
+
 def layout_text(lay: Mapping[str, Any]) -> str:
     return f"TP={lay['tp']},EP={lay['ep']}" + (f",PP={lay['pp']}" if lay.get("pp", 1) > 1 else "")
 
@@ -155,9 +164,9 @@ def iteration_figure(run: RunData) -> "Figure":
     if timed:
         ax.bar(timed, [its[k]["time_ms"] for k in timed], color=NETWORK_COLOR, label="timed")
     if run.median_ms is not None:
-        ax.axhline(run.median_ms, color="#d62728", ls="--", lw=1.2, label=f"median {run.median_ms:.3g} ms")
+        ax.axhline(run.median_ms, color="#d62728", ls="--", lw=1.2, label=f"median {plain_number(run.median_ms)} ms")
     if run.bound_ms is not None:
-        ax.axhline(run.bound_ms, color="black", ls=":", lw=1.2, label=f"bound {run.bound_ms:.3g} ms")
+        ax.axhline(run.bound_ms, color="black", ls=":", lw=1.2, label=f"bound {plain_number(run.bound_ms)} ms")
     labels, w = [], 0
     for i in its:
         w += bool(i.get("warmup"))
@@ -280,14 +289,14 @@ def _sweep_bars(ax_t: Any, ax_g: Any, r: RunData, x: float, w: float, color: str
     bar = ax_t.bar(x, r.median_ms, w * 0.92, color=color, hatch=hatch, edgecolor="white",
                    yerr=[[r.median_ms - lo], [hi - r.median_ms]], capsize=3, error_kw={"lw": 0.8})
     legend.setdefault(r.method, bar)
-    ax_t.bar_label(bar, [f"{r.median_ms:.3g}"], fontsize=7, padding=2)
+    ax_t.bar_label(bar, [plain_number(r.median_ms)], fontsize=7, padding=2)
     values_t += [lo, hi]
     gbps, delivered = r.results.get("GBps"), r.results.get("delivered_bytes")
     if gbps and delivered and lo > 0:
         g_lo, g_hi = delivered / (hi * 1e6), delivered / (lo * 1e6)
         gb = ax_g.bar(x, gbps, w * 0.92, color=color, hatch=hatch, edgecolor="white",
                       yerr=[[gbps - g_lo], [g_hi - gbps]], capsize=3, error_kw={"lw": 0.8})
-        ax_g.bar_label(gb, [f"{gbps:.3g}"], fontsize=7, padding=2)
+        ax_g.bar_label(gb, [plain_number(gbps)], fontsize=7, padding=2)
         values_g += [g_lo, g_hi]
     if not r.verified:
         legend.setdefault("not verified", ax_t.bar(x, 0, 0, color="white", hatch="xx", edgecolor="#666666"))

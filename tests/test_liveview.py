@@ -1,0 +1,34 @@
+"""What the live view and results print: figures that agree with each other and say what they count."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from orchestrator.liveview import delivered_text, predicted_line
+from orchestrator.report import plain_number
+
+
+@pytest.mark.parametrize("v, text", [(0.01234, "0.0123"), (4.567, "4.57"), (78.9, "78.9"), (789.4, "789"),
+                                     (1140.2, "1,140"), (52312.0, "52,312"), (0, "0")])
+def test_chart_numbers_never_use_scientific_notation(v: float, text: str) -> None:
+    assert plain_number(v) == text
+
+
+def test_nothing_delivered_when_no_iteration_finished() -> None:
+    assert delivered_text({"delivered_bytes": 82_339_840, "iterations": []}) == "nothing delivered"
+    assert delivered_text({"delivered_bytes": 82_339_840}) == "nothing delivered"
+    one = {"iteration": -1, "warmup": True, "time_ms": 1.0}
+    assert delivered_text({"delivered_bytes": 82_339_840, "iterations": [one]}) == "78.53 MiB delivered per iteration"
+
+
+@pytest.mark.parametrize("method, shown", [("gloo", False), ("nvshmem", True), ("nccl", True)])
+def test_link_model_compared_only_for_gpu_methods(method: str, shown: bool, tmp_path: Path) -> None:
+    (tmp_path / "plan.json").write_text(json.dumps({"method": method, "predicted": {"time_s": 0.002, "bound_s": 0.001}}))
+    line = predicted_line(tmp_path, {"median_ms": 4.0})
+    if shown:
+        assert line is not None and line.plain.endswith("measured median 4.000 ms = 2.00x predicted")
+    else:
+        assert line is None
