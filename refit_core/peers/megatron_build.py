@@ -130,6 +130,9 @@ def transformer_config(spec: ModelSpec, lay: ParallelLayout) -> Any:
     """
     from megatron.core.transformer.transformer_config import TransformerConfig
 
+    if lay.pp > 1 and not spec.untie_embeddings_and_output_weights:
+        raise ConfigError("tied embeddings with PP > 1: Megatron-Core moves the last stage's embedding copy to CUDA "
+                          "at build time, so it cannot be built on CPU: add --untie-embeddings-and-output-weights")
     if spec.multi_latent_attention or spec.first_dense_layers:
         raise ConfigError("the Megatron-Core peer builds GQA models with MoE in every layer: "
                           "drop --multi-latent-attention / --first-dense-layers")
