@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import multiprocessing as mp
 import os
+import queue
 import socket
 import traceback
 import types
@@ -509,7 +510,10 @@ def run_ranks(world: int, fn: Callable[..., Any], *args: Any, timeout_s: float =
     results: dict[int, tuple[bool, Any]] = {}
     try:
         for _ in range(world):
-            rank, ok, res = q.get(timeout=timeout_s)
+            try:
+                rank, ok, res = q.get(timeout=timeout_s)
+            except queue.Empty:
+                break  # a rank hangs: reported below with the ranks that did answer
             results[rank] = (ok, res)
             if not ok:
                 break
