@@ -25,10 +25,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --upgrade pip
 	$(VENV)/bin/pip install "$(TORCH)"
-	$(VENV)/bin/pip install -e '.[test]'
+	$(VENV)/bin/pip install -e '.[test,megatron]'
 	touch $@
 
-venv: $(VENV)/.installed  ## create .venv: torch first (TORCH=...), then refitctl with its test extras
+venv: $(VENV)/.installed  ## create .venv: torch first (TORCH=...), then refitctl with its test and megatron extras
 
 run: venv  ## set up, then run the embedded default: refitctl submit config-1 (local processes)
 	$(REFITCTL) submit config-1 --cluster local

@@ -1,0 +1,1 @@
+"""Outside implementations refitctl is checked against (Megatron-Core's own resharding)."""
