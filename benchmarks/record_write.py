@@ -4,7 +4,7 @@ whole record (the format before issue 15).
     python benchmarks/record_write.py [DIR]     # prints a table; docs/reliability.md has the numbers
 
 A record of k iterations is built (each iteration as the engine records it: about 300 bytes), then the
-(k+1)-th save is timed, median of a few repetitions. The old way is timed the way it wrote: the whole
+saves of iterations k+1 .. k+21 are timed one by one (median). The old way is timed the way it wrote: the whole
 record as indented JSON into a temporary file, then a rename.
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from refit_core.results import RankRecordWriter  # noqa: E402
+from refit_core.results import RankFileReader, RankRecordWriter  # noqa: E402
 
 REPEAT = 5
 
@@ -37,22 +37,23 @@ def _record(k: int) -> dict[str, Any]:
             "complete": False, "error": None, "restarts": 0, "iterations": [iteration(i) for i in range(k)]}
 
 
-def time_saves(directory: Path, k: int) -> float:
-    """Seconds for the save that records iteration k+1 (appended JSON lines), median of REPEAT."""
+def time_saves(directory: Path, k: int, saves: int = 21) -> float:
+    """Seconds for one save at iteration k (appended JSON lines): the median of `saves` consecutive saves
+    (iterations k+1 .. k+saves) after the k earlier iterations were written."""
+    path = directory / f"rank-{k}.jsonl"
+    rec = _record(0)
+    w = RankRecordWriter(path)
+    w.save(rec)
+    rec["iterations"] = _record(k)["iterations"]
+    w.save(rec)  # the k earlier iterations, written at once
     times = []
-    for n in range(REPEAT):
-        path = directory / f"rank-{k}-{n}.jsonl"
-        rec = _record(0)
-        w = RankRecordWriter(path)
-        w.save(rec)
-        rec["iterations"] = _record(k)["iterations"]
-        w.save(rec)  # the k earlier iterations, written once
-        rec["iterations"].append(iteration(k))
+    for j in range(saves):
+        rec["iterations"].append(iteration(k + j))
         t = time.perf_counter()
         w.save(rec)
         times.append(time.perf_counter() - t)
-        w.close()
-        path.unlink()
+    w.close()
+    path.unlink()
     return statistics.median(times)
 
 
@@ -72,6 +73,30 @@ def time_rewrites(directory: Path, k: int) -> float:
     return statistics.median(times)
 
 
+def time_reads(directory: Path, k: int) -> tuple[float, float]:
+    """(seconds for a poll that reads one new line, seconds for a first read of all k): the live view's cost."""
+    path = directory / f"read-{k}.jsonl"
+    rec = _record(0)
+    w = RankRecordWriter(path)
+    w.save(rec)
+    rec["iterations"] = _record(k)["iterations"]
+    w.save(rec)
+    t = time.perf_counter()
+    reader = RankFileReader(path)
+    reader.read()
+    first = time.perf_counter() - t
+    polls = []
+    for j in range(11):
+        rec["iterations"].append(iteration(k + j))
+        w.save(rec)
+        t = time.perf_counter()
+        reader.read()
+        polls.append(time.perf_counter() - t)
+    w.close()
+    path.unlink()
+    return statistics.median(polls), first
+
+
 def main(argv: list[str]) -> int:
     directory = Path(argv[0]) if argv else Path(tempfile.mkdtemp(prefix="record-write-"))
     directory.mkdir(parents=True, exist_ok=True)
@@ -82,6 +107,12 @@ def main(argv: list[str]) -> int:
         old = time_rewrites(directory, k)
         print(f"| {k:,} | {new * 1e6:,.0f} us | {old * 1e3:,.1f} ms | "
               f"{time_rewrites.last_size / 1e6:,.1f} MB |")  # type: ignore[attr-defined]
+    print()
+    print("| iterations in the file | a poll (one new line) | a first read (all of it) |")
+    print("| ---: | ---: | ---: |")
+    for k in (10, 100_000):
+        poll, first = time_reads(directory, k)
+        print(f"| {k:,} | {poll * 1e6:,.0f} us | {first * 1e3:,.1f} ms |")
     return 0
 
 
