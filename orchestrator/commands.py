@@ -169,11 +169,12 @@ _deferring: list[bool] = []
 def interrupts_deferred() -> Any:
     """SIGINT inside the block is remembered and raised as KeyboardInterrupt when the (outermost) block ends."""
     got: list[int] = []
+    if _deferring:  # an outer block holds them already
+        yield
+        return
     try:
-        old = None if _deferring else signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+        old = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
     except ValueError:  # not the main thread: signals cannot arrive here anyway
-        old = None
-    if old is None:
         yield
         return
     _deferring.append(True)
@@ -181,7 +182,7 @@ def interrupts_deferred() -> Any:
         yield
     finally:
         _deferring.pop()
-        signal.signal(signal.SIGINT, old)
+        signal.signal(signal.SIGINT, old if old is not None else signal.default_int_handler)
     if got:
         raise KeyboardInterrupt
 
