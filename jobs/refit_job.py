@@ -1,8 +1,8 @@
 """What each task of a refit job runs, wherever it was launched (srun, submitit, torchrun, local).
 
 `run(run_dir)` reads `run_dir/config.json`, joins the process group, runs this rank's share of
-the refit and keeps `run_dir/ranks/rank-NNNNN.json` current after every iteration. Rank 0 writes
-`run_dir/results.json` at the end.
+the refit and appends to `run_dir/ranks/rank-NNNNN.jsonl` after every iteration (what changed only:
+refit_core.results.RankRecordWriter). Rank 0 writes `run_dir/results.json` at the end.
 
 Rank, world size and local rank come from the first of: RANK / WORLD_SIZE / LOCAL_RANK
 (torchrun, or submitit's TorchDistributedEnvironment export), then SLURM_PROCID / SLURM_NTASKS /
@@ -75,7 +75,7 @@ def run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     from refit_core.config import RunConfig
     from refit_core.engine import run_rank
     from refit_core.plan import plan_transfers
-    from refit_core.results import aggregate, rank_path, write_json_atomic
+    from refit_core.results import RankRecordWriter, aggregate, rank_path, write_json_atomic
 
     t0 = time.monotonic()
 
@@ -89,11 +89,11 @@ def run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     env = task_env()
     # A requeued job (preempted, node lost) starts again from scratch: its records replace the last attempt's.
     restarts = int(_first("SLURM_RESTART_COUNT") or 0)
-    path = rank_path(run_path, env.rank)
+    writer = RankRecordWriter(rank_path(run_path, env.rank))
 
     def save(rec: dict[str, Any]) -> None:
         rec["restarts"] = restarts
-        write_json_atomic(path, rec)
+        writer.save(rec)  # appends the new iterations and the changed fields: constant cost per iteration
 
     record: dict[str, Any] = {"rank": env.rank, "role": cfg.world().role(env.rank) if env.rank < cfg.gpus else "?",
                               "iterations": [], "verified": False, "complete": False, "error": None}
@@ -140,16 +140,12 @@ def run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
             write_json_atomic(run_path / "results.json", summary)
         return record
     except BaseException as e:
-        if path.exists():  # keep the iterations this rank already recorded
-            try:
-                record = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError):
-                pass
-        record["error"] = record.get("error") or f"{e.__class__.__name__}: {e}"
-        record["traceback"] = traceback.format_exc()
-        save(record)
+        # the iterations already recorded stay in the file: only the error and the traceback are appended
+        save({**record, "iterations": [], "error": record.get("error") or f"{e.__class__.__name__}: {e}",
+              "traceback": traceback.format_exc()})
         raise
     finally:
+        writer.close()
         try:
             dist.destroy_process_group()
         except Exception:  # noqa: BLE001 - best effort on the way out

@@ -7,11 +7,13 @@ submit: config -> RunSpec (validated, layout printed) -> run directory -> execut
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import shlex
 import shutil
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -26,11 +28,11 @@ from orchestrator.jobstate import cancel
 from orchestrator.liveview import (comparison_view, method_label, results_view, run_header, run_view, state_style,
                                    sweep_table, watch)
 from orchestrator.planview import human_bytes
-from orchestrator.rundir import (find_run, is_sweep, iterations_csv, list_runs, load_run, stamp, unique_dir,
-                                 update_run, write_run)
+from orchestrator.rundir import (STATE_FILE, find_run, is_sweep, iterations_csv, list_runs, load_run, stamp,
+                                 unique_dir, update_run, write_run)
 from orchestrator.runspec import CLUSTERS, DEFAULT_TIME, ClusterOptions, RunSpec, make_spec, parse_env
-from orchestrator.tracking import Snapshot, snapshot
-from refit_core.errors import ConfigError
+from orchestrator.tracking import Snapshot, finalize_over, snapshot
+from refit_core.errors import ConfigError, RunDirError
 from refit_core.plan import Plan, plan_transfers
 
 # Defaults a site can set once, in the environment, instead of on every command.
@@ -154,16 +156,58 @@ def print_intro(console: Console, spec: RunSpec, plan: Plan, why: str) -> None:
 
 
 def submit_runs(specs: Sequence[RunSpec], run_dirs: Sequence[Path], folder: Path) -> list[executor.JobRef]:
-    """Submit and record the job ids in each run.json; a failed submission leaves no half run behind."""
-    try:
-        refs = executor.submit(specs, run_dirs, folder)
-    except BaseException:
-        for d in run_dirs:
-            shutil.rmtree(d, ignore_errors=True)
-        raise
-    for d, ref in zip(run_dirs, refs):
-        update_run(d, job=ref.to_json())
+    """Submit and record the job ids in each run.json.
+
+    Ctrl-C is held back from the submission until the job ids are recorded (then it is raised, and
+    the caller detaches): a job that started always has its run directory. A submission that fails
+    removes the run directories whose job never started, and only those.
+    """
+    with interrupts_deferred():
+        try:
+            refs = executor.submit(specs, run_dirs, folder)
+        except BaseException as e:
+            for d in run_dirs:
+                if not job_started(d):
+                    shutil.rmtree(d, ignore_errors=True)
+            if isinstance(e, OSError):
+                raise RunDirError(folder, f"cannot be written ({e.strerror or e})",
+                                  "free some space or point --runs-dir at a writable disk; nothing was submitted") \
+                    from None
+            raise
+        for d, ref in zip(run_dirs, refs):
+            update_run(d, job=ref.to_json())
     return refs
+
+
+def job_started(run_dir: Path) -> bool:
+    """Whether any task or controller of the run's job has left a trace (then its directory must stay)."""
+    return (run_dir / STATE_FILE).exists() or any((run_dir / "ranks").glob("rank-*")) \
+        or any((run_dir / "logs").glob("rank-*"))
+
+
+_deferring: list[bool] = []
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Any:
+    """SIGINT inside the block is remembered and raised as KeyboardInterrupt when the (outermost) block ends."""
+    got: list[int] = []
+    if _deferring:  # an outer block holds them already
+        yield
+        return
+    try:
+        old = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+    except ValueError:  # not the main thread: signals cannot arrive here anyway
+        yield
+        return
+    _deferring.append(True)
+    try:
+        yield
+    finally:
+        _deferring.pop()
+        signal.signal(signal.SIGINT, old if old is not None else signal.default_int_handler)
+    if got:
+        raise KeyboardInterrupt
 
 
 def poll_seconds(args: argparse.Namespace, cluster: str) -> float:
@@ -207,7 +251,16 @@ def _submit(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
         print_intro(console, spec, plan, why)
         run_dir = unique_dir(runs_root(args), f"{spec.name}-{stamp()}")
         write_run(run_dir, spec, plan, command_line())
-        ref = submit_runs([spec], [run_dir], run_dir / "submitit")[0]
+        try:
+            ref = submit_runs([spec], [run_dir], run_dir / "submitit")[0]
+        except KeyboardInterrupt:
+            job = load_run(run_dir).get("job") if run_dir.is_dir() else None
+            if not job:
+                raise  # nothing was submitted (and nothing is left)
+            console.print(f"\n[bold]Detached[/]: {job['cluster']} job {job['job_id']} was submitted and keeps running.",
+                          highlight=False)
+            detach_hint(console, run_dir)
+            return 130
         console.print(f"Submitted {ref.cluster} job {ref.job_id}: [bold]{run_dir}[/]", highlight=False)
         if args.detach:
             detach_hint(console, run_dir)
@@ -215,6 +268,7 @@ def _submit(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
         snaps = follow([run_dir], console, poll_seconds(args, cluster), None, run_dir)
         if snaps is None:
             return 130
+        snaps = finalize_over(snaps)
         console.print(results_view(snaps[0]))
         return 0 if snaps[0].verified else 1
 
@@ -311,9 +365,17 @@ def _cancel(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
             dirs = sweep_run_dirs(target)
         else:
             dirs = [target]
-        for d in dirs:
-            print(cancel(d, load_run(d)))
-        return 0
+        if len(dirs) == 1 and dirs[0] == target:
+            print(cancel(target, load_run(target)))
+            return 0
+        rc = 0
+        for d in dirs:  # a sweep: a broken run is said, the others are still cancelled
+            try:
+                print(cancel(d, load_run(d)))
+            except RunDirError as e:
+                print(f"refitctl: error: {e}", file=sys.stderr)
+                rc = 2
+        return rc
 
     return run
 
@@ -341,22 +403,35 @@ def _runs(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
 
 
 def _run_row(d: Path) -> list[Any]:
-    if is_sweep(d):
-        from orchestrator.sweep import sweep_run_dirs
-
-        try:
-            info = json.loads((d / "sweep.json").read_text())
-            snaps = [snapshot(r) for r in sweep_run_dirs(d)]
-        except (ConfigError, OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            return [d.name, "", "sweep", Text("damaged", style="red"), _damage(d, e), "", ""]
-        ok = sum(s.verified for s in snaps)
-        states = sorted({s.state.state for s in snaps})
-        return [d.name, "", f"sweep {info.get('name', '')}, {len(snaps)} runs", ", ".join(states),
-                f"{ok}/{len(snaps)}", "", ""]
+    """One row of `runs`; a damaged directory is one BROKEN row (never an error that hides the others)."""
     try:
-        s = snapshot(d)
+        return _sweep_row(d) if is_sweep(d) else _single_row(d)
+    except RunDirError as e:
+        return [Text(d.name), "", Text(e.short()[:100]), Text("BROKEN", style="bold red"), "", "", ""]
     except (ConfigError, OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        return [d.name, "", "", Text("damaged", style="red"), _damage(d, e), "", ""]
+        return [Text(d.name), "", Text(_damage(d, e)), Text("BROKEN", style="bold red"), "", "", ""]
+
+
+def _sweep_row(d: Path) -> list[Any]:
+    from orchestrator.runfiles import read_sweep_info
+    from orchestrator.sweep import sweep_run_dirs
+
+    info = read_sweep_info(d)
+    states, ok, n = set(), 0, 0
+    for r in sweep_run_dirs(d):
+        n += 1
+        try:
+            s = snapshot(r)
+        except RunDirError:
+            states.add("BROKEN")
+            continue
+        ok += s.verified
+        states.add(s.state.state)
+    return [d.name, "", f"sweep {info.name}, {n} runs", ", ".join(sorted(states)), f"{ok}/{n}", "", ""]
+
+
+def _single_row(d: Path) -> list[Any]:
+    s = snapshot(d)
     res = s.results or {}
     return [d.name, method_label(s.info), s.job_label, Text(s.state.state, style=state_style(s.state.state)),
             "" if not s.state.final else ("yes" if s.verified else "no"),
@@ -365,7 +440,7 @@ def _run_row(d: Path) -> list[Any]:
 
 
 def _damage(d: Path, e: BaseException) -> str:
-    """Why a run's row reads "damaged", short: `refitctl results RUN` gives the whole line."""
+    """Why a run's row reads BROKEN, short: `refitctl results RUN` gives the whole line."""
     text = str(e) if isinstance(e, ConfigError) else f"{e.__class__.__name__}: {e}"
     return text.replace(f"{d}/", "").split(" (")[0][:60]
 

@@ -332,6 +332,7 @@ class _RunController(Controller):  # pragma: no cover - runs in its own process
                 self.kill_tasks()
             write_json_atomic(state, {"state": outcome, "detail": detail, "exit_codes": codes, "failed_ranks": failed,
                                       "started": started, "ended": time.time(), "job_id": self.pid})
+            _finalize(run_dir, outcome, detail)
 
     def _wait(self, run_dir: Path) -> tuple[str, str, list[int | None], list[int]]:
         """(state, detail, each rank's exit code (None: still running), ranks in the order they failed)."""
@@ -373,6 +374,18 @@ class _RunController(Controller):  # pragma: no cover - runs in its own process
         self.stdouts, self.stderrs = [], []
         for f in files:
             f.close()
+
+
+def _finalize(run_dir: Path, state: str, detail: str) -> None:
+    """The run is over: results.json (if rank 0 wrote none), the CSVs, the final state in run.json, written
+    here so a detached run is complete without anyone reading it (reading commands never write)."""
+    from orchestrator.rundir import finalize, load_run, now_iso
+
+    try:
+        finalize(run_dir, load_run(run_dir), {"state": state, "detail": detail, "source": "local controller",
+                                              "ended": now_iso()})
+    except (OSError, RefitError) as e:  # a full disk or a damaged run.json: job-state.json still says it
+        print(f"refitctl controller: {run_dir}: results not finalized: {e}", flush=True)
 
 
 def _failure(failed: list[int], codes: list[int | None]) -> str:

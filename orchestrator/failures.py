@@ -21,14 +21,14 @@ as stopped: that is srun's KillWait for a hung rank that ignored SIGTERM, not th
 
 from __future__ import annotations
 
-import json
 import re
 import signal
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from orchestrator.rundir import STATE_FILE, Progress, RankProgress
+from orchestrator.rundir import Progress, RankProgress
+from orchestrator.runfiles import read_job_state
 
 PRIMARY = ("error", "killed", "exit")
 FAILED_STATES = ("FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "UNKNOWN")
@@ -182,15 +182,12 @@ def process_ends(run_dir: Path, info: dict[str, Any]) -> tuple[dict[int, Process
 
 
 def _local_ends(run_dir: Path) -> tuple[dict[int, ProcessEnd], list[int]]:
-    try:
-        st = json.loads((run_dir / STATE_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
+    st = read_job_state(run_dir)  # checked: a damaged file is a RunDirError
+    if st is None:
         return {}, []
-    codes = st.get("exit_codes") or []
     ends = {r: (ProcessEnd(signal=-c) if c < 0 else ProcessEnd(code=c))
-            for r, c in enumerate(codes) if isinstance(c, int) and c != 0}
-    order = [r for r in st.get("failed_ranks") or [] if isinstance(r, int)]
-    return ends, order
+            for r, c in enumerate(st.exit_codes) if c is not None and c != 0}
+    return ends, list(st.failed_ranks)
 
 
 def _srun_log(folder: Path, job_id: str) -> str:

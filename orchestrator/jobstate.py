@@ -7,7 +7,6 @@ words: nothing here raises for a job that cannot be found.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -16,7 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.rundir import CANCEL_FILE, STATE_FILE
+from orchestrator.rundir import CANCEL_FILE
+from orchestrator.runfiles import read_job_state
+from refit_core.errors import RunDirError
+from refit_core.results import read_results
 
 QUEUED = {"PENDING", "REQUEUED", "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SUBMITTED"}
 ACTIVE = {"RUNNING", "CONFIGURING", "COMPLETING", "STAGE_OUT", "SIGNALING", "RESIZING", "STOPPED"}
@@ -58,13 +60,10 @@ def job_state(run_dir: Path, info: dict[str, Any]) -> JobState:
 # ----------------------------------------------------------------------------- local
 
 def _local_state(run_dir: Path, job: dict[str, Any]) -> JobState:
-    try:
-        st = json.loads((run_dir / STATE_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
-        st = None
+    st = read_job_state(run_dir)  # a damaged file: RunDirError, one line
     alive = _controller_alive(job.get("controller_pid"))
-    if st and st.get("state") != "RUNNING":
-        return JobState(st["state"], st.get("detail", ""), "local controller")
+    if st and st.state != "RUNNING":
+        return JobState(st.state, st.detail, "local controller")
     if alive:
         queued = "waiting for the earlier runs of its array" if "_" in str(job.get("job_id")) else ""
         return JobState("RUNNING" if st else "PENDING", "" if st else queued, "local controller")
@@ -172,12 +171,14 @@ def _restarts(jid: str) -> int:
 def _from_run_dir(run_dir: Path, why: str) -> JobState:
     """The scheduler cannot say: tell what the run directory shows, and why."""
     try:
-        res = json.loads((run_dir / "results.json").read_text())
-        if res.get("verified"):
+        res = read_results(run_dir / "results.json")
+        if res["verified"]:
             return JobState("COMPLETED", f"{why}; results.json says verified", "run directory")
         return JobState("FAILED", f"{why}; results.json says not verified", "run directory")
-    except (OSError, json.JSONDecodeError):
+    except FileNotFoundError:
         return JobState("UNKNOWN", f"{why}; no results.json", "run directory")
+    except RunDirError as e:
+        return JobState("UNKNOWN", f"{why}; {e.short()}", "run directory")
 
 
 # ----------------------------------------------------------------------------- cancel

@@ -31,7 +31,7 @@ from orchestrator.tracking import snapshot
 from refit_core.config import RunConfig
 from refit_core.errors import ConfigError
 from refit_core.plan import plan_transfers
-from refit_core.results import aggregate
+from refit_core.results import aggregate, read_results
 
 # ----------------------------------------------------------------------------- reading run directories
 
@@ -73,13 +73,13 @@ def _load_run_data(run_dir: Path) -> RunData:
         cfg = RunConfig.from_json(_read_json(run_dir / "config.json"))
         plan = plan_json(cfg, plan_transfers(cfg.inventory(), cfg.world()))
     if is_run(run_dir):
-        snap = snapshot(run_dir)  # also finalizes a finished run nobody has looked at yet
+        snap = snapshot(run_dir)  # reads only: a run over but not finalized is aggregated in memory
         info = snap.info
-        res = _read_json(res_path) if res_path.is_file() else results(run_dir, info)
+        res = results(run_dir, info)  # results.json checked (refit_core.results.read_results), else the ranks
         return RunData(info["name"], str(run_dir), info["config"], info.get("mode", plan["mode"]),
                        method_label(info), snap.state.state, snap.verified, res, plan)
     if res_path.is_file():
-        res, state = _read_json(res_path), "finished"
+        res, state = read_results(res_path), "finished"
     else:
         res, state = aggregate(run_dir, list(range(plan["gpus_used"])),
                                plan["network_bytes"] + plan["local_bytes"]), "no results.json"

@@ -5,7 +5,7 @@
       config.json       the resolved RunConfig (what the job reads)
       layout.txt        the seed's "World size / Source ranks / ..." lines
       plan.json         the transfer plan's summary (`refitctl plan --json`)
-      ranks/rank-NNNNN.json   written by each rank after every iteration (refit_core.results)
+      ranks/rank-NNNNN.jsonl  each rank's record, a line appended per iteration (refit_core.results)
       results.json      the aggregate: by rank 0 at the end, else by refitctl from the rank files
       iterations.csv    per-iteration timings (slowest rank), rank-iterations.csv per rank
       logs/rank-NNNNN.log     each task's output
@@ -13,6 +13,11 @@
       submitit/         submitit's pickles and first log lines
 
 A sweep directory holds `sweep.json` and one run directory per config.
+
+Reading a run never writes to it (`refitctl status`, `results`, `runs`, `report` work on a read-only
+copy); what a finished run gets written (`finalize`: results.json when rank 0 wrote none, the CSVs,
+the final state in run.json) is done by the local controller and by the refitctl that submitted and
+followed the run. The files' readers are in orchestrator/runfiles.py and refit_core/results.py.
 """
 
 from __future__ import annotations
@@ -20,21 +25,23 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import io
-import json
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from orchestrator.runspec import RunSpec
 from refit_core.config import RunConfig
-from refit_core.errors import ConfigError
+from orchestrator.runfiles import (RUN_FILE, STATE_FILE, SWEEP_FILE, RunInfo, read_run_info, read_sweep_info,
+                                   update_run_file)
+from refit_core.errors import ConfigError, RunDirError
+from refit_core.jsonfile import read_json
 from refit_core.plan import Plan
-from refit_core.results import aggregate, read_rank_records, write_json_atomic
+from refit_core.results import (aggregate, rank_files, read_rank_file, read_rank_records, read_results,
+                                write_json_atomic)
 
-RUN_FILE = "run.json"
-SWEEP_FILE = "sweep.json"
-STATE_FILE = "job-state.json"
+__all__ = ["RUN_FILE", "SWEEP_FILE", "STATE_FILE", "CANCEL_FILE", "RunInfo"]
 CANCEL_FILE = "cancel-requested"
 
 
@@ -49,31 +56,43 @@ def stamp() -> str:
 def unique_dir(parent: Path, base: str) -> Path:
     """parent/base, or parent/base.2, .3, ... if taken; created."""
     safe = re.sub(r"[^A-Za-z0-9._+-]", "_", base)
-    parent.mkdir(parents=True, exist_ok=True)
-    for k in range(1, 1000):
-        d = parent / (safe if k == 1 else f"{safe}.{k}")
-        try:
-            d.mkdir()
-            return d
-        except FileExistsError:
-            continue
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        for k in range(1, 1000):
+            d = parent / (safe if k == 1 else f"{safe}.{k}")
+            try:
+                d.mkdir()
+                return d
+            except FileExistsError:
+                continue
+    except OSError as e:
+        raise RunDirError(parent, f"cannot hold a new run directory ({e.strerror or e})",
+                          "point --runs-dir at a writable directory with free space") from None
     raise ConfigError(f"cannot create a run directory under {parent}: too many named {safe}")
 
 
 def write_run(run_dir: Path, spec: RunSpec, plan: Plan, command: str, sweep: Path | None = None) -> dict[str, Any]:
-    """Write config, layout, plan summary and run.json (not yet submitted); returns run.json's content."""
+    """Write config, layout, plan summary and run.json (not yet submitted, run.json last); returns run.json's
+    content. Any failure (a full disk, Ctrl-C) removes the directory: no half-made run is left."""
     from orchestrator.planview import plan_json
 
     cfg = spec.config
-    write_json_atomic(run_dir / "config.json", cfg.to_json())
-    (run_dir / "layout.txt").write_text(plan.world.describe() + "\n")
-    write_json_atomic(run_dir / "plan.json", plan_json(cfg, plan))
-    info = run_info(spec, plan, command, str(run_dir.resolve()))
-    if sweep is not None:
-        info["sweep"] = str(sweep.resolve())
-    write_json_atomic(run_dir / RUN_FILE, info)
-    (run_dir / "logs").mkdir(exist_ok=True)
-    return info
+    try:
+        write_json_atomic(run_dir / "config.json", cfg.to_json())
+        (run_dir / "layout.txt").write_text(plan.world.describe() + "\n")
+        write_json_atomic(run_dir / "plan.json", plan_json(cfg, plan))
+        (run_dir / "logs").mkdir(exist_ok=True)
+        info = run_info(spec, plan, command, str(run_dir.resolve()))
+        if sweep is not None:
+            info["sweep"] = str(sweep.resolve())
+        write_json_atomic(run_dir / RUN_FILE, info)
+        return info
+    except BaseException as e:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise RunDirError(run_dir, f"cannot be written ({e.strerror or e})",
+                              "free some space or point --runs-dir at a writable disk; nothing was submitted") from None
+        raise
 
 
 def run_info(spec: RunSpec, plan: Plan, command: str, run_dir: str) -> dict[str, Any]:
@@ -91,23 +110,24 @@ def run_info(spec: RunSpec, plan: Plan, command: str, run_dir: str) -> dict[str,
 
 
 def update_run(run_dir: Path, **fields: Any) -> dict[str, Any]:
-    info = load_run(run_dir)
-    info.update(fields)
-    write_json_atomic(run_dir / RUN_FILE, info)
-    return info
+    """Set fields of run.json (under the run's lock: read, change, write)."""
+    return update_run_file(run_dir, lambda data: data.update(fields)).raw
 
 
 def load_run(run_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((run_dir / RUN_FILE).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{run_dir} is not a run directory (no {RUN_FILE})") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{run_dir / RUN_FILE} is not valid JSON ({e}): the run directory is damaged") from None
+    """run.json, checked (orchestrator.runfiles.RunInfo): a damaged file is a RunDirError naming it."""
+    return read_run_info(run_dir).raw
 
 
 def load_config(run_dir: Path) -> RunConfig:
-    return RunConfig.from_json(json.loads((run_dir / "config.json").read_text()))
+    path = run_dir / "config.json"
+    try:
+        return RunConfig.from_json(read_json(path))
+    except FileNotFoundError:
+        raise RunDirError(path, "is missing", "the run directory is damaged") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise RunDirError(path, f"is not a run config ({e.__class__.__name__}: {e})",
+                          "the run directory is damaged") from None
 
 
 def is_run(d: Path) -> bool:
@@ -127,10 +147,13 @@ def list_runs(root: Path) -> list[Path]:
 
 
 def _created(d: Path) -> str:
+    """When it was made ("" for a damaged one, listed first: it never hides the others)."""
     try:
-        return json.loads((d / (RUN_FILE if is_run(d) else SWEEP_FILE)).read_text()).get("created", "")
-    except (OSError, json.JSONDecodeError):
+        raw = read_run_info(d).raw if is_run(d) else read_sweep_info(d).raw
+    except RunDirError:
         return ""
+    created = raw.get("created", "")
+    return created if isinstance(created, str) else ""
 
 
 def find_run(root: Path, text: str | None) -> Path:
@@ -217,17 +240,19 @@ class Progress:
 
 
 def progress(run_dir: Path, info: dict[str, Any]) -> Progress:
-    records, problems = read_rank_records(run_dir)
-    ranks = []
-    for r in records:
-        its = r.get("iterations") or []
-        path = run_dir / "ranks" / f"rank-{r['rank']:05d}.json"
+    """What the rank files say now: read incrementally (refit_core.results.RankFileReader), nothing written."""
+    ranks, problems = [], []
+    for path in rank_files(run_dir):
+        rec, problem = read_rank_file(path)
+        if rec is None:
+            problems.append(f"{path.name}: {problem}")
+            continue
         try:
             mtime = path.stat().st_mtime
         except OSError:
             mtime = 0.0
-        ranks.append(RankProgress(r["rank"], r.get("role", "?"), len(its), tuple(i["time_ms"] for i in its),
-                                  bool(r.get("verified")), bool(r.get("complete")), r.get("error"), mtime))
+        ranks.append(RankProgress(rec.rank, rec.role, len(rec.iterations), tuple(i["time_ms"] for i in rec.iterations),
+                                  rec.verified, rec.complete, rec.error, mtime))
     return Progress(tuple(sorted(ranks, key=lambda x: x.rank)), info["active_ranks"], info["warmup"],
                     info["iterations"], tuple(problems))
 
@@ -245,23 +270,14 @@ def results(run_dir: Path, info: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_results_file(path: Path) -> dict[str, Any]:
-    """results.json, or a ConfigError that names the file and says how to recover (the rank files stay)."""
-    fix = "delete it and refitctl aggregates the results again from the rank files (ranks/)"
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path} is damaged (truncated or corrupt: {e.__class__.__name__}): {fix}") from None
-    except OSError as e:
-        raise ConfigError(f"{path} cannot be read ({e.strerror or e}): check its permissions") from None
-    its = data.get("iterations") if isinstance(data, dict) else None
-    if not isinstance(its, list) or not all(isinstance(i, dict) and isinstance(i.get("time_ms"), (int, float))
-                                            for i in its):
-        raise ConfigError(f"{path} is damaged (not a results file: fields missing or of the wrong type): {fix}")
-    return data
+    """results.json, checked (refit_core.results.read_results): damaged is a RunDirError that says how to recover."""
+    return read_results(path)
 
 
 def finalize(run_dir: Path, info: dict[str, Any], final: dict[str, Any]) -> dict[str, Any]:
-    """Once the job is over: results.json (aggregated if rank 0 wrote none), CSVs, final state in run.json."""
+    """Once the job is over: results.json (aggregated if rank 0 wrote none), CSVs, final state in run.json.
+
+    Only the controller and the submitting refitctl call it (a reading command never writes)."""
     res = results(run_dir, info)
     if not (run_dir / "results.json").is_file():
         write_json_atomic(run_dir / "results.json", res)

@@ -17,20 +17,22 @@ import csv
 import dataclasses
 import io
 import json
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
 from orchestrator import configs, executor
 from orchestrator.cli import command, wide_console
 from orchestrator.commands import (add_cluster_args, add_runs_dir, add_watch_args, cluster_options, command_line,
-                                   detach_hint, emit, follow, plan_and_spec, poll_seconds, runs_root,
-                                   submit_runs)
+                                   detach_hint, emit, follow, interrupts_deferred, plan_and_spec, poll_seconds,
+                                   runs_root, submit_runs)
 from orchestrator.flags import add_flags, apply_overrides, overrides_from_args
 from orchestrator.liveview import comparison_view, layout_label, method_label, refit_kind
 from orchestrator.rundir import (SWEEP_FILE, is_sweep, list_runs, load_config, load_run, now_iso, stamp,
                                  unique_dir, write_run)
+from orchestrator.runfiles import SweepInfo, locked, read_sweep_info, update_sweep_file, write_sweep_file
 from orchestrator.runspec import RunSpec
-from orchestrator.tracking import Snapshot, snapshot
+from orchestrator.tracking import Snapshot, finalize_over, snapshot
 from refit_core.errors import ConfigError
 from refit_core.results import write_json_atomic
 
@@ -54,21 +56,13 @@ def sweep_configs(name: str, config_file: Path | None) -> list[str]:
 
 def sweep_run_dirs(sweep_dir: Path) -> list[Path]:
     """The latest run directory of each config, in the sweep's order."""
-    data = _load(sweep_dir)
-    dirs = [sweep_dir / data["runs"][n][-1] for n in data["configs"] if data["runs"].get(n)]
+    data = read_sweep_info(sweep_dir)
+    dirs = [sweep_dir / data.runs[n][-1] for n in data.configs if data.runs.get(n)]
     return [d for d in dirs if (d / "run.json").is_file()]  # a run whose submission failed is not there
 
 
 def sweep_title(sweep_dir: Path) -> str:
-    data = _load(sweep_dir)
-    return f"sweep {data['name']} ({sweep_dir})"
-
-
-def _load(sweep_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((sweep_dir / SWEEP_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{sweep_dir} is not a readable sweep directory ({e.__class__.__name__})") from None
+    return f"sweep {read_sweep_info(sweep_dir).name} ({sweep_dir})"
 
 
 def launch(specs: list[RunSpec], dirs: list[Path], sweep_dir: Path) -> list[str]:
@@ -104,26 +98,15 @@ def _sweep(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
         console = wide_console()
         root = runs_root(args)
         if args.resume:
-            prepared = _prepare_resume(args, root)
+            sweep_dir = _resume_target(args, root)
+            with locked(sweep_dir):  # a second --resume waits, then sees these runs submitted
+                specs, dirs, why = _prepare_resume(args, sweep_dir)
+                _launch_and_record(console, specs, dirs, sweep_dir, why, holding_lock=True)
         else:
             if not args.sweep:
                 raise ConfigError("name a sweep (8gpu, all, ...) or a list of configs; `refitctl sweep --help`")
-            prepared = _prepare_new(args, root, console)
-        sweep_dir, specs, dirs, why = prepared
-        data = _load(sweep_dir)
-        if specs:
-            cluster = specs[0].cluster
-            console.print(f"Executor: {'SLURM' if cluster == 'slurm' else 'local processes'} ({why}); "
-                          f"{specs[0].resources.describe()}"
-                          + ("; one job array" if cluster == "slurm" else "; one run after another"), highlight=False,
-                          soft_wrap=True)
-            ids = launch(specs, dirs, sweep_dir)
-            data["jobs"] = data.get("jobs", []) + ids
-            write_json_atomic(sweep_dir / SWEEP_FILE, data)
-            console.print(f"Submitted {len(specs)} runs ({cluster} job{'s' if len(ids) > 1 else ''} "
-                          f"{', '.join(ids)}): [bold]{sweep_dir}[/]", highlight=False)
-        else:
-            console.print(f"every config of {sweep_dir} verified already: nothing to rerun", highlight=False)
+            sweep_dir, specs, dirs, why = _prepare_new(args, root, console)
+            _launch_and_record(console, specs, dirs, sweep_dir, why, holding_lock=False)
         if args.detach and specs:
             detach_hint(console, sweep_dir)
             return 0
@@ -133,12 +116,32 @@ def _sweep(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
             console.print(f"Resume later (reruns what did not verify): refitctl sweep --resume {sweep_dir}",
                           highlight=False)
             return 130
+        snaps = finalize_over(snaps)
         write_comparison(sweep_dir, snaps)
         console.print(comparison_view(snaps, sweep_title(sweep_dir)))
         console.print(f"comparison: {sweep_dir / 'comparison.csv'}", highlight=False)
         return 0 if all(s.verified for s in snaps) else 1
 
     return run
+
+
+def _launch_and_record(console: Any, specs: list[RunSpec], dirs: list[Path], sweep_dir: Path, why: str,
+                       holding_lock: bool) -> None:
+    """Submit the prepared runs and add their job ids to sweep.json (read-modify-write under the lock)."""
+    if not specs:
+        console.print(f"every config of {sweep_dir} verified already: nothing to rerun", highlight=False)
+        return
+    cluster = specs[0].cluster
+    console.print(f"Executor: {'SLURM' if cluster == 'slurm' else 'local processes'} ({why}); "
+                  f"{specs[0].resources.describe()}"
+                  + ("; one job array" if cluster == "slurm" else "; one run after another"), highlight=False,
+                  soft_wrap=True)
+    with interrupts_deferred():  # the ids reach sweep.json before a Ctrl-C is let through
+        ids = launch(specs, dirs, sweep_dir)
+        record = write_sweep_file if holding_lock else update_sweep_file
+        record(sweep_dir, lambda data: data.__setitem__("jobs", [*data.get("jobs", []), *ids]))
+    console.print(f"Submitted {len(specs)} runs ({cluster} job{'s' if len(ids) > 1 else ''} "
+                  f"{', '.join(ids)}): [bold]{sweep_dir}[/]", highlight=False)
 
 
 def _prepare_new(args: argparse.Namespace, root: Path, console: Any) -> tuple[Path, list[RunSpec], list[Path], str]:
@@ -170,22 +173,26 @@ def _prepare_new(args: argparse.Namespace, root: Path, console: Any) -> tuple[Pa
                       "on the CPU (on GPUs they run their own method)", highlight=False, soft_wrap=True)
     label = args.sweep if (args.sweep in configs.SWEEPS or args.sweep == "all") else "custom"
     sweep_dir = unique_dir(root, f"sweep-{label}-{stamp()}")
-    dirs = []
-    for spec, plan in zip(specs, plans):
-        d = unique_dir(sweep_dir, spec.name)
-        write_run(d, spec, plan, command_line(), sweep=sweep_dir)
-        dirs.append(d)
-        w = plan.world
-        console.print(f"  {spec.name}: world {w.world_size} ({w.gpus_used} active), {spec.config.mode.value}, "
-                      f"method {method_label(load_run(d))}", highlight=False)
-    data = {"version": 1, "name": label, "created": now_iso(), "command": command_line(),
-            "configs": [s.name for s in specs], "cluster": cluster, "options": specs[0].options.to_json(),
-            "runs": {s.name: [d.name] for s, d in zip(specs, dirs)}, "jobs": []}
-    write_json_atomic(sweep_dir / SWEEP_FILE, data)
+    try:
+        dirs = []
+        for spec, plan in zip(specs, plans):
+            d = unique_dir(sweep_dir, spec.name)
+            write_run(d, spec, plan, command_line(), sweep=sweep_dir)
+            dirs.append(d)
+            w = plan.world
+            console.print(f"  {spec.name}: world {w.world_size} ({w.gpus_used} active), {spec.config.mode.value}, "
+                          f"method {method_label(load_run(d))}", highlight=False)
+        data = {"version": 1, "name": label, "created": now_iso(), "command": command_line(),
+                "configs": [s.name for s in specs], "cluster": cluster, "options": specs[0].options.to_json(),
+                "runs": {s.name: [d.name] for s, d in zip(specs, dirs)}, "jobs": []}
+        write_json_atomic(sweep_dir / SWEEP_FILE, data)
+    except BaseException:  # a full disk, Ctrl-C: nothing was submitted, no half-made sweep is left
+        shutil.rmtree(sweep_dir, ignore_errors=True)
+        raise
     return sweep_dir, specs, dirs, why
 
 
-def _prepare_resume(args: argparse.Namespace, root: Path) -> tuple[Path, list[RunSpec], list[Path], str]:
+def _resume_target(args: argparse.Namespace, root: Path) -> Path:
     if overrides_from_args(args) or args.config_file:
         raise ConfigError("--resume reruns with the sweep's stored configs: drop the seed flags and --config-file")
     if args.resume == "latest":
@@ -193,17 +200,24 @@ def _prepare_resume(args: argparse.Namespace, root: Path) -> tuple[Path, list[Ru
         found = [d for d in list_runs(root) if is_sweep(d) and d.name.startswith(prefix)]
         if not found:
             raise ConfigError(f"no sweep {args.sweep or ''} under {root} to resume")
-        sweep_dir = found[-1]
-    else:
-        sweep_dir = Path(args.resume)
-        if not is_sweep(sweep_dir):
-            raise ConfigError(f"{sweep_dir} is not a sweep directory (no {SWEEP_FILE})")
-    data = _load(sweep_dir)
-    opts = cluster_options(args, base=data["options"])
+        return found[-1]
+    sweep_dir = Path(args.resume)
+    if not is_sweep(sweep_dir):
+        raise ConfigError(f"{sweep_dir} is not a sweep directory (no {SWEEP_FILE})")
+    return sweep_dir
+
+
+def _prepare_resume(args: argparse.Namespace, sweep_dir: Path) -> tuple[list[RunSpec], list[Path], str]:
+    """The runs to do again (the latest run of a config did not verify); the caller holds the sweep's lock."""
+    data: SweepInfo = read_sweep_info(sweep_dir)
+    opts = cluster_options(args, base=data.options)
     cluster, why = executor.detect_cluster(opts.cluster)
     specs, dirs = [], []
-    for name in data["configs"]:
-        last = sweep_dir / data["runs"][name][-1]
+    for name in data.configs:
+        if not data.runs.get(name):
+            raise ConfigError(f"{sweep_dir / SWEEP_FILE} lists config {name} without a run directory: "
+                              "the sweep directory is damaged")
+        last = sweep_dir / data.runs[name][-1]
         snap = snapshot(last)
         if snap.verified:
             continue
@@ -214,13 +228,17 @@ def _prepare_resume(args: argparse.Namespace, root: Path) -> tuple[Path, list[Ru
         spec = dataclasses.replace(spec, requested_method=old["spec"].get("requested_method", spec.requested_method))
         d = unique_dir(sweep_dir, name)
         write_run(d, spec, plan, command_line(), sweep=sweep_dir)
-        data["runs"][name].append(d.name)
         specs.append(spec)
         dirs.append(d)
-    data["options"] = opts.to_json()
-    data.setdefault("resumed", []).append(now_iso())
-    write_json_atomic(sweep_dir / SWEEP_FILE, data)
-    return sweep_dir, specs, dirs, why
+
+    def change(raw: dict[str, Any]) -> None:
+        for spec, d in zip(specs, dirs):
+            raw["runs"][spec.name].append(d.name)
+        raw["options"] = opts.to_json()
+        raw.setdefault("resumed", []).append(now_iso())
+
+    write_sweep_file(sweep_dir, change)
+    return specs, dirs, why
 
 
 # ----------------------------------------------------------------------------- comparison
@@ -260,9 +278,7 @@ def write_comparison(sweep_dir: Path, snaps: list[Snapshot]) -> None:
 
 
 def print_sweep_results(sweep_dir: Path, as_csv: bool, as_json: bool) -> int:
-    snaps = [snapshot(d) for d in sweep_run_dirs(sweep_dir)]
-    if all(s.state.final for s in snaps):
-        write_comparison(sweep_dir, snaps)
+    snaps = [snapshot(d) for d in sweep_run_dirs(sweep_dir)]  # reading only: comparison.csv is the sweep's
     rows = comparison_rows(snaps)
     if as_csv:
         emit(comparison_csv(rows))

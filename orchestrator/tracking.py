@@ -1,12 +1,14 @@
 """One look at a run: its job state, the ranks' progress and, once it is over, its results.
 
-`snapshot()` is what `status`, `results`, `runs` and the live view read. The first time a run is
-seen over, it is finalized (results.json aggregated from the rank files if rank 0 wrote none, the
-CSVs, the final state in run.json), so a detached run's data is complete whoever looks first.
+`snapshot()` is what `status`, `results`, `runs` and the live view read. It never writes: a run
+that is over but not finalized yet (no final state in run.json, no results.json) is shown as it is,
+its state asked from the scheduler and its results aggregated from the rank files in memory.
+Finalizing (`rundir.finalize`) is the controller's and the submitting refitctl's job.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -14,7 +16,8 @@ from typing import Any
 
 from orchestrator.failures import Diagnosis, diagnose, process_ends
 from orchestrator.jobstate import JobState, job_state
-from orchestrator.rundir import Progress, finalize, load_run, now_iso, progress, results
+from refit_core.errors import RunDirError
+from orchestrator.rundir import Progress, load_run, progress, results
 
 
 @dataclass(frozen=True)
@@ -53,12 +56,24 @@ def snapshot(run_dir: Path) -> Snapshot:
     else:
         state = job_state(run_dir, info)
     prog = progress(run_dir, info)
-    res = None
-    if state.final:
-        if final is None and state.state != "UNKNOWN":  # UNKNOWN may clear up later: ask again next time
-            res = finalize(run_dir, info, {"state": state.state, "detail": state.detail, "source": state.source,
-                                           "ended": now_iso()})
-            info = load_run(run_dir)
-        else:
-            res = results(run_dir, info)
+    res = results(run_dir, info) if state.final else None
     return Snapshot(run_dir, info, state, prog, res)
+
+
+def finalize_over(snaps: list[Snapshot]) -> list[Snapshot]:
+    """For the refitctl that submitted and followed the runs: persist what is over (rundir.finalize);
+    a run whose directory cannot be written keeps its files as they are (a warning, not an error)."""
+    from orchestrator.rundir import finalize, now_iso
+
+    out = []
+    for s in snaps:
+        if s.state.final and s.info.get("final") is None and s.state.state != "UNKNOWN":
+            try:
+                finalize(s.run_dir, s.info, {"state": s.state.state, "detail": s.state.detail,
+                                             "source": s.state.source, "ended": now_iso()})
+                s = snapshot(s.run_dir)
+            except (OSError, RunDirError) as e:
+                why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+                print(f"refitctl: warning: {s.run_dir}: results not saved ({why})", file=sys.stderr)
+        out.append(s)
+    return out

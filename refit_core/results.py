@@ -1,60 +1,291 @@
-"""Run results as plain JSON: per-rank records written by each rank, and their aggregate.
+"""Run results as plain files: each rank's record (JSON lines, appended), and their aggregate (results.json).
 
-Each rank rewrites `ranks/rank-NNNNN.json` atomically (write, then rename) after every iteration,
-so a job killed after k iterations still has k. `aggregate()` folds them into one summary: an
-iteration's time is the slowest rank's; delivered bytes count every destination byte once.
+A rank's record is `ranks/rank-NNNNN.jsonl`, one JSON object a line (docs/reliability.md,
+"Rank records"):
+
+    {"kind": "header", "format": 2, "rank": 0, "role": "source", "verified": false, ...}
+    {"kind": "update", "fields": {"host": "node1", "device": "cpu", "transport": {...}, ...}}
+    {"kind": "iteration", "iteration": -1, "warmup": true, "time_ms": 1.9, "bytes_in": 0, ...}
+    {"kind": "iteration", "iteration": 0, "warmup": false, "time_ms": 1.7, ...}
+    {"kind": "update", "fields": {"verified": true, "complete": true}}
+
+The header is written whole (temporary file, rename: a restarted attempt replaces the last one's
+file); every later line is appended with one write, so writing iteration k costs the same at k = 10
+as at k = 100,000, and a job killed after k iterations still has k. A last line without its newline
+(the process died in the write) is not read. The record is the header, the updates applied in
+order, and the iterations in order (`read_rank_file`); readers keep a file offset per rank file and
+parse only what is new (`RankFileReader`). Records of the earlier format (`rank-NNNNN.json`, the
+whole record rewritten each iteration) are still read.
+
+`aggregate()` folds the records into one summary: an iteration's time is the slowest rank's;
+delivered bytes count every destination byte once.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import statistics
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from refit_core.errors import RunDirError
+from refit_core.jsonfile import Fields, read_json, write_json_atomic
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, path)
-    except BaseException:  # e.g. SIGTERM mid-write: the old file stays whole, no half-written temporary is left
-        tmp.unlink(missing_ok=True)
-        raise
+__all__ = ["write_json_atomic", "rank_path", "RankRecordWriter", "RankFileReader", "RankRecord", "read_rank_records",
+           "read_rank_file", "is_rank_record", "aggregate", "read_results"]
+
+RECORD_FORMAT = 2
+_RECORD_SUFFIX = ".jsonl"
+_RANK_FIX = "move it out of ranks/ to see the other ranks"
 
 
 def rank_path(run_dir: Path, rank: int) -> Path:
-    return run_dir / "ranks" / f"rank-{rank:05d}.json"
+    return run_dir / "ranks" / f"rank-{rank:05d}{_RECORD_SUFFIX}"
+
+
+# ----------------------------------------------------------------------------- writing a rank's record
+
+class RankRecordWriter:
+    """Keeps one rank's record file current: `save(record)` appends what changed since the last save.
+
+    `record` is the whole record as a dict (rank, role, iterations, verified, complete, error, ...);
+    only iterations beyond those already written, and fields whose value changed, are appended, so a
+    save costs the same whatever the iteration count. Thread-safe (the engine's watchdog saves from
+    its timer thread).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._started = False
+        self._written = 0  # iterations on disk
+        self._fields: dict[str, Any] = {}  # every other field, as on disk
+
+    def save(self, record: dict[str, Any]) -> None:
+        with self._lock:
+            its = record.get("iterations") or []
+            fields = {k: v for k, v in record.items() if k != "iterations"}
+            if not self._started:
+                self._start(fields)
+                changed: dict[str, Any] = {}
+            else:
+                if self._fd is None:  # saved again after close(): append, never start over
+                    self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+                changed = {k: v for k, v in fields.items() if k not in self._fields or self._fields[k] != v}
+            lines = [json.dumps({"kind": "iteration", **i}) for i in its[self._written:]]
+            if changed:
+                lines.append(json.dumps({"kind": "update", "fields": changed}))
+            if lines:
+                _write_all(self._fd, ("\n".join(lines) + "\n").encode())
+            self._fields.update(copy.deepcopy(changed))
+            self._written = max(self._written, len(its))
+
+    def _start(self, fields: dict[str, Any]) -> None:
+        """The header, written whole (a new file: a restarted attempt replaces the last one's record)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps({"kind": "header", "format": RECORD_FORMAT, **fields}) + "\n")
+            os.replace(tmp, self.path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        self.path.with_suffix(".json").unlink(missing_ok=True)  # an earlier format's record of this rank
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        self._fields = copy.deepcopy(fields)
+        self._started = True
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+# ----------------------------------------------------------------------------- reading rank records
+
+@dataclass(frozen=True)
+class RankRecord:
+    """One rank's record, checked: what every reader (aggregate, live view, failures) relies on."""
+
+    rank: int
+    role: str
+    iterations: list[dict[str, Any]]
+    verified: bool
+    complete: bool
+    error: str | None
+    restarts: int
+    raw: dict[str, Any]  # every field, iterations included (extra_bytes, transport, host, traceback, ...)
+
+    @classmethod
+    def from_json(cls, data: Any, path: Path | str, iterations: list[dict[str, Any]] | None = None) -> "RankRecord":
+        """Check a folded record; `iterations` given: already checked line by line (else checked here)."""
+        f = Fields(data, path, fix=_RANK_FIX)
+        if iterations is None:
+            iterations = f.list_of("iterations", dict, default=[])
+            for n, it in enumerate(iterations):
+                check_iteration(it, path, f" (iteration {n})")
+        f.get("extra_bytes", int, default=0)
+        f.get("extra_bytes_measured", int, default=0)
+        f.get("transport", dict, default={})
+        return cls(f.get("rank", int), f.get("role", str, default="?"), iterations,
+                   f.get("verified", bool, default=False), f.get("complete", bool, default=False),
+                   f.get("error", str, type(None), default=None), f.get("restarts", int, default=0),
+                   {**data, "iterations": iterations})
+
+
+def check_iteration(it: Any, path: Path | str, where: str) -> dict[str, Any]:
+    f = Fields(it, path, where, _RANK_FIX)
+    f.get("iteration", int)
+    f.get("warmup", bool)
+    f.get("time_ms", float)
+    f.get("launches", int, default=0)
+    f.get("phases_ms", dict, default={})
+    return it
+
+
+class RankFileReader:
+    """One rank file, read incrementally: each `read()` parses only the bytes added since the last one.
+
+    A file replaced (a restarted attempt: new inode) or shorter than what was read is read again
+    from the start. A damaged line makes the file's `problem`; it stays until the file is replaced.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._reset(None)
+
+    def _reset(self, ino: int | None) -> None:
+        self._ino, self._offset = ino, 0
+        self._fields: dict[str, Any] | None = None
+        self._iterations: list[dict[str, Any]] = []
+        self._line = 0
+        self.problem: str | None = None
+
+    def read(self) -> RankRecord | None:
+        """The record as far as it is written; None with `problem` set when the file is damaged."""
+        try:
+            with open(self.path, "rb") as fh:
+                st = os.fstat(fh.fileno())
+                if st.st_ino != self._ino or st.st_size < self._offset:
+                    self._reset(st.st_ino)
+                if self.problem is None and st.st_size > self._offset:
+                    fh.seek(self._offset)
+                    chunk = fh.read(st.st_size - self._offset)
+                    end = chunk.rfind(b"\n") + 1  # a last line without its newline is still being written
+                    self._parse(chunk[:end])
+                    self._offset += end
+        except OSError as e:
+            self.problem = f"unreadable ({e.strerror or e.__class__.__name__})"
+        if self.problem is not None:
+            return None
+        if self._fields is None:
+            self.problem = "empty (no header line)"
+            return None
+        try:
+            return RankRecord.from_json(self._fields, self.path.name, self._iterations)
+        except RunDirError as e:
+            self.problem = f"not a rank record ({e.problem})"
+            return None
+
+    def _parse(self, data: bytes) -> None:
+        for raw in data.splitlines():
+            self._line += 1
+            where = f" (line {self._line})"
+            try:
+                obj = json.loads(raw.decode("utf-8"))
+                f = Fields(obj, self.path.name, where, _RANK_FIX)
+                kind = f.get("kind", str)
+                if self._fields is None:
+                    if kind != "header":
+                        raise RunDirError(self.path.name, f"line 1 is not a header (kind {kind!r})")
+                    self._fields = {k: v for k, v in obj.items() if k not in ("kind", "format")}
+                    self._fields.setdefault("iterations", [])
+                elif kind == "iteration":
+                    self._iterations.append(check_iteration({k: v for k, v in obj.items() if k != "kind"},
+                                                            self.path.name, where))
+                elif kind == "update":
+                    upd = f.get("fields", dict)
+                    self._fields.update({k: v for k, v in upd.items() if k != "iterations"})
+                else:
+                    raise RunDirError(self.path.name, f"line {self._line} has an unknown kind {kind!r}")
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+                self.problem = f"unreadable ({e.__class__.__name__} at line {self._line}: truncated or corrupt)"
+                return
+            except RunDirError as e:
+                self.problem = f"not a rank record ({e.problem})"
+                return
+
+
+_READERS: dict[str, RankFileReader] = {}  # one per rank file this process has read: the live view polls
+
+
+def read_rank_file(path: Path) -> tuple[RankRecord | None, str | None]:
+    """(record, None) or (None, what is wrong with the file); `.jsonl` incrementally, `.json` (old format) whole."""
+    if path.suffix == ".json":
+        try:
+            return RankRecord.from_json(read_json(path, _RANK_FIX), path.name), None
+        except RunDirError as e:
+            if e.problem.startswith(("is not valid JSON", "cannot be read")):
+                return None, f"unreadable ({e.problem}: truncated or corrupt)"
+            return None, f"not a rank record ({e.problem})"
+        except OSError as e:
+            return None, f"unreadable ({e.strerror or e})"
+    key = str(path.absolute())
+    reader = _READERS.get(key)
+    if reader is None:
+        reader = _READERS[key] = RankFileReader(path)
+    rec = reader.read()
+    return rec, reader.problem
+
+
+def rank_files(run_dir: Path) -> list[Path]:
+    """The rank files of a run, one per rank (the current format wins over an earlier one's leftover)."""
+    found: dict[str, Path] = {}
+    for p in sorted((run_dir / "ranks").glob("rank-*.json*")):
+        if p.suffix in (".json", _RECORD_SUFFIX) and (p.stem not in found or p.suffix == _RECORD_SUFFIX):
+            found[p.stem] = p
+    return [found[k] for k in sorted(found)]
 
 
 def read_rank_records(run_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """All readable rank records, and a note per unreadable (corrupt, truncated) file."""
+    """All readable rank records (as dicts, checked), and a note per damaged file."""
     records, problems = [], []
-    for p in sorted((run_dir / "ranks").glob("rank-*.json")):
-        try:
-            rec = json.loads(p.read_text())
-        except (json.JSONDecodeError, OSError, UnicodeDecodeError) as e:
-            problems.append(f"{p.name}: unreadable ({e.__class__.__name__}: truncated or corrupt)")
-            continue
-        if not is_rank_record(rec):
-            problems.append(f"{p.name}: not a rank record (fields missing or of the wrong type)")
-            continue
-        records.append(rec)
+    for p in rank_files(run_dir):
+        rec, problem = read_rank_file(p)
+        if rec is None:
+            problems.append(f"{p.name}: {problem}")
+        else:
+            records.append(rec.raw)
     return records, problems
+
+
+def load_rank_record(path: Path) -> dict[str, Any]:
+    """One rank file's record as a dict; a damaged file is a RunDirError."""
+    rec, problem = read_rank_file(path)
+    if rec is None:
+        raise RunDirError(path, f"is damaged: {problem}", _RANK_FIX)
+    return rec.raw
 
 
 def is_rank_record(rec: Any) -> bool:
     """The shape every reader relies on: rank, iterations with their times, the flags and the error."""
-    if not isinstance(rec, dict) or not isinstance(rec.get("rank"), int) or isinstance(rec.get("rank"), bool):
+    try:
+        RankRecord.from_json(rec, "record")
+        return True
+    except RunDirError:
         return False
-    its = rec.get("iterations", [])
-    if not isinstance(its, list) or not isinstance(rec.get("error"), (str, type(None))) \
-            or not isinstance(rec.get("restarts", 0), int):
-        return False
-    return all(isinstance(i, dict) and isinstance(i.get("time_ms"), (int, float)) and isinstance(i.get("iteration"), int)
-               and isinstance(i.get("warmup"), bool) for i in its)
 
 
 def aggregate(run_dir: Path, expected_ranks: list[int], delivered_bytes: int) -> dict[str, Any]:
@@ -98,3 +329,42 @@ def aggregate(run_dir: Path, expected_ranks: list[int], delivered_bytes: int) ->
     }
     out["GBps"] = delivered_bytes / (out["median_ms"] * 1e6) if out["median_ms"] else None
     return out
+
+
+# ----------------------------------------------------------------------------- results.json
+
+RESULTS_FIX = "delete it and refitctl aggregates the results again from the rank files (ranks/)"
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    """results.json, checked field by field; damaged or of the wrong shape: a RunDirError naming it."""
+    try:
+        data = read_json(path, RESULTS_FIX)
+    except RunDirError as e:
+        if e.problem.startswith("cannot be read"):
+            raise
+        cause = "UnicodeDecodeError" if "UTF-8" in e.problem else "JSONDecodeError"
+        raise RunDirError(path, f"is damaged (truncated or corrupt: {cause})", RESULTS_FIX) from None
+    try:
+        f = Fields(data, path, fix=RESULTS_FIX)
+        for n, it in enumerate(f.list_of("iterations", dict)):
+            check_iteration(it, path, f" (iteration {n})")
+            Fields(it, path).get("GBps", float, type(None), default=None)
+        f.get("verified", bool)
+        f.get("complete", bool, default=False)
+        for key in ("median_ms", "min_ms", "GBps"):
+            f.get(key, float, type(None), default=None)
+        f.get("delivered_bytes", int, default=0)
+        f.get("timed_iterations", int, default=0)
+        f.list_of("warmup_ms", float, default=[])
+        f.list_of("missing_ranks", int, default=[])
+        f.list_of("problems", str, default=[])
+        f.get("errors", dict, default={})
+        f.get("restarts", int, default=0)
+        f.get("extra_bytes_max", int, default=0)
+        f.get("extra_bytes_measured_max", int, type(None), default=None)
+        f.get("transport", dict, default={})
+    except RunDirError as e:
+        raise RunDirError(path, f"is damaged (not a results file: {e.problem.removeprefix('is ')})",
+                          RESULTS_FIX) from None
+    return data

@@ -12,6 +12,7 @@ from jobs.local import run_locally
 from orchestrator.configs import resolve
 from orchestrator.flags import apply_overrides
 from refit_core.config import RunConfig
+from refit_core.results import load_rank_record, rank_files
 
 SEED = ["config-1", "config-2", "config-3", "config-4", "config-5", "config-6",
         "collocated-1", "collocated-2", "collocated-3", "collocated-4"]
@@ -25,7 +26,7 @@ def small(name: str, **extra: object) -> RunConfig:
 
 
 def ranks(run_dir: Path) -> dict[int, dict]:
-    return {int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in (run_dir / "ranks").glob("rank-*.json")}
+    return {int(p.stem.split("-")[1]): load_rank_record(p) for p in rank_files(run_dir)}
 
 
 @pytest.mark.parametrize("name", SEED)

@@ -20,6 +20,7 @@ import pytest
 from orchestrator.executor import KILL_GRACE_S
 from orchestrator.failures import ProcessEnd, diagnose, short_error, srun_ends
 from orchestrator.rundir import Progress, RankProgress
+from refit_core.results import load_rank_record, rank_files
 from test_orchestrator_local import SMALL, only_run, refitctl, run_json
 
 TIMEOUT = ["--refit-timeout", "10"]
@@ -162,7 +163,7 @@ def test_a_job_stopped_after_k_iterations_keeps_them(tmp_path: Path) -> None:
     csv = refitctl("results", d.name, "--csv", runs=tmp_path, check=1).stdout.splitlines()
     assert len(csv) == 4
     # the hung rank recorded 3; a source that only sends may have finished one more before it was stopped
-    counts = [len(json.loads(f.read_text())["iterations"]) for f in sorted((d / "ranks").glob("rank-*.json"))]
+    counts = [len(load_rank_record(f)["iterations"]) for f in rank_files(d)]
     assert counts[0] == 3 and min(counts) == 3, counts
 
 
@@ -190,13 +191,13 @@ def test_damaged_results_are_reported_and_other_runs_still_list(finished_run: Pa
     not_results = _copy(finished_run, tmp_path, "not-results")
     (not_results / "results.json").write_text("[1, 2]")
     bad_rank = _copy(finished_run, tmp_path, "bad-rank")
-    (bad_rank / "ranks" / "rank-00001.json").write_bytes(b"\x00\xff{\"rank\": 1, \"iter")
+    (bad_rank / "ranks" / "rank-00001.jsonl").write_bytes(b"\x00\xff{\"rank\": 1, \"iter\n")
     no_run_json = _copy(finished_run, tmp_path, "bad-run-json")
     (no_run_json / "run.json").write_text("{")
 
     for d, says in ((truncated, "results.json is damaged (truncated or corrupt"),
                     (not_results, "results.json is damaged (not a results file"),
-                    (bad_rank, "rank file rank-00001.json: unreadable"),
+                    (bad_rank, "rank file rank-00001.jsonl: unreadable"),
                     (no_run_json, "run.json is not valid JSON")):
         for fmt in ([], ["--json"], ["--csv"]):
             p = refitctl("results", d.name, *fmt, runs=tmp_path, check=2)
@@ -206,7 +207,7 @@ def test_damaged_results_are_reported_and_other_runs_still_list(finished_run: Pa
     listing = refitctl("runs", runs=tmp_path, env={"COLUMNS": "300"}, check=0).stdout
     for d in (good, truncated, not_results, bad_rank):
         assert d.name in listing
-    assert listing.count("damaged") >= 3 and "COMPLETED" in listing
+    assert listing.count("BROKEN") >= 3 and "COMPLETED" in listing
     assert refitctl("results", good.name, runs=tmp_path, check=0).returncode == 0
     # nothing is lost: without the damaged results.json, refitctl aggregates the rank files again
     (truncated / "results.json").unlink()

@@ -20,6 +20,7 @@ from conftest import ROOT, SMALL_FLAGS
 from orchestrator import executor
 from orchestrator.jobstate import job_state
 from orchestrator.planview import human_bytes
+from refit_core.results import load_rank_record, rank_files
 from orchestrator.runspec import ClusterOptions, effective_config, job_env, parse_env, parse_time, plan_resources
 from refit_core.errors import ConfigError
 
@@ -251,7 +252,7 @@ def test_collocated_config_runs_locally(tmp_path: Path) -> None:
     d = only_run(tmp_path)
     info = run_json(d)
     assert info["mode"] == "collocated" and info["active_ranks"] == 4
-    roles = {json.loads(p.read_text())["role"] for p in (d / "ranks").glob("*.json")}
+    roles = {load_rank_record(p)["role"] for p in rank_files(d)}
     assert "source+destination" in roles
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 
 from test_orchestrator_local import SMALL, only_run, only_run_or_sweep, refitctl, run_json
+from refit_core.errors import RunDirError
+from refit_core.results import load_rank_record, rank_path
 
 
 def _why_no_slurm() -> str | None:
@@ -194,8 +196,8 @@ def _restarts(job: str) -> int:
 
 def _iterations(rank_file: Path) -> int:
     try:
-        return len(json.loads(rank_file.read_text())["iterations"])
-    except (OSError, ValueError, KeyError):
+        return len(load_rank_record(rank_file)["iterations"])
+    except (OSError, RunDirError):
         return 0
 
 
@@ -207,7 +209,7 @@ def test_a_preempted_job_is_requeued_and_finishes(tmp_path: Path) -> None:
              runs=runs, check=0)
     d = only_run(runs)
     job = run_json(d)["job"]["job_id"]
-    _wait("the first attempt to refit", lambda: _iterations(d / "ranks" / "rank-00000.json") > 5, 120, 0.5)
+    _wait("the first attempt to refit", lambda: _iterations(rank_path(d, 0)) > 5, 120, 0.5)
     # a high-QOS job needing GPUs that the running job holds (it holds all 8): SLURM preempts it
     refitctl("submit", "config-4", "--gpus", "3", *ON_CLUSTER, "--qos", "high", "--detach", *SMALL,
              runs=high_runs, check=0)
