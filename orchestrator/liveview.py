@@ -118,7 +118,7 @@ def rank_table(s: Snapshot) -> Table:
             status = Text("done, verified" if r.rank < p.active else "idle", style="green" if r.rank < p.active else "dim")
         else:
             status = Text("running")
-        done = f"{r.done}/{p.total}" if r.rank < p.active else "-"
+        done = p.count(r.done) if r.rank < p.active else "-"
         t.add_row(str(r.rank), r.role, done, _ms(r.last_ms), status)
     if len(p.ranks) > 16:
         t.caption = f"{len(p.ranks)} ranks: first of each role shown, and every rank with an error"

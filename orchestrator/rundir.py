@@ -229,14 +229,19 @@ class Progress:
         """Ranks that reported an error, the first to fail (oldest record) first."""
         return sorted((r for r in self.ranks if r.error), key=lambda r: (r.mtime, r.rank))
 
+    def count(self, done: int) -> str:
+        """Iterations finished, as the header and every rank row say it: 'warm-up k/W' while warming
+        up, then timed iterations only ('k/N'), so the two never count different things."""
+        if done < self.warmup:
+            return f"warm-up {done}/{self.warmup}"
+        return f"{done - self.warmup}/{self.iterations}"
+
     def phase(self) -> str:
-        """'starting', 'warm-up k/W' or 'iteration k/N'."""
+        """'starting', 'warm-up k/W' or 'iteration k/N' (timed iterations every active rank finished)."""
         if not self.started:
             return "starting"
-        k = self.done
-        if k < self.warmup:
-            return f"warm-up {k}/{self.warmup}"
-        return f"iteration {k - self.warmup}/{self.iterations}"
+        text = self.count(self.done)
+        return text if text.startswith("warm-up") else f"iteration {text}"
 
 
 def progress(run_dir: Path, info: dict[str, Any]) -> Progress:

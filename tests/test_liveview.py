@@ -32,3 +32,16 @@ def test_link_model_compared_only_for_gpu_methods(method: str, shown: bool, tmp_
         assert line is not None and line.plain.endswith("measured median 4.000 ms = 2.00x predicted")
     else:
         assert line is None
+
+
+def test_header_and_rank_rows_count_the_same_iterations() -> None:
+    from orchestrator.rundir import Progress, RankProgress
+
+    def rank(r: int, done: int) -> RankProgress:
+        return RankProgress(r, "source", done, tuple(1.0 for _ in range(done)), False, False, None, 0.0)
+
+    p = Progress((rank(0, 3), rank(1, 2)), active=2, warmup=1, iterations=8)
+    assert p.phase() == "iteration 1/8"  # every active rank finished the warm-up and one timed iteration
+    assert [p.count(r.done) for r in p.ranks] == ["2/8", "1/8"]
+    early = Progress((rank(0, 0), rank(1, 1)), active=2, warmup=2, iterations=8)
+    assert early.phase() == "warm-up 0/2" and early.count(1) == "warm-up 1/2"
