@@ -200,6 +200,11 @@ class ShardLayouts:
         return self._cache[key]
 
 
+DIRECT_MAX_BYTES = 1 << 30
+"""Longest zero-copy message: a longer run travels as several, in order (element counts stay far
+below 2^31 in every backend; the per-message cost is nothing at this size)."""
+
+
 def _contiguous(b: Block) -> bool:
     return b.rows == 1 or (b.src_stride == b.row_bytes and b.dst_stride == b.row_bytes)
 
@@ -249,7 +254,9 @@ def pair_stream(plan: Plan, transfers: Sequence[Transfer], src: Storage, dst: St
     for run in runs:
         n = run[-1].src + run[-1].nbytes - run[0].src
         if _contiguous(run[0]) and n >= direct_min_bytes:
-            direct.append(Block(run[0].src, n, run[0].dst, n, 1, n))
+            for at in range(0, n, DIRECT_MAX_BYTES):
+                m = min(DIRECT_MAX_BYTES, n - at)
+                direct.append(Block(run[0].src + at, m, run[0].dst + at, m, 1, m))
         else:
             staged.extend(run)
     return direct, staged

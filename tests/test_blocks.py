@@ -7,6 +7,7 @@ byte: small buckets force many rounds and cuts inside blocks.
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -152,3 +153,19 @@ def test_strided_blocks_are_staged_and_whole_rows_go_direct() -> None:
     strided = [p for p in plan.inventory.params if p.split_dim == 1]
     assert strided and recv.staged_bytes == sum(p.nbytes for p in strided)
     assert plan.per_rank[2].bytes_in <= recv.direct_bytes + recv.staged_bytes < plan.per_rank[2].bytes_in + 256 * 40
+
+
+def test_a_long_run_travels_as_messages_of_at_most_one_gib(monkeypatch: pytest.MonkeyPatch) -> None:
+    import refit_core.blocks as blocks
+
+    monkeypatch.setattr(blocks, "DIRECT_MAX_BYTES", 4096)
+    model = ModelSpec(num_layers=1, hidden_size=64, num_attention_heads=4, ffn_hidden_size=128, num_experts=4,
+                      moe_ffn_hidden_size=32, moe_shared_expert_intermediate_size=32, disable_bias_linear=True,
+                      vocab_size=128, make_vocab_size_divisible_by=8)
+    one = ParallelLayout(tp=1, ep=1)
+    plan = plan_transfers(inventory(model, (1, 1)), world_layout(RefitMode.NON_COLLOCATED, one, one))
+    src = rank_storage(plan.inventory, one, 0)
+    send = rank_blocks(plan, plan.for_rank(0), src, None, 1 << 20, direct_min_bytes=0).direct_sends
+    end = src.slots[-1].offset + src.slots[-1].nbytes
+    assert [m.src for m in send] == list(range(0, end, 4096)) and all(m.src == m.dst for m in send)
+    assert all(m.nbytes == 4096 for m in send[:-1]) and sum(m.nbytes for m in send) == end
