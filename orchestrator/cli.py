@@ -54,6 +54,9 @@ def wide_console() -> Console:
 def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help="a named config (refitctl list), or none with seed flags")
     p.add_argument("--config-file", type=Path, help="TOML file with [configs.NAME] tables")
+    p.add_argument("--ceilings", type=Path, metavar="FILE", default=None,
+                   help="link figures measured on this machine (the JSON benchmarks/gpu_bench.py writes) for the "
+                        "predicted time and bound; flags such as --intra-node-gbps still win (env REFITCTL_CEILINGS)")
     add_flags(p)
 
 
@@ -63,8 +66,31 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
         cfg = configs.resolve(args.config, args.config_file)
     else:
         cfg = configs.config_from_table("custom", {}, configs.builtin_configs(), "command line")
-    cfg = apply_overrides(cfg, overrides_from_args(args))
+    given = overrides_from_args(args)
+    cfg = link_figures_from(apply_overrides(cfg, given), args, given)
     cfg.validate()
+    return cfg
+
+
+LINK_KEYS = ("intra_node_gbps", "intra_node_both_gbps", "inter_node_gbps", "local_copy_gbps")
+
+
+def link_figures_from(cfg: RunConfig, args: argparse.Namespace, given: dict[str, object]) -> RunConfig:
+    """The config with the time model's figures from --ceilings (or REFITCTL_CEILINGS), flags
+    winning, and a note of where they came from."""
+    import os
+
+    from refit_core.ceilings import load_ceilings
+
+    path = getattr(args, "ceilings", None) or (Path(os.environ["REFITCTL_CEILINGS"])
+                                               if os.environ.get("REFITCTL_CEILINGS") else None)
+    flags = [k for k in LINK_KEYS if k in given]
+    if path is not None:
+        cfg = cfg.with_ceilings(load_ceilings(path, cfg.method), keep=flags)
+    if flags:
+        named = ", ".join("--" + k.replace("_", "-") for k in flags)
+        cfg = cfg.with_changes(link_source=f"{cfg.link_source}; flags {named}" if cfg.link_source
+                               else f"flags {named}, defaults for the rest")
     return cfg
 
 

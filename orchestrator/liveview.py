@@ -251,7 +251,9 @@ def predicted_line(run_dir: Path, res: dict[str, Any]) -> Text | None:
     t, bound = pred.get("time_s"), pred.get("bound_s")
     if not isinstance(t, (int, float)) or t <= 0:
         return None
-    line = f"predicted (link model, docs/kimi-k2.md): {t * 1e3:.3f} ms"
+    model = pred.get("model") if isinstance(pred.get("model"), dict) else {}
+    source = model.get("source") if isinstance(model.get("source"), str) else "defaults, docs/kimi-k2.md"
+    line = f"predicted (link model: {source[:160]}): {t * 1e3:.3f} ms"
     if isinstance(bound, (int, float)):
         line += f", lower bound {bound * 1e3:.3f} ms"
     med = res.get("median_ms")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from refit_core.config import RunConfig
@@ -70,10 +71,13 @@ def predicted_lines(pred: TimePrediction) -> list[str]:
     """The time model's verdict: time and bound, the link model, and load against the even share."""
     link, bal = pred.link, pred.balance
     return [
-        f"Predicted refit time: {pred.time_s:.3f} s, lower bound {pred.bound_s:.3f} s "
+        f"Predicted refit time: {pred.time_s * 1e3:.3f} ms, lower bound {pred.bound_s * 1e3:.3f} ms "
         f"(bottleneck: GPU {pred.bottleneck_rank}, {pred.bottleneck_link})",
-        f"Link model per GPU per direction: intra-node {link.intra_node_gbps:g} GB/s, inter-node "
-        f"{link.inter_node_gbps:g} GB/s, local copy {link.local_copy_gbps:g} GB/s; {link.gpus_per_node} GPUs/node",
+        f"Link model per GPU per direction: intra-node {link.intra_node_gbps:g} GB/s"
+        + (f" ({link.intra_node_both_gbps:g} each way when both are busy)" if link.intra_node_both_gbps else "")
+        + f", inter-node {link.inter_node_gbps:g} GB/s, local copy {link.local_copy_gbps:g} GB/s; "
+        f"{link.gpus_per_node} GPUs/node",
+        f"Link figures from: {escape(link.source)}",
         f"Load vs even share: sources x{bal.out_ratio:.4f} (busiest {human_bytes(bal.max_out)} out), "
         f"destinations x{bal.in_ratio:.4f} (busiest {human_bytes(bal.max_in)} in)",
     ]

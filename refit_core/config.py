@@ -9,14 +9,15 @@ from __future__ import annotations
 import dataclasses
 import unicodedata
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 from refit_core.errors import ConfigError
 from refit_core.layout import MAX_WORLD, ParallelLayout, RefitMode, WorldLayout, world_layout
 from refit_core.memory import GIB, MemoryFit, check_memory, memory_fit
 from refit_core.model import MAX_PARAMETERS, Inventory, ModelSpec, inventory
 from refit_core.sharding import check_divisible
-from refit_core.timemodel import LOCAL_COPY_GBPS, NETWORK_GBPS, NVLINK_GBPS, LinkModel
+from refit_core.ceilings import LinkFigures
+from refit_core.timemodel import DEFAULT_SOURCE, LOCAL_COPY_GBPS, NETWORK_GBPS, NVLINK_GBPS, LinkModel
 
 METHODS = ("nccl", "nvshmem", "gloo", "naive")
 MAX_ITERATIONS = 1_000_000
@@ -44,6 +45,12 @@ class RunConfig:
     """Intra-node (NVLink) bandwidth per GPU per direction, GB/s (bytes, not bits)."""
     inter_node_gbps: float = NETWORK_GBPS
     """Inter-node (network adapter) bandwidth per GPU per direction, GB/s (bytes, not bits)."""
+    intra_node_both_gbps: float | None = None
+    """Intra-node GB/s each way while both ways are busy (None: the one-way figure)."""
+    local_copy_gbps: float = LOCAL_COPY_GBPS
+    """Device-to-device copy on one GPU, GB/s delivered."""
+    link_source: str = ""
+    """Where the link figures come from (a ceilings file, flags); empty: the defaults."""
 
     def validate(self) -> None:
         """Raise ConfigError for anything the seed says cannot work, before submission.
@@ -72,7 +79,10 @@ class RunConfig:
                 raise ConfigError("MoE refit needs --disable-bias-linear (the seed's requirement): add the flag")
         if not self.gpu_memory_gb > 0:
             raise ConfigError(f"--gpu-memory-gb must be > 0, got {self.gpu_memory_gb}")
-        for flag, value in (("--intra-node-gbps", self.intra_node_gbps), ("--inter-node-gbps", self.inter_node_gbps)):
+        for flag, value in (("--intra-node-gbps", self.intra_node_gbps), ("--inter-node-gbps", self.inter_node_gbps),
+                            ("--local-copy-gbps", self.local_copy_gbps),
+                            ("--intra-node-both-gbps", 1.0 if self.intra_node_both_gbps is None
+                             else self.intra_node_both_gbps)):
             if not value > 0:
                 raise ConfigError(f"{flag} must be > 0 (GB/s per GPU per direction), got {value}")
         world = self.world()
@@ -96,7 +106,19 @@ class RunConfig:
                           int(self.gpu_memory_gb * GIB), self.gpus_per_node)
 
     def link_model(self) -> LinkModel:
-        return LinkModel(self.gpus_per_node, self.intra_node_gbps, self.inter_node_gbps, LOCAL_COPY_GBPS)
+        return LinkModel(self.gpus_per_node, self.intra_node_gbps, self.inter_node_gbps, self.local_copy_gbps,
+                         self.intra_node_both_gbps, self.link_source or DEFAULT_SOURCE)
+
+    def with_ceilings(self, figures: LinkFigures, keep: Iterable[str] = ()) -> "RunConfig":
+        """The link figures of measured ceilings, except the fields in `keep` (given as flags)."""
+        keep = set(keep)
+        changes: dict[str, Any] = {}
+        for field, value in (("intra_node_gbps", figures.intra_node_gbps),
+                             ("intra_node_both_gbps", figures.intra_node_both_gbps),
+                             ("local_copy_gbps", figures.local_copy_gbps)):
+            if value is not None and field not in keep:
+                changes[field] = value
+        return self.with_changes(**changes, link_source=figures.source)
 
     def with_changes(self, **changes: Any) -> "RunConfig":
         return dataclasses.replace(self, **changes)

@@ -8,6 +8,9 @@ plan gives bytes in and out on each class (`GpuLoad`).
 - Lower bound: every class and direction of every GPU runs at full bandwidth at once, so the refit
   cannot end before the most loaded (GPU, class, direction) drains:
   bound = max over GPUs, classes, directions of bytes / bandwidth.
+- A link used both ways at once may give each direction less than one way alone (measured on
+  2 x H200: NCCL 372 GB/s one way, 365 each way at once; peer copy 396 and 356): a GPU whose
+  intra-node link carries bytes in and out uses `intra_node_both_gbps` for both, when known.
 - Predicted: on one GPU the classes do not overlap (a transport stages each bucket through one set
   of buffers), but each class is full duplex:
   predicted = max over GPUs of sum over classes of max(bytes in, bytes out) / bandwidth.
@@ -33,6 +36,7 @@ NVLINK_GBPS = 450.0
 NETWORK_GBPS = 50.0
 # Device-to-device copy: HBM3 3.35 TB/s (H100 SXM), each byte read once and written once.
 LOCAL_COPY_GBPS = 1500.0
+DEFAULT_SOURCE = "defaults (datasheets: NVLink 4, one 400 Gb/s NIC per GPU, HBM3)"
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,11 @@ class LinkModel:
     intra_node_gbps: float = NVLINK_GBPS
     inter_node_gbps: float = NETWORK_GBPS
     local_copy_gbps: float = LOCAL_COPY_GBPS
+    intra_node_both_gbps: float | None = None  # each way, both ways busy; None: as one way
+    source: str = DEFAULT_SOURCE  # where the figures come from (defaults, flags, a ceilings file)
+
+    def intra_gbps(self, both_ways: bool) -> float:
+        return self.intra_node_both_gbps if both_ways and self.intra_node_both_gbps else self.intra_node_gbps
 
     def node(self, rank: int) -> int:
         return rank // self.gpus_per_node
@@ -64,7 +73,8 @@ class GpuLoad:
 
     def link_times(self, link: LinkModel) -> dict[str, float]:
         """Seconds each (class, direction) of this GPU needs on its own."""
-        intra, inter = link.intra_node_gbps * GB, link.inter_node_gbps * GB
+        intra = link.intra_gbps(self.intra_in > 0 and self.intra_out > 0) * GB
+        inter = link.inter_node_gbps * GB
         return {
             "intra-node in": self.intra_in / intra, "intra-node out": self.intra_out / intra,
             "inter-node in": self.inter_in / inter, "inter-node out": self.inter_out / inter,

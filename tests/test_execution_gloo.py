@@ -76,3 +76,28 @@ def test_fp32_router_expert_bias_moves_with_the_bf16_weights(tmp_path: Path) -> 
     assert any(p.name.endswith("mlp.router.expert_bias") and p.dtype == "float32" for p in cfg.inventory().params)
     codes, res = run_locally(cfg, tmp_path, timeout_s=240)
     assert codes == [0] * cfg.gpus and res["verified"]
+
+
+@pytest.mark.parametrize("name,env", [
+    ("config-4", {"REFITCTL_STAGED_DIRECT_MIN_BYTES": "1024"}),
+    ("collocated-4", {"REFITCTL_STAGED_DIRECT_MIN_BYTES": "0"}),
+    ("collocated-4", {"REFITCTL_STAGED_ZERO_COPY": "0"}),
+])
+def test_zero_copy_and_all_staged_paths_verify(name: str, env: dict[str, str], tmp_path: Path) -> None:
+    """The staged transport with zero-copy runs (direct isend/irecv on shard buffer views, ordered
+    per pair on both ends) and with it switched off: every destination byte verified, and each
+    rank's record says which path ran and where its time went."""
+    cfg = small(name)
+    codes, res = run_locally(cfg, tmp_path, timeout_s=240, extra_env=env)
+    assert codes == [0] * cfg.gpus, (tmp_path / "logs" / "rank-0.log").read_text()
+    assert res["verified"] and res["complete"]
+    recs = ranks(tmp_path)
+    on = env.get("REFITCTL_STAGED_ZERO_COPY") != "0"
+    moved = [r for r in recs.values() if r["transport"]["direct_bytes"] + r["transport"]["staged_bytes"]]
+    assert moved and all(r["transport"]["zero_copy"] is on for r in moved)
+    if on:
+        assert any(r["transport"]["direct_ops"] for r in moved)
+    else:
+        assert all(r["transport"]["direct_ops"] == 0 and r["transport"]["staged_bytes"] for r in moved)
+    phases = recs[0]["iterations"][-1]["phases_ms"]
+    assert set(phases) <= {"issue", "pack", "local", "transfer", "unpack", "direct"} and phases
