@@ -6,8 +6,10 @@ the final barrier, the teardown. gloo and NCCL waits time out by themselves afte
 init and its barrier kernels do not, nor does a rank stuck in its own code. So a thread checks the
 armed phase: past T + GRACE_S it writes the error into the rank's record
 ("TimeoutError: NVSHMEM init did not finish within the --refit-timeout of 30 s on rank 2 ...") and
-ends the process (exit code 3). The grace lets the process groups' own timeouts, whose messages
-say more, fire first.
+ends the process (exit code 3). The grace (2 s) lets the process groups' own timeouts fire first,
+so a rank that waited on a hung peer reports the peer, and the hung rank reports itself; it is short
+enough that the hung rank's own record is written before the local controller stops it (5 s after
+the first rank fails).
 
 The same thread watches the launcher: if the rank's parent process goes away (`kill -9` of the
 local controller, a lost srun step), the rank records why and ends, instead of running on
@@ -27,7 +29,7 @@ import threading
 import time
 from typing import Callable
 
-GRACE_S = 5.0
+GRACE_S = 2.0
 BACKSTOP_S = 10.0
 POLL_S = 0.2
 EXIT_CODE = 3
@@ -75,8 +77,8 @@ class Watchdog:
                 self._expire(f"TimeoutError: {phase} did not finish within the --refit-timeout of {self.timeout_s:g} s "
                              f"on rank {self.rank} (this rank hung, or a peer died or hung: see the other ranks' errors)")
             if self._parent is not None and os.getppid() != self._parent:
-                self._expire(f"LauncherGone: the process that started rank {self.rank} (pid {self._parent}) is gone "
-                             f"(killed controller or lost job step){f' during {phase}' if phase else ''}: "
+                self._expire(f"JobTerminated: the process that started rank {self.rank} (pid {self._parent}) is gone "
+                             f"(a killed controller or a lost job step){f' during {phase}' if phase else ''}: "
                              "the rank stopped instead of running on orphaned")
 
     def _expire(self, error: str) -> None:
