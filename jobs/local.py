@@ -2,12 +2,14 @@
 
 Each process gets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT and runs
 `python -m jobs.refit_job RUN_DIR`; its output goes to RUN_DIR/logs/rank-N.log. If any process
-fails, the others are given `grace_s` to exit on their own, then killed: nothing hangs.
+fails, the others are given `grace_s` to exit on their own, then killed: nothing hangs. Each rank
+leads its own process group, and the whole group is killed, so nothing a rank started is left behind.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -43,7 +45,8 @@ def launch(run_dir: Path, world_size: int, timeout_s: float = 600, grace_s: floa
                    **(extra_env or {}))
         log = open(logs / f"rank-{r}.log", "w")
         procs.append((subprocess.Popen([sys.executable, "-m", module, str(run_dir)], env=env,
-                                       stdout=log, stderr=subprocess.STDOUT, cwd=root), log))
+                                       stdout=log, stderr=subprocess.STDOUT, cwd=root,
+                                       start_new_session=True), log))
     deadline = time.monotonic() + timeout_s
     first_failure: float | None = None
     ended: list[float | None] = [None] * world_size
@@ -60,13 +63,22 @@ def launch(run_dir: Path, world_size: int, timeout_s: float = 600, grace_s: floa
         if now > deadline or (first_failure is not None and now - first_failure > grace_s):
             for p, _ in procs:
                 if p.poll() is None:
-                    p.kill()
+                    _kill_group(p.pid)
         time.sleep(0.05)
-    for _, log in procs:
+    for p, log in procs:
+        _kill_group(p.pid)  # whatever a rank started and left behind
         log.close()
     if exit_times is not None:
         exit_times[:] = [t if t is not None else time.time() for t in ended]
     return [p.returncode for p, _ in procs]
+
+
+def _kill_group(pid: int) -> None:
+    """SIGKILL the process group a rank leads (each rank starts its own session)."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        pass
 
 
 def run_locally(cfg: "RunConfig", run_dir: Path, timeout_s: float = 600, grace_s: float = 90,

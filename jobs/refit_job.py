@@ -68,88 +68,140 @@ def task_env() -> TaskEnv:
 
 
 def run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Run this task's part of the refit described by run_dir/config.json; returns its record."""
-    import torch
-    import torch.distributed as dist
+    """Run this task's part of the refit described by run_dir/config.json; returns its record.
 
-    from refit_core.config import RunConfig
-    from refit_core.engine import run_rank
-    from refit_core.plan import plan_transfers
-    from refit_core.results import RankRecordWriter, aggregate, rank_path, write_json_atomic
+    Every error from here on, wherever it is raised, lands in the rank's record (`error`), and every
+    wait is a phase of the rank's watchdog (refit_core/watchdog.py), bounded by --refit-timeout.
+    Idle ranks take no GPU and join no process group: they record themselves done and return."""
+    from refit_core.results import RankRecordWriter, rank_path, write_json_atomic
 
     t0 = time.monotonic()
+    env = task_env()
 
     def log(msg: str) -> None:
         print(f"[rank {env.rank} +{time.monotonic() - t0:7.2f}s] {msg}", flush=True)
 
-    for k, v in SAFE_ENV.items():
-        os.environ.setdefault(k, v)
     run_path = Path(run_dir)
-    cfg = RunConfig.from_json(json.loads((run_path / "config.json").read_text()))
-    env = task_env()
     # A requeued job (preempted, node lost) starts again from scratch: its records replace the last attempt's.
     restarts = int(_first("SLURM_RESTART_COUNT") or 0)
     writer = RankRecordWriter(rank_path(run_path, env.rank))
+    record: dict[str, Any] = {"rank": env.rank, "role": "?", "iterations": [], "verified": False,
+                              "complete": False, "error": None}
 
     def save(rec: dict[str, Any]) -> None:
         rec["restarts"] = restarts
         writer.save(rec)  # appends the new iterations and the changed fields: constant cost per iteration
 
-    record: dict[str, Any] = {"rank": env.rank, "role": cfg.world().role(env.rank) if env.rank < cfg.gpus else "?",
-                              "iterations": [], "verified": False, "complete": False, "error": None}
+    def record_error(error: str, tb: str | None = None) -> None:
+        """Put `error` in the rank's record (its iterations stay), unless it has one already; safe from
+        the watchdog's thread while the main thread writes."""
+        writer.add_error(error, tb)
+
     save(record)
-    if env.rank == 0:
-        (run_path / "results.json").unlink(missing_ok=True)
-    if restarts:
-        log(f"attempt {restarts + 1}: the job was requeued {restarts} time(s); the refit starts again")
-    if env.world_size != cfg.gpus:
-        raise RuntimeError(f"job has {env.world_size} tasks but config {cfg.name} needs a world of {cfg.gpus}")
-    use_cuda = cfg.method in ("nccl", "nvshmem", "naive") and torch.cuda.is_available()
-    if cfg.method in ("nccl", "nvshmem", "naive") and not torch.cuda.is_available():
-        raise RuntimeError(f"--refit-method {cfg.method} needs CUDA GPUs; use --refit-method gloo on CPU")
-    device = torch.device("cuda", env.local_rank % torch.cuda.device_count()) if use_cuda else torch.device("cpu")
-    if use_cuda:
-        torch.cuda.set_device(device)
-    backend = "nccl" if cfg.method == "nccl" else "gloo"
-    timeout = datetime.timedelta(seconds=cfg.timeout_s)
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = env.master_addr, str(env.master_port)
-    kwargs: dict[str, Any] = {"device_id": device} if backend == "nccl" else {}
-    dist.init_process_group(backend, rank=env.rank, world_size=env.world_size, timeout=timeout,
-                            init_method=f"tcp://{env.master_addr}:{env.master_port}", **kwargs)
-    log(f"process group ready: {backend}, rank {env.rank} of {env.world_size}, device {device}")
-    plan = plan_transfers(cfg.inventory(), cfg.world())
-    world = plan.world
-    active = list(range(world.gpus_used))
-    group = dist.new_group(active) if len(active) < env.world_size else dist.group.WORLD
-    # Setup (filling weights) and the idle ranks' wait last as long as the run: their own group,
-    # gloo, with a long timeout. A crashed peer still ends it at once (its connection closes).
-    slow = dist.new_group(backend="gloo", timeout=datetime.timedelta(hours=12))
-    slow_active = dist.new_group(active, backend="gloo", timeout=datetime.timedelta(hours=12)) \
-        if len(active) < env.world_size else slow
-    log(f"plan ready: {len(plan.transfers)} transfers; role {world.role(env.rank)}")
+    from jobs.procs import record_process
+
+    watchdog = None
+    dist = None
     try:
-        if env.rank in active:
-            record = run_rank(cfg, env.rank, env.world_size, device, group, save, plan=plan, setup_group=slow_active)
-        else:
-            record.update(verified=True, complete=True)  # idle: waits, builds nothing
+        record_process(run_path, env.rank)
+        for k, v in SAFE_ENV.items():
+            os.environ.setdefault(k, v)
+        from refit_core.config import RunConfig
+        from refit_core.watchdog import Watchdog
+
+        cfg = RunConfig.from_json(json.loads((run_path / "config.json").read_text()))
+        watchdog = Watchdog(cfg.timeout_s, env.rank, record_error)
+        watchdog.arm("start-up (imports, plan)")
+        world = cfg.world()
+        record["role"] = world.role(env.rank) if env.rank < cfg.gpus else "?"
+        save(record)
+        if env.rank == 0:
+            (run_path / "results.json").unlink(missing_ok=True)
+        if restarts:
+            log(f"attempt {restarts + 1}: the job was requeued {restarts} time(s); the refit starts again")
+        if env.world_size != cfg.gpus:
+            raise RuntimeError(f"job has {env.world_size} tasks but config {cfg.name} needs a world of {cfg.gpus}")
+        active = list(range(world.gpus_used))
+        if env.rank not in active:
+            record.update(verified=True, complete=True)
             save(record)
-        dist.barrier(group=slow)
+            log("idle rank: no GPU, no process group; done")
+            return record
+
+        import torch
+        import torch.distributed as dist
+
+        from refit_core.engine import Fault, run_rank
+        from refit_core.plan import plan_transfers
+        from refit_core.results import aggregate
+
+        watchdog.arm("CUDA device set-up")
+        device = rank_device(cfg, env.rank, torch)
+        backend = "nccl" if cfg.method == "nccl" else "gloo"
+        timeout = datetime.timedelta(seconds=cfg.timeout_s)
+        os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = env.master_addr, str(env.master_port)
+        fault = Fault.from_env()
+        watchdog.arm(f"process-group init ({backend}" + (", NCCL communicator" if backend == "nccl" else "") + ")")
+        if fault and fault.hits(env.rank, "init"):
+            fault.inject(log)
+        kwargs: dict[str, Any] = {"device_id": device} if backend == "nccl" else {}
+        dist.init_process_group(backend, rank=env.rank, world_size=len(active), timeout=timeout,
+                                init_method=f"tcp://{env.master_addr}:{env.master_port}", **kwargs)
+        # set-up and the end wait on the CPU: gloo, with the same timeout
+        cpu_group = dist.new_group(backend="gloo", timeout=timeout) if backend == "nccl" else dist.group.WORLD
+        log(f"process group ready: {backend}, rank {env.rank} of {len(active)} active ranks "
+            f"({env.world_size - len(active)} idle), device {device}")
+        watchdog.arm("plan")
+        plan = plan_transfers(cfg.inventory(), world)
+        log(f"plan ready: {len(plan.transfers)} transfers; role {world.role(env.rank)}")
+        record = run_rank(cfg, env.rank, len(active), device, dist.group.WORLD, save, plan=plan,
+                          setup_group=cpu_group, watchdog=watchdog)
+        watchdog.arm("final barrier (every active rank done)")
+        dist.barrier(group=cpu_group)
         log("all ranks done")
         if env.rank == 0:
+            watchdog.arm("results")
             summary = aggregate(run_path, active, plan.delivered_bytes)
             write_json_atomic(run_path / "results.json", summary)
         return record
     except BaseException as e:
-        # the iterations already recorded stay in the file: only the error and the traceback are appended
-        save({**record, "iterations": [], "error": record.get("error") or f"{e.__class__.__name__}: {e}",
-              "traceback": traceback.format_exc()})
+        record_error(f"{e.__class__.__name__}: {e}", traceback.format_exc())
         raise
     finally:
+        if watchdog is not None:
+            watchdog.arm("process-group teardown")
+        if dist is not None:
+            try:
+                dist.destroy_process_group()
+            except Exception:  # noqa: BLE001 - best effort on the way out
+                pass
+        if watchdog is not None:
+            watchdog.stop()
         writer.close()
-        try:
-            dist.destroy_process_group()
-        except Exception:  # noqa: BLE001 - best effort on the way out
-            pass
+
+
+def rank_device(cfg: Any, rank: int, torch: Any) -> Any:
+    """This rank's device: the GPU the run placed it on (config.json `devices`, refit_core/devices.py), or the CPU."""
+    from refit_core.devices import GPU_SHARING, assign_devices
+
+    if GPU_SHARING.get(cfg.method) is None:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"--refit-method {cfg.method} needs CUDA GPUs; use --refit-method gloo on CPU")
+    count = torch.cuda.device_count()
+    placed = cfg.device_map()
+    if placed is None:  # a config.json written without a placement: the same rules, this node's GPUs
+        text = _first("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE") or ""
+        digits = text[: len(text) - len(text.lstrip("0123456789"))]  # SLURM may say "4(x2)"
+        per_node = int(digits) if digits else cfg.gpus
+        placed = assign_devices(cfg.world(), cfg.method, per_node, count)
+    index = placed.device(rank)
+    if index is None or index >= count:
+        raise RuntimeError(f"rank {rank} is placed on GPU {index} but this node shows {count} GPU(s) "
+                           f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): "
+                           "submit again from where the job runs, or with --gpus-per-node set to the node's GPUs")
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from orchestrator import configs
 from orchestrator.flags import add_flags, apply_overrides, overrides_from_args
-from orchestrator.planview import plan_json, print_plan
+from orchestrator.planview import device_map, plan_json, print_plan
 from refit_core.config import RunConfig
 from refit_core.errors import ConfigError, RefitError
 from refit_core.layout import gpus_needed
@@ -101,10 +101,16 @@ def _plan(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
     p.add_argument("--check", action="store_true", help="also verify the plan's coverage (every element once)")
     p.add_argument("--png", type=Path, metavar="FILE",
                    help="also write the transfer matrix as a heatmap PNG (needs matplotlib: refitctl[report])")
+    p.add_argument("--local-gpus", type=int, metavar="N",
+                   help="place the ranks as a local run does on a machine with N GPUs (default: as SLURM places "
+                        "them on nodes of --gpus-per-node GPUs)")
 
     def run(args: argparse.Namespace) -> int:
         cfg = resolve_config(args)
         plan = plan_transfers(cfg.inventory(), cfg.world())
+        if args.local_gpus is not None and not 0 <= args.local_gpus <= 65536:
+            raise ConfigError(f"--local-gpus must be 0..65536, got {args.local_gpus}")
+        gpus = device_map(cfg, plan, args.local_gpus)  # the pre-flight: a layout the method cannot run fails here
         if args.check:
             from refit_core.validate import check_plan
 
@@ -114,10 +120,10 @@ def _plan(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
 
             write_plan_png(args.png, plan_json(cfg, plan), cfg.name)
         if args.json:
-            print(json.dumps(plan_json(cfg, plan), indent=1))
+            print(json.dumps(plan_json(cfg, plan, gpus), indent=1))
         else:
             console = wide_console()
-            print_plan(console, cfg, plan)
+            print_plan(console, cfg, plan, gpus)
             if args.check:
                 console.print("Coverage: every destination element exactly once [green]OK[/]")
             if args.png:

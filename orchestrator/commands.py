@@ -113,8 +113,9 @@ def command_line() -> str:
 def plan_and_spec(name: str, cfg: Any, opts: ClusterOptions, cluster: str, method_explicit: bool) -> tuple[RunSpec, Plan]:
     """Decide the run. On SLURM, first ask `sinfo` whether the cluster can ever run it: if not,
     `--cluster slurm` stops here in one line, and `--cluster auto` runs it locally, saying why."""
-    gpus = executor.local_gpu_count() > 0 if cluster == "local" else opts.request_gpus
-    spec = make_spec(name, cfg, cluster, opts, os.environ, method_explicit, gpus, os.cpu_count() or 1)
+    node_gpus = executor.local_gpu_count() if cluster == "local" else None
+    gpus = bool(node_gpus) if cluster == "local" else opts.request_gpus
+    spec = make_spec(name, cfg, cluster, opts, os.environ, method_explicit, gpus, os.cpu_count() or 1, node_gpus)
     if cluster == "slurm":
         reason = slurm_misfit(spec)
         if reason is not None and opts.cluster == "slurm":
@@ -148,6 +149,9 @@ def print_intro(console: Console, spec: RunSpec, plan: Plan, why: str) -> None:
     console.print(f"[bold]{title}[/]: {cfg.mode.value}, method {cfg.method}, "
                   f"{cfg.warmup} warm-up + {cfg.iterations} timed iterations", highlight=False)
     console.print(plan.world.describe(), highlight=False)
+    dmap = cfg.device_map()
+    if dmap is not None:
+        console.print(f"GPUs: {dmap.describe(plan.world)}", highlight=False, soft_wrap=True)
     inv = plan.inventory
     console.print(f"Model: {inv.numel:,} parameters, {human_bytes(inv.nbytes)}; plan: {len(plan.transfers)} transfers, "
                   f"{human_bytes(plan.delivered_bytes)} delivered", highlight=False)

@@ -357,8 +357,29 @@ class _RunController(Controller):  # pragma: no cover - runs in its own process
                 return "TIMEOUT", f"time limit of {format_time(self.timeout_s)} reached", codes, failed
             time.sleep(0.1)
 
+    def start_tasks(self) -> None:
+        """submitit's, but each task leads its own process group, so stopping a task stops whatever it
+        started too (nothing is left behind)."""
+        self.folder.mkdir(exist_ok=True)
+        paths = [submitit_utils.JobPaths(self.folder, self.pid, k) for k in range(self.ntasks)]
+        self.stdouts = [p.stdout.open("a") for p in paths]
+        self.stderrs = self.stdouts if self.stderr_to_stdout else [p.stderr.open("a") for p in paths]
+        for k in range(self.ntasks):
+            env = dict(os.environ, SUBMITIT_LOCAL_LOCALID=str(k), SUBMITIT_LOCAL_GLOBALID=str(k),
+                       SUBMITIT_LOCAL_JOB_ID=self.pid)
+            self.tasks.append(subprocess.Popen(self.command, shell=False, env=env, stderr=self.stderrs[k],
+                                               stdout=self.stdouts[k], encoding="utf-8", start_new_session=True))
+
+    def _forward_signal(self, signum: int, *args: Any) -> None:
+        for task in self.tasks:
+            try:
+                os.killpg(task.pid, signum)  # the task and everything it started
+            except OSError:
+                pass
+
     def kill_tasks(self) -> None:
-        """SIGTERM (the tasks record why they stop), then SIGKILL after a short wait."""
+        """SIGTERM (the tasks record why they stop), then SIGKILL after a short wait: each task's whole
+        process group."""
         self._forward_signal(signal.SIGTERM)
         deadline = time.monotonic() + 3.0
         while any(t.poll() is None for t in self.tasks) and time.monotonic() < deadline:

@@ -41,6 +41,7 @@ _PEER = re.compile(
 _TIMED_OUT = re.compile(r"timed out|timeout", re.IGNORECASE)
 _STOPPED = ("JobTerminated", "KeyboardInterrupt")
 _WATCHDOG = "TimeoutError: "
+_PHASE = re.compile(r"TimeoutError: (.+?) did not finish within")
 _SRUN = re.compile(r"^srun: error: (?P<node>\S+): tasks? (?P<tasks>[0-9,\-]+): (?P<what>.+?)\s*$")
 _SRUN_EXIT = re.compile(r"Exited with exit code (\d+)")
 
@@ -234,6 +235,9 @@ def _task_list(text: str) -> list[int]:
 def _where(rec: RankProgress | None, progress: Progress) -> str:
     if rec is None:
         return "start-up (it wrote no record)"
+    phase = _PHASE.match(rec.error or "")  # its watchdog named a phase before the iterations
+    if phase and not phase.group(1).startswith("iteration"):
+        return phase.group(1)
     k = rec.done
     if k < progress.warmup:
         return f"warm-up iteration {k + 1} of {progress.warmup}"

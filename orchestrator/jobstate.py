@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.rundir import CANCEL_FILE
+from jobs.procs import recorded_processes, stop_processes
+from orchestrator.rundir import CANCEL_FILE, STATE_FILE
 from orchestrator.runfiles import read_job_state
 from refit_core.errors import RunDirError
-from refit_core.results import read_results
+from refit_core.results import read_results, write_json_atomic
 
 QUEUED = {"PENDING", "REQUEUED", "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SUBMITTED"}
 ACTIVE = {"RUNNING", "CONFIGURING", "COMPLETING", "STAGE_OUT", "SIGNALING", "RESIZING", "STOPPED"}
@@ -69,8 +70,12 @@ def _local_state(run_dir: Path, job: dict[str, Any]) -> JobState:
         return JobState("RUNNING" if st else "PENDING", "" if st else queued, "local controller")
     if st is None and time.time() - job.get("submitted", 0) < 10:
         return JobState("SUBMITTED", "", "local controller")
-    return JobState("UNKNOWN", f"the local controller (pid {job.get('controller_pid')}) is gone without a final "
-                    "state: the machine restarted or it was killed", "run directory")
+    gone = f"the local controller (pid {job.get('controller_pid')}) is gone without a final state"
+    orphans = [p for p in recorded_processes(run_dir) if p.is_running_here()]
+    if orphans:
+        return JobState("RUNNING", f"{gone}; {len(orphans)} rank(s) still running: `refitctl cancel` stops them",
+                        "run directory")
+    return _from_run_dir(run_dir, gone)
 
 
 def _controller_alive(pid: int | None) -> bool:
@@ -192,6 +197,8 @@ def cancel(run_dir: Path, info: dict[str, Any]) -> str:
     if st.final:
         return f"{run_dir.name}: already {st.state}, nothing to cancel"
     if job["cluster"] == "local":
+        if not _controller_alive(job.get("controller_pid")):
+            return _stop_orphans(run_dir, job)
         (run_dir / CANCEL_FILE).write_text(f"{time.time()}\n")
         return f"{run_dir.name}: cancel requested from the local controller (pid {job.get('controller_pid')})"
     rc, out, err = _run(["scancel", job["job_id"]])
@@ -199,3 +206,17 @@ def cancel(run_dir: Path, info: dict[str, Any]) -> str:
         return f"{run_dir.name}: scancel {job['job_id']} failed: {err or out or rc}"
     return f"{run_dir.name}: scancel {job['job_id']} sent"
 
+
+
+def _stop_orphans(run_dir: Path, job: dict[str, Any]) -> str:
+    """The controller is gone: stop the rank processes the run recorded (pid + start time checked), and
+    record the run CANCELLED."""
+    stopped = stop_processes(recorded_processes(run_dir))
+    ranks = ", ".join(str(p.rank) for p in sorted(stopped, key=lambda p: p.rank))
+    detail = (f"cancelled by the user after the local controller (pid {job.get('controller_pid')}) was gone"
+              + (f"; stopped rank(s) {ranks}" if stopped else ""))
+    write_json_atomic(run_dir / STATE_FILE, {"state": "CANCELLED", "detail": detail, "ended": time.time(),
+                                             "job_id": job.get("job_id")})
+    if not stopped:
+        return f"{run_dir.name}: the local controller is gone and no rank is running; recorded as CANCELLED"
+    return f"{run_dir.name}: the local controller is gone; stopped rank(s) {ranks} (pids checked by start time)"

@@ -9,6 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from refit_core.config import RunConfig
+from refit_core.devices import DeviceMap, assign_devices
 from refit_core.memory import GIB, MemoryFit
 from refit_core.plan import Plan
 from refit_core.timemodel import TimePrediction, predict
@@ -32,7 +33,20 @@ def memory_json(fit: MemoryFit) -> dict[str, Any]:
     }
 
 
-def plan_json(cfg: RunConfig, plan: Plan) -> dict[str, Any]:
+def device_map(cfg: RunConfig, plan: Plan, local_gpus: int | None = None) -> DeviceMap:
+    """The rank -> GPU placement: of a local run on `local_gpus` GPUs if given, else the one the run
+    was given, else (`refitctl plan`) the one it gets on SLURM nodes of --gpus-per-node GPUs with the
+    default tasks per node."""
+    if local_gpus is not None:
+        return assign_devices(plan.world, cfg.method, plan.world.world_size, local_gpus)
+    placed = cfg.device_map()
+    if placed is not None:
+        return placed
+    per_node = min(plan.world.world_size, cfg.gpus_per_node)
+    return assign_devices(plan.world, cfg.method, per_node, cfg.gpus_per_node)
+
+
+def plan_json(cfg: RunConfig, plan: Plan, gpus: DeviceMap | None = None) -> dict[str, Any]:
     w = plan.world
     inv = plan.inventory
     fit = cfg.memory_fit(inv, w)
@@ -46,6 +60,7 @@ def plan_json(cfg: RunConfig, plan: Plan) -> dict[str, Any]:
         "source_ranks": list(w.source.ranks),
         "destination_ranks": list(w.destination.ranks),
         "idle_ranks": list(w.idle_ranks),
+        "gpus": (gpus or device_map(cfg, plan)).to_json(),
         "source_layout": {"tp": w.source.layout.tp, "ep": w.source.layout.ep, "pp": w.source.layout.pp},
         "destination_layout": {"tp": w.destination.layout.tp, "ep": w.destination.layout.ep,
                                "pp": w.destination.layout.pp},
@@ -94,10 +109,16 @@ def memory_lines(fit: MemoryFit) -> list[str]:
     ]
 
 
-def print_plan(console: Console, cfg: RunConfig, plan: Plan) -> None:
+def print_plan(console: Console, cfg: RunConfig, plan: Plan, gpus: DeviceMap | None = None) -> None:
     w = plan.world
     inv = plan.inventory
     console.print(w.describe())
+    dmap = gpus or device_map(cfg, plan)
+    where = (f" (as SLURM places them on nodes of {cfg.gpus_per_node}; --local-gpus N: a local run)"
+             if gpus is None and cfg.device_map() is None else "")
+    console.print(f"GPUs{where}: {dmap.describe(w)}", highlight=False, soft_wrap=True)
+    if dmap.note:
+        console.print(f"note: {dmap.note}", highlight=False, soft_wrap=True)
     console.print(
         f"Model: {inv.numel:,} parameters in {len(inv.params)} tensors, {human_bytes(inv.nbytes)} "
         f"({inv.spec.dtype}; experts {human_bytes(inv.expert_nbytes)})"

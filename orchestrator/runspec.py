@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 
 from jobs.refit_job import SAFE_ENV
 from refit_core.config import RunConfig, plain_text
+from refit_core.devices import assign_devices
 from refit_core.errors import ConfigError
 from refit_core.layout import MAX_WORLD
 
@@ -223,12 +224,21 @@ def effective_config(cfg: RunConfig, method_explicit: bool, gpus_available: bool
 
 
 def make_spec(name: str, cfg: RunConfig, cluster: str, opts: ClusterOptions, environ: Mapping[str, str],
-              method_explicit: bool, gpus_available: bool, local_cpus: int = 1) -> RunSpec:
-    """Decide everything about one run. `cluster` is already resolved to "slurm" or "local"."""
+              method_explicit: bool, gpus_available: bool, local_cpus: int = 1,
+              node_gpus: int | None = None) -> RunSpec:
+    """Decide everything about one run. `cluster` is already resolved to "slurm" or "local".
+
+    `node_gpus`: GPUs a node shows its tasks (local: this machine's); None: the GPUs requested per node.
+    The ranks are placed on them here (refit_core/devices.py), so a layout the method cannot run
+    there is refused before anything is launched."""
     requested = cfg.method
     cfg, note = effective_config(cfg, method_explicit, gpus_available)
     cfg.validate()
     res = plan_resources(cfg.gpus, cluster, cfg.gpus_per_node, opts)
+    gpus = res.gpus_per_node if node_gpus is None else node_gpus
+    dmap = assign_devices(cfg.world(), cfg.method, res.tasks_per_node, gpus)
+    cfg = cfg.with_changes(devices=dmap.devices, ranks_per_node=res.tasks_per_node)
     threads = max(1, local_cpus // res.tasks) if cluster == "local" else None
     env = job_env(environ, opts.env, opts.cpus_per_task, threads)
-    return RunSpec(name, cfg, cluster, res, opts, env, requested, (note,) if note else ())
+    notes = tuple(n for n in (note, dmap.note) if n)
+    return RunSpec(name, cfg, cluster, res, opts, env, requested, notes)

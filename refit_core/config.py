@@ -9,9 +9,12 @@ from __future__ import annotations
 import dataclasses
 import unicodedata
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from refit_core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from refit_core.devices import DeviceMap
 from refit_core.layout import MAX_WORLD, ParallelLayout, RefitMode, WorldLayout, world_layout
 from refit_core.memory import GIB, MemoryFit, check_memory, memory_fit
 from refit_core.model import MAX_PARAMETERS, Inventory, ModelSpec, inventory
@@ -51,6 +54,11 @@ class RunConfig:
     """Device-to-device copy on one GPU, GB/s delivered."""
     link_source: str = ""
     """Where the link figures come from (a ceilings file, flags); empty: the defaults."""
+    devices: tuple[int | None, ...] = ()
+    """Each rank's GPU (index on its node; None: no GPU), decided before launch by refit_core/devices.py;
+    empty: the job places its rank itself, by the same rules."""
+    ranks_per_node: int = 0
+    """Tasks per node the devices were placed for (0: not placed)."""
 
     def validate(self) -> None:
         """Raise ConfigError for anything the seed says cannot work, before submission.
@@ -105,6 +113,14 @@ class RunConfig:
         return memory_fit(inv or self.inventory(), world or self.world(), self.method, self.bucket_bytes,
                           int(self.gpu_memory_gb * GIB), self.gpus_per_node)
 
+    def device_map(self) -> "DeviceMap | None":
+        """The rank -> GPU placement written before launch, or None if none was."""
+        from refit_core.devices import DeviceMap
+
+        if not self.devices:
+            return None
+        return DeviceMap(self.devices, self.ranks_per_node or len(self.devices), 0)
+
     def link_model(self) -> LinkModel:
         return LinkModel(self.gpus_per_node, self.intra_node_gbps, self.inter_node_gbps, self.local_copy_gbps,
                          self.intra_node_both_gbps, self.link_source or DEFAULT_SOURCE)
@@ -135,6 +151,7 @@ class RunConfig:
         d["source"] = ParallelLayout(**d["source"])
         d["destination"] = ParallelLayout(**d["destination"])
         d["mode"] = RefitMode(d["mode"])
+        d["devices"] = tuple(d.get("devices") or ())
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -22,6 +21,7 @@ from refit_core.errors import ConfigError
 from refit_core.plan import Plan, plan_transfers
 from refit_core.storage import Storage, rank_storage
 from refit_core.transports.base import RankContext, Transport
+from refit_core.watchdog import Watchdog
 from refit_core import weights
 
 
@@ -56,11 +56,16 @@ def make_transport(method: str) -> Transport:
 
 @dataclass(frozen=True)
 class Fault:
-    """A test-only fault, from REFITCTL_FAULT='KIND:rank=R:iteration=K' (KIND: corrupt, raise, kill, hang)."""
+    """A test-only fault, from REFITCTL_FAULT='KIND:rank=R[:iteration=K][:phase=P]'.
+
+    KIND: corrupt, raise, kill, hang. PHASE: `iteration` (the default: before iteration K's transfer),
+    `init` (before the process group is set up: jobs/refit_job.py), `setup` (before the transport's
+    set-up, e.g. NVSHMEM init)."""
 
     kind: str
     rank: int
     iteration: int
+    phase: str = "iteration"
 
     @classmethod
     def from_env(cls) -> "Fault | None":
@@ -69,13 +74,23 @@ class Fault:
             return None
         kind, *kv = text.split(":")
         opts = dict(x.split("=", 1) for x in kv)
-        return cls(kind, int(opts.get("rank", 0)), int(opts.get("iteration", 0)))
+        return cls(kind, int(opts.get("rank", 0)), int(opts.get("iteration", 0)), opts.get("phase", "iteration"))
+
+    def hits(self, rank: int, phase: str, iteration: int = 0) -> bool:
+        return self.rank == rank and self.phase == phase and (phase != "iteration" or self.iteration == iteration)
+
+    def inject(self, log: Callable[[str], None]) -> None:
+        """Act before the work of the phase (corrupt acts after the transfer, in run_rank)."""
+        log(f"test fault {self.kind} injected (wall clock {time.time():.3f})")
+        _inject_before(self)
 
 
 def run_rank(cfg: RunConfig, rank: int, world_size: int, device: torch.device,
              active_group: object, on_record: Callable[[dict[str, Any]], None],
-             plan: Plan | None = None, setup_group: object = None) -> dict[str, Any]:
-    """Execute warm-up + timed iterations on this (active) rank; returns its record."""
+             plan: Plan | None = None, setup_group: object = None, watchdog: Watchdog | None = None) -> dict[str, Any]:
+    """Execute warm-up + timed iterations on this (active) rank; returns its record.
+
+    Every wait is a phase of `watchdog` (refit_core/watchdog.py; one is made here if none is given)."""
     plan = plan or plan_transfers(cfg.inventory(), cfg.world())
     world = plan.world
     inv = plan.inventory
@@ -97,35 +112,42 @@ def run_rank(cfg: RunConfig, rank: int, world_size: int, device: torch.device,
     }
     fault = Fault.from_env()
     log = _Log(rank)
+    own_watchdog = watchdog is None
+    if watchdog is None:
+        watchdog = Watchdog(cfg.timeout_s, rank, lambda e: on_record({**record, "error": record["error"] or e}),
+                            watch_parent=False)
     transport = make_transport(cfg.method)
-    transport.prepare(ctx)
-    record["extra_bytes"] = transport.extra_bytes
-    record["transport"] = transport.info
-    if transport.measured_extra_bytes is not None:
-        record["extra_bytes_measured"] = transport.measured_extra_bytes
-    log(f"{record['role']} on {record['device']}: {cfg.method} transport ready, "
-        f"{record['source_bytes'] + record['destination_bytes']} shard bytes, {transport.extra_bytes} extra bytes")
-    for buf, storage in transport.source_parts:
-        weights.fill(buf, storage, inv)
-    if transport.source_parts:
-        log("source shards filled")
-    total = cfg.warmup + cfg.iterations
-    watchdog = Watchdog(cfg.timeout_s, record, on_record)
-    if setup_group is not None and dist.is_initialized():
-        dist.barrier(group=setup_group)  # sources have filled; setup time is not refit time
     try:
+        watchdog.arm(getattr(transport, "setup_phase", f"{cfg.method} transport set-up"))
+        if fault and fault.hits(rank, "setup"):
+            fault.inject(log)
+        transport.prepare(ctx)
+        record["extra_bytes"] = transport.extra_bytes
+        record["transport"] = transport.info
+        if transport.measured_extra_bytes is not None:
+            record["extra_bytes_measured"] = transport.measured_extra_bytes
+        log(f"{record['role']} on {record['device']}: {cfg.method} transport ready, "
+            f"{record['source_bytes'] + record['destination_bytes']} shard bytes, {transport.extra_bytes} extra bytes")
+        watchdog.arm("weight fill")
+        for buf, storage in transport.source_parts:
+            weights.fill(buf, storage, inv)
+        if transport.source_parts:
+            log("source shards filled")
+        total = cfg.warmup + cfg.iterations
+        if setup_group is not None and dist.is_initialized():
+            watchdog.arm("set-up barrier (every rank's weights filled)")
+            dist.barrier(group=setup_group)  # sources have filled; setup time is not refit time
         for k in range(total):
+            watchdog.arm(f"iteration {k - cfg.warmup}")
             for buf, _ in transport.destination_parts:
                 weights.poison(buf)
             _sync(device)
-            watchdog.arm(f"iteration {k - cfg.warmup}")
             _barrier(active_group, device, cfg.method)
-            if fault and fault.rank == rank and fault.iteration == k:
-                log(f"test fault {fault.kind} injected (wall clock {time.time():.3f})")
-                _inject_before(fault)
+            hit = fault is not None and fault.hits(rank, "iteration", k)
+            if hit:
+                fault.inject(log)  # type: ignore[union-attr]
             stats = transport.iteration()
-            if fault and fault.rank == rank and fault.iteration == k and fault.kind == "corrupt" \
-                    and transport.destination_parts:
+            if hit and fault.kind == "corrupt" and transport.destination_parts:  # type: ignore[union-attr]
                 _corrupt(*transport.destination_parts[0])
             for buf, storage in transport.destination_parts:
                 weights.verify(buf, storage, inv, rank)
@@ -144,44 +166,16 @@ def run_rank(cfg: RunConfig, rank: int, world_size: int, device: torch.device,
         on_record(record)
         raise
     finally:
-        watchdog.disarm()
-        transport.close()
+        watchdog.arm(f"{cfg.method} transport close")
+        try:
+            transport.close()
+        finally:
+            if own_watchdog:
+                watchdog.stop()
+            else:
+                watchdog.disarm()
     on_record(record)
     return record
-
-
-class Watchdog:
-    """Ends this process if one iteration (barrier, transfer, verification) outlasts the timeout.
-
-    NCCL and gloo time out by themselves; an NVSHMEM barrier kernel waiting for a dead PE does
-    not. The record is written first, so the run shows which rank gave up, and when.
-    """
-
-    def __init__(self, timeout_s: float, record: dict[str, Any], on_record: Callable[[dict[str, Any]], None]) -> None:
-        # the process group's own timeout fires first where it can; this is the backstop
-        self.timeout_s = timeout_s * 1.5 + 5
-        self.record, self.on_record = record, on_record
-        self._timer: threading.Timer | None = None
-
-    def arm(self, what: str) -> None:
-        self.disarm()
-        self._timer = threading.Timer(self.timeout_s, self._fire, args=(what,))
-        self._timer.daemon = True
-        self._timer.start()
-
-    def disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _fire(self, what: str) -> None:
-        self.record["error"] = (f"TimeoutError: {what} did not finish within {self.timeout_s:.0f} s "
-                                "(this rank hung, or a peer died or hung: see the other ranks' errors)")
-        try:
-            self.on_record(self.record)
-        finally:
-            print(f"[rank {self.record['rank']}] {self.record['error']}", flush=True)
-            os._exit(3)
 
 
 class _Log:

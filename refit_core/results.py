@@ -85,6 +85,13 @@ class RankRecordWriter:
             self._fields.update(copy.deepcopy(changed))
             self._written = max(self._written, len(its))
 
+    def add_error(self, error: str, traceback: str | None = None) -> None:
+        """Record `error` (and its traceback) unless an error is on record already: the first cause wins."""
+        with self._lock:
+            has = bool(self._fields.get("error"))
+        if not has:
+            self.save({"error": error, **({"traceback": traceback} if traceback else {})})
+
     def _start(self, fields: dict[str, Any]) -> None:
         """The header, written whole (a new file: a restarted attempt replaces the last one's record)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from refit_core.blocks import Block, Where, one_sided_blocks
+from refit_core.devices import shares_gpus
 from refit_core.errors import TransportError
 from refit_core.memory import NVSHMEM_GRANULARITY_BYTES, NVSHMEM_RESERVE_BYTES, nvshmem_direction
 from refit_core.placement import Part, place
@@ -30,14 +31,17 @@ from refit_core.transports.base import IterationStats, RankContext, ShardPart, a
 from refit_core.transports.copy import CudaBlockCopy
 
 
-def sync_mode(active_pes: int) -> str:
+def sync_mode(active_pes: int, shared: bool | None = None) -> str:
     """How an iteration completes: REFITCTL_NVSHMEM_SYNC=device|host, or auto (the default):
-    host when PEs share a GPU (more active PEs than this node has GPUs), device otherwise."""
+    host when PEs share a GPU (`shared`, from the run's rank -> GPU map; without one: more active
+    PEs than this node has GPUs), device otherwise."""
     mode = os.environ.get("REFITCTL_NVSHMEM_SYNC", "auto")
     if mode not in ("auto", "host", "device"):
         raise TransportError(f"REFITCTL_NVSHMEM_SYNC={mode!r}: use auto, host or device")
     if mode == "auto":
-        return "host" if active_pes > torch.cuda.device_count() else "device"
+        if shared is None:
+            shared = active_pes > torch.cuda.device_count()
+        return "host" if shared else "device"
     return mode
 
 
@@ -67,6 +71,7 @@ def placement_direction() -> str:
 
 class NvshmemTransport:
     name = "nvshmem"
+    setup_phase = "NVSHMEM init"  # the watchdog's name for prepare(): nvshmem init has no timeout of its own
 
     def __init__(self) -> None:
         self.source_parts: list[ShardPart] = []
@@ -151,7 +156,9 @@ class NvshmemTransport:
             placement.heap_bytes + me.private_bytes - shards
         self.measured_extra_bytes = self._measure(ctx, free_before, shards)
         self.stream = torch.cuda.current_stream(ctx.device)
-        self.sync = sync_mode(len(active))
+        placed = ctx.config.device_map()
+        self.sync = sync_mode(len(active), None if placed is None else
+                              shares_gpus(placed.devices, active, placed.ranks_per_node))
         self.info = {"placement": placement.direction, "heap_bytes": placement.heap_bytes,
                      "private_bytes": me.private_bytes, "unused_heap_bytes": placement.unused_heap(ctx.rank),
                      "sync": self.sync, "puts": len(self.puts),

@@ -68,6 +68,7 @@ class StagedTransport:
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self.setup_phase = f"{name} transport set-up (staging buffers, copy kernels)"
         self.src_buf: torch.Tensor | None = None
         self.dst_buf: torch.Tensor | None = None
         self.source_parts: list[ShardPart] = []
