@@ -12,7 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from refit_core.config import RunConfig, plain_text
+from orchestrator import safety
+from refit_core.config import RunConfig
 from refit_core.errors import ConfigError
 from refit_core.layout import RefitMode
 
@@ -152,8 +153,11 @@ def apply_overrides(cfg: RunConfig, values: dict[str, Any], where: str = "comman
     for key, value in values.items():
         f = BY_KEY.get(key)
         if f is None:
-            if key in ("name", "use_case", "description"):
-                run[key] = plain_text(f"{where}: {key}", value)
+            if key == "name":
+                run[key] = safety.name(f"{where}: name", value)
+                continue
+            if key in ("use_case", "description"):
+                run[key] = safety.script_text(f"{where}: {key}", value)
                 continue
             if key in IGNORED_KEYS:  # accepted like the seed's command line, and ignored
                 continue

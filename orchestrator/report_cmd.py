@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 from rich.table import Table
 from rich.text import Text
 
+from orchestrator import safety
 from orchestrator.cli import command, wide_console
 from orchestrator.commands import add_runs_dir, runs_root
 from orchestrator.liveview import method_label
@@ -27,6 +28,7 @@ from orchestrator.planview import plan_json
 from orchestrator.report import (RunData, need_matplotlib, png_bytes, report_html, run_images, summary_fields,
                                  sweep_figure, transfer_figure)
 from orchestrator.rundir import find_run, is_run, is_sweep, results, stamp
+from orchestrator.safety import styled
 from orchestrator.tracking import snapshot
 from refit_core.config import RunConfig
 from refit_core.errors import ConfigError
@@ -151,7 +153,7 @@ def _report(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
     p.add_argument("targets", metavar="RUN|SWEEP", nargs="+",
                    help="run or sweep directory, its name, or a name prefix (newest); several make one report, "
                         "e.g. a sweep run with --refit-method nccl and one with nvshmem")
-    p.add_argument("-o", "--out", type=Path, default=None,
+    p.add_argument("-o", "--out", type=lambda t: safety.directory("-o/--out", t), default=None,
                    help="folder for report.html and the PNGs (default: TARGET/report; several targets: "
                         "RUNS_DIR/report-TIMESTAMP)")
     add_runs_dir(p)
@@ -169,8 +171,9 @@ def _report(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
         with_sweep = len(runs) > 1 or any(is_sweep(t) for t in targets)
         written = write_report(out, title, runs, with_sweep)
         console = wide_console()
-        console.print(f"{len(runs)} run{'s' if len(runs) != 1 else ''}: {len(written) - 1} PNG files and "
-                      f"[bold]{out / 'report.html'}[/]", highlight=False)
+        console.print(styled("{n} run{s}: {pngs} PNG files and [bold]{html}[/]", n=len(runs),
+                             s="s" if len(runs) != 1 else "", pngs=len(written) - 1, html=out / "report.html"),
+                      highlight=False)
         for path in written[:-1]:
             console.print(f"  {path}", highlight=False, style="dim")
         return 0

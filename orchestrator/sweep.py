@@ -20,8 +20,8 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from orchestrator import configs, executor
-from orchestrator.cli import command, wide_console
+from orchestrator import configs, executor, safety
+from orchestrator.cli import command, config_file, wide_console
 from orchestrator.commands import (add_cluster_args, add_runs_dir, add_watch_args, cluster_options, command_line,
                                    detach_hint, emit, follow, plan_and_spec, poll_seconds, runs_root,
                                    submit_runs)
@@ -30,6 +30,7 @@ from orchestrator.liveview import comparison_view, layout_label, method_label, r
 from orchestrator.rundir import (SWEEP_FILE, is_sweep, list_runs, load_config, load_run, now_iso, stamp,
                                  unique_dir, write_run)
 from orchestrator.runspec import RunSpec
+from orchestrator.safety import styled
 from orchestrator.tracking import Snapshot, snapshot
 from refit_core.errors import ConfigError
 from refit_core.results import write_json_atomic
@@ -91,7 +92,7 @@ def launch(specs: list[RunSpec], dirs: list[Path], sweep_dir: Path) -> list[str]
                   "then compare them")
 def _sweep(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
     p.add_argument("sweep", nargs="?", help="8gpu, non-collocated, collocated, all, or config-1,config-4,...")
-    p.add_argument("--config-file", type=Path, help="TOML file with [configs.NAME] tables (see docs/adding-a-config.md)")
+    p.add_argument("--config-file", type=config_file, help="TOML file with [configs.NAME] tables (see docs/adding-a-config.md)")
     p.add_argument("--resume", nargs="?", const="latest", metavar="SWEEP_DIR",
                    help="rerun only what did not verify, in the newest sweep of that name (or SWEEP_DIR)")
     p.add_argument("--skip-invalid", action="store_true", help="leave out configs that cannot run with these flags")
@@ -120,8 +121,9 @@ def _sweep(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
             ids = launch(specs, dirs, sweep_dir)
             data["jobs"] = data.get("jobs", []) + ids
             write_json_atomic(sweep_dir / SWEEP_FILE, data)
-            console.print(f"Submitted {len(specs)} runs ({cluster} job{'s' if len(ids) > 1 else ''} "
-                          f"{', '.join(ids)}): [bold]{sweep_dir}[/]", highlight=False)
+            console.print(styled("Submitted {n} runs ({cluster} job{s} {ids}): [bold]{sweep_dir}[/]", n=len(specs),
+                                 cluster=cluster, s="s" if len(ids) > 1 else "", ids=", ".join(ids),
+                                 sweep_dir=sweep_dir), highlight=False)
         else:
             console.print(f"every config of {sweep_dir} verified already: nothing to rerun", highlight=False)
         if args.detach and specs:
@@ -161,13 +163,13 @@ def _prepare_new(args: argparse.Namespace, root: Path, console: Any) -> tuple[Pa
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
         raise ConfigError(f"{bad[0]}{more}; --skip-invalid leaves such configs out")
     for line in bad:
-        console.print(f"[yellow]skipped[/] {line}", highlight=False)
+        console.print(styled("[yellow]skipped[/] {line}", line=line), highlight=False)
     if not specs:
         raise ConfigError("no config of the sweep can run with these settings")
     notes = sorted({n for s in specs for n in s.notes})
     if notes:
-        console.print("[bold yellow]note:[/] no CUDA GPU available: configs asking for nccl or nvshmem run with gloo "
-                      "on the CPU (on GPUs they run their own method)", highlight=False, soft_wrap=True)
+        console.print(styled("[bold yellow]note:[/] no CUDA GPU available: configs asking for nccl or nvshmem run "
+                             "with gloo on the CPU (on GPUs they run their own method)"), highlight=False, soft_wrap=True)
     label = args.sweep if (args.sweep in configs.SWEEPS or args.sweep == "all") else "custom"
     sweep_dir = unique_dir(root, f"sweep-{label}-{stamp()}")
     dirs = []
@@ -195,7 +197,7 @@ def _prepare_resume(args: argparse.Namespace, root: Path) -> tuple[Path, list[Ru
             raise ConfigError(f"no sweep {args.sweep or ''} under {root} to resume")
         sweep_dir = found[-1]
     else:
-        sweep_dir = Path(args.resume)
+        sweep_dir = safety.path_text("--resume", args.resume)
         if not is_sweep(sweep_dir):
             raise ConfigError(f"{sweep_dir} is not a sweep directory (no {SWEEP_FILE})")
     data = _load(sweep_dir)

@@ -7,7 +7,6 @@ as plain JSON. `validate()` raises the one-line errors users see before anything
 from __future__ import annotations
 
 import dataclasses
-import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,11 +44,12 @@ class RunConfig:
     inter_node_gbps: float = NETWORK_GBPS
     """Inter-node (network adapter) bandwidth per GPU per direction, GB/s (bytes, not bits)."""
 
-    def validate(self) -> None:
+    def validate(self, gpu_memory: bool = True) -> None:
         """Raise ConfigError for anything the seed says cannot work, before submission.
 
         Scalars first (cheap, and they bound what follows: the world's size, the model's), then the
-        layouts against the model, then memory."""
+        layouts against the model, then memory per GPU (`gpu_memory=False`: a run on the CPU, whose
+        memory the orchestrator checks against the host's instead)."""
         if self.method not in METHODS:
             raise ConfigError(f"unknown --refit-method {self.method!r}: use one of {', '.join(METHODS)}")
         for flag, value, low, high in (("--num-benchmark-iterations", self.iterations, 1, MAX_ITERATIONS),
@@ -82,7 +82,8 @@ class RunConfig:
                               "(Kimi K2 has 1.03e12): check --hidden-size, --ffn-hidden-size and the vocabulary")
         check_divisible(self.model, inv, self.source, "source")
         check_divisible(self.model, inv, self.destination, "destination")
-        check_memory(self.memory_fit(inv, world), self.gpu_memory_gb, self.method)
+        if gpu_memory:
+            check_memory(self.memory_fit(inv, world), self.gpu_memory_gb, self.method)
 
     def world(self) -> WorldLayout:
         return world_layout(self.mode, self.source, self.destination, self.gpus)
@@ -115,14 +116,3 @@ class RunConfig:
         d["mode"] = RefitMode(d["mode"])
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
-
-
-def plain_text(flag: str, text: object, spaces: bool = True) -> str:
-    """`text` if it is a string that a script line can hold: no control characters (and no spaces if asked)."""
-    if not isinstance(text, str):
-        raise ConfigError(f"{flag} must be text, got {text!r}")
-    bad = next((c for c in text if unicodedata.category(c).startswith("C") or (not spaces and c.isspace())), None)
-    if bad is not None:
-        what = "a space" if bad.isspace() and bad not in "\n\r\t" else f"the control character {bad!r}"
-        raise ConfigError(f"{flag} {text!r} contains {what}: remove it")
-    return text
