@@ -19,6 +19,9 @@ from refit_core.timemodel import LOCAL_COPY_GBPS, NETWORK_GBPS, NVLINK_GBPS, Lin
 
 METHODS = ("nccl", "nvshmem", "gloo", "naive")
 MAX_ITERATIONS = 1_000_000
+MAX_BUCKET = 1 << 48  # bytes
+MAX_GIB = 1_000_000  # --gpu-memory-gb
+MAX_GBPS = 1_000_000  # --intra/inter-node-gbps
 
 
 @dataclass(frozen=True)
@@ -58,10 +61,10 @@ class RunConfig:
                                        ("--gpus-per-node", self.gpus_per_node, 1, MAX_WORLD)):
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
                 raise ConfigError(f"{flag} must be an integer {low}..{high:,}, got {value!r}")
-        if not 1 <= self.timeout_s <= 86400:
+        if not 1 <= self.timeout_s <= 86400:  # NaN fails too
             raise ConfigError(f"--refit-timeout must be 1..86400 seconds, got {self.timeout_s}")
-        if not isinstance(self.bucket_bytes, int) or self.bucket_bytes < 1 << 20:
-            raise ConfigError(f"--refit-bucket-size must be at least 1 MiB, got {self.bucket_bytes} bytes")
+        if not isinstance(self.bucket_bytes, int) or not 1 << 20 <= self.bucket_bytes <= MAX_BUCKET:
+            raise ConfigError(f"--refit-bucket-size must be from 1 MiB to 256 TiB, got {self.bucket_bytes} bytes")
         if self.model.is_moe:
             if self.source.etp != 1 or self.destination.etp != 1:
                 raise ConfigError(
@@ -70,11 +73,13 @@ class RunConfig:
                 )
             if not self.model.disable_bias_linear:
                 raise ConfigError("MoE refit needs --disable-bias-linear (the seed's requirement): add the flag")
-        if not self.gpu_memory_gb > 0:
-            raise ConfigError(f"--gpu-memory-gb must be > 0, got {self.gpu_memory_gb}")
+        # one range, and one message, per flag: every value outside it (negative, zero, huge) reads the same
+        if not 0 < self.gpu_memory_gb <= MAX_GIB:
+            raise ConfigError(f"--gpu-memory-gb must be more than 0 and at most {MAX_GIB:,} GiB, got {self.gpu_memory_gb}")
         for flag, value in (("--intra-node-gbps", self.intra_node_gbps), ("--inter-node-gbps", self.inter_node_gbps)):
-            if not value > 0:
-                raise ConfigError(f"{flag} must be > 0 (GB/s per GPU per direction), got {value}")
+            if not 0 < value <= MAX_GBPS:
+                raise ConfigError(f"{flag} must be more than 0 and at most {MAX_GBPS:,} GB/s (per GPU per direction), "
+                                  f"got {value}")
         world = self.world()
         inv = self.inventory()
         if inv.numel > MAX_PARAMETERS:
