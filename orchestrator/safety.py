@@ -39,7 +39,7 @@ from refit_core.errors import ConfigError
 NAME_MAX = 64
 NAME_CHARS = "letters, digits and . _ + -"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
-TEXT_MAX = 200  # free text (use case, description, scheduler values)
+TEXT_MAX = 500  # free text (use case, description, scheduler values)
 PATH_MAX = 1024
 CONFIG_FILE_MAX = 1 << 20  # a config file larger than 1 MiB is not a config file
 
