@@ -189,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `refitctl plan --json | head -1`: the reader has what it wanted
         _quiet_stdout()
         return 0
+    except OSError as e:  # the last line of defence: a file system's refusal (full, read-only, ...) in one line
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"refitctl: error: {safety.one_line(where + (e.strerror or str(e)))}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("refitctl: interrupted", file=sys.stderr)
         return 130

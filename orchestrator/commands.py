@@ -79,6 +79,12 @@ def add_runs_dir(p: argparse.ArgumentParser) -> None:
 MAX_POLL_S = 3600.0
 
 
+def run_target(text: str) -> str:
+    """argparse type of a RUN argument (a path, a name or a prefix): checked like any path, kept as text."""
+    safety.path_text("RUN", text)
+    return text
+
+
 def poll_arg(text: str) -> float:
     """argparse type of --poll: seconds, a number from 0.1 to 3600 (one message for every other value)."""
     try:
@@ -229,7 +235,7 @@ def _submit(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
 
 @command("status", "where a run or sweep stands (the newest without RUN); --watch follows it until it is done")
 def _status(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
-    p.add_argument("target", metavar="RUN", nargs="?", help="run directory, its name under the runs directory, or a name prefix")
+    p.add_argument("target", metavar="RUN", type=run_target, nargs="?", help="run directory, its name under the runs directory, or a name prefix")
     add_runs_dir(p)
     p.add_argument("--watch", action="store_true", help="follow it live until it is done (Ctrl-C detaches)")
     p.add_argument("--poll", type=poll_arg, default=None, help="seconds between checks with --watch, 0.1 to 3600")
@@ -266,7 +272,7 @@ def _status(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
 
 @command("results", "a run's per-iteration timings as a table, --csv or --json (a sweep: its comparison)")
 def _results(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
-    p.add_argument("target", metavar="RUN", help="run (or sweep) directory, its name, or a name prefix (newest)")
+    p.add_argument("target", metavar="RUN", type=run_target, help="run (or sweep) directory, its name, or a name prefix (newest)")
     add_runs_dir(p)
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--csv", action="store_true", help="per-iteration CSV on stdout")
@@ -304,7 +310,7 @@ def _results(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
 
 @command("cancel", "cancel a run's job (or every run of a sweep)")
 def _cancel(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
-    p.add_argument("target", metavar="RUN", help="run (or sweep) directory, its name, or a name prefix (newest)")
+    p.add_argument("target", metavar="RUN", type=run_target, help="run (or sweep) directory, its name, or a name prefix (newest)")
     add_runs_dir(p)
 
     def run(args: argparse.Namespace) -> int:

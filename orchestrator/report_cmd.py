@@ -22,7 +22,7 @@ from rich.text import Text
 
 from orchestrator import safety
 from orchestrator.cli import command, wide_console
-from orchestrator.commands import add_runs_dir, runs_root
+from orchestrator.commands import add_runs_dir, run_target, runs_root
 from orchestrator.liveview import method_label
 from orchestrator.planview import plan_json
 from orchestrator.report import (RunData, need_matplotlib, png_bytes, report_html, run_images, summary_fields,
@@ -150,7 +150,7 @@ def write_report(out: Path, title: str, runs: Sequence[RunData], with_sweep: boo
 
 @command("report", "charts of runs and sweeps: one HTML page (images embedded, opens offline) and PNG files")
 def _report(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
-    p.add_argument("targets", metavar="RUN|SWEEP", nargs="+",
+    p.add_argument("targets", metavar="RUN|SWEEP", nargs="+", type=run_target,
                    help="run or sweep directory, its name, or a name prefix (newest); several make one report, "
                         "e.g. a sweep run with --refit-method nccl and one with nvshmem")
     p.add_argument("-o", "--out", type=lambda t: safety.directory("-o/--out", t), default=None,
@@ -233,8 +233,8 @@ def _one_run(root: Path, text: str) -> RunData:
 
 @command("compare", "two runs side by side: time, GB/s and bytes, with the ratio B/A")
 def _compare(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
-    p.add_argument("run_a", metavar="RUN_A", help="run directory, its name, or a name prefix (newest)")
-    p.add_argument("run_b", metavar="RUN_B", help="the run to set against RUN_A")
+    p.add_argument("run_a", metavar="RUN_A", type=run_target, help="run directory, its name, or a name prefix (newest)")
+    p.add_argument("run_b", metavar="RUN_B", type=run_target, help="the run to set against RUN_A")
     add_runs_dir(p)
 
     def run(args: argparse.Namespace) -> int:

@@ -41,6 +41,7 @@ NAME_CHARS = "letters, digits and . _ + -"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 TEXT_MAX = 500  # free text (use case, description, scheduler values)
 PATH_MAX = 1024
+PART_MAX = 255  # bytes of one file name (Linux NAME_MAX)
 CONFIG_FILE_MAX = 1 << 20  # a config file larger than 1 MiB is not a config file
 
 
@@ -98,6 +99,10 @@ def path_text(what: str, path: object) -> Path:
     if not isinstance(text, str) or not text:
         raise ConfigError(f"{what} must be a path, got {text!r}")
     script_text(what, text, limit=PATH_MAX)
+    long = next((part for part in text.split("/") if len(part.encode("utf-8", "surrogatepass")) > PART_MAX), None)
+    if long is not None:
+        raise ConfigError(f"{what}: the path part {_show(long)} is longer than {PART_MAX} bytes, "
+                          "more than a file system allows")
     return Path(text)
 
 
