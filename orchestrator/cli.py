@@ -64,9 +64,10 @@ def config_file(text: str) -> Path:
     return safety.path_text("--config-file", text)
 
 
-def output_path(flag: str) -> Callable[[str], Path]:
-    """argparse type of a file refitctl writes: its folder exists, it is not a folder."""
-    return lambda text: safety.output_file(flag, text)
+def output_path(flag: str, parents: bool = False) -> Callable[[str], Path]:
+    """argparse type of a file refitctl writes: its folder exists (or, with `parents`, can be made), it is
+    not a folder."""
+    return lambda text: safety.output_file(flag, text, parents)
 
 
 def resolve_config(args: argparse.Namespace, gpu_memory: bool = True) -> RunConfig:
@@ -86,7 +87,7 @@ def _plan(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
     add_config_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.add_argument("--check", action="store_true", help="also verify the plan's coverage (every element once)")
-    p.add_argument("--png", type=output_path("--png"), metavar="FILE",
+    p.add_argument("--png", type=output_path("--png", parents=True), metavar="FILE",
                    help="also write the transfer matrix as a heatmap PNG (needs matplotlib: refitctl[report])")
 
     def run(args: argparse.Namespace) -> int:

@@ -106,13 +106,16 @@ def path_text(what: str, path: object) -> Path:
     return Path(text)
 
 
-def output_file(what: str, path: object) -> Path:
-    """A file refitctl is about to write: its folder must exist, and it must not be a folder itself."""
+def output_file(what: str, path: object, parents: bool = False) -> Path:
+    """A file refitctl is about to write: not a folder itself, and its folder exists (`parents`: or can be
+    made, i.e. the nearest part of it that exists is a folder)."""
     p = path_text(what, path)
     parent = p.parent
-    if not parent.exists():
+    if parents:
+        directory(what, parent)
+    elif not parent.exists():
         raise ConfigError(f"{what} {p}: the folder {parent} does not exist: create it first")
-    if not parent.is_dir():
+    elif not parent.is_dir():
         raise ConfigError(f"{what} {p}: {parent} is not a folder")
     if p.is_dir():
         raise ConfigError(f"{what} {p} is a folder: give a file name")

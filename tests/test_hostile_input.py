@@ -217,7 +217,7 @@ def test_markup_in_names_and_paths_is_shown_as_written(sandbox: dict[str, Path])
     (["list", "--config-file", "{root}/deep.toml"], "nests arrays or tables too deeply"),
     (["render", "config-4", "-o", "{root}/missing/x.sbatch"], "the folder {root}/missing does not exist"),
     (["render", "config-4", "-o", "{root}"], "is a folder"),
-    (["plan", "config-4", "--png", "{root}/missing/x.png"], "does not exist"),
+    (["plan", "config-4", "--png", "{root}/binary.toml/x.png"], "is a file, not a folder"),
     (["runs", "--runs-dir", "{root}/binary.toml"], "is a file, not a folder"),
     (["submit", "config-4", "--cluster", "local", "--runs-dir", "{root}/binary.toml/x"], "is a file, not a folder"),
     (["submit", "config-4", "--cluster", "local", "--name", "n" * 300], "is not a valid name: use 1 to 64"),
