@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Callable, NoReturn
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from orchestrator import configs
+from orchestrator import configs, safety
 from orchestrator.flags import add_flags, apply_overrides, overrides_from_args
 from orchestrator.planview import device_map, plan_json, print_plan
 from refit_core.config import RunConfig
@@ -46,29 +48,41 @@ def command(name: str, help: str) -> Callable:
 
 
 def wide_console() -> Console:
-    """A console at least 120 columns wide, so tables stay readable when piped."""
-    c = Console()
-    return c if c.width >= 120 else Console(width=120)
+    """A console at least 120 columns wide, so tables stay readable when piped; it reads no markup in
+    what it prints, so a user's name or path is shown as written (orchestrator/safety.py)."""
+    return safety.console(120)
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help="a named config (refitctl list), or none with seed flags")
-    p.add_argument("--config-file", type=Path, help="TOML file with [configs.NAME] tables")
+    p.add_argument("--config-file", type=config_file, help="TOML file with [configs.NAME] tables")
     p.add_argument("--ceilings", type=Path, metavar="FILE", default=None,
                    help="link figures measured on this machine (the JSON benchmarks/gpu_bench.py writes) for the "
                         "predicted time and bound; flags such as --intra-node-gbps still win (env REFITCTL_CEILINGS)")
     add_flags(p)
 
 
-def resolve_config(args: argparse.Namespace) -> RunConfig:
-    """The named config (or the default base for bare flags), with the flags applied and validated."""
+def config_file(text: str) -> Path:
+    """argparse type of --config-file: a path without control characters (configs.load_user_configs reads it)."""
+    return safety.path_text("--config-file", text)
+
+
+def output_path(flag: str, parents: bool = False) -> Callable[[str], Path]:
+    """argparse type of a file refitctl writes: its folder exists (or, with `parents`, can be made), it is
+    not a folder."""
+    return lambda text: safety.output_file(flag, text, parents)
+
+
+def resolve_config(args: argparse.Namespace, gpu_memory: bool = True) -> RunConfig:
+    """The named config (or the default base for bare flags), with the flags applied and validated
+    (`gpu_memory=False`: not yet against --gpu-memory-gb; `submit` checks memory once it knows where it runs)."""
     if args.config:
         cfg = configs.resolve(args.config, args.config_file)
     else:
         cfg = configs.config_from_table("custom", {}, configs.builtin_configs(), "command line")
     given = overrides_from_args(args)
     cfg = link_figures_from(apply_overrides(cfg, given), args, given)
-    cfg.validate()
+    cfg.validate(gpu_memory)
     return cfg
 
 
@@ -99,7 +113,7 @@ def _plan(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
     add_config_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.add_argument("--check", action="store_true", help="also verify the plan's coverage (every element once)")
-    p.add_argument("--png", type=Path, metavar="FILE",
+    p.add_argument("--png", type=output_path("--png", parents=True), metavar="FILE",
                    help="also write the transfer matrix as a heatmap PNG (needs matplotlib: refitctl[report])")
     p.add_argument("--local-gpus", type=int, metavar="N",
                    help="place the ranks as a local run does on a machine with N GPUs (default: as SLURM places "
@@ -125,7 +139,7 @@ def _plan(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
             console = wide_console()
             print_plan(console, cfg, plan, gpus)
             if args.check:
-                console.print("Coverage: every destination element exactly once [green]OK[/]")
+                console.print(Text.assemble("Coverage: every destination element exactly once ", ("OK", "green")))
             if args.png:
                 console.print(f"Transfer matrix heatmap: {args.png}", highlight=False)
         return 0
@@ -135,7 +149,7 @@ def _plan(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
 
 @command("list", "list the named configs (the seed's tables)")
 def _list(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
-    p.add_argument("--config-file", type=Path, help="also list configs from this TOML file")
+    p.add_argument("--config-file", type=config_file, help="also list configs from this TOML file")
 
     def run(args: argparse.Namespace) -> int:
         all_cfgs = configs.builtin_configs()
@@ -164,10 +178,12 @@ def _list(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
 
 def build_parser() -> argparse.ArgumentParser:
     _load_plugins()
-    parser = _Parser(prog="refitctl", description="Benchmark MoE weight refit between parallel layouts.")
+    parser = _Parser(prog="refitctl", description="Benchmark MoE weight refit between parallel layouts.",
+                     allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, fn in COMMANDS.items():
-        sp = sub.add_parser(name, help=fn.__doc__, description=fn.__doc__)
+        # allow_abbrev=False: `--num-lay 3` is an unknown option, not a silent --num-layers 3
+        sp = sub.add_parser(name, help=fn.__doc__, description=fn.__doc__, allow_abbrev=False)
         sp.set_defaults(run=fn(sp))
     return parser
 
@@ -185,6 +201,13 @@ def _load_plugins() -> None:
 
 
 
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush does not fail on the closed pipe again."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a file (a test's StringIO)
+        pass
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
@@ -194,7 +217,14 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"unrecognized arguments: {' '.join(extra)}: see `refitctl {args.command} --help`")
         return args.run(args)
     except RefitError as e:
-        print(f"refitctl: error: {e}", file=sys.stderr)
+        print(f"refitctl: error: {safety.one_line(str(e))}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `refitctl plan --json | head -1`: the reader has what it wanted
+        _quiet_stdout()
+        return 0
+    except OSError as e:  # the last line of defence: a file system's refusal (full, read-only, ...) in one line
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"refitctl: error: {safety.one_line(where + (e.strerror or str(e)))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("refitctl: interrupted", file=sys.stderr)

@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import shlex
 import shutil
@@ -22,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator import executor, slurm_fit
+from orchestrator import executor, safety, slurm_fit
 from orchestrator.cli import add_config_args, command, resolve_config, wide_console
 from orchestrator.jobstate import cancel
 from orchestrator.liveview import (comparison_view, method_label, results_view, run_header, run_view, state_style,
@@ -31,6 +32,7 @@ from orchestrator.planview import human_bytes
 from orchestrator.rundir import (STATE_FILE, find_run, is_sweep, iterations_csv, list_runs, load_run, stamp,
                                  unique_dir, update_run, write_run)
 from orchestrator.runspec import CLUSTERS, DEFAULT_TIME, ClusterOptions, RunSpec, make_spec, parse_env
+from orchestrator.safety import styled
 from orchestrator.tracking import Snapshot, finalize_over, snapshot
 from refit_core.errors import ConfigError, RunDirError
 from refit_core.plan import Plan, plan_transfers
@@ -72,17 +74,43 @@ def add_cluster_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_runs_dir(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--runs-dir", type=Path, default=None,
+    p.add_argument("--runs-dir", default=None,
                    help="where run directories live (default ./runs; env REFITCTL_RUNS_DIR)")
+
+
+MAX_POLL_S = 3600.0
+
+
+def run_target(text: str) -> str:
+    """argparse type of a RUN argument (a path, a name or a prefix): checked like any path, kept as text."""
+    safety.path_text("RUN", text)
+    return text
+
+
+def poll_arg(text: str) -> float:
+    """argparse type of --poll: seconds, a number from 0.1 to 3600 (one message for every other value)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.1 <= value <= MAX_POLL_S:  # NaN fails too
+        raise ConfigError(f"--poll {text!r}: give seconds from 0.1 to {MAX_POLL_S:g}")
+    return value
 
 
 def add_watch_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--detach", action="store_true", help="submit and return; follow later with refitctl status --watch")
-    p.add_argument("--poll", type=float, default=None, help="seconds between status checks (default 1 local, 3 SLURM)")
+    p.add_argument("--poll", type=poll_arg, default=None,
+                   help="seconds between status checks, 0.1 to 3600 (default 1 local, 3 SLURM)")
 
 
 def runs_root(args: argparse.Namespace) -> Path:
-    return args.runs_dir or Path(os.environ.get("REFITCTL_RUNS_DIR") or "runs")
+    """--runs-dir, else $REFITCTL_RUNS_DIR, else ./runs: checked (a file there is one line, not a traceback)."""
+    if args.runs_dir is not None:
+        return safety.directory("--runs-dir", args.runs_dir)
+    if os.environ.get("REFITCTL_RUNS_DIR"):
+        return safety.directory("REFITCTL_RUNS_DIR", os.environ["REFITCTL_RUNS_DIR"])
+    return safety.directory("the runs directory", "runs")
 
 
 def given_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -115,7 +143,9 @@ def plan_and_spec(name: str, cfg: Any, opts: ClusterOptions, cluster: str, metho
     `--cluster slurm` stops here in one line, and `--cluster auto` runs it locally, saying why."""
     node_gpus = executor.local_gpu_count() if cluster == "local" else None
     gpus = bool(node_gpus) if cluster == "local" else opts.request_gpus
-    spec = make_spec(name, cfg, cluster, opts, os.environ, method_explicit, gpus, os.cpu_count() or 1, node_gpus)
+    host = executor.host_memory() if cluster == "local" else None
+    spec = make_spec(name, cfg, cluster, opts, os.environ, method_explicit, gpus, os.cpu_count() or 1, node_gpus,
+                     host)
     if cluster == "slurm":
         reason = slurm_misfit(spec)
         if reason is not None and opts.cluster == "slurm":
@@ -144,10 +174,11 @@ def print_intro(console: Console, spec: RunSpec, plan: Plan, why: str) -> None:
     """What is about to run: the seed's layout lines, the plan in one line, where and how."""
     cfg = spec.config
     for note in spec.notes:
-        console.print(f"[bold yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+        console.print(styled("[bold yellow]note:[/] {note}", note=note), highlight=False, soft_wrap=True)
     title = f"{cfg.name}" + (f" ({cfg.use_case})" if cfg.use_case else "")
-    console.print(f"[bold]{title}[/]: {cfg.mode.value}, method {cfg.method}, "
-                  f"{cfg.warmup} warm-up + {cfg.iterations} timed iterations", highlight=False)
+    console.print(styled("[bold]{title}[/]: {rest}", title=title,
+                         rest=f"{cfg.mode.value}, method {cfg.method}, {cfg.warmup} warm-up + {cfg.iterations} "
+                              "timed iterations"), highlight=False)
     console.print(plan.world.describe(), highlight=False)
     dmap = cfg.device_map()
     if dmap is not None:
@@ -219,8 +250,8 @@ def poll_seconds(args: argparse.Namespace, cluster: str) -> float:
 
 
 def detach_hint(console: Console, target: Path) -> None:
-    console.print(f"Reattach: [bold]refitctl status {target} --watch[/]   Cancel: [bold]refitctl cancel {target}[/]",
-                  highlight=False, soft_wrap=True)
+    console.print(styled("Reattach: [bold]refitctl status {t} --watch[/]   Cancel: [bold]refitctl cancel {t}[/]",
+                         t=shlex.quote(str(target))), highlight=False, soft_wrap=True)
 
 
 def follow(run_dirs: list[Path], console: Console, poll_s: float, title: str | None,
@@ -229,7 +260,7 @@ def follow(run_dirs: list[Path], console: Console, poll_s: float, title: str | N
     try:
         return watch(run_dirs, console, poll_s, title)
     except KeyboardInterrupt:
-        console.print("\n[bold]Detached[/]: the job keeps running.", highlight=False)
+        console.print(styled("\n[bold]Detached[/]: the job keeps running."), highlight=False)
         detach_hint(console, target)
         return None
 
@@ -242,18 +273,22 @@ def _submit(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
     add_cluster_args(p)
     add_runs_dir(p)
     add_watch_args(p)
-    p.add_argument("--name", help="run name (default: the config's name); the directory is runs/NAME-TIMESTAMP")
+    p.add_argument("--name", help=f"run name (default: the config's name): 1 to {safety.NAME_MAX} {safety.NAME_CHARS}; "
+                                  "the directory is runs/NAME-TIMESTAMP")
 
     def run(args: argparse.Namespace) -> int:
         console = wide_console()
-        cfg = resolve_config(args)
+        if args.name is not None:
+            safety.name("--name", args.name)
+        root = runs_root(args)
+        cfg = resolve_config(args, gpu_memory=False)  # make_spec checks memory: the host's for a local CPU run
         opts = cluster_options(args)
         cluster, why = executor.detect_cluster(opts.cluster)
         spec, plan = plan_and_spec(args.name or cfg.name, cfg, opts, cluster, args.flag_refit_method is not None)
         if spec.cluster != cluster:
             cluster, why = spec.cluster, "the SLURM cluster cannot hold it"
         print_intro(console, spec, plan, why)
-        run_dir = unique_dir(runs_root(args), f"{spec.name}-{stamp()}")
+        run_dir = unique_dir(root, f"{spec.name}-{stamp()}")
         write_run(run_dir, spec, plan, command_line())
         try:
             ref = submit_runs([spec], [run_dir], run_dir / "submitit")[0]
@@ -261,11 +296,12 @@ def _submit(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
             job = load_run(run_dir).get("job") if run_dir.is_dir() else None
             if not job:
                 raise  # nothing was submitted (and nothing is left)
-            console.print(f"\n[bold]Detached[/]: {job['cluster']} job {job['job_id']} was submitted and keeps running.",
-                          highlight=False)
+            console.print(styled("\n[bold]Detached[/]: {cluster} job {job} was submitted and keeps running.",
+                                 cluster=job["cluster"], job=job["job_id"]), highlight=False)
             detach_hint(console, run_dir)
             return 130
-        console.print(f"Submitted {ref.cluster} job {ref.job_id}: [bold]{run_dir}[/]", highlight=False)
+        console.print(styled("Submitted {cluster} job {job}: [bold]{run_dir}[/]", cluster=ref.cluster, job=ref.job_id,
+                             run_dir=run_dir), highlight=False)
         if args.detach:
             detach_hint(console, run_dir)
             return 0
@@ -283,10 +319,10 @@ def _submit(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
 
 @command("status", "where a run or sweep stands (the newest without RUN); --watch follows it until it is done")
 def _status(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
-    p.add_argument("target", metavar="RUN", nargs="?", help="run directory, its name under the runs directory, or a name prefix")
+    p.add_argument("target", metavar="RUN", type=run_target, nargs="?", help="run directory, its name under the runs directory, or a name prefix")
     add_runs_dir(p)
     p.add_argument("--watch", action="store_true", help="follow it live until it is done (Ctrl-C detaches)")
-    p.add_argument("--poll", type=float, default=None, help="seconds between checks with --watch")
+    p.add_argument("--poll", type=poll_arg, default=None, help="seconds between checks with --watch, 0.1 to 3600")
 
     def run(args: argparse.Namespace) -> int:
         console = wide_console()
@@ -320,7 +356,7 @@ def _status(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
 
 @command("results", "a run's per-iteration timings as a table, --csv or --json (a sweep: its comparison)")
 def _results(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
-    p.add_argument("target", metavar="RUN", help="run (or sweep) directory, its name, or a name prefix (newest)")
+    p.add_argument("target", metavar="RUN", type=run_target, help="run (or sweep) directory, its name, or a name prefix (newest)")
     add_runs_dir(p)
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--csv", action="store_true", help="per-iteration CSV on stdout")
@@ -358,7 +394,7 @@ def _results(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
 
 @command("cancel", "cancel a run's job (or every run of a sweep)")
 def _cancel(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
-    p.add_argument("target", metavar="RUN", help="run (or sweep) directory, its name, or a name prefix (newest)")
+    p.add_argument("target", metavar="RUN", type=run_target, help="run (or sweep) directory, its name, or a name prefix (newest)")
     add_runs_dir(p)
 
     def run(args: argparse.Namespace) -> int:
@@ -387,7 +423,7 @@ def _cancel(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
 @command("runs", "list the runs and sweeps under the runs directory")
 def _runs(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
     add_runs_dir(p)
-    p.add_argument("--last", type=int, default=30, help="show the newest N (default 30)")
+    p.add_argument("--last", type=last_arg, default=30, help=f"show the newest N, 1 to {MAX_LAST:,} (default 30)")
 
     def run(args: argparse.Namespace) -> int:
         root = runs_root(args)
@@ -395,7 +431,7 @@ def _runs(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
         if not dirs:
             print(f"no runs under {root}: refitctl submit config-1 makes one")
             return 0
-        t = Table(title=f"runs in {root}")
+        t = Table(title=f"runs in {root}")  # the console reads no markup: a path is shown as written
         for col in ("run", "method", "job", "state", "verified", "median ms", "GB/s"):
             t.add_column(col, justify="right" if col in ("median ms", "GB/s") else "left", no_wrap=col == "run")
         for d in dirs:
@@ -404,6 +440,20 @@ def _runs(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
         return 0
 
     return run
+
+
+MAX_LAST = 1_000_000
+
+
+def last_arg(text: str) -> int:
+    """argparse type of `runs --last`: a whole number from 1 (0 would mean "all" to a slice: refused)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_LAST:
+        raise ConfigError(f"--last {text!r}: give a whole number from 1 to {MAX_LAST:,}")
+    return value
 
 
 def _run_row(d: Path) -> list[Any]:

@@ -7,11 +7,11 @@ docs/adding-a-config.md). Every entry is a complete RunConfig; per-run flags ove
 from __future__ import annotations
 
 import dataclasses
-import re
 import tomllib
 from pathlib import Path
 from typing import Any
 
+from orchestrator import safety
 from refit_core.config import RunConfig
 from refit_core.errors import ConfigError
 from refit_core.layout import ParallelLayout, RefitMode
@@ -80,12 +80,13 @@ def builtin_configs() -> dict[str, RunConfig]:
 
 def load_user_configs(path: Path) -> dict[str, RunConfig]:
     """Read `[configs.NAME]` tables from a TOML file; each may start `from = "config-1"`."""
+    text = safety.read_text("--config-file", path)  # bounded: a folder, /dev/zero or a binary is one line
     try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} not found: check the --config-file path") from None
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path} is not valid TOML ({e}): fix the syntax") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} nests arrays or tables too deeply: that is not a config file") from None
     tables = data.get("configs")
     unknown = set(data) - {"configs"}
     if unknown:
@@ -95,9 +96,7 @@ def load_user_configs(path: Path) -> dict[str, RunConfig]:
     base = builtin_configs()
     out: dict[str, RunConfig] = {}
     for name, table in tables.items():
-        if not re.fullmatch(r"[\w.+-]+", name):
-            raise ConfigError(f"config file {path}: config name {name!r}: use letters, digits, '-', '_', '.' and '+' "
-                              "only (it becomes a file name and a job name)")
+        safety.name(f"config file {path}: config name", name)  # it becomes a directory name and a job name
         if not isinstance(table, dict):
             raise ConfigError(f"config file {path}: configs.{name} must be a table")
         out[name] = config_from_table(name, table, {**base, **out}, str(path))

@@ -48,7 +48,7 @@ from submitit.core import utils as submitit_utils
 from submitit.local.local import Controller, LocalExecutor, LocalJob
 
 from orchestrator.rundir import CANCEL_FILE, STATE_FILE
-from orchestrator.runspec import RunSpec, format_time, sbatch_parameters
+from orchestrator.runspec import HostMemory, RunSpec, format_time, sbatch_parameters
 from refit_core.errors import ConfigError, RefitError
 from refit_core.results import write_json_atomic
 
@@ -99,6 +99,17 @@ def local_gpu_count() -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def host_memory() -> HostMemory:
+    """This machine's available and total memory (/proc/meminfo; elsewhere the physical pages, twice)."""
+    try:
+        info = dict(ln.split(":", 1) for ln in Path("/proc/meminfo").read_text().splitlines() if ":" in ln)
+        total = int(info["MemTotal"].split()[0]) * 1024
+        return HostMemory(int(info.get("MemAvailable", info["MemTotal"]).split()[0]) * 1024, total)
+    except (OSError, KeyError, ValueError, IndexError):
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        return HostMemory(total, total)
 
 
 # ----------------------------------------------------------------------------- submission

@@ -7,6 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from refit_core.config import RunConfig
 from refit_core.devices import DeviceMap, assign_devices
@@ -98,12 +99,12 @@ def predicted_lines(pred: TimePrediction) -> list[str]:
     ]
 
 
-def memory_lines(fit: MemoryFit) -> list[str]:
+def memory_lines(fit: MemoryFit) -> list[str | Text]:
     b = fit.busiest
-    verdict = (f"fits ({human_bytes(fit.headroom_bytes)} headroom)" if fit.fits
-               else f"[red]does not fit ({human_bytes(-fit.headroom_bytes)} over)[/]")
+    verdict = (Text(f"fits ({human_bytes(fit.headroom_bytes)} headroom)") if fit.fits
+               else Text(f"does not fit ({human_bytes(-fit.headroom_bytes)} over)", style="red"))
     return [
-        f"Memory per GPU: at most {human_bytes(b.total)} of {fit.limit_bytes / GIB:g} GiB, {verdict}",
+        Text(f"Memory per GPU: at most {human_bytes(b.total)} of {fit.limit_bytes / GIB:g} GiB, ") + verdict,
         f"  busiest GPU {b.rank} ({b.role}): source shard {human_bytes(b.source_bytes)} + destination shard "
         f"{human_bytes(b.destination_bytes)} + refit buffers {human_bytes(b.buffer_bytes)}",
     ]

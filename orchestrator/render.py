@@ -14,7 +14,8 @@ import string
 from pathlib import Path
 from typing import Any, Callable
 
-from orchestrator.cli import add_config_args, command, resolve_config
+from orchestrator import safety
+from orchestrator.cli import add_config_args, command, output_path, resolve_config
 from orchestrator.commands import add_cluster_args, cluster_options, command_line, plan_and_spec
 from orchestrator.rundir import run_info
 from orchestrator.runspec import RunSpec, sbatch_parameters
@@ -58,12 +59,15 @@ def render_sbatch(spec: RunSpec, plan: Plan, python: str, run_dir: str | None, c
     src, dst = cfg.source, cfg.destination
     title = (f"Refit job {cfg.name}" + (f" ({cfg.use_case})" if cfg.use_case else "") +
              f": TP={src.tp},EP={src.ep} -> TP={dst.tp},EP={dst.ep}, {cfg.mode.value}, {cfg.method}")
-    env_lines = [f"export {k}=${{{k}:-{shlex.quote(v)}}}" for k, v in spec.env]
+    # Every value below reaches the script through orchestrator/safety.py: comments as one line, shell
+    # values quoted (names were checked when the RunSpec was made; sbatch lines hold no control characters).
+    env_lines = [f"export {k}=${{{k}:-{safety.shell_word(f'environment variable {k}', v)}}}" for k, v in spec.env]
+    default_dir = f'"$SLURM_SUBMIT_DIR"/runs/{shlex.quote(spec.name)}-"$SLURM_JOB_ID"'
     values: dict[str, Any] = {
-        "title": title, "command": command,
+        "title": safety.comment_text(title), "command": safety.comment_text(command),
         "sbatch_lines": "\n".join(sbatch_lines(spec)),
-        "python": shlex.quote(python),
-        "run_dir": run_dir or f"$SLURM_SUBMIT_DIR/runs/{spec.name}-$SLURM_JOB_ID",
+        "python": safety.shell_word("--python", python),
+        "run_dir": default_dir if run_dir is None else safety.shell_word("--run-dir", str(safety.path_text("--run-dir", run_dir))),
         "config_json": json.dumps(cfg.to_json(), indent=1),
         "layout": plan.world.describe(),
         "run_json": json.dumps(info, indent=1),
@@ -79,11 +83,13 @@ def _render(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
     add_config_args(p)
     add_cluster_args(p)
     p.add_argument("--python", default=None,
-                   help="python on the nodes, with refitctl installed (default: this one; $PYTHON at job time wins)")
+                   help="python on the nodes, with refitctl installed (default: this one; the job's environment "
+                        "does not change it)")
     p.add_argument("--run-dir", default=None,
-                   help="run directory the script uses (default: $SLURM_SUBMIT_DIR/runs/NAME-$SLURM_JOB_ID; "
-                        "$RUN_DIR at job time wins)")
-    p.add_argument("-o", "--output", type=Path, help="write the script to this file instead of stdout")
+                   help="run directory the script uses (default: $SLURM_SUBMIT_DIR/runs/NAME-$SLURM_JOB_ID; the job's "
+                        "environment does not change it)")
+    p.add_argument("-o", "--output", type=output_path("-o/--output"),
+                   help="write the script to this file instead of stdout")
 
     def run(args: argparse.Namespace) -> int:
         import sys
@@ -93,8 +99,11 @@ def _render(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
         spec, plan = plan_and_spec(cfg.name, cfg, opts, "slurm", args.flag_refit_method is not None)
         text = render_sbatch(spec, plan, args.python or sys.executable, args.run_dir, command_line())
         if args.output:
-            args.output.write_text(text)
-            args.output.chmod(0o755)
+            try:
+                args.output.write_text(text)
+                args.output.chmod(0o755)
+            except OSError as e:
+                raise ConfigError(f"cannot write {args.output}: {e.strerror or e}") from None
         else:
             sys.stdout.write(text)
         return 0

@@ -20,13 +20,15 @@ from typing import Any, Callable, Sequence
 from rich.table import Table
 from rich.text import Text
 
+from orchestrator import safety
 from orchestrator.cli import command, wide_console
-from orchestrator.commands import add_runs_dir, runs_root
+from orchestrator.commands import add_runs_dir, run_target, runs_root
 from orchestrator.liveview import method_label
 from orchestrator.planview import plan_json
 from orchestrator.report import (RunData, need_matplotlib, png_bytes, report_html, run_images, summary_fields,
                                  sweep_figure, transfer_figure)
 from orchestrator.rundir import find_run, is_run, is_sweep, results, stamp
+from orchestrator.safety import styled
 from orchestrator.tracking import snapshot
 from refit_core.config import RunConfig
 from refit_core.errors import ConfigError
@@ -148,10 +150,10 @@ def write_report(out: Path, title: str, runs: Sequence[RunData], with_sweep: boo
 
 @command("report", "charts of runs and sweeps: one HTML page (images embedded, opens offline) and PNG files")
 def _report(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
-    p.add_argument("targets", metavar="RUN|SWEEP", nargs="+",
+    p.add_argument("targets", metavar="RUN|SWEEP", nargs="+", type=run_target,
                    help="run or sweep directory, its name, or a name prefix (newest); several make one report, "
                         "e.g. a sweep run with --refit-method nccl and one with nvshmem")
-    p.add_argument("-o", "--out", type=Path, default=None,
+    p.add_argument("-o", "--out", type=lambda t: safety.directory("-o/--out", t), default=None,
                    help="folder for report.html and the PNGs (default: TARGET/report; several targets: "
                         "RUNS_DIR/report-TIMESTAMP)")
     add_runs_dir(p)
@@ -169,8 +171,9 @@ def _report(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
         with_sweep = len(runs) > 1 or any(is_sweep(t) for t in targets)
         written = write_report(out, title, runs, with_sweep)
         console = wide_console()
-        console.print(f"{len(runs)} run{'s' if len(runs) != 1 else ''}: {len(written) - 1} PNG files and "
-                      f"[bold]{out / 'report.html'}[/]", highlight=False)
+        console.print(styled("{n} run{s}: {pngs} PNG files and [bold]{html}[/]", n=len(runs),
+                             s="s" if len(runs) != 1 else "", pngs=len(written) - 1, html=out / "report.html"),
+                      highlight=False)
         for path in written[:-1]:
             console.print(f"  {path}", highlight=False, style="dim")
         return 0
@@ -230,8 +233,8 @@ def _one_run(root: Path, text: str) -> RunData:
 
 @command("compare", "two runs side by side: time, GB/s and bytes, with the ratio B/A")
 def _compare(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
-    p.add_argument("run_a", metavar="RUN_A", help="run directory, its name, or a name prefix (newest)")
-    p.add_argument("run_b", metavar="RUN_B", help="the run to set against RUN_A")
+    p.add_argument("run_a", metavar="RUN_A", type=run_target, help="run directory, its name, or a name prefix (newest)")
+    p.add_argument("run_b", metavar="RUN_B", type=run_target, help="the run to set against RUN_A")
     add_runs_dir(p)
 
     def run(args: argparse.Namespace) -> int:

@@ -17,23 +17,25 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
 from jobs.refit_job import SAFE_ENV
-from refit_core.config import RunConfig, plain_text
+from orchestrator import safety
+from refit_core.config import RunConfig
 from refit_core.devices import assign_devices
 from refit_core.errors import ConfigError
 from refit_core.layout import MAX_WORLD
+from refit_core.memory import GIB
 
 CLUSTERS = ("auto", "slurm", "local")
 DEFAULT_TIME = "30"  # minutes, SLURM's --time syntax
 MAX_TIME_S = 366 * 86400
 
-# The user's environment variables that jobs need and therefore carry, by prefix: transports'
-# tuning (NCCL_*, NVSHMEM_*, ...), and refitctl's job-side settings (REFITCTL_TIMEOUT, _FAULT).
+# The user's environment variables that jobs need and therefore carry, by prefix: transports' tuning
+# (NCCL_*, NVSHMEM_*, ...). They are recorded in run.json and rendered scripts.
 FORWARD_PREFIXES = ("NCCL_", "NVSHMEM_", "TORCH_NCCL_", "TORCH_SYMM_MEM_", "TORCH_DISTRIBUTED_", "GLOO_",
-                    "UCX_", "CUDA_DEVICE_MAX_CONNECTIONS", "OMP_NUM_THREADS", "REFITCTL_")
-# refitctl's own command-line defaults: they describe the submission, not the job.
-NOT_FORWARDED = ("REFITCTL_CLUSTER", "REFITCTL_RUNS_DIR", "REFITCTL_PARTITION", "REFITCTL_ACCOUNT",
-                 "REFITCTL_QOS", "REFITCTL_TIME")
-_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+                    "UCX_", "CUDA_DEVICE_MAX_CONNECTIONS", "OMP_NUM_THREADS")
+# refitctl's own job-side settings, by name: an allow-list, since other REFITCTL_* variables (a site's,
+# a user's) may hold secrets and must not be copied into run.json or a script.
+FORWARD_NAMES = ("REFITCTL_FAULT", "REFITCTL_NVSHMEM_SYNC", "REFITCTL_NVSHMEM_PLACEMENT")
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclass(frozen=True)
@@ -64,14 +66,18 @@ class ClusterOptions:
                 raise ConfigError(f"--{name.replace('_', '-')} must be an integer 1..{MAX_WORLD}, got {v!r}")
         parse_time(self.time)
         sbatch_parameters(self.sbatch_args)
-        for name in ("partition", "account", "qos", "job_name"):
+        if self.job_name is not None:
+            safety.name("--job-name", self.job_name)
+        for name in ("partition", "account", "qos"):
             v = getattr(self, name)
             if v is not None:
-                plain_text(f"--{name.replace('_', '-')}", v, spaces=False)
+                safety.script_text(f"--{name}", v, spaces=False)
         for a in self.srun_args:
-            plain_text("--srun-arg", a)
+            safety.script_text("--srun-arg", a)
         for k, v in self.env:
-            plain_text(f"--env {k}=", v)
+            if not _ENV_KEY.fullmatch(k):
+                raise ConfigError(f"--env {k!r}: write it as KEY=VALUE, KEY made of letters, digits and _")
+            safety.script_text(f"--env {k}=", v, limit=safety.PATH_MAX)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -115,6 +121,14 @@ class RunSpec:
     requested_method: str
     notes: tuple[str, ...] = field(default=())
 
+    def __post_init__(self) -> None:
+        # the run's name becomes a directory name, the SLURM job name and script text
+        safety.name("run name (--name)", self.name)
+        cfg = self.config
+        safety.name("config name", cfg.name)
+        safety.script_text("use_case", cfg.use_case)
+        safety.script_text("description", cfg.description)
+
     @property
     def job_name(self) -> str:
         return self.options.job_name or f"refit-{self.name}"
@@ -129,9 +143,9 @@ class RunSpec:
 
 def parse_time(text: str) -> int:
     """Seconds from SLURM's --time formats: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S."""
-    t = str(text).strip()
-    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", t)
-    if not m or t in ("",):
+    t = safety.script_text("--time", text, spaces=False, limit=32)  # as given: "30\n" is refused, not stripped
+    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", t, re.ASCII)
+    if not m:
         raise ConfigError(f"--time {text!r} is not a SLURM time (M, M:S, H:M:S, D-H, D-H:M or D-H:M:S)")
     days, a, b, c = m.groups()
     nums = [int(x) for x in (a, b, c) if x is not None]
@@ -162,7 +176,7 @@ def sbatch_parameters(args: Sequence[str]) -> dict[str, Any]:
     """Extra sbatch options (`--constraint=h100`, `--requeue`) as a {name: value} mapping."""
     out: dict[str, Any] = {}
     for a in args:
-        m = re.fullmatch(r"--([A-Za-z][A-Za-z0-9-]*)(?:=(.*))?", plain_text("--sbatch-arg", a).strip())
+        m = re.fullmatch(r"--([A-Za-z][A-Za-z0-9-]*)(?:=(.*))?", safety.script_text("--sbatch-arg", a), re.DOTALL)
         if not m:
             raise ConfigError(f"--sbatch-arg {a!r}: write it as --name=value or --flag (e.g. --sbatch-arg=--constraint=h100)")
         out[m.group(1).replace("-", "_")] = True if m.group(2) is None else m.group(2)
@@ -173,7 +187,7 @@ def parse_env(items: Sequence[str]) -> tuple[tuple[str, str], ...]:
     out = []
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not _ENV_KEY.match(key):
+        if not sep or not _ENV_KEY.fullmatch(key):
             raise ConfigError(f"--env {item!r}: write it as KEY=VALUE")
         out.append((key, value))
     return tuple(out)
@@ -184,8 +198,7 @@ def job_env(environ: Mapping[str, str], extra: Sequence[tuple[str, str]], cpus_p
     """The environment every task gets: safe defaults, then the user's forwarded variables, then --env."""
     env: dict[str, str] = dict(SAFE_ENV)
     env["OMP_NUM_THREADS"] = str(local_threads or cpus_per_task or 1)
-    env.update({k: v for k, v in sorted(environ.items())
-                if k.startswith(FORWARD_PREFIXES) and k not in NOT_FORWARDED})
+    env.update({k: v for k, v in sorted(environ.items()) if k.startswith(FORWARD_PREFIXES) or k in FORWARD_NAMES})
     env.update(dict(extra))
     return tuple(sorted(env.items()))
 
@@ -223,17 +236,44 @@ def effective_config(cfg: RunConfig, method_explicit: bool, gpus_available: bool
     return cfg.with_changes(method="gloo"), note
 
 
+@dataclass(frozen=True)
+class HostMemory:
+    """This machine's memory in bytes (/proc/meminfo's MemAvailable and MemTotal)."""
+
+    available: int
+    total: int
+
+
+def check_host_memory(cfg: RunConfig, host: HostMemory) -> None:
+    """A local CPU run's ranks are processes on this machine: their shards and buffers together must fit in
+    its available memory (not in --gpu-memory-gb). Raises a one-line ConfigError if they do not."""
+    fit = cfg.memory_fit()
+    need = sum(m.total for m in fit.per_rank)
+    if need <= host.available:
+        return
+    busiest = fit.busiest
+    raise ConfigError(
+        f"the {cfg.gpus} ranks of this local {cfg.method} run need {need / GIB:.2f} GiB of memory together "
+        f"(rank {busiest.rank}: {busiest.total / GIB:.2f} GiB), but this machine has {host.available / GIB:.2f} GiB "
+        f"available ({host.total / GIB:.2f} GiB in all): use a smaller model, a smaller --refit-bucket-size, "
+        "or a cluster (--cluster slurm)")
+
+
 def make_spec(name: str, cfg: RunConfig, cluster: str, opts: ClusterOptions, environ: Mapping[str, str],
               method_explicit: bool, gpus_available: bool, local_cpus: int = 1,
-              node_gpus: int | None = None) -> RunSpec:
+              node_gpus: int | None = None, host: HostMemory | None = None) -> RunSpec:
     """Decide everything about one run. `cluster` is already resolved to "slurm" or "local".
 
     `node_gpus`: GPUs a node shows its tasks (local: this machine's); None: the GPUs requested per node.
     The ranks are placed on them here (refit_core/devices.py), so a layout the method cannot run
-    there is refused before anything is launched."""
+    there is refused before anything is launched. A local run on the CPU (gloo) is checked against
+    `host`'s memory, every other run against --gpu-memory-gb."""
     requested = cfg.method
     cfg, note = effective_config(cfg, method_explicit, gpus_available)
-    cfg.validate()
+    on_host = cluster == "local" and cfg.method == "gloo"
+    cfg.validate(gpu_memory=not on_host)
+    if on_host and host is not None:
+        check_host_memory(cfg, host)
     res = plan_resources(cfg.gpus, cluster, cfg.gpus_per_node, opts)
     gpus = res.gpus_per_node if node_gpus is None else node_gpus
     dmap = assign_devices(cfg.world(), cfg.method, res.tasks_per_node, gpus)

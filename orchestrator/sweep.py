@@ -21,8 +21,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-from orchestrator import configs, executor
-from orchestrator.cli import command, wide_console
+from orchestrator import configs, executor, safety
+from orchestrator.cli import command, config_file, wide_console
 from orchestrator.commands import (add_cluster_args, add_runs_dir, add_watch_args, cluster_options, command_line,
                                    detach_hint, emit, follow, interrupts_deferred, plan_and_spec, poll_seconds,
                                    runs_root, submit_runs)
@@ -32,6 +32,7 @@ from orchestrator.rundir import (SWEEP_FILE, is_sweep, list_runs, load_config, l
                                  unique_dir, write_run)
 from orchestrator.runfiles import SweepInfo, locked, read_sweep_info, update_sweep_file, write_sweep_file
 from orchestrator.runspec import RunSpec
+from orchestrator.safety import styled
 from orchestrator.tracking import Snapshot, finalize_over, snapshot
 from refit_core.errors import ConfigError
 from refit_core.results import write_json_atomic
@@ -85,7 +86,7 @@ def launch(specs: list[RunSpec], dirs: list[Path], sweep_dir: Path) -> list[str]
                   "then compare them")
 def _sweep(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
     p.add_argument("sweep", nargs="?", help="8gpu, non-collocated, collocated, all, or config-1,config-4,...")
-    p.add_argument("--config-file", type=Path, help="TOML file with [configs.NAME] tables (see docs/adding-a-config.md)")
+    p.add_argument("--config-file", type=config_file, help="TOML file with [configs.NAME] tables (see docs/adding-a-config.md)")
     p.add_argument("--resume", nargs="?", const="latest", metavar="SWEEP_DIR",
                    help="rerun only what did not verify, in the newest sweep of that name (or SWEEP_DIR)")
     p.add_argument("--skip-invalid", action="store_true", help="leave out configs that cannot run with these flags")
@@ -164,13 +165,13 @@ def _prepare_new(args: argparse.Namespace, root: Path, console: Any) -> tuple[Pa
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
         raise ConfigError(f"{bad[0]}{more}; --skip-invalid leaves such configs out")
     for line in bad:
-        console.print(f"[yellow]skipped[/] {line}", highlight=False)
+        console.print(styled("[yellow]skipped[/] {line}", line=line), highlight=False)
     if not specs:
         raise ConfigError("no config of the sweep can run with these settings")
     notes = sorted({n for s in specs for n in s.notes})
     if notes:
-        console.print("[bold yellow]note:[/] no CUDA GPU available: configs asking for nccl or nvshmem run with gloo "
-                      "on the CPU (on GPUs they run their own method)", highlight=False, soft_wrap=True)
+        console.print(styled("[bold yellow]note:[/] no CUDA GPU available: configs asking for nccl or nvshmem run "
+                             "with gloo on the CPU (on GPUs they run their own method)"), highlight=False, soft_wrap=True)
     label = args.sweep if (args.sweep in configs.SWEEPS or args.sweep == "all") else "custom"
     sweep_dir = unique_dir(root, f"sweep-{label}-{stamp()}")
     try:
@@ -201,7 +202,7 @@ def _resume_target(args: argparse.Namespace, root: Path) -> Path:
         if not found:
             raise ConfigError(f"no sweep {args.sweep or ''} under {root} to resume")
         return found[-1]
-    sweep_dir = Path(args.resume)
+    sweep_dir = safety.path_text("--resume", args.resume)
     if not is_sweep(sweep_dir):
         raise ConfigError(f"{sweep_dir} is not a sweep directory (no {SWEEP_FILE})")
     return sweep_dir

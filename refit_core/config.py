@@ -7,7 +7,6 @@ as plain JSON. `validate()` raises the one-line errors users see before anything
 from __future__ import annotations
 
 import dataclasses
-import unicodedata
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -24,6 +23,9 @@ from refit_core.timemodel import DEFAULT_SOURCE, LOCAL_COPY_GBPS, NETWORK_GBPS, 
 
 METHODS = ("nccl", "nvshmem", "gloo", "naive")
 MAX_ITERATIONS = 1_000_000
+MAX_BUCKET = 1 << 48  # bytes
+MAX_GIB = 1_000_000  # --gpu-memory-gb
+MAX_GBPS = 1_000_000  # --intra/inter-node-gbps
 
 
 @dataclass(frozen=True)
@@ -60,11 +62,12 @@ class RunConfig:
     ranks_per_node: int = 0
     """Tasks per node the devices were placed for (0: not placed)."""
 
-    def validate(self) -> None:
+    def validate(self, gpu_memory: bool = True) -> None:
         """Raise ConfigError for anything the seed says cannot work, before submission.
 
         Scalars first (cheap, and they bound what follows: the world's size, the model's), then the
-        layouts against the model, then memory."""
+        layouts against the model, then memory per GPU (`gpu_memory=False`: a run on the CPU, whose
+        memory the orchestrator checks against the host's instead)."""
         if self.method not in METHODS:
             raise ConfigError(f"unknown --refit-method {self.method!r}: use one of {', '.join(METHODS)}")
         for flag, value, low, high in (("--num-benchmark-iterations", self.iterations, 1, MAX_ITERATIONS),
@@ -73,10 +76,10 @@ class RunConfig:
                                        ("--gpus-per-node", self.gpus_per_node, 1, MAX_WORLD)):
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
                 raise ConfigError(f"{flag} must be an integer {low}..{high:,}, got {value!r}")
-        if not 1 <= self.timeout_s <= 86400:
+        if not 1 <= self.timeout_s <= 86400:  # NaN fails too
             raise ConfigError(f"--refit-timeout must be 1..86400 seconds, got {self.timeout_s}")
-        if not isinstance(self.bucket_bytes, int) or self.bucket_bytes < 1 << 20:
-            raise ConfigError(f"--refit-bucket-size must be at least 1 MiB, got {self.bucket_bytes} bytes")
+        if not isinstance(self.bucket_bytes, int) or not 1 << 20 <= self.bucket_bytes <= MAX_BUCKET:
+            raise ConfigError(f"--refit-bucket-size must be from 1 MiB to 256 TiB, got {self.bucket_bytes} bytes")
         if self.model.is_moe:
             if self.source.etp != 1 or self.destination.etp != 1:
                 raise ConfigError(
@@ -85,14 +88,16 @@ class RunConfig:
                 )
             if not self.model.disable_bias_linear:
                 raise ConfigError("MoE refit needs --disable-bias-linear (the seed's requirement): add the flag")
-        if not self.gpu_memory_gb > 0:
-            raise ConfigError(f"--gpu-memory-gb must be > 0, got {self.gpu_memory_gb}")
+        # one range, and one message, per flag: every value outside it (negative, zero, huge) reads the same
+        if not 0 < self.gpu_memory_gb <= MAX_GIB:
+            raise ConfigError(f"--gpu-memory-gb must be more than 0 and at most {MAX_GIB:,} GiB, got {self.gpu_memory_gb}")
         for flag, value in (("--intra-node-gbps", self.intra_node_gbps), ("--inter-node-gbps", self.inter_node_gbps),
                             ("--local-copy-gbps", self.local_copy_gbps),
                             ("--intra-node-both-gbps", 1.0 if self.intra_node_both_gbps is None
                              else self.intra_node_both_gbps)):
-            if not value > 0:
-                raise ConfigError(f"{flag} must be > 0 (GB/s per GPU per direction), got {value}")
+            if not 0 < value <= MAX_GBPS:
+                raise ConfigError(f"{flag} must be more than 0 and at most {MAX_GBPS:,} GB/s (per GPU per direction), "
+                                  f"got {value}")
         world = self.world()
         inv = self.inventory()
         if inv.numel > MAX_PARAMETERS:
@@ -100,7 +105,8 @@ class RunConfig:
                               "(Kimi K2 has 1.03e12): check --hidden-size, --ffn-hidden-size and the vocabulary")
         check_divisible(self.model, inv, self.source, "source")
         check_divisible(self.model, inv, self.destination, "destination")
-        check_memory(self.memory_fit(inv, world), self.gpu_memory_gb, self.method)
+        if gpu_memory:
+            check_memory(self.memory_fit(inv, world), self.gpu_memory_gb, self.method)
 
     def world(self) -> WorldLayout:
         return world_layout(self.mode, self.source, self.destination, self.gpus)
@@ -154,14 +160,3 @@ class RunConfig:
         d["devices"] = tuple(d.get("devices") or ())
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
-
-
-def plain_text(flag: str, text: object, spaces: bool = True) -> str:
-    """`text` if it is a string that a script line can hold: no control characters (and no spaces if asked)."""
-    if not isinstance(text, str):
-        raise ConfigError(f"{flag} must be text, got {text!r}")
-    bad = next((c for c in text if unicodedata.category(c).startswith("C") or (not spaces and c.isspace())), None)
-    if bad is not None:
-        what = "a space" if bad.isspace() and bad not in "\n\r\t" else f"the control character {bad!r}"
-        raise ConfigError(f"{flag} {text!r} contains {what}: remove it")
-    return text

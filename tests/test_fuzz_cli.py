@@ -18,6 +18,7 @@ import datetime
 import io
 import json
 import math
+import os
 import subprocess
 import tempfile
 from pathlib import Path
@@ -239,3 +240,129 @@ def _value(v: Any) -> str:
     if isinstance(v, dict):
         return "{" + ", ".join(f"{_key(k)} = {_value(x)}" for k, x in v.items()) + "}"
     raise TypeError(type(v))
+
+
+# ----------------------------------------------------------------------------- every command, hostile text (issue 15)
+
+COMMAND_EXAMPLES = 200
+MARK = "pwned"  # a file the hostile values try to create in the sandbox
+HOSTILE = ["x\ntouch {base}/pwned #", "[/]", "[bold]x", "a" * 300, "../escape", "-x", ".", "..", "a b", "é",
+           "$(touch {base}/pwned)", "`touch {base}/pwned`", "x}; touch {base}/pwned; #", "30\n", "\x00", "ok-name",
+           "config-4", "n.1+b_c", ""]
+TEXT = st.one_of(st.sampled_from(HOSTILE), st.text(max_size=12))
+PATHISH = st.sampled_from(["runs"] * 3 + ["runs [/] $(x)"]) | st.text(alphabet="ab/[]$();`'\" \n\x00.|&\\", max_size=10)
+VALID_SUBMIT = ["submit", "config-4", "--cluster", "slurm", "--no-gpu-request", "--detach", "--runs-dir", "{runs}"]
+STUB_TOOLS = {"sbatch": 'cp "${@: -1}" "$(dirname "${@: -1}")/saved-by-sbatch.sh"; echo "Submitted batch job 4242"',
+              **{t: "exit 1" for t in ("squeue", "sacct", "scontrol", "sinfo", "scancel", "srun")}}
+
+
+@st.composite
+def commands(draw: st.DrawFn) -> tuple[list[str], str | bytes | None]:
+    """(argv with {base}/{runs}/{file} placeholders, content of {file} or None)."""
+    kind = draw(st.sampled_from(["submit", "submit", "render", "render", "read", "runs", "config", "sweep"]))
+    runs = ["--runs-dir", "{runs}"]
+    content: str | bytes | None = None
+    if kind == "submit":
+        argv = ["submit", draw(st.sampled_from(NAMED)), "--cluster", "slurm", "--no-gpu-request", "--detach", *runs]
+        if draw(st.booleans()):
+            argv += ["--name", draw(TEXT)]
+    elif kind == "render":
+        argv = ["render", draw(st.sampled_from(NAMED)), "--python", draw(st.sampled_from(["python3"] * 3) | TEXT), "-o",
+                draw(st.sampled_from(["{base}/out.sbatch"] * 3 + ["{base}/missing/x", "{base}", "{base}/o[/].sh"]))]
+        if draw(st.booleans()):
+            argv += ["--run-dir", draw(st.sampled_from(["{base}/", "/tmp/", ""])) + draw(TEXT)]
+    elif kind == "read":
+        argv = [draw(st.sampled_from(["status", "results", "cancel", "report"])),
+                draw(st.sampled_from(["config-4", "{runs}/config-4"]) | TEXT), *runs]
+    elif kind == "runs":
+        argv = ["runs", *runs, "--last", draw(VALUES)]
+    elif kind == "sweep":
+        argv = ["sweep", draw(st.sampled_from(["config-4", "config-4,collocated-4", "nope"]) | TEXT), "--cluster",
+                "slurm", "--no-gpu-request", "--detach", *runs]
+    else:
+        argv = [draw(st.sampled_from(["plan", "list", "submit"])), "--config-file", "{file}"]
+        if argv[0] != "list":
+            argv.insert(1, "c")
+        name = draw(st.sampled_from(["c", "c[/]", "c d", "c\\nd"]))
+        field = draw(st.sampled_from(["use_case", "description", "name"]))
+        content = draw(st.one_of(
+            st.binary(max_size=64),
+            st.builds(lambda v: f'[configs."{name}"]\nfrom = "config-4"\n{field} = {json.dumps(v)}\n', TEXT)))
+        if argv[0] == "submit":
+            argv += ["--cluster", "slurm", "--no-gpu-request", "--detach", *runs]
+    if kind in ("submit", "render", "sweep") and draw(st.booleans()):
+        key = draw(st.sampled_from(sorted(CLUSTER)))
+        argv.append(f"{key}={draw(st.sampled_from(HOSTILE) | CLUSTER[key])}")
+    return argv, content
+
+
+def _files(base: Path) -> dict[str, float]:
+    out = {}
+    for d, _, names in os.walk(base):
+        for n in names:
+            p = os.path.join(d, n)
+            out[p] = os.lstat(p).st_mtime_ns
+    return out
+
+
+@settings(max_examples=COMMAND_EXAMPLES, **SETTINGS)
+@given(cases=st.lists(commands(), min_size=1, max_size=3), runs_name=PATHISH, first_submit=st.booleans())
+@example(cases=[(VALID_SUBMIT + ["--name", "x\ntouch {base}/pwned #"], None)], runs_name="r", first_submit=False)
+@example(cases=[(["render", "config-4", "--python", "python3", "-o", "{base}/out.sbatch", "--run-dir",
+                  "/tmp/x}; touch {base}/pwned; #"], None)], runs_name="r", first_submit=False)
+@example(cases=[(["plan", "c", "--config-file", "{file}"], '[configs.c]\nfrom = "config-4"\nuse_case = "[/]"\n')],
+         runs_name="r", first_submit=False)
+def test_every_command_answers_in_one_line_and_writes_only_its_runs_directory(
+        cases: list[tuple[list[str], str | bytes | None]], runs_name: str, first_submit: bool) -> None:
+    """Random names, flag values and file contents for every command (1-3 commands on one runs directory, after
+    a valid submit or not): exit 0 (1: `results` of a run that did not verify), or 2 with one line; never a
+    traceback; no file written or changed outside the runs directory (and the -o file), nothing an injected
+    command would create; a written script passes `bash -n`."""
+    if first_submit:
+        cases = [(VALID_SUBMIT, None), *cases]
+    with tempfile.TemporaryDirectory() as tmp:
+        for argv, content in cases:
+            _one_command(Path(tmp), argv, content, runs_name)
+
+
+def _one_command(base: Path, argv: list[str], content: str | bytes | None, runs_name: str) -> None:
+    old_path, old_cwd = os.environ.get("PATH", ""), os.getcwd()
+    if True:
+        bin_dir = base / "bin"
+        bin_dir.mkdir(exist_ok=True)
+        for tool, body in STUB_TOOLS.items():
+            (bin_dir / tool).write_text(f"#!/bin/bash\n{body}\n")
+            (bin_dir / tool).chmod(0o755)
+        runs = base / ("r" + runs_name.replace("..", "__"))
+        file = base / "configs.toml"
+        if content is not None:
+            file.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8", "surrogatepass"))
+        args = [a.replace("{base}", str(base)).replace("{runs}", str(runs)).replace("{file}", str(file)) for a in argv]
+        out_file = args[args.index("-o") + 1] if "-o" in args else None
+        before = _files(base)
+        os.environ["PATH"] = f"{bin_dir}:{old_path}"
+        os.chdir(base)
+        try:
+            code, err, _ = run_cli(args)
+        finally:
+            os.environ["PATH"] = old_path
+            os.chdir(old_cwd)
+        lines = err.splitlines()
+        note = [ln for ln in lines if ln.startswith("refitctl: note:")]  # `results` of an unfinished run says so
+        errors = [ln for ln in lines if ln not in note]
+        event(f"{args[0]}: exit {code}")
+        assert code in (0, 1, 2), f"exit {code} for {args!r}: {err}"
+        assert code != 1 or args[0] == "results", f"exit 1 for {args!r}: {err}"
+        if code == 2:
+            assert len(errors) == 1 and errors[0].startswith("refitctl: error: "), f"{args!r} gave:\n{err}"
+        else:
+            assert not errors, f"{args!r} gave:\n{err}"
+        assert not (base / MARK).exists(), f"{args!r} ran an injected command"
+        after = _files(base)
+        allowed = [str(runs)] + ([str(Path(out_file))] if out_file else [])
+        changed = [p for p, t in after.items() if before.get(p) != t and not any(
+            p == a or p.startswith(a.rstrip("/") + "/") for a in allowed)]
+        assert not changed, f"{args!r} wrote outside its runs directory: {changed}"
+        if out_file and code == 0 and Path(out_file).is_file():
+            p = subprocess.run(["bash", "-n", out_file], capture_output=True, text=True, timeout=30)
+            assert p.returncode == 0, f"{args!r}: bash -n: {p.stderr}"

@@ -139,7 +139,7 @@ def test_render_writes_a_standalone_sbatch_script(tmp_path: Path) -> None:
     for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4",
                  "#SBATCH --partition=debug", "#SBATCH --account=acct", "#SBATCH --qos=high", "#SBATCH --time=10",
                  "#SBATCH --exclusive", "#SBATCH --constraint=h100", "export NCCL_DEBUG=${NCCL_DEBUG:-WARN}",
-                 "export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0}", "PYTHON=${PYTHON:-python3}"):
+                 "export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0}", "PYTHON=python3", "RUN_DIR=\"$SLURM_SUBMIT_DIR\"/runs/config-1-\"$SLURM_JOB_ID\""):
         assert line in text, line
     assert 'srun --kill-on-bad-exit=1 --output="$RUN_DIR/logs/rank-%5t.log" --cpu-bind=none "$PYTHON" ' \
            '-m jobs.refit_job "$RUN_DIR"' in text

@@ -139,11 +139,13 @@ def test_cancel_a_running_job(tmp_path: Path) -> None:
 def test_a_rendered_script_submitted_by_hand(tmp_path: Path) -> None:
     """`refitctl render` -> `sbatch` by hand -> `refitctl status RUN_DIR --watch` follows it."""
     script = tmp_path / "job.sbatch"
-    refitctl("render", "config-4", "--gpus", "3", "--gpus-per-node", "4", "--partition", "debug", "--time", "10",
-             "--refit-method", "gloo", *SMALL, "-o", str(script), runs=tmp_path, check=0)
     run_dir = tmp_path / "by-hand"
+    refitctl("render", "config-4", "--gpus", "3", "--gpus-per-node", "4", "--partition", "debug", "--time", "10",
+             "--refit-method", "gloo", *SMALL, "--run-dir", str(run_dir), "-o", str(script), runs=tmp_path, check=0)
+    # RUN_DIR in the submitting environment does not move the run (the script sets it: issue 15, item 14)
     out = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, cwd=tmp_path,
-                         env={**__import__("os").environ, "RUN_DIR": str(run_dir)}, timeout=30, check=True)
+                         env={**__import__("os").environ, "RUN_DIR": str(tmp_path / "not-here")}, timeout=30,
+                         check=True)
     job = out.stdout.strip().split(";")[0]
     deadline = time.monotonic() + 60
     while not (run_dir / "run.json").exists() or "@SLURM_JOB_ID@" in (run_dir / "run.json").read_text():
@@ -153,6 +155,7 @@ def test_a_rendered_script_submitted_by_hand(tmp_path: Path) -> None:
     p = refitctl("status", str(run_dir), "--watch", "--poll", "1", runs=tmp_path, timeout=180, check=0)
     assert "COMPLETED" in p.stdout and "verified" in p.stdout
     assert json.loads((run_dir / "results.json").read_text())["verified"]
+    assert not (tmp_path / "not-here").exists()
 
 
 # ----------------------------------------------------------------------------- faults and preemption
