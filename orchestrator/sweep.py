@@ -141,8 +141,9 @@ def _launch_and_record(console: Any, specs: list[RunSpec], dirs: list[Path], swe
         ids = launch(specs, dirs, sweep_dir)
         record = write_sweep_file if holding_lock else update_sweep_file
         record(sweep_dir, lambda data: data.__setitem__("jobs", [*data.get("jobs", []), *ids]))
-    console.print(f"Submitted {len(specs)} runs ({cluster} job{'s' if len(ids) > 1 else ''} "
-                  f"{', '.join(ids)}): [bold]{sweep_dir}[/]", highlight=False)
+    console.print(styled("Submitted {n} runs ({cluster} job{s} {ids}): [bold]{sweep_dir}[/]", n=len(specs),
+                         cluster=cluster, s="s" if len(ids) > 1 else "", ids=", ".join(ids), sweep_dir=sweep_dir),
+                  highlight=False)
 
 
 def _prepare_new(args: argparse.Namespace, root: Path, console: Any) -> tuple[Path, list[RunSpec], list[Path], str]:

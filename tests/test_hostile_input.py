@@ -270,10 +270,10 @@ def test_local_cpu_runs_are_checked_against_the_host_memory() -> None:
     opts = ClusterOptions(cluster="local")
     with pytest.raises(ConfigError, match=r"the 3 ranks of this local gloo run need 60\.\d\d GiB .* this machine has "
                                           r"23\.00 GiB available \(24\.00 GiB in all\)"):
-        make_spec("c", cfg, "local", opts, {}, True, False, 1, HostMemory(23 * GIB, 24 * GIB))
-    make_spec("c", cfg, "local", opts, {}, True, False, 1, HostMemory(100 * GIB, 128 * GIB))
+        make_spec("c", cfg, "local", opts, {}, True, False, 1, host=HostMemory(23 * GIB, 24 * GIB))
+    make_spec("c", cfg, "local", opts, {}, True, False, 1, host=HostMemory(100 * GIB, 128 * GIB))
     big = cfg.with_changes(bucket_bytes=90 * GIB)  # more than an 80 GiB "GPU", less than this host
-    make_spec("c", big, "local", opts, {}, True, False, 1, HostMemory(400 * GIB, 512 * GIB))
+    make_spec("c", big, "local", opts, {}, True, False, 1, host=HostMemory(400 * GIB, 512 * GIB))
     with pytest.raises(ConfigError, match="--gpu-memory-gb is 80 GiB"):  # on SLURM the GPU's memory counts
         make_spec("c", big, "slurm", opts, {}, True, True)
 
