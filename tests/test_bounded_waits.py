@@ -91,12 +91,20 @@ def test_a_killed_controller_leaves_no_rank_running(tmp_path: Path) -> None:
 
 def test_cancel_stops_the_ranks_of_a_run_whose_controller_is_gone(tmp_path: Path) -> None:
     """Two recorded processes: one is the rank (pid and start time match), one a reused pid (start time differs)."""
+    from orchestrator.configs import resolve
+    from orchestrator.rundir import update_run, write_run
+    from orchestrator.runspec import ClusterOptions, make_spec
+    from refit_core.plan import plan_transfers
+
     d = tmp_path / "orphan-run"
+    cfg = resolve("config-4").with_changes(method="gloo", gpus=3)
+    spec = make_spec("orphan-run", cfg, "local", ClusterOptions(cluster="local"), {}, True, False)
+    write_run(d, spec, plan_transfers(spec.config.inventory(), spec.config.world()), "refitctl submit config-4")
     (d / "procs").mkdir(parents=True)
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    (d / "run.json").write_text(json.dumps({"name": "orphan-run", "job": {
-        "cluster": "local", "job_id": str(gone.pid), "folder": str(d), "submitted": 0, "controller_pid": gone.pid}}))
+    update_run(d, job={"cluster": "local", "job_id": str(gone.pid), "folder": str(d), "submitted": 0,
+                       "controller_pid": gone.pid})
     rank = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
