@@ -104,13 +104,14 @@ def run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         log(f"attempt {restarts + 1}: the job was requeued {restarts} time(s); the refit starts again")
     if env.world_size != cfg.gpus:
         raise RuntimeError(f"job has {env.world_size} tasks but config {cfg.name} needs a world of {cfg.gpus}")
-    use_cuda = cfg.method in ("nccl", "nvshmem", "naive") and torch.cuda.is_available()
-    if cfg.method in ("nccl", "nvshmem", "naive") and not torch.cuda.is_available():
+    cuda_methods = ("nccl", "nvshmem", "naive", "megatron-nccl")
+    use_cuda = cfg.method in cuda_methods and torch.cuda.is_available()
+    if cfg.method in cuda_methods and not torch.cuda.is_available():
         raise RuntimeError(f"--refit-method {cfg.method} needs CUDA GPUs; use --refit-method gloo on CPU")
     device = torch.device("cuda", env.local_rank % torch.cuda.device_count()) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(device)
-    backend = "nccl" if cfg.method == "nccl" else "gloo"
+    backend = "nccl" if cfg.method in ("nccl", "megatron-nccl") else "gloo"
     timeout = datetime.timedelta(seconds=cfg.timeout_s)
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = env.master_addr, str(env.master_port)
     kwargs: dict[str, Any] = {"device_id": device} if backend == "nccl" else {}
@@ -119,7 +120,8 @@ def run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     log(f"process group ready: {backend}, rank {env.rank} of {env.world_size}, device {device}")
     plan = plan_transfers(cfg.inventory(), cfg.world())
     world = plan.world
-    active = list(range(world.gpus_used))
+    # Megatron-Core's refit uses the WORLD group: every rank takes part (idle ones with stub models)
+    active = list(range(env.world_size if cfg.method.startswith("megatron-") else world.gpus_used))
     group = dist.new_group(active) if len(active) < env.world_size else dist.group.WORLD
     # Setup (filling weights) and the idle ranks' wait last as long as the run: their own group,
     # gloo, with a long timeout. A crashed peer still ends it at once (its connection closes).

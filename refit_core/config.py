@@ -18,7 +18,7 @@ from refit_core.model import MAX_PARAMETERS, Inventory, ModelSpec, inventory
 from refit_core.sharding import check_divisible
 from refit_core.timemodel import LOCAL_COPY_GBPS, NETWORK_GBPS, NVLINK_GBPS, LinkModel
 
-METHODS = ("nccl", "nvshmem", "gloo", "naive")
+METHODS = ("nccl", "nvshmem", "gloo", "naive", "megatron-gloo", "megatron-nccl", "megatron-nvshmem")
 MAX_ITERATIONS = 1_000_000
 
 
@@ -52,6 +52,9 @@ class RunConfig:
         layouts against the model, then memory."""
         if self.method not in METHODS:
             raise ConfigError(f"unknown --refit-method {self.method!r}: use one of {', '.join(METHODS)}")
+        if self.method == "megatron-nvshmem":  # Megatron-Core's peer (refit_core/transports/megatron.py)
+            from refit_core.transports.megatron import NVSHMEM_REFUSAL
+            raise ConfigError(NVSHMEM_REFUSAL)
         for flag, value, low, high in (("--num-benchmark-iterations", self.iterations, 1, MAX_ITERATIONS),
                                        ("--num-warmup-iterations", self.warmup, 0, MAX_ITERATIONS),
                                        ("--gpus", self.gpus, 1, MAX_WORLD),
