@@ -55,6 +55,20 @@ def row_config(name: str, method: str, size: str, iterations: int, warmup: int) 
     return cfg
 
 
+def refitctl_traffic(cfg: RunConfig) -> dict[str, int]:
+    """What refitctl's plan moves: network and local bytes, the busiest rank's network bytes in and
+    out, and its messages (one per peer pair and round, jobs' staged transport)."""
+    from refit_core.plan import plan_transfers
+
+    plan = plan_transfers(cfg.inventory(), cfg.world())
+    pr = plan.per_rank.values()
+    pairs = {(t.src, t.dst) for t in plan.transfers if t.src != t.dst}
+    return {"network_bytes": plan.network_bytes, "local_bytes": plan.local_bytes,
+            "busiest_in_bytes": max(v.bytes_in for v in pr), "busiest_out_bytes": max(v.bytes_out for v in pr),
+            "messages": len(pairs), "busiest_messages_in": max((sum(1 for s, d in pairs if d == r)
+                                                                for r in range(cfg.gpus)), default=0)}
+
+
 def refitctl_plan_ms(cfg: RunConfig) -> float:
     """refitctl's planning, which runs before its first iteration (Megatron's runs inside it)."""
     from refit_core.blocks import chunk_bytes_for, rank_blocks
@@ -174,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
                    "speedup": _ratio(b["median_ms"], a["median_ms"]),
                    "first_speedup": _ratio(b["first_ms"], (a["first_ms"] or 0) + a["plan_ms"] if a["first_ms"] else None),
                    "verified": a["verified"], "peer_verified": b["verified"],
-                   "peer_patched": (b.get("transport") or {}).get("patched"), "refitctl": a, "peer": b,
+                   "peer_patched": (b.get("transport") or {}).get("patched"),
+                   "traffic": refitctl_traffic(mine), "peer_traffic": (b.get("transport") or {}).get("plan_traffic"),
+                   "refitctl": a, "peer": b,
                    "load": os.getloadavg()}
             if args.also_unpatched:
                 u = run_one(peer, Path(tmp), env={"REFITCTL_MEGATRON_UNPATCHED": "1"})

@@ -122,6 +122,8 @@ class MegatronTransport:
         _sync(cuda)
         t2 = time.perf_counter()
         phases["swap"] = (t2 - t1) * 1e3
+        if "plan" in phases:  # after the clock: what Megatron's plan moves, for the benchmark's reasons
+            self.info["plan_traffic"] = plan_traffic(self.models)
         return IterationStats((t2 - t0) * 1e3, phases, 1)
 
     def close(self) -> None:
@@ -164,6 +166,33 @@ def bind(model: Any, place: Placement, rank: int, storage: Storage, buf: torch.T
     if missing:
         raise TransportError(f"rank {rank}: refitctl shards with no Megatron parameter: {', '.join(missing[:3])}")
     return cast
+
+
+def plan_traffic(models: Any) -> dict[str, int]:
+    """Megatron's cached plan over all ranks (collective, untimed): bytes over the network and copied
+    locally, the busiest rank's network bytes in and out, and the messages. The engine writes
+    `info` into the rank record after every iteration, so this lands in results.json's `transport`."""
+    import torch.distributed as dist
+
+    plan = getattr(models.destination_arg, "_cached_reshard_plan", None)
+    rank = dist.get_rank()
+    src = dict(models.source_arg.named_parameters()) if models.source is not None else {}
+    dst = dict(models.destination_arg.named_parameters()) if models.destination is not None else {}
+    net_in = net_out = local = msgs = 0
+    for op in (plan.recv_ops if plan else ()):
+        n = dst[op.param_name].data[op.my_slice].nbytes
+        if op.peer_rank == rank:
+            local += n
+        else:
+            net_in, msgs = net_in + n, msgs + 1
+    for op in (plan.send_ops if plan else ()):
+        if op.peer_rank != rank:
+            net_out += src[op.param_name].data[op.my_slice].nbytes
+    every: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(every, (net_in, net_out, local, msgs))
+    return {"network_bytes": sum(e[0] for e in every), "local_bytes": sum(e[2] for e in every),
+            "busiest_in_bytes": max(e[0] for e in every), "busiest_out_bytes": max(e[1] for e in every),
+            "messages": sum(e[3] for e in every), "busiest_messages_in": max(e[3] for e in every)}
 
 
 def _gloo_service() -> Any:
