@@ -147,7 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--also-unpatched", action="store_true", help="also run Megatron-Core as shipped (no patch)")
     ap.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/<date>-<device>-megatron.json)")
+    ap.add_argument("--rescore", type=Path, help="add the derived fields (min speedup, refitctl's traffic) to a "
+                    "JSON this script wrote, print its table, run nothing")
     args = ap.parse_args(argv)
+    if args.rescore:
+        return rescore(args.rescore)
     size = args.size or ("reduced" if args.backend == "gloo" else "seed")
     gpus = args.gpus
     if args.backend == "nccl" and gpus is None:
@@ -185,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
                    "peer_method": peer_method, "bytes": a["bytes"], "peer_bytes": b["bytes"],
                    "first_ms": a["first_ms"], "plan_ms": a["plan_ms"], "median_ms": a["median_ms"],
                    "peer_first_ms": b["first_ms"], "peer_median_ms": b["median_ms"],
-                   "speedup": _ratio(b["median_ms"], a["median_ms"]),
+                   "speedup": _ratio(b["median_ms"], a["median_ms"]), "min_speedup": _ratio(b["min_ms"], a["min_ms"]),
                    "first_speedup": _ratio(b["first_ms"], (a["first_ms"] or 0) + a["plan_ms"] if a["first_ms"] else None),
                    "verified": a["verified"], "peer_verified": b["verified"],
                    "peer_patched": (b.get("transport") or {}).get("patched"),
@@ -206,19 +210,32 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if all(r["verified"] and r["peer_verified"] for r in doc["rows"]) else 1
 
 
+def rescore(path: Path) -> int:
+    """Fields computed from what a run stored (for files written before they existed)."""
+    doc = json.loads(path.read_text())
+    for r in doc["rows"]:
+        r["min_speedup"] = _ratio(r["peer"]["min_ms"], r["refitctl"]["min_ms"])
+        if "traffic" not in r:
+            r["traffic"] = refitctl_traffic(row_config(r["config"], r["method"], doc["size"], doc["iterations"],
+                                                       doc["warmup"]))
+    path.write_text(json.dumps(doc, indent=1))
+    print(table(doc))
+    return 0
+
+
 def table(doc: dict[str, Any]) -> str:
     f = lambda v: f"{v:,.1f}" if isinstance(v, (int, float)) else "-"  # noqa: E731
     lines = [f"{'config':13} {'layouts':26} {'MiB':>7} {'refitctl first':>14} {'median':>8} "
-             f"{'Megatron first':>14} {'median':>8} {'speedup':>7} {'first x':>7} verified"]
+             f"{'Megatron first':>14} {'median':>8} {'speedup':>7} {'min x':>6} {'first x':>7} verified"]
     for r in doc["rows"]:
         mib = r["bytes"] / 2**20 if r["bytes"] else None
         ok = f"{'yes' if r['verified'] else 'NO'}/{'yes' if r['peer_verified'] else 'NO'}" + \
              (" (patched)" if r.get("peer_patched") else "")
         lines.append(f"{r['config']:13} {r['layouts']:26} {f(mib):>7} {f((r['first_ms'] or 0) + r['plan_ms']):>14} "
                      f"{f(r['median_ms']):>8} {f(r['peer_first_ms']):>14} {f(r['peer_median_ms']):>8} "
-                     f"{f(r['speedup']):>7} {f(r['first_speedup']):>7} {ok}")
+                     f"{f(r['speedup']):>7} {f(r.get('min_speedup')):>6} {f(r['first_speedup']):>7} {ok}")
     lines.append("first: refitctl's plan + first refit; Megatron's first refit (its plan is built inside it). "
-                 "speedup = Megatron median / refitctl median")
+                 "speedup = Megatron median / refitctl median; min x: the same for the fastest iteration")
     return "\n".join(lines)
 
 
