@@ -77,3 +77,17 @@ def test_non_collocated_config_4_megatron_gloo_verifies(tmp_path: Path) -> None:
     ranks = [json.loads(p.read_text()) for p in sorted((tmp_path / "run" / "ranks").glob("rank-*.json"))]
     assert [r["role"] for r in ranks] == ["source", "source", "destination"]
     assert all(r["verified"] for r in ranks) and ranks[2]["destination_bytes"] > 0
+
+
+def test_megatron_gloo_runs_on_cpu_and_megatron_nccl_falls_back_to_it() -> None:
+    from orchestrator.configs import resolve
+    from orchestrator.runspec import effective_config
+    from refit_core.errors import ConfigError
+
+    cpu = resolve("collocated-4").with_changes(method="megatron-gloo")
+    assert effective_config(cpu, method_explicit=True, gpus_available=False) == (cpu, None)
+    gpu = cpu.with_changes(method="megatron-nccl")
+    fallback, note = effective_config(gpu, method_explicit=False, gpus_available=False)
+    assert fallback.method == "megatron-gloo" and "megatron-nccl" in note
+    with pytest.raises(ConfigError, match="--refit-method megatron-nccl needs CUDA GPUs"):
+        effective_config(gpu, method_explicit=True, gpus_available=False)
