@@ -215,6 +215,7 @@ def rescore(path: Path) -> int:
     doc = json.loads(path.read_text())
     for r in doc["rows"]:
         r["min_speedup"] = _ratio(r["peer"]["min_ms"], r["refitctl"]["min_ms"])
+        r["peer_traffic"] = (r["peer"].get("transport") or {}).get("plan_traffic")
         if "traffic" not in r:
             r["traffic"] = refitctl_traffic(row_config(r["config"], r["method"], doc["size"], doc["iterations"],
                                                        doc["warmup"]))
