@@ -48,7 +48,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--rl-inference-expert-tensor-model-parallel-size", "destination", "etp", int, "destination expert TP (1 for MoE)"),
     Flag("--rl-inference-pipeline-model-parallel-size", "destination", "pp", int, "destination PP"),
     Flag("--refit-mode", "run", "mode", RefitMode, "non-collocated or collocated"),
-    Flag("--refit-method", "run", "method", str, "nvshmem, nccl or gloo"),
+    Flag("--refit-method", "run", "method", str, "nvshmem, nccl or gloo; megatron-nccl / megatron-gloo: Megatron-Core's own refit"),
     Flag("--num-benchmark-iterations", "run", "iterations", int, "timed iterations"),
     Flag("--num-warmup-iterations", "run", "warmup", int, "untimed warm-up iterations (default 1)"),
     Flag("--refit-bucket-size", "run", "bucket_bytes", _size, "staging bucket per rank, e.g. 1GiB"),

@@ -190,7 +190,7 @@ def results_view(s: Snapshot) -> Group:
     detail = f" ({s.state.detail})" if s.state.detail else ""
     summary = Text.assemble(
         (s.state.state, state_style(s.state.state)), detail, " · ", verdict,
-        f" · median {_ms(res.get('median_ms'))} ms · min {_ms(res.get('min_ms'))} ms"
+        f" · first {_ms(res.get('first_ms'))} ms · median {_ms(res.get('median_ms'))} ms · min {_ms(res.get('min_ms'))} ms"
         f" · {_gbps(res.get('GBps'))} GB/s · {delivered_text(res)}"
         f" · method {method_label(s.info)}",
     )

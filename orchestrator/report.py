@@ -24,7 +24,7 @@ from refit_core.errors import RefitError
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-GPU_METHODS = ("nccl", "nvshmem", "naive")
+GPU_METHODS = ("nccl", "nvshmem", "naive", "megatron-nccl")
 NETWORK_COLOR, LOCAL_COLOR, OUT_COLOR, WARMUP_COLOR = "#1f77b4", "#ff7f0e", "#2ca02c", "#b0b0b0"
 ANNOTATE_CELLS = 144  # write the bytes into each cell of matrices up to 12 x 12
 

@@ -226,14 +226,16 @@ def plan_resources(world: int, cluster: str, gpus_per_node: int, opts: ClusterOp
 def effective_config(cfg: RunConfig, method_explicit: bool, gpus_available: bool) -> tuple[RunConfig, str | None]:
     """Without GPUs, a GPU method the user did not ask for by flag runs on gloo (with one line saying so);
     one asked for by flag is an error."""
-    if cfg.method == "gloo" or gpus_available:
+    if cfg.method in ("gloo", "megatron-gloo") or gpus_available:
         return cfg, None
+    if cfg.method == "megatron-nvshmem":
+        cfg.validate()  # its one-line refusal, whatever the machine
     if method_explicit:
         raise ConfigError(f"--refit-method {cfg.method} needs CUDA GPUs and none is available here: "
                           "use --refit-method gloo, or leave the flag out to fall back to gloo")
     note = (f"no CUDA GPU available: running {cfg.name} with gloo on the CPU instead of {cfg.method} "
             f"(on GPUs it runs {cfg.method})")
-    return cfg.with_changes(method="gloo"), note
+    return cfg.with_changes(method="megatron-gloo" if cfg.method.startswith("megatron-") else "gloo"), note
 
 
 @dataclass(frozen=True)

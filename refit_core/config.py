@@ -21,7 +21,7 @@ from refit_core.sharding import check_divisible
 from refit_core.ceilings import LinkFigures
 from refit_core.timemodel import DEFAULT_SOURCE, LOCAL_COPY_GBPS, NETWORK_GBPS, NVLINK_GBPS, LinkModel
 
-METHODS = ("nccl", "nvshmem", "gloo", "naive")
+METHODS = ("nccl", "nvshmem", "gloo", "naive", "megatron-gloo", "megatron-nccl", "megatron-nvshmem")
 MAX_ITERATIONS = 1_000_000
 MAX_BUCKET = 1 << 48  # bytes
 MAX_GIB = 1_000_000  # --gpu-memory-gb
@@ -70,6 +70,9 @@ class RunConfig:
         memory the orchestrator checks against the host's instead)."""
         if self.method not in METHODS:
             raise ConfigError(f"unknown --refit-method {self.method!r}: use one of {', '.join(METHODS)}")
+        if self.method == "megatron-nvshmem":  # Megatron-Core's peer (refit_core/transports/megatron.py)
+            from refit_core.transports.megatron import NVSHMEM_REFUSAL
+            raise ConfigError(NVSHMEM_REFUSAL)
         for flag, value, low, high in (("--num-benchmark-iterations", self.iterations, 1, MAX_ITERATIONS),
                                        ("--num-warmup-iterations", self.warmup, 0, MAX_ITERATIONS),
                                        ("--gpus", self.gpus, 1, MAX_WORLD),

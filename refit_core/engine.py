@@ -47,11 +47,15 @@ def make_transport(method: str) -> Transport:
         from refit_core.transports.nvshmem import NvshmemTransport
 
         return NvshmemTransport()
+    if method.startswith("megatron-"):
+        from refit_core.transports.megatron import MegatronTransport
+
+        return MegatronTransport(method)
     if method == "naive":
         from refit_core.transports.naive import NaiveTransport
 
         return NaiveTransport()
-    raise ConfigError(f"unknown refit method {method!r}: use nccl, nvshmem, gloo or naive")
+    raise ConfigError(f"unknown refit method {method!r}: use nccl, nvshmem, gloo, naive, megatron-gloo or megatron-nccl")
 
 
 @dataclass(frozen=True)

@@ -319,6 +319,7 @@ def aggregate(run_dir: Path, expected_ranks: list[int], delivered_bytes: int) ->
         "iterations": iterations,
         "timed_iterations": len(timed),
         "warmup_ms": [i["time_ms"] for i in iterations if i["warmup"]],
+        "first_ms": iterations[0]["time_ms"] if iterations else None,  # the first refit (a peer's plan included)
         "median_ms": statistics.median(timed) if timed else None,
         "min_ms": min(timed) if timed else None,
         "delivered_bytes": delivered_bytes,
