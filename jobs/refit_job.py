@@ -121,7 +121,11 @@ def run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
             log(f"attempt {restarts + 1}: the job was requeued {restarts} time(s); the refit starts again")
         if env.world_size != cfg.gpus:
             raise RuntimeError(f"job has {env.world_size} tasks but config {cfg.name} needs a world of {cfg.gpus}")
-        active = list(range(world.gpus_used))
+        from refit_core.transports.registry import method
+
+        m = method(cfg.method)
+        # ranks that take part: the layouts' ranks, or the whole world for a method that needs every rank
+        active = list(range(env.world_size if m.all_ranks else world.gpus_used))
         if env.rank not in active:
             record.update(verified=True, complete=True)
             save(record)
@@ -137,7 +141,7 @@ def run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
         watchdog.arm("CUDA device set-up")
         device = rank_device(cfg, env.rank, torch)
-        backend = "nccl" if cfg.method == "nccl" else "gloo"
+        backend = m.backend
         timeout = datetime.timedelta(seconds=cfg.timeout_s)
         os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = env.master_addr, str(env.master_port)
         fault = Fault.from_env()
@@ -182,9 +186,10 @@ def run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
 def rank_device(cfg: Any, rank: int, torch: Any) -> Any:
     """This rank's device: the GPU the run placed it on (config.json `devices`, refit_core/devices.py), or the CPU."""
-    from refit_core.devices import GPU_SHARING, assign_devices
+    from refit_core.devices import assign_devices
+    from refit_core.transports.registry import method
 
-    if GPU_SHARING.get(cfg.method) is None:
+    if not method(cfg.method).uses_gpus:
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise RuntimeError(f"--refit-method {cfg.method} needs CUDA GPUs; use --refit-method gloo on CPU")

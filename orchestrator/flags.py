@@ -15,6 +15,7 @@ from typing import Any, Callable
 from orchestrator import safety
 from refit_core.config import RunConfig
 from refit_core.errors import ConfigError
+from refit_core.transports import registry
 from refit_core.layout import RefitMode
 
 
@@ -48,7 +49,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--rl-inference-expert-tensor-model-parallel-size", "destination", "etp", int, "destination expert TP (1 for MoE)"),
     Flag("--rl-inference-pipeline-model-parallel-size", "destination", "pp", int, "destination PP"),
     Flag("--refit-mode", "run", "mode", RefitMode, "non-collocated or collocated"),
-    Flag("--refit-method", "run", "method", str, "nvshmem, nccl or gloo; megatron-nccl / megatron-gloo: Megatron-Core's own refit"),
+    Flag("--refit-method", "run", "method", str, registry.method_help()),
     Flag("--num-benchmark-iterations", "run", "iterations", int, "timed iterations"),
     Flag("--num-warmup-iterations", "run", "warmup", int, "untimed warm-up iterations (default 1)"),
     Flag("--refit-bucket-size", "run", "bucket_bytes", _size, "staging bucket per rank, e.g. 1GiB"),

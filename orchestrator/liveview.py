@@ -239,14 +239,14 @@ def memory_line(res: dict[str, Any]) -> Text | None:
 
 def predicted_line(run_dir: Path, res: dict[str, Any]) -> Text | None:
     """The time model's prediction (stored in plan.json at submission) against the measured median."""
-    from orchestrator.report import GPU_METHODS
+    from orchestrator.report import has_link_model
 
     try:
         plan = json.loads((run_dir / "plan.json").read_text())
         pred = plan.get("predicted") or {}
     except (OSError, ValueError, AttributeError):
         return None
-    if plan.get("method") not in GPU_METHODS:
+    if not has_link_model(plan.get("method")):
         return None  # the link model describes NVLink and network adapters, not gloo between CPU processes
     t, bound = pred.get("time_s"), pred.get("bound_s")
     if not isinstance(t, (int, float)) or t <= 0:

@@ -24,7 +24,14 @@ from refit_core.errors import RefitError
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-GPU_METHODS = ("nccl", "nvshmem", "naive", "megatron-nccl")
+
+
+def has_link_model(method: object) -> bool:
+    """Whether the link model (NVLink, network adapters) describes this method's transfers: not gloo on the CPU."""
+    from refit_core.transports.registry import METHODS
+
+    m = METHODS.get(method) if isinstance(method, str) else None
+    return m is not None and m.ceiling is not None
 NETWORK_COLOR, LOCAL_COLOR, OUT_COLOR, WARMUP_COLOR = "#1f77b4", "#ff7f0e", "#2ca02c", "#b0b0b0"
 ANNOTATE_CELLS = 144  # write the bytes into each cell of matrices up to 12 x 12
 
@@ -82,14 +89,14 @@ class RunData:
         if self.results.get("bound_ms") is not None:
             return float(self.results["bound_ms"])
         pred = self.plan.get("predicted") or {}
-        if self.plan.get("method") in GPU_METHODS and pred.get("bound_s"):
+        if has_link_model(self.plan.get("method")) and pred.get("bound_s"):
             return pred["bound_s"] * 1e3
         return None
 
     @property
     def predicted_ms(self) -> float | None:
         pred = self.plan.get("predicted") or {}
-        if self.plan.get("method") in GPU_METHODS and pred.get("time_s"):
+        if has_link_model(self.plan.get("method")) and pred.get("time_s"):
             return pred["time_s"] * 1e3
         return None
 

@@ -20,6 +20,7 @@ from jobs.refit_job import SAFE_ENV
 from orchestrator import safety
 from refit_core.config import RunConfig
 from refit_core.devices import assign_devices
+from refit_core.transports import registry
 from refit_core.errors import ConfigError
 from refit_core.layout import MAX_WORLD
 from refit_core.memory import GIB
@@ -226,16 +227,17 @@ def plan_resources(world: int, cluster: str, gpus_per_node: int, opts: ClusterOp
 def effective_config(cfg: RunConfig, method_explicit: bool, gpus_available: bool) -> tuple[RunConfig, str | None]:
     """Without GPUs, a GPU method the user did not ask for by flag runs on gloo (with one line saying so);
     one asked for by flag is an error."""
-    if cfg.method in ("gloo", "megatron-gloo") or gpus_available:
+    m = registry.method(cfg.method)
+    if m.refusal:
+        raise ConfigError(m.refusal)  # whatever the machine
+    if not m.needs_cuda or gpus_available:
         return cfg, None
-    if cfg.method == "megatron-nvshmem":
-        cfg.validate()  # its one-line refusal, whatever the machine
-    if method_explicit:
+    if method_explicit or m.cpu_fallback is None:
         raise ConfigError(f"--refit-method {cfg.method} needs CUDA GPUs and none is available here: "
-                          "use --refit-method gloo, or leave the flag out to fall back to gloo")
-    note = (f"no CUDA GPU available: running {cfg.name} with gloo on the CPU instead of {cfg.method} "
+                          f"use --refit-method {m.cpu_fallback or 'gloo'}, or leave the flag out to fall back to it")
+    note = (f"no CUDA GPU available: running {cfg.name} with {m.cpu_fallback} on the CPU instead of {cfg.method} "
             f"(on GPUs it runs {cfg.method})")
-    return cfg.with_changes(method="megatron-gloo" if cfg.method.startswith("megatron-") else "gloo"), note
+    return cfg.with_changes(method=m.cpu_fallback), note
 
 
 @dataclass(frozen=True)
@@ -272,7 +274,7 @@ def make_spec(name: str, cfg: RunConfig, cluster: str, opts: ClusterOptions, env
     `host`'s memory, every other run against --gpu-memory-gb."""
     requested = cfg.method
     cfg, note = effective_config(cfg, method_explicit, gpus_available)
-    on_host = cluster == "local" and cfg.method == "gloo"
+    on_host = cluster == "local" and not registry.method(cfg.method).needs_cuda
     cfg.validate(gpu_memory=not on_host)
     if on_host and host is not None:
         check_host_memory(cfg, host)

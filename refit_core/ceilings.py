@@ -40,7 +40,9 @@ class LinkFigures:
 
 
 def _engine(method: str) -> str:
-    return "peer_copy" if method == "nvshmem" else "nccl"
+    from refit_core.transports.registry import method as lookup
+
+    return lookup(method).ceiling or "nccl"
 
 
 def link_figures(data: Any, method: str, where: str) -> LinkFigures:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable
 
 from refit_core.errors import ConfigError
+from refit_core.transports import registry
 
 if TYPE_CHECKING:
     from refit_core.devices import DeviceMap
@@ -21,7 +22,7 @@ from refit_core.sharding import check_divisible
 from refit_core.ceilings import LinkFigures
 from refit_core.timemodel import DEFAULT_SOURCE, LOCAL_COPY_GBPS, NETWORK_GBPS, NVLINK_GBPS, LinkModel
 
-METHODS = ("nccl", "nvshmem", "gloo", "naive", "megatron-gloo", "megatron-nccl", "megatron-nvshmem")
+METHODS = tuple(registry.METHODS)  # every --refit-method (refit_core/transports/registry.py)
 MAX_ITERATIONS = 1_000_000
 MAX_BUCKET = 1 << 48  # bytes
 MAX_GIB = 1_000_000  # --gpu-memory-gb
@@ -68,11 +69,9 @@ class RunConfig:
         Scalars first (cheap, and they bound what follows: the world's size, the model's), then the
         layouts against the model, then memory per GPU (`gpu_memory=False`: a run on the CPU, whose
         memory the orchestrator checks against the host's instead)."""
-        if self.method not in METHODS:
-            raise ConfigError(f"unknown --refit-method {self.method!r}: use one of {', '.join(METHODS)}")
-        if self.method == "megatron-nvshmem":  # Megatron-Core's peer (refit_core/transports/megatron.py)
-            from refit_core.transports.megatron import NVSHMEM_REFUSAL
-            raise ConfigError(NVSHMEM_REFUSAL)
+        refusal = registry.method(self.method).refusal
+        if refusal:
+            raise ConfigError(refusal)
         for flag, value, low, high in (("--num-benchmark-iterations", self.iterations, 1, MAX_ITERATIONS),
                                        ("--num-warmup-iterations", self.warmup, 0, MAX_ITERATIONS),
                                        ("--gpus", self.gpus, 1, MAX_WORLD),

@@ -21,10 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from refit_core.errors import ConfigError
+from refit_core.transports import registry
 from refit_core.layout import WorldLayout
 
 # How each refit method may share a GPU among its active ranks: None = no GPU at all.
-GPU_SHARING: dict[str, str | None] = {"nccl": "exclusive", "nvshmem": "even", "naive": "even", "gloo": None}
 
 
 @dataclass(frozen=True)
@@ -79,17 +79,16 @@ def assign_devices(world: WorldLayout, method: str, ranks_per_node: int, gpus_pe
 
     `ranks_per_node`: tasks on each node (a local run: the whole world); `gpus_per_node`: GPUs each
     node shows to its tasks."""
-    if method not in GPU_SHARING:
-        raise ConfigError(f"unknown refit method {method!r}: use one of {', '.join(GPU_SHARING)}")
+    m = registry.method(method)
     if ranks_per_node < 1:
         raise ConfigError(f"ranks per node must be at least 1, got {ranks_per_node}")
     devices: list[int | None] = [None] * world.world_size
-    sharing = GPU_SHARING[method]
+    sharing = m.gpu_sharing
     if sharing is None:
         return DeviceMap(tuple(devices), ranks_per_node, gpus_per_node)
     notes = []
     by_node: dict[int, list[int]] = {}
-    for r in range(world.gpus_used):
+    for r in range(world.world_size if m.all_ranks else world.gpus_used):
         by_node.setdefault(r // ranks_per_node, []).append(r)
     for node, ranks in sorted(by_node.items()):
         k, g = len(ranks), gpus_per_node

@@ -17,10 +17,10 @@ import torch
 import torch.distributed as dist
 
 from refit_core.config import RunConfig
-from refit_core.errors import ConfigError
 from refit_core.plan import Plan, plan_transfers
 from refit_core.storage import Storage, rank_storage
-from refit_core.transports.base import RankContext, Transport
+from refit_core.transports.base import RankContext
+from refit_core.transports.registry import make_transport
 from refit_core.watchdog import Watchdog
 from refit_core import weights
 
@@ -36,26 +36,6 @@ class IterationRecord:
     phases_ms: dict[str, float] = field(default_factory=dict)
     launches: int = 0
     verified: bool = True
-
-
-def make_transport(method: str) -> Transport:
-    if method in ("nccl", "gloo"):
-        from refit_core.transports.staged import StagedTransport
-
-        return StagedTransport(method)
-    if method == "nvshmem":
-        from refit_core.transports.nvshmem import NvshmemTransport
-
-        return NvshmemTransport()
-    if method.startswith("megatron-"):
-        from refit_core.transports.megatron import MegatronTransport
-
-        return MegatronTransport(method)
-    if method == "naive":
-        from refit_core.transports.naive import NaiveTransport
-
-        return NaiveTransport()
-    raise ConfigError(f"unknown refit method {method!r}: use nccl, nvshmem, gloo, naive, megatron-gloo or megatron-nccl")
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from refit_core.model import Inventory
 from refit_core.placement import layout_heap
 from refit_core.sharding import shard_groups
 from refit_core.storage import ALIGN
+from refit_core.transports import registry
 
 GIB = 1 << 30
 NVSHMEM_RESERVE_BYTES = 512 << 20
@@ -111,7 +112,7 @@ def memory_fit(inv: Inventory, world: WorldLayout, method: str, bucket_bytes: in
         slots.append((src[sl] if sl is not None else None, dst[dl] if dl is not None else None))
     shards = [(sum(s or ()), sum(d or ())) for s, d in slots]
     active = range(world.gpus_used)
-    if method == "nvshmem":
+    if registry.method(method).buffers == "nvshmem-heap":
         hl = layout_heap([slots[r] for r in active], nvshmem_direction(world, "auto", gpus_per_node))
         buffers = [hl.heap_bytes - hl.heap_used[r] + NVSHMEM_OVERHEAD_BYTES for r in active]
     else:
@@ -141,7 +142,7 @@ def check_memory(fit: MemoryFit, gpu_memory_gb: float, method: str) -> None:
     else:
         more = "--rl-inference-expert-model-parallel-size"
     fix = f"use more GPUs with a larger {more} so each GPU holds fewer experts"
-    if method != "nvshmem":
+    if registry.method(method).buffers == "bucket":
         fix += (", or a smaller --refit-bucket-size" if m.buffer_bytes > over
                 else f" (a smaller --refit-bucket-size saves at most {_gib(m.buffer_bytes)})")
     raise ConfigError(

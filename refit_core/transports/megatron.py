@@ -49,7 +49,9 @@ UNPATCHED_ENV = "REFITCTL_MEGATRON_UNPATCHED"
 
 def refusal(method: str) -> str | None:
     """Why `method` cannot run at all (one line), or None: checked before anything is launched."""
-    return NVSHMEM_REFUSAL if method == "megatron-nvshmem" else None
+    from refit_core.transports.registry import method as lookup
+
+    return lookup(method).refusal
 
 
 class MegatronTransport:
