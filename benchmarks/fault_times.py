@@ -4,7 +4,7 @@
     python benchmarks/fault_times.py --via local          # through refitctl submit --cluster local
     python benchmarks/fault_times.py --via slurm          # through refitctl submit --cluster slurm
 
-Faults (REFITCTL_FAULT, refit_core/engine.py): raise, kill (SIGKILL), hang, corrupt, each at the
+Faults (REFITCTL_FAULT, refit_core/execution/engine.py): raise, kill (SIGKILL), hang, corrupt, each at the
 first timed iteration, on the last destination rank of a non-collocated config (config-4: 3 ranks,
 rank 2) and of a collocated one (collocated-4: 4 ranks, rank 1); gloo on the CPU, the tests' small
 model, --refit-timeout 10 (override with --timeout).
@@ -36,9 +36,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 from conftest import SMALL_FLAGS  # noqa: E402
 from jobs.local import launch  # noqa: E402
 from orchestrator.configs import resolve  # noqa: E402
-from orchestrator.failures import ProcessEnd, diagnose  # noqa: E402
-from orchestrator.flags import apply_overrides  # noqa: E402
-from orchestrator.rundir import progress  # noqa: E402
+from orchestrator.state.failures import ProcessEnd, diagnose  # noqa: E402
+from orchestrator.configs.flags import apply_overrides  # noqa: E402
+from orchestrator.state.rundir import progress  # noqa: E402
 
 FAULTS = ("raise", "kill", "hang", "corrupt")
 CONFIGS = {"config-4": 3, "collocated-4": 4}  # config -> world size (all ranks active)

@@ -46,10 +46,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from jobs.refit_job import SAFE_ENV  # noqa: E402
 from orchestrator.configs import SWEEPS, resolve  # noqa: E402
-from orchestrator.flags import apply_overrides  # noqa: E402
+from orchestrator.configs.flags import apply_overrides  # noqa: E402
 from refit_core.config import RunConfig  # noqa: E402
 from refit_core.errors import ConfigError  # noqa: E402
-from refit_core.plan import Plan, plan_transfers  # noqa: E402
+from refit_core.planning.plan import Plan, plan_transfers  # noqa: E402
 
 SEED = list(SWEEPS["8gpu"])
 LARGE = {  # ~1.25 GB of bf16 per layer: hidden 4096, 64 experts (refit_bench.py's LARGE, deeper)
@@ -208,7 +208,7 @@ def bound(t: Traffic, method: str, gpus: int, ceilings_by_size: dict[str, dict[s
 
 def ceilings_record(device: str, date: str, gpus: int, ceilings: dict[str, float],
                     by_size: dict[str, dict[str, float]]) -> dict[str, Any]:
-    """The ceilings file `refitctl --ceilings` reads (refit_core/ceilings.py)."""
+    """The ceilings file `refitctl --ceilings` reads (refit_core/planning/ceilings.py)."""
     return {"device": device, "date": date, "gpus": gpus, "ceilings": ceilings, "ceilings_by_size": by_size,
             "note": "GB/s (10^9 B/s) delivered; *_both_ways: each direction while both run at once"}
 

@@ -5,9 +5,9 @@
                                                              # one rank per GPU, rows needing more skipped
 
 Per seed row (configs 1-6, collocated-1..4) refitctl's method runs, then Megatron-Core's
-(`megatron-<backend>`, refit_core/transports/megatron.py), one after the other, each as one local
+(`megatron-<backend>`, refit_core/execution/transports/megatron.py), one after the other, each as one local
 process per rank (jobs/local.py, world = the GPUs the row uses), with the same warm-up and timed
-iterations and the same bitwise verification (refit_core/engine.py). Written to
+iterations and the same bitwise verification (refit_core/execution/engine.py). Written to
 benchmarks/results/<date>-cpu-megatron.json (or <date>-<gpu>-<N>gpu-megatron.json): per row both
 methods' bytes, first refit (`first_ms`: the warm-up iteration; Megatron's plan is built inside
 it) and steady state (`median_ms`), refitctl's planning outside the iteration (`plan_ms`, measured
@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from jobs.local import run_locally  # noqa: E402
 from orchestrator.configs import SWEEPS, resolve  # noqa: E402
-from orchestrator.flags import apply_overrides  # noqa: E402
+from orchestrator.configs.flags import apply_overrides  # noqa: E402
 from refit_core.config import RunConfig  # noqa: E402
 
 # The reduced model for CPU (2 cores shared): tests/conftest.py SMALL_FLAGS with hidden 512 and
@@ -58,7 +58,7 @@ def row_config(name: str, method: str, size: str, iterations: int, warmup: int) 
 def refitctl_traffic(cfg: RunConfig) -> dict[str, int]:
     """What refitctl's plan moves: network and local bytes, the busiest rank's network bytes in and
     out, and its messages (one per peer pair and round, jobs' staged transport)."""
-    from refit_core.plan import plan_transfers
+    from refit_core.planning.plan import plan_transfers
 
     plan = plan_transfers(cfg.inventory(), cfg.world())
     pr = plan.per_rank.values()
@@ -71,9 +71,9 @@ def refitctl_traffic(cfg: RunConfig) -> dict[str, int]:
 
 def refitctl_plan_ms(cfg: RunConfig) -> float:
     """refitctl's planning, which runs before its first iteration (Megatron's runs inside it)."""
-    from refit_core.blocks import chunk_bytes_for, rank_blocks
-    from refit_core.plan import plan_transfers
-    from refit_core.storage import rank_storage
+    from refit_core.execution.transports.blocks import chunk_bytes_for, rank_blocks
+    from refit_core.planning.plan import plan_transfers
+    from refit_core.execution.storage import rank_storage
 
     t0 = time.perf_counter()
     plan = plan_transfers(cfg.inventory(), cfg.world())
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     doc: dict[str, Any] = {
         "device": device, "command": shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv),
         "megatron_core": getattr(mc, "__version__", None) or _meta_version(), "backend": args.backend, "size": size,
-        "model_flags": REDUCED if size == "reduced" else "the seed's (orchestrator/configs.py)",
+        "model_flags": REDUCED if size == "reduced" else "the seed's (orchestrator/configs/__init__.py)",
         "iterations": args.iterations, "warmup": args.warmup, "started": datetime.datetime.now().isoformat(timespec="seconds"),
         "load_before": os.getloadavg(), "rows": [], "skipped": [],
     }

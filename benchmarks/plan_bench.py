@@ -29,8 +29,8 @@ GOALS = {"plan_s": 10.0, "for_rank_s": 1.0, "peak_rss_gib": 2.0}
 def measure(name: str) -> dict[str, Any]:
     """Time each planning step of config `name` in this process."""
     from orchestrator.configs import resolve
-    from refit_core.plan import plan_transfers
-    from refit_core.timemodel import predict
+    from refit_core.planning.plan import plan_transfers
+    from refit_core.planning.timemodel import predict
 
     out: dict[str, Any] = {"config": name}
     t0 = time.perf_counter()

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from jobs.local import launch, run_locally  # noqa: E402
 from orchestrator.configs import resolve  # noqa: E402
-from orchestrator.flags import apply_overrides  # noqa: E402
+from orchestrator.configs.flags import apply_overrides  # noqa: E402
 from refit_core.config import RunConfig  # noqa: E402
 
 LARGE = {  # ~10 GB of bf16: hidden 4096, 8 layers, 64 experts

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from jobs.local import launch  # noqa: E402
 from orchestrator.configs import resolve  # noqa: E402
-from orchestrator.flags import apply_overrides  # noqa: E402
+from orchestrator.configs.flags import apply_overrides  # noqa: E402
 
 
 def _overrides(tokens: list[str]) -> dict[str, object]:

@@ -3,7 +3,7 @@
 Every task writes `RUN_DIR/procs/rank-NNNNN.json` when it starts: host, pid, the kernel's start time
 of that pid (`/proc/PID/stat` field 22, clock ticks since boot) and the boot id. A pid alone may
 have been reused by then; pid + start time + boot id on the same host name one process for good.
-`refitctl cancel` reads them when the local controller is gone (orchestrator/jobstate.py).
+`refitctl cancel` reads them when the local controller is gone (orchestrator/state/jobstate.py).
 """
 
 from __future__ import annotations

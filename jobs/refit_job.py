@@ -71,7 +71,7 @@ def run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Run this task's part of the refit described by run_dir/config.json; returns its record.
 
     Every error from here on, wherever it is raised, lands in the rank's record (`error`), and every
-    wait is a phase of the rank's watchdog (refit_core/watchdog.py), bounded by --refit-timeout.
+    wait is a phase of the rank's watchdog (refit_core/execution/watchdog.py), bounded by --refit-timeout.
     Idle ranks take no GPU and join no process group: they record themselves done and return."""
     from refit_core.results import RankRecordWriter, rank_path, write_json_atomic
 
@@ -107,7 +107,7 @@ def run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         for k, v in SAFE_ENV.items():
             os.environ.setdefault(k, v)
         from refit_core.config import RunConfig
-        from refit_core.watchdog import Watchdog
+        from refit_core.execution.watchdog import Watchdog
 
         cfg = RunConfig.from_json(json.loads((run_path / "config.json").read_text()))
         watchdog = Watchdog(cfg.timeout_s, env.rank, record_error)
@@ -121,7 +121,7 @@ def run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
             log(f"attempt {restarts + 1}: the job was requeued {restarts} time(s); the refit starts again")
         if env.world_size != cfg.gpus:
             raise RuntimeError(f"job has {env.world_size} tasks but config {cfg.name} needs a world of {cfg.gpus}")
-        from refit_core.transports.registry import method
+        from refit_core.execution.transports.registry import method
 
         m = method(cfg.method)
         # ranks that take part: the layouts' ranks, or the whole world for a method that needs every rank
@@ -135,8 +135,8 @@ def run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         import torch
         import torch.distributed as dist
 
-        from refit_core.engine import Fault, run_rank
-        from refit_core.plan import plan_transfers
+        from refit_core.execution.engine import Fault, run_rank
+        from refit_core.planning.plan import plan_transfers
         from refit_core.results import aggregate
 
         watchdog.arm("CUDA device set-up")
@@ -185,9 +185,9 @@ def run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def rank_device(cfg: Any, rank: int, torch: Any) -> Any:
-    """This rank's device: the GPU the run placed it on (config.json `devices`, refit_core/devices.py), or the CPU."""
-    from refit_core.devices import assign_devices
-    from refit_core.transports.registry import method
+    """This rank's device: the GPU the run placed it on (config.json `devices`, refit_core/planning/devices.py), or the CPU."""
+    from refit_core.planning.devices import assign_devices
+    from refit_core.execution.transports.registry import method
 
     if not method(cfg.method).uses_gpus:
         return torch.device("cpu")

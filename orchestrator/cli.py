@@ -14,12 +14,12 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestrator import configs, safety
-from orchestrator.flags import add_flags, apply_overrides, overrides_from_args
-from orchestrator.planview import device_map, plan_json, print_plan
+from orchestrator.configs.flags import add_flags, apply_overrides, overrides_from_args
+from orchestrator.views.planview import device_map, plan_json, print_plan
 from refit_core.config import RunConfig
 from refit_core.errors import ConfigError, RefitError
-from refit_core.layout import gpus_needed
-from refit_core.plan import plan_transfers
+from refit_core.planning.layout import gpus_needed
+from refit_core.planning.plan import plan_transfers
 
 
 class UsageError(ConfigError):
@@ -94,7 +94,7 @@ def link_figures_from(cfg: RunConfig, args: argparse.Namespace, given: dict[str,
     winning, and a note of where they came from."""
     import os
 
-    from refit_core.ceilings import load_ceilings
+    from refit_core.planning.ceilings import load_ceilings
 
     path = getattr(args, "ceilings", None) or (Path(os.environ["REFITCTL_CEILINGS"])
                                                if os.environ.get("REFITCTL_CEILINGS") else None)
@@ -126,11 +126,11 @@ def _plan(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
             raise ConfigError(f"--local-gpus must be 0..65536, got {args.local_gpus}")
         gpus = device_map(cfg, plan, args.local_gpus)  # the pre-flight: a layout the method cannot run fails here
         if args.check:
-            from refit_core.validate import check_plan
+            from refit_core.planning.validate import check_plan
 
             check_plan(plan)
         if args.png:
-            from orchestrator.report_cmd import write_plan_png
+            from orchestrator.commands.report import write_plan_png
 
             write_plan_png(args.png, plan_json(cfg, plan), cfg.name)
         if args.json:
@@ -192,7 +192,7 @@ def _load_plugins() -> None:
     """Import the modules that register more subcommands (submit, sweep, runs, report, ...)."""
     import importlib
 
-    for mod in ("orchestrator.commands", "orchestrator.report_cmd"):
+    for mod in ("orchestrator.commands.run", "orchestrator.commands.report"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:

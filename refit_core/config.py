@@ -11,18 +11,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable
 
 from refit_core.errors import ConfigError
-from refit_core.transports import registry
+from refit_core.execution.transports import registry
 
 if TYPE_CHECKING:
-    from refit_core.devices import DeviceMap
-from refit_core.layout import MAX_WORLD, ParallelLayout, RefitMode, WorldLayout, world_layout
-from refit_core.memory import GIB, MemoryFit, check_memory, memory_fit
-from refit_core.model import MAX_PARAMETERS, Inventory, ModelSpec, inventory
-from refit_core.sharding import check_divisible
-from refit_core.ceilings import LinkFigures
-from refit_core.timemodel import DEFAULT_SOURCE, LOCAL_COPY_GBPS, NETWORK_GBPS, NVLINK_GBPS, LinkModel
+    from refit_core.planning.devices import DeviceMap
+from refit_core.planning.layout import MAX_WORLD, ParallelLayout, RefitMode, WorldLayout, world_layout
+from refit_core.planning.memory import GIB, MemoryFit, check_memory, memory_fit
+from refit_core.planning.model import MAX_PARAMETERS, Inventory, ModelSpec, inventory
+from refit_core.planning.sharding import check_divisible
+from refit_core.planning.ceilings import LinkFigures
+from refit_core.planning.timemodel import DEFAULT_SOURCE, LOCAL_COPY_GBPS, NETWORK_GBPS, NVLINK_GBPS, LinkModel
 
-METHODS = tuple(registry.METHODS)  # every --refit-method (refit_core/transports/registry.py)
+METHODS = tuple(registry.METHODS)  # every --refit-method (refit_core/execution/transports/registry.py)
 MAX_ITERATIONS = 1_000_000
 MAX_BUCKET = 1 << 48  # bytes
 MAX_GIB = 1_000_000  # --gpu-memory-gb
@@ -58,7 +58,7 @@ class RunConfig:
     link_source: str = ""
     """Where the link figures come from (a ceilings file, flags); empty: the defaults."""
     devices: tuple[int | None, ...] = ()
-    """Each rank's GPU (index on its node; None: no GPU), decided before launch by refit_core/devices.py;
+    """Each rank's GPU (index on its node; None: no GPU), decided before launch by refit_core/planning/devices.py;
     empty: the job places its rank itself, by the same rules."""
     ranks_per_node: int = 0
     """Tasks per node the devices were placed for (0: not placed)."""
@@ -123,7 +123,7 @@ class RunConfig:
 
     def device_map(self) -> "DeviceMap | None":
         """The rank -> GPU placement written before launch, or None if none was."""
-        from refit_core.devices import DeviceMap
+        from refit_core.planning.devices import DeviceMap
 
         if not self.devices:
             return None

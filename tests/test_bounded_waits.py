@@ -23,8 +23,8 @@ import pytest
 from refit_core.results import load_rank_record, rank_path
 
 from jobs.procs import boot_id, recorded_processes, start_ticks
-from orchestrator.executor import KILL_GRACE_S
-from refit_core.watchdog import GRACE_S
+from orchestrator.submission.executor import KILL_GRACE_S
+from refit_core.execution.watchdog import GRACE_S
 from test_faults import _FAULT_AT
 from test_orchestrator_local import SMALL, only_run, refitctl, run_json
 
@@ -92,9 +92,9 @@ def test_a_killed_controller_leaves_no_rank_running(tmp_path: Path) -> None:
 def test_cancel_stops_the_ranks_of_a_run_whose_controller_is_gone(tmp_path: Path) -> None:
     """Two recorded processes: one is the rank (pid and start time match), one a reused pid (start time differs)."""
     from orchestrator.configs import resolve
-    from orchestrator.rundir import update_run, write_run
-    from orchestrator.runspec import ClusterOptions, make_spec
-    from refit_core.plan import plan_transfers
+    from orchestrator.state.rundir import update_run, write_run
+    from orchestrator.submission.runspec import ClusterOptions, make_spec
+    from refit_core.planning.plan import plan_transfers
 
     d = tmp_path / "orphan-run"
     cfg = resolve("config-4").with_changes(method="gloo", gpus=3)
@@ -146,7 +146,7 @@ def test_verified_results_read_as_verified_without_the_controller(tmp_path: Path
 
 @pytest.mark.parametrize("phase", ["init", "setup"])
 def test_fault_phases_parse(phase: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from refit_core.engine import Fault
+    from refit_core.execution.engine import Fault
 
     monkeypatch.setenv("REFITCTL_FAULT", f"hang:rank=2:phase={phase}")
     f = Fault.from_env()

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from orchestrator.cli import main
-from refit_core.ceilings import link_figures
+from refit_core.planning.ceilings import link_figures
 from refit_core.errors import ConfigError
-from refit_core.layout import ParallelLayout, RefitMode, world_layout
-from refit_core.model import ModelSpec, inventory
-from refit_core.plan import plan_transfers
-from refit_core.timemodel import LinkModel, predict
+from refit_core.planning.layout import ParallelLayout, RefitMode, world_layout
+from refit_core.planning.model import ModelSpec, inventory
+from refit_core.planning.plan import plan_transfers
+from refit_core.planning.timemodel import LinkModel, predict
 
 # 2 x H200 (NV18), 2026-11-29 (issue 13)
 H200 = {"device": "NVIDIA H200", "date": "2026-11-29", "ceilings": {

@@ -64,7 +64,7 @@ def test_bad_input_is_one_line_and_exit_2(argv: list[str], line: str, capsys: py
 
 @pytest.mark.parametrize("command", ["plan", "submit"])
 def test_help_lists_every_flag_in_its_group(command: str, capsys: pytest.CaptureFixture[str]) -> None:
-    from orchestrator.flags import FLAGS
+    from orchestrator.configs.flags import FLAGS
 
     with pytest.raises(SystemExit):
         main([command, "--help"])

@@ -1,4 +1,4 @@
-"""Ranks on GPUs (refit_core/devices.py): what each rank gets, what is refused before launch, what is shown."""
+"""Ranks on GPUs (refit_core/planning/devices.py): what each rank gets, what is refused before launch, what is shown."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator import executor
+from orchestrator.submission import executor
 from orchestrator.cli import main
-from refit_core.devices import assign_devices, shares_gpus
+from refit_core.planning.devices import assign_devices, shares_gpus
 from refit_core.errors import ConfigError
-from refit_core.layout import ParallelLayout, RefitMode, world_layout
+from refit_core.planning.layout import ParallelLayout, RefitMode, world_layout
 
 
 def _world(mode: str, src: int, dst: int, idle: int):  # type: ignore[no-untyped-def]

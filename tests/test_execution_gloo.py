@@ -10,7 +10,7 @@ import pytest
 from conftest import SMALL_FLAGS
 from jobs.local import run_locally
 from orchestrator.configs import resolve
-from orchestrator.flags import apply_overrides
+from orchestrator.configs.flags import apply_overrides
 from refit_core.config import RunConfig
 from refit_core.results import load_rank_record, rank_files
 

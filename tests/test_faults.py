@@ -1,6 +1,6 @@
 """Failures and bad data: every rank exits in bounded time, the failing rank is named, nothing is lost.
 
-Faults are injected with REFITCTL_FAULT (refit_core/engine.py) into runs submitted through `refitctl`
+Faults are injected with REFITCTL_FAULT (refit_core/execution/engine.py) into runs submitted through `refitctl`
 with the local executor, in both modes (config-4: non-collocated, 3 ranks; collocated-4: 4 ranks), on
 gloo, with `--refit-timeout 10`. The raise fault of a non-collocated run is
 test_orchestrator_local.py's test_a_failing_rank_fails_the_job_and_shows_its_error; the SLURM cases
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.executor import KILL_GRACE_S
-from orchestrator.failures import ProcessEnd, diagnose, short_error, srun_ends
-from orchestrator.rundir import Progress, RankProgress
+from orchestrator.submission.executor import KILL_GRACE_S
+from orchestrator.state.failures import ProcessEnd, diagnose, short_error, srun_ends
+from orchestrator.state.rundir import Progress, RankProgress
 from refit_core.results import load_rank_record, rank_files
 from test_orchestrator_local import SMALL, only_run, refitctl, run_json
 

@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from orchestrator.cli import main
-from orchestrator.flags import BY_KEY, FLAGS
+from orchestrator.configs.flags import BY_KEY, FLAGS
 
 FLAG_EXAMPLES = 800
 RENDER_EXAMPLES = 300

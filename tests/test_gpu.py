@@ -15,9 +15,9 @@ import torch
 from conftest import SMALL_FLAGS
 from jobs.local import run_locally
 from orchestrator.configs import resolve
-from orchestrator.flags import apply_overrides
-from refit_core.blocks import Block
-from refit_core.transports.copy import CudaBlockCopy, absolute, copy_blocks_torch, cuda_copy_available
+from orchestrator.configs.flags import apply_overrides
+from refit_core.execution.transports.blocks import Block
+from refit_core.execution.transports.copy import CudaBlockCopy, absolute, copy_blocks_torch, cuda_copy_available
 
 needs_cuda = pytest.mark.skipif(not cuda_copy_available(), reason="needs a CUDA GPU and cupy")
 needs_nvshmem = pytest.mark.skipif(importlib.util.find_spec("nvshmem") is None or not torch.cuda.is_available(),

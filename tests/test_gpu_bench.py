@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.gpu_bench import (bound, cases, evenly_placed, make_config, pick, probe_size, slug, table, traffic)
-from refit_core.plan import plan_transfers
+from refit_core.planning.plan import plan_transfers
 
 SEED_ITERS = {"seed": 2, "large": 1}
 
@@ -76,7 +76,7 @@ def test_a_row_runs_through_the_local_launcher_and_has_every_recorded_field(tmp_
     from conftest import SMALL_FLAGS
 
     from benchmarks.gpu_bench import Case, run_case
-    from orchestrator.flags import apply_overrides
+    from orchestrator.configs.flags import apply_overrides
 
     cfg = apply_overrides(make_config("tp1-to-tp1", "gloo", "seed", 2, 4), SMALL_FLAGS)
     by_size = {"nccl_one_way": {str(1 << 20): 1.0}, "local_copy": {str(1 << 20): 10.0}}

@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from orchestrator import executor
+from orchestrator.submission import executor
 from orchestrator.configs import resolve
-from orchestrator.runspec import ClusterOptions, HostMemory, job_env, make_spec
+from orchestrator.submission.runspec import ClusterOptions, HostMemory, job_env, make_spec
 from refit_core.errors import ConfigError
-from refit_core.memory import GIB
+from refit_core.planning.memory import GIB
 
 STUBS = {
     # saves the script it is given (its last argument) and answers like sbatch

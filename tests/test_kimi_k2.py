@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from orchestrator import cli
 from orchestrator.configs import builtin_configs
-from orchestrator.flags import apply_overrides
-from orchestrator.kimi_k2 import (
+from orchestrator.configs.flags import apply_overrides
+from orchestrator.configs.kimi_k2 import (
     KIMI_K2_CONFIGS,
     KIMI_K2_MODEL,
     PUBLISHED_SAFETENSORS_PARAMS,
@@ -19,14 +19,14 @@ from orchestrator.kimi_k2 import (
 )
 from refit_core.config import RunConfig
 from refit_core.errors import ConfigError
-from refit_core.layout import ParallelLayout, RefitMode, world_layout
-from refit_core.memory import GIB, NVSHMEM_OVERHEAD_BYTES, shard_bytes
-from refit_core.model import Inventory, ModelSpec, ParamSpec, inventory
-from refit_core.plan import Plan, Transfer, plan_transfers
-from refit_core.sharding import local_shape
-from refit_core.storage import rank_storage
-from refit_core.timemodel import LinkModel, predict
-from refit_core.validate import check_plan
+from refit_core.planning.layout import ParallelLayout, RefitMode, world_layout
+from refit_core.planning.memory import GIB, NVSHMEM_OVERHEAD_BYTES, shard_bytes
+from refit_core.planning.model import Inventory, ModelSpec, ParamSpec, inventory
+from refit_core.planning.plan import Plan, Transfer, plan_transfers
+from refit_core.planning.sharding import local_shape
+from refit_core.execution.storage import rank_storage
+from refit_core.planning.timemodel import LinkModel, predict
+from refit_core.planning.validate import check_plan
 
 CONFIGS = {c.name: c for c in KIMI_K2_CONFIGS}
 
@@ -133,7 +133,7 @@ def test_reduced_plan_covers_every_element_once(name: str) -> None:
     plan = plan_transfers(cfg.inventory(), cfg.world())
     check_plan(plan)
     assert plan.balance <= 1.05
-    from refit_core.storage import rank_storage
+    from refit_core.execution.storage import rank_storage
 
     dst_need = sum(slot.nbytes for r in range(cfg.destination.size)
                    for slot in rank_storage(plan.inventory, cfg.destination, r).slots)

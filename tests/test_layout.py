@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.configs import builtin_configs, resolve
-from orchestrator.flags import apply_overrides
+from orchestrator.configs.flags import apply_overrides
 from refit_core.errors import ConfigError
-from refit_core.layout import ParallelLayout, world_layout
+from refit_core.planning.layout import ParallelLayout, world_layout
 
 SEED_LAYOUTS = {
     "config-1": ("World size: 8 (using 6 GPUs)\nSource ranks: 0-3 (TP=2, PP=1, EP=2)\n"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.liveview import delivered_text, predicted_line
-from orchestrator.report import plain_number
+from orchestrator.views.liveview import delivered_text, predicted_line
+from orchestrator.views.report import plain_number
 
 
 @pytest.mark.parametrize("v, text", [(0.01234, "0.0123"), (4.567, "4.57"), (78.9, "78.9"), (789.4, "789"),
@@ -35,7 +35,7 @@ def test_link_model_compared_only_for_gpu_methods(method: str, shown: bool, tmp_
 
 
 def test_header_and_rank_rows_count_the_same_iterations() -> None:
-    from orchestrator.rundir import Progress, RankProgress
+    from orchestrator.state.rundir import Progress, RankProgress
 
     def rank(r: int, done: int) -> RankProgress:
         return RankProgress(r, "source", done, tuple(1.0 for _ in range(done)), False, False, None, 0.0)

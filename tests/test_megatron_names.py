@@ -1,4 +1,4 @@
-"""refit_core/megatron_names.py: every Megatron-Core spelling of a parameter maps to refitctl's name.
+"""refit_core/peers/megatron_names.py: every Megatron-Core spelling of a parameter maps to refitctl's name.
 
 Pure (no megatron import): the local-spec and checkpoint spellings are also checked against real
 models by tests/test_megatron_oracle.py; the Transformer-Engine spelling (which needs CUDA to
@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 
 from refit_core.errors import ConfigError
-from refit_core.megatron_names import TABLE, megatron_to_refitctl, to_refitctl
-from refit_core.model import ModelSpec, inventory
+from refit_core.peers.megatron_names import TABLE, megatron_to_refitctl, to_refitctl
+from refit_core.planning.model import ModelSpec, inventory
 
 
 @pytest.mark.parametrize("local, te", [
@@ -52,12 +52,12 @@ def test_every_refitctl_name_has_a_row() -> None:
                      untie_embeddings_and_output_weights=True, swiglu=True)
     names = {p.name for p in inventory(spec).params}
     rows = [r.refitctl for r in TABLE]
-    from refit_core.megatron_names import _regex
+    from refit_core.peers.megatron_names import _regex
     for n in names:
         assert any(_regex(r).match(n) for r in rows), n
 
 
 def test_unknown_name_is_refused_with_the_fix() -> None:
     with pytest.raises(ConfigError, match=r"'decoder.layers.0.mlp.foo.weight' \(te_spec\) is not in "
-                                          r"refit_core/megatron_names.py's TABLE: add its row"):
+                                          r"refit_core/peers/megatron_names.py's TABLE: add its row"):
         megatron_to_refitctl("decoder.layers.0.mlp.foo.weight")

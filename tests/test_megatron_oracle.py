@@ -7,7 +7,7 @@ layout, one gloo process per rank (refit_core/peers/megatron_build.py). Per case
    `sharded_state_dict()` equals refitctl's inventory and sharding for that rank;
 2. refit: sources filled with refitctl's deterministic values by global position, destinations
    poisoned (NaN), Megatron-Core's `swap_model_weights(src, dst, gloo)` run as shipped, then with
-   refit_core/megatron_patch.py's fix; every destination parameter compared bitwise with refitctl's
+   refit_core/peers/megatron_patch.py's fix; every destination parameter compared bitwise with refitctl's
    expected shard. What Megatron-Core as shipped does is asserted exactly (it fails, or it writes
    wrong bytes) so a new release that changes it shows up here.
 Skipped when megatron-core (the `megatron` extra) is not installed.
@@ -20,14 +20,14 @@ import time
 import pytest
 
 from refit_core.config import RunConfig
-from refit_core.layout import ParallelLayout, RefitMode
-from refit_core.model import ModelSpec
+from refit_core.planning.layout import ParallelLayout, RefitMode
+from refit_core.planning.model import ModelSpec
 
 mb = pytest.importorskip("refit_core.peers.megatron_build")
 if mb.megatron_core() is None:
     pytest.skip("megatron-core not installed (pip install 'refitctl[megatron]')", allow_module_level=True)
 
-from refit_core import megatron_patch  # noqa: E402
+from refit_core.peers import megatron_patch  # noqa: E402
 
 # Tiny, but with every kind of weight: GQA (8 heads, 4 query groups), MoE with a shared expert,
 # learned positions, LayerNorm with bias, a vocabulary (1000) that Megatron pads.
@@ -92,7 +92,7 @@ def shipped(res: list[dict]) -> list[tuple]:
 
 def expert_params_on(cfg: RunConfig, rank: int) -> set[str]:
     """refitctl names of the routed-expert parameters destination rank `rank` holds."""
-    from refit_core.storage import rank_storage
+    from refit_core.execution.storage import rank_storage
 
     inv = cfg.inventory()
     place = cfg.world().destination

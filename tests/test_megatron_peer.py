@@ -1,4 +1,4 @@
-"""Megatron-Core's own refit as a refitctl method (refit_core/transports/megatron.py).
+"""Megatron-Core's own refit as a refitctl method (refit_core/execution/transports/megatron.py).
 
 What a user relies on: `refitctl submit X --refit-method megatron-gloo` runs Megatron-Core's
 `swap_model_weights` under refitctl's timing and bitwise verification, says it patched Megatron,
@@ -66,7 +66,7 @@ def test_non_collocated_config_4_megatron_gloo_verifies(tmp_path: Path) -> None:
     """config-4 (TP2 -> TP1, 3 ranks): an EP=1, TP>1 source, which Megatron-Core as shipped cannot plan."""
     from jobs.local import run_locally
     from orchestrator.configs import resolve
-    from orchestrator.flags import apply_overrides
+    from orchestrator.configs.flags import apply_overrides
 
     cfg = apply_overrides(resolve("config-4"), {**SMALL_FLAGS, "refit_method": "megatron-gloo",
                                                 "num_benchmark_iterations": 1})
@@ -83,7 +83,7 @@ def test_non_collocated_config_4_megatron_gloo_verifies(tmp_path: Path) -> None:
 
 def test_megatron_gloo_runs_on_cpu_and_megatron_nccl_falls_back_to_it() -> None:
     from orchestrator.configs import resolve
-    from orchestrator.runspec import effective_config
+    from orchestrator.submission.runspec import effective_config
     from refit_core.errors import ConfigError
 
     cpu = resolve("collocated-4").with_changes(method="megatron-gloo")

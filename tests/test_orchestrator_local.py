@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, SMALL_FLAGS
-from orchestrator import executor
-from orchestrator.jobstate import job_state
-from orchestrator.planview import human_bytes
+from orchestrator.submission import executor
+from orchestrator.state.jobstate import job_state
+from orchestrator.views.planview import human_bytes
 from refit_core.results import load_rank_record, rank_files
-from orchestrator.runspec import ClusterOptions, effective_config, job_env, parse_env, parse_time, plan_resources
+from orchestrator.submission.runspec import ClusterOptions, effective_config, job_env, parse_env, parse_time, plan_resources
 from refit_core.errors import ConfigError
 
 SMALL = [a for k, v in SMALL_FLAGS.items() for a in (f"--{k.replace('_', '-')}", str(v))]

@@ -9,10 +9,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from orchestrator.configs import builtin_configs, resolve
-from refit_core.layout import ParallelLayout, RefitMode, world_layout
-from refit_core.model import ModelSpec, inventory
-from refit_core.plan import plan_transfers
-from refit_core.validate import CoverageError, check_plan
+from refit_core.planning.layout import ParallelLayout, RefitMode, world_layout
+from refit_core.planning.model import ModelSpec, inventory
+from refit_core.planning.plan import plan_transfers
+from refit_core.planning.validate import CoverageError, check_plan
 
 SEED = [n for n in builtin_configs() if n.startswith(("config-", "collocated-"))]
 
@@ -49,7 +49,7 @@ def test_every_destination_element_exactly_once(case) -> None:
     per = plan.per_rank
     assert sum(v.bytes_out for v in per.values()) == sum(v.bytes_in for v in per.values())
     # every destination byte once: the destination shards' total size
-    from refit_core.storage import rank_storage
+    from refit_core.execution.storage import rank_storage
 
     want = 0
     for r in world.destination.ranks:
@@ -106,7 +106,7 @@ def test_checker_catches_a_missing_and_a_duplicated_slice() -> None:
 
 
 def test_swiglu_fc1_each_tp_rank_holds_part_of_gate_and_up() -> None:
-    from refit_core.sharding import rank_pieces
+    from refit_core.planning.sharding import rank_pieces
 
     model = ModelSpec(num_layers=1, hidden_size=8, num_attention_heads=2, ffn_hidden_size=8, swiglu=True)
     inv = inventory(model, (2,))

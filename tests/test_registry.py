@@ -12,7 +12,7 @@ import pytest
 from conftest import ROOT
 from refit_core.config import METHODS
 from refit_core.errors import ConfigError
-from refit_core.transports import registry
+from refit_core.execution.transports import registry
 
 
 def test_config_methods_are_the_registry() -> None:

@@ -216,8 +216,8 @@ def test_without_matplotlib_report_says_how_to_install(sweep: Path, monkeypatch:
 
 def test_sweep_chart_draws_the_bound_of_gpu_methods(sweep: Path) -> None:
     """NCCL against NVSHMEM, each against the link model's bound: pure functions, made-up GPU runs."""
-    from orchestrator.report import png_bytes, report_html, run_images, sweep_figure
-    from orchestrator.report_cmd import load_run_data
+    from orchestrator.views.report import png_bytes, report_html, run_images, sweep_figure
+    from orchestrator.commands.report import load_run_data
 
     base = load_run_data(run_dirs(sweep)["config-4"])
     runs = [dataclasses.replace(base, method=m, plan={**base.plan, "method": m}) for m in ("nccl", "nvshmem")]

@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 
 from conftest import ROOT
-from orchestrator import executor
+from orchestrator.submission import executor
 from orchestrator.cli import main
-from orchestrator.runfiles import JobStateFile, RunInfo, SweepInfo
+from orchestrator.state.runfiles import JobStateFile, RunInfo, SweepInfo
 from refit_core.errors import RunDirError
 from refit_core.results import (RankFileReader, RankRecordWriter, aggregate, load_rank_record, rank_path,
                                 read_rank_records, read_results)
@@ -245,7 +245,7 @@ def test_a_failed_write_removes_the_half_made_run(tmp_path: Path, monkeypatch: p
     """The same without root: the plan summary's write fails (ENOSPC), after config.json and layout.txt."""
     import errno
 
-    from orchestrator import rundir
+    from orchestrator.state import rundir
 
     real = rundir.write_json_atomic
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.slurm_fit import NodeInfo, Request, misfit, parse_sinfo, parse_time_limit
+from orchestrator.submission.slurm_fit import NodeInfo, Request, misfit, parse_sinfo, parse_time_limit
 
 SINFO = """node1|debug*|8|gpu:4|infinite|up|idle
 node2|debug*|8|gpu:4|infinite|up|mixed
@@ -40,7 +40,7 @@ def test_misfit_names_what_is_missing(req: Request, reason: str | None) -> None:
 
 
 def test_pending_reasons_say_what_to_change() -> None:
-    from orchestrator.jobstate import pending_reason
+    from orchestrator.state.jobstate import pending_reason
 
     assert pending_reason("PartitionConfig").startswith("PartitionConfig: the partition cannot run this job")
     assert pending_reason("Resources") == ("Resources: waiting for nodes to free up: the job fits the partition, "

@@ -30,12 +30,12 @@ import torch
 
 from refit_core.config import RunConfig
 from refit_core.errors import ConfigError
-from refit_core.layout import ParallelLayout, Placement
-from refit_core.megatron_names import megatron_to_refitctl, to_refitctl
-from refit_core.model import Inventory, ModelSpec
-from refit_core.sharding import local_shape, rank_pieces
-from refit_core.storage import rank_storage
-from refit_core.weights import fill, param_view
+from refit_core.planning.layout import ParallelLayout, Placement
+from refit_core.peers.megatron_names import megatron_to_refitctl, to_refitctl
+from refit_core.planning.model import Inventory, ModelSpec
+from refit_core.planning.sharding import local_shape, rank_pieces
+from refit_core.execution.storage import rank_storage
+from refit_core.execution.weights import fill, param_view
 
 MEGATRON_CORE_VERSION = "0.16.1"
 
@@ -91,7 +91,7 @@ def process_groups(place: Placement) -> Any:
     Collective: every rank of the world calls it with the same placement. Same recipe as
     Megatron-LM's build_inference_pg_collection: dense grid [tp, cp=1, dp, pp] and expert grid
     [etp=1, ep, edp, pp], so local rank i has tp = i % TP, ep = i % EP, stage = i // (TP*EP),
-    refitctl's layout (refit_core/layout.py).
+    refitctl's layout (refit_core/planning/layout.py).
     """
     import torch.distributed as dist
     from megatron.core.process_groups_config import ProcessGroupCollection
@@ -291,7 +291,7 @@ def placement_mismatches(cfg: RunConfig, place: Placement, model: Any) -> list[s
 
     For every shard `sharded_state_dict()` lists: the checkpoint key (with the layer / expert it
     sits at on the stacked axes) and the parameter name must both map, through
-    refit_core/megatron_names.py, to the same refitctl parameter; its global shape must be
+    refit_core/peers/megatron_names.py, to the same refitctl parameter; its global shape must be
     refitctl's; and the global slice the rank holds, with where it sits in the local tensor, must be
     refitctl's `rank_pieces` for this rank. Every refitctl parameter of this rank must be one of
     Megatron's and the other way round. Empty when they agree."""

@@ -1,0 +1,222 @@
+"""Where a submitted run stands, and how to cancel it: from SLURM (squeue, sacct) or the local controller.
+
+Every answer is a `JobState`; when the scheduler cannot say (no accounting, an unknown job id, a
+controller that vanished), the state comes from the run directory and `detail` says so in plain
+words: nothing here raises for a job that cannot be found.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jobs.procs import recorded_processes, stop_processes
+from orchestrator.state.rundir import CANCEL_FILE, STATE_FILE
+from orchestrator.state.runfiles import read_job_state
+from refit_core.errors import RunDirError
+from refit_core.results import read_results, write_json_atomic
+
+QUEUED = {"PENDING", "REQUEUED", "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SUBMITTED"}
+ACTIVE = {"RUNNING", "CONFIGURING", "COMPLETING", "STAGE_OUT", "SIGNALING", "RESIZING", "STOPPED"}
+FINAL = {"COMPLETED", "FAILED", "TIMEOUT", "CANCELLED", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
+         "PREEMPTED", "REVOKED", "SPECIAL_EXIT", "UNKNOWN"}
+_SUBMIT_GRACE_S = 60  # a job SLURM does not list yet, this soon after sbatch, is "SUBMITTED"
+
+
+@dataclass(frozen=True)
+class JobState:
+    state: str
+    detail: str = ""
+    source: str = ""
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL
+
+    @property
+    def queued(self) -> bool:
+        return self.state in QUEUED
+
+    def describe(self) -> str:
+        return self.state + (f" ({self.detail})" if self.detail else "")
+
+
+def job_state(run_dir: Path, info: dict[str, Any]) -> JobState:
+    job = info.get("job")
+    if not job:
+        final = info.get("final")
+        if final:
+            return JobState(final["state"], final.get("detail", ""), "run.json")
+        return JobState("UNKNOWN", "never submitted (no job id in run.json)", "run.json")
+    if job["cluster"] == "local":
+        return _local_state(run_dir, job)
+    return _slurm_state(run_dir, job)
+
+
+# ----------------------------------------------------------------------------- local
+
+def _local_state(run_dir: Path, job: dict[str, Any]) -> JobState:
+    st = read_job_state(run_dir)  # a damaged file: RunDirError, one line
+    alive = _controller_alive(job.get("controller_pid"))
+    if st and st.state != "RUNNING":
+        return JobState(st.state, st.detail, "local controller")
+    if alive:
+        queued = "waiting for the earlier runs of its array" if "_" in str(job.get("job_id")) else ""
+        return JobState("RUNNING" if st else "PENDING", "" if st else queued, "local controller")
+    if st is None and time.time() - job.get("submitted", 0) < 10:
+        return JobState("SUBMITTED", "", "local controller")
+    gone = f"the local controller (pid {job.get('controller_pid')}) is gone without a final state"
+    orphans = [p for p in recorded_processes(run_dir) if p.is_running_here()]
+    if orphans:
+        return JobState("RUNNING", f"{gone}; {len(orphans)} rank(s) still running: `refitctl cancel` stops them",
+                        "run directory")
+    return _from_run_dir(run_dir, gone)
+
+
+def _controller_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        try:
+            os.kill(pid, 0)
+            return True  # no /proc (macOS): trust the pid
+        except OSError:
+            return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z" and b"orchestrator.submission.executor" in cmd
+
+
+# ----------------------------------------------------------------------------- SLURM
+
+def _run(cmd: list[str]) -> tuple[int, str, str]:
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        return p.returncode, p.stdout, p.stderr.strip()
+    except FileNotFoundError:
+        return 127, "", f"{cmd[0]} not found"
+    except subprocess.TimeoutExpired:
+        return 124, "", f"{cmd[0]} did not answer in 30 s"
+
+
+# SLURM's pending reasons (squeue %r) in words, with what the user can change.
+PENDING_REASONS = {
+    "Resources": "waiting for nodes to free up: the job fits the partition, the nodes are busy",
+    "Priority": "waiting behind jobs of higher priority",
+    "PartitionConfig": "the partition cannot run this job as requested (nodes, GPUs or time above its limits): "
+                       "cancel it and resubmit with a smaller request or another --partition",
+    "PartitionNodeLimit": "more nodes than the partition allows: cancel it and use another --partition",
+    "PartitionTimeLimit": "time limit above the partition's: cancel it and resubmit with a shorter --time",
+    "ReqNodeNotAvail": "a node it needs is down, drained or reserved: wait, or cancel and use another --partition",
+    "QOSMaxGRESPerUser": "your QOS allows fewer GPUs at once: wait for your other jobs, or use another --qos",
+    "QOSMaxNodePerUserLimit": "your QOS allows fewer nodes at once: wait for your other jobs, or use another --qos",
+    "AssocGrpGRES": "your account's GPU allowance is in use: wait, or use another --account",
+    "Dependency": "waiting for a job it depends on",
+    "BeginTime": "its start time has not come yet",
+    "JobHeldUser": "held by a user: `scontrol release JOBID` lets it run",
+    "JobHeldAdmin": "held by an administrator",
+    "NodeDown": "a node it needs is down: wait, or cancel and use another --partition",
+    "InvalidAccount": "the account is not valid here: cancel it and resubmit with a valid --account",
+    "InvalidQOS": "the QOS is not valid here: cancel it and resubmit with a valid --qos",
+}
+
+
+def pending_reason(reason: str) -> str:
+    """SLURM's reason code followed by what it means and what to change; unknown codes as they are."""
+    words = PENDING_REASONS.get(reason)
+    return f"{reason}: {words}" if words else reason
+
+
+def _slurm_state(run_dir: Path, job: dict[str, Any]) -> JobState:
+    jid = job["job_id"]
+    rc, out, err = _run(["squeue", "-h", "-j", jid, "-o", "%i|%T|%r"])
+    squeue_err = err if rc != 0 else ""
+    for line in out.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) == 3 and parts[0] == jid:
+            state, reason = parts[1], parts[2]
+            detail = "" if reason in ("None", "") else pending_reason(reason)
+            restarts = _restarts(jid)
+            if restarts:
+                detail = f"requeued {restarts} time(s) (preempted or a node lost): each attempt starts the refit " \
+                    "from scratch" + (f"; {detail}" if detail else "")
+            return JobState(state, detail, "squeue")
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(job.get("submitted", 0) - 300))
+    rc, out, err = _run(["sacct", "-X", "-n", "-P", "-j", jid, "-S", since, "-o", "JobID,State,ExitCode,Elapsed"])
+    if rc == 0:
+        for line in reversed(out.splitlines()):  # a reused job id: the newest record is last
+            parts = line.strip().split("|")
+            if len(parts) >= 4 and parts[0] == jid:
+                state = parts[1].split()[0] if parts[1] else "UNKNOWN"
+                if state in ACTIVE or state in QUEUED:
+                    return JobState(state, "", "sacct")
+                detail = f"exit code {parts[2]}, elapsed {parts[3]}" if state != "COMPLETED" else f"elapsed {parts[3]}"
+                return JobState(state, detail, "sacct")
+    sacct_err = err.splitlines()[-1] if rc != 0 and err else ("" if rc == 0 else f"sacct exit code {rc}")
+    if time.time() - job.get("submitted", 0) < _SUBMIT_GRACE_S and not squeue_err:
+        return JobState("SUBMITTED", "", "squeue")
+    why = "; ".join(x for x in (f"squeue: {squeue_err}" if squeue_err else "",
+                                f"sacct: {sacct_err}" if sacct_err else "sacct has no record of it") if x)
+    return _from_run_dir(run_dir, f"SLURM no longer knows job {jid} ({why})")
+
+
+def _restarts(jid: str) -> int:
+    """How many times SLURM requeued the job (scontrol's Restarts); 0 when it cannot say."""
+    rc, out, _ = _run(["scontrol", "show", "job", "-o", jid])
+    m = re.search(r"\bRestarts=(\d+)", out) if rc == 0 else None
+    return int(m.group(1)) if m else 0
+
+
+def _from_run_dir(run_dir: Path, why: str) -> JobState:
+    """The scheduler cannot say: tell what the run directory shows, and why."""
+    try:
+        res = read_results(run_dir / "results.json")
+        if res["verified"]:
+            return JobState("COMPLETED", f"{why}; results.json says verified", "run directory")
+        return JobState("FAILED", f"{why}; results.json says not verified", "run directory")
+    except FileNotFoundError:
+        return JobState("UNKNOWN", f"{why}; no results.json", "run directory")
+    except RunDirError as e:
+        return JobState("UNKNOWN", f"{why}; {e.short()}", "run directory")
+
+
+# ----------------------------------------------------------------------------- cancel
+
+def cancel(run_dir: Path, info: dict[str, Any]) -> str:
+    """Cancel the run's job; returns what was done, in one line."""
+    job = info.get("job")
+    if not job:
+        return f"{run_dir.name}: never submitted, nothing to cancel"
+    st = job_state(run_dir, info)
+    if st.final:
+        return f"{run_dir.name}: already {st.state}, nothing to cancel"
+    if job["cluster"] == "local":
+        if not _controller_alive(job.get("controller_pid")):
+            return _stop_orphans(run_dir, job)
+        (run_dir / CANCEL_FILE).write_text(f"{time.time()}\n")
+        return f"{run_dir.name}: cancel requested from the local controller (pid {job.get('controller_pid')})"
+    rc, out, err = _run(["scancel", job["job_id"]])
+    if rc != 0:
+        return f"{run_dir.name}: scancel {job['job_id']} failed: {err or out or rc}"
+    return f"{run_dir.name}: scancel {job['job_id']} sent"
+
+
+
+def _stop_orphans(run_dir: Path, job: dict[str, Any]) -> str:
+    """The controller is gone: stop the rank processes the run recorded (pid + start time checked), and
+    record the run CANCELLED."""
+    stopped = stop_processes(recorded_processes(run_dir))
+    ranks = ", ".join(str(p.rank) for p in sorted(stopped, key=lambda p: p.rank))
+    detail = (f"cancelled by the user after the local controller (pid {job.get('controller_pid')}) was gone"
+              + (f"; stopped rank(s) {ranks}" if stopped else ""))
+    write_json_atomic(run_dir / STATE_FILE, {"state": "CANCELLED", "detail": detail, "ended": time.time(),
+                                             "job_id": job.get("job_id")})
+    if not stopped:
+        return f"{run_dir.name}: the local controller is gone and no rank is running; recorded as CANCELLED"
+    return f"{run_dir.name}: the local controller is gone; stopped rank(s) {ranks} (pids checked by start time)"

@@ -1,0 +1,79 @@
+"""One look at a run: its job state, the ranks' progress and, once it is over, its results.
+
+`snapshot()` is what `status`, `results`, `runs` and the live view read. It never writes: a run
+that is over but not finalized yet (no final state in run.json, no results.json) is shown as it is,
+its state asked from the scheduler and its results aggregated from the rank files in memory.
+Finalizing (`rundir.finalize`) is the controller's and the submitting refitctl's job.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from orchestrator.state.failures import Diagnosis, diagnose, process_ends
+from orchestrator.state.jobstate import JobState, job_state
+from refit_core.errors import RunDirError
+from orchestrator.state.rundir import Progress, load_run, progress, results
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    run_dir: Path
+    info: dict[str, Any]
+    state: JobState
+    progress: Progress
+    results: dict[str, Any] | None  # once the job is over
+
+    @property
+    def verified(self) -> bool:
+        return self.state.state == "COMPLETED" and bool(self.results and self.results.get("verified"))
+
+    @cached_property
+    def diagnosis(self) -> Diagnosis:
+        """Which rank failed first and why, every other rank that did not finish (orchestrator.state.failures)."""
+        ends, order = process_ends(self.run_dir, self.info) if self.state.final else ({}, [])
+        return diagnose(self.progress, ends, order, self.state.state)
+
+    @property
+    def name(self) -> str:
+        return self.info["name"]
+
+    @property
+    def job_label(self) -> str:
+        job = self.info.get("job") or {}
+        return f"{job.get('cluster', '?')} job {job.get('job_id', '?')}" if job else "not submitted"
+
+
+def snapshot(run_dir: Path) -> Snapshot:
+    info = load_run(run_dir)
+    final = info.get("final")
+    if final:
+        state = JobState(final["state"], final.get("detail", ""), final.get("source", ""))
+    else:
+        state = job_state(run_dir, info)
+    prog = progress(run_dir, info)
+    res = results(run_dir, info) if state.final else None
+    return Snapshot(run_dir, info, state, prog, res)
+
+
+def finalize_over(snaps: list[Snapshot]) -> list[Snapshot]:
+    """For the refitctl that submitted and followed the runs: persist what is over (rundir.finalize);
+    a run whose directory cannot be written keeps its files as they are (a warning, not an error)."""
+    from orchestrator.state.rundir import finalize, now_iso
+
+    out = []
+    for s in snaps:
+        if s.state.final and s.info.get("final") is None and s.state.state != "UNKNOWN":
+            try:
+                finalize(s.run_dir, s.info, {"state": s.state.state, "detail": s.state.detail,
+                                             "source": s.state.source, "ended": now_iso()})
+                s = snapshot(s.run_dir)
+            except (OSError, RunDirError) as e:
+                why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+                print(f"refitctl: warning: {s.run_dir}: results not saved ({why})", file=sys.stderr)
+        out.append(s)
+    return out

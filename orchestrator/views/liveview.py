@@ -1,0 +1,364 @@
+"""How runs look to people: the live status (queued -> running -> iteration k/N), results and sweep tables.
+
+Rendering functions take Snapshots and return rich renderables; `watch()` polls until every run is
+over, redrawing in place on a terminal and printing one line per change otherwise (CI logs).
+"""
+
+from __future__ import annotations
+
+import json
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from orchestrator.views.planview import human_bytes
+from orchestrator.submission.runspec import format_time
+from orchestrator.state.tracking import Snapshot, snapshot
+
+_UNKNOWN_POLLS = 3  # an UNKNOWN state must persist this many polls before the watch gives up
+
+
+def state_style(state: str) -> str:
+    if state == "COMPLETED":
+        return "bold green"
+    if state in ("RUNNING", "COMPLETING", "CONFIGURING"):
+        return "bold cyan"
+    if state in ("PENDING", "SUBMITTED", "REQUEUED", "SUSPENDED"):
+        return "bold yellow"
+    return "bold red"
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:,.1f}"
+
+
+def _gbps(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def method_label(info: dict[str, Any]) -> str:
+    spec = info.get("spec", {})
+    m, req = spec.get("method", "?"), spec.get("requested_method")
+    return m if not req or req == m else f"{m} (for {req})"
+
+
+def refit_kind(info: dict[str, Any]) -> str:
+    """Which dimensions the refit changes: 'TP refit', 'EP refit', 'TP+EP refit' or 'same layout'."""
+    s, d = info.get("source", {}), info.get("destination", {})
+    changed = [k.upper() for k in ("tp", "ep", "pp") if s.get(k) != d.get(k)]
+    return "same layout" if not changed else "+".join(changed) + " refit"
+
+
+def layout_label(lay: dict[str, Any]) -> str:
+    return f"TP={lay.get('tp')},EP={lay.get('ep')}" + (f",PP={lay['pp']}" if lay.get("pp", 1) > 1 else "")
+
+
+def phase_label(s: Snapshot) -> str:
+    if s.state.queued:
+        return "queued"
+    if not s.progress.started and not s.state.final:
+        up = len(list((s.run_dir / "logs").glob("rank-*.log")))
+        return f"starting ({up}/{s.info.get('world_size', '?')} tasks up)"
+    return s.progress.phase()
+
+
+def status_line(s: Snapshot) -> str:
+    """One line: `config-1: RUNNING, iteration 2/3, last 1,234.5 ms`."""
+    parts = [f"{s.name}: {s.state.describe()}"]
+    if not s.state.queued:
+        parts.append(phase_label(s))
+        if s.progress.last_ms is not None:
+            parts.append(f"last {_ms(s.progress.last_ms)} ms")
+    if s.state.final:
+        parts.append("verified" if s.verified else "NOT verified")
+    return ", ".join(parts)
+
+
+def run_header(s: Snapshot) -> Text:
+    return Text.assemble((s.name, "bold"), f"  {s.run_dir}  ", (s.job_label, "dim"))
+
+
+def run_view(s: Snapshot) -> Group:
+    """The status of one run: header, state and progress, the ranks, the errors."""
+    job = s.info.get("job") or {}
+    head = run_header(s)
+    state = Text.assemble(("state ", ""), (s.state.state, state_style(s.state.state)))
+    if s.state.detail:
+        state.append(f" ({s.state.detail})", style="dim")
+    if not s.state.queued:
+        state.append(f" · {phase_label(s)}")
+        if s.progress.last_ms is not None:
+            state.append(f" · last {_ms(s.progress.last_ms)} ms")
+    if not s.state.final and job.get("submitted"):
+        state.append(f" · {format_time(time.time() - job['submitted'])} since submission", style="dim")
+    parts: list[Any] = [head, state]
+    if s.progress.ranks:
+        parts.append(rank_table(s))
+    parts.extend(error_lines(s))
+    return Group(*parts)
+
+
+def rank_table(s: Snapshot) -> Table:
+    p = s.progress
+    t = Table(show_edge=False, pad_edge=False, box=None)
+    for col, just in (("rank", "right"), ("role", "left"), ("done", "right"), ("last ms", "right"), ("status", "left")):
+        t.add_column(col, justify=just)
+    rows = p.ranks if len(p.ranks) <= 16 else _role_summary(p.ranks)
+    for r in rows:
+        if r.error:
+            status = Text(r.error.splitlines()[0][:90], style="red")
+        elif r.verified and r.complete:
+            status = Text("done, verified" if r.rank < p.active else "idle", style="green" if r.rank < p.active else "dim")
+        else:
+            status = Text("running")
+        done = p.count(r.done) if r.rank < p.active else "-"
+        t.add_row(str(r.rank), r.role, done, _ms(r.last_ms), status)
+    if len(p.ranks) > 16:
+        t.caption = f"{len(p.ranks)} ranks: first of each role shown, and every rank with an error"
+    return t
+
+
+def _role_summary(ranks: Iterable[Any]) -> list[Any]:
+    seen: set[str] = set()
+    out = []
+    for r in ranks:
+        if r.error or r.role not in seen:
+            out.append(r)
+            seen.add(r.role)
+    return out
+
+
+def error_lines(s: Snapshot) -> list[Text]:
+    """The first failure (rank, role, why), the ranks that failed after it, and those stopped."""
+    d = s.diagnosis
+    out: list[Text] = []
+    if d.first is not None:
+        first = d.first
+        out.append(Text.assemble(("first failure: ", "bold red"), f"rank {first.rank} ({first.role}): ",
+                                 (first.reason, "red")))
+        out.append(Text(f"  log: {s.run_dir / 'logs' / f'rank-{first.rank:05d}.log'}", style="dim"))
+    real = [f for f in d.others if f.kind != "stopped"]
+    for f in real[:3]:
+        out.append(Text(f"then rank {f.rank}: {f.reason[:150]}", style="red"))
+    if len(real) > 3:
+        out.append(Text(f"... and {len(real) - 3} more ranks with errors", style="red"))
+    if d.stopped:
+        out.append(Text(f"{d.stopped} rank(s) were stopped by the scheduler or the controller "
+                        f"({s.state.state})", style="yellow"))
+    if d.first is None and s.state.final and not s.verified and s.state.state not in ("CANCELLED", "TIMEOUT"):
+        tail = log_tail(s.run_dir, 0)
+        if tail:
+            out.append(Text("last lines of rank 0's log:", style="dim"))
+            out.extend(Text("  " + ln, style="dim") for ln in tail)
+    for prob in s.progress.problems:
+        out.append(Text(f"unreadable rank file: {prob}", style="yellow"))
+    return out
+
+
+def log_tail(run_dir: Path, rank: int, n: int = 5) -> list[str]:
+    try:
+        lines = (run_dir / "logs" / f"rank-{rank:05d}.log").read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    return [ln for ln in lines if ln.strip()][-n:]
+
+
+def results_view(s: Snapshot) -> Group:
+    """The final table of a run: per-iteration timings, the summary, where the files are."""
+    res = s.results or {}
+    t = Table(title=f"{s.name}: per-iteration timings (slowest rank)")
+    phases = sorted({k for i in res.get("iterations", []) for k in (i.get("phases_ms") or {})})
+    for col in ("iteration", "time ms", "GB/s", *(f"{p} ms" for p in phases), "launches"):
+        t.add_column(col, justify="right")
+    its = res.get("iterations", [])
+    shown = its if len(its) <= 25 else [*its[:6], None, *its[-10:]]
+    for i in shown:
+        if i is None:
+            t.add_row(f"... {len(its) - 16} more", *[""] * (len(t.columns) - 1))
+            continue
+        label = "warm-up" if i.get("warmup") else str(i["iteration"])
+        t.add_row(label, _ms(i["time_ms"]), _gbps(i.get("GBps")),
+                  *(_ms((i.get("phases_ms") or {}).get(p)) for p in phases), str(i.get("launches", "")))
+    verdict = Text("verified", style="bold green") if s.verified else Text("NOT verified", style="bold red")
+    detail = f" ({s.state.detail})" if s.state.detail else ""
+    summary = Text.assemble(
+        (s.state.state, state_style(s.state.state)), detail, " · ", verdict,
+        f" · first {_ms(res.get('first_ms'))} ms · median {_ms(res.get('median_ms'))} ms · min {_ms(res.get('min_ms'))} ms"
+        f" · {_gbps(res.get('GBps'))} GB/s · {delivered_text(res)}"
+        f" · method {method_label(s.info)}",
+    )
+    done = sum(1 for i in res.get("iterations", []) if not i.get("warmup"))
+    planned = s.info.get("iterations", done)
+    if done < planned or not res.get("complete", s.verified):
+        summary.append(f" · incomplete: {done} of {planned} timed iterations recorded", style="bold yellow")
+    extra = [x for x in (predicted_line(s.run_dir, res), memory_line(res)) if x is not None]
+    if extra:
+        summary = Group(summary, *extra)
+    files = Text(f"run directory: {s.run_dir} (results.json, iterations.csv, logs/)", style="dim")
+    parts: list[Any] = [t if res.get("iterations") else Text(f"{s.name}: no iteration finished", style="bold"),
+                        summary]
+    if res.get("restarts"):
+        parts.append(Text(f"requeued {res['restarts']} time(s) (preempted, or a node was lost): the refit started "
+                          "again from scratch; these are the final attempt's results", style="yellow"))
+    if res.get("aggregated_by"):
+        parts.append(Text(f"results aggregated by {res['aggregated_by']}", style="dim"))
+    parts.extend(error_lines(s))
+    parts.append(files)
+    return Group(*parts)
+
+
+def delivered_text(res: dict[str, Any]) -> str:
+    """Bytes one iteration delivered, or 'nothing delivered' when no iteration (warm-up included) finished."""
+    if not res.get("iterations"):
+        return "nothing delivered"
+    return f"{human_bytes(res.get('delivered_bytes', 0))} delivered per iteration"
+
+
+def memory_line(res: dict[str, Any]) -> Text | None:
+    """Device memory the transport took beyond the shards: measured where the transport measures it
+    (nvshmem), else as allocated (staging buffers and copy descriptors)."""
+    measured, allocated = res.get("extra_bytes_measured_max"), res.get("extra_bytes_max")
+    how = res.get("transport") or {}
+    if isinstance(measured, int):
+        line = f"memory beyond the shards: {human_bytes(max(measured, 0))} per GPU, measured"
+        if how.get("placement"):
+            line += f" (NVSHMEM placement {how['placement']}, docs/benchmarks.md)"
+    elif isinstance(allocated, int):
+        line = f"memory beyond the shards: {human_bytes(allocated)} per rank, as allocated (staging, descriptors)"
+    else:
+        return None
+    return Text(line, style="dim")
+
+
+def predicted_line(run_dir: Path, res: dict[str, Any]) -> Text | None:
+    """The time model's prediction (stored in plan.json at submission) against the measured median."""
+    from orchestrator.views.report import has_link_model
+
+    try:
+        plan = json.loads((run_dir / "plan.json").read_text())
+        pred = plan.get("predicted") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not has_link_model(plan.get("method")):
+        return None  # the link model describes NVLink and network adapters, not gloo between CPU processes
+    t, bound = pred.get("time_s"), pred.get("bound_s")
+    if not isinstance(t, (int, float)) or t <= 0:
+        return None
+    model = pred.get("model") if isinstance(pred.get("model"), dict) else {}
+    source = model.get("source") if isinstance(model.get("source"), str) else "defaults, docs/kimi-k2.md"
+    line = f"predicted (link model: {source[:160]}): {t * 1e3:.3f} ms"
+    if isinstance(bound, (int, float)):
+        line += f", lower bound {bound * 1e3:.3f} ms"
+    med = res.get("median_ms")
+    if isinstance(med, (int, float)) and med > 0:
+        line += f"; measured median {med:.3f} ms = {med / (t * 1e3):.2f}x predicted"
+    return Text(line, style="dim")
+
+
+def sweep_table(snaps: Sequence[Snapshot], title: str) -> Table:
+    t = Table(title=title)
+    for col in ("config", "state", "progress", "last ms", "median ms", "GB/s"):
+        t.add_column(col, justify="left" if col in ("config", "state", "progress") else "right")
+    for s in snaps:
+        res = s.results or {}
+        t.add_row(s.info["config"], Text(s.state.state, style=state_style(s.state.state)), phase_label(s),
+                  _ms(s.progress.last_ms), _ms(res.get("median_ms")), _gbps(res.get("GBps")))
+    return t
+
+
+def comparison_view(snaps: Sequence[Snapshot], title: str) -> Group:
+    """The sweep's comparison: every config, then by method (NCCL vs NVSHMEM) and by refit kind (TP vs EP)."""
+    t = Table(title=title)
+    for col in ("config", "mode", "method", "source -> destination", "refit", "GPUs", "state", "median ms", "GB/s"):
+        t.add_column(col, justify="right" if col in ("GPUs", "median ms", "GB/s") else "left",
+                     no_wrap=col in ("config", "mode", "source -> destination"))
+    for s in snaps:
+        res = s.results or {}
+        state = Text(s.state.state, style=state_style(s.state.state))
+        if s.state.state == "COMPLETED" and not s.verified:
+            state = Text("COMPLETED, not verified", style="bold red")
+        t.add_row(s.info["config"], s.info.get("mode", ""), method_label(s.info),
+                  f"{layout_label(s.info['source'])} -> {layout_label(s.info['destination'])}", refit_kind(s.info),
+                  str(s.info.get("active_ranks", "")), state, _ms(res.get("median_ms")), _gbps(res.get("GBps")))
+    parts: list[Any] = [t, _group_table(snaps, "method", method_label), _group_table(snaps, "refit", refit_kind)]
+    for s in snaps:
+        why = failure_summary(s)
+        if why:
+            parts.append(Text.assemble((f"{s.info['config']}: ", "bold red"), why))
+    return Group(*parts)
+
+
+def failure_summary(s: Snapshot) -> str | None:
+    """Why a finished run did not verify, in one line: the first failure, else the log's last error."""
+    if not s.state.final or s.verified:
+        return None
+    first = s.diagnosis.first
+    if first is not None:
+        return f"rank {first.rank}: {first.reason[:200]}"
+    for rank in range(min(s.info.get("world_size", 1), 8)):
+        errs = [ln.strip() for ln in log_tail(s.run_dir, rank, 40) if "Error" in ln or "error:" in ln]
+        if errs:
+            return f"{s.state.describe()}; rank {rank}'s log: {errs[-1][:150]}"
+    return s.state.describe()
+
+
+def _group_table(snaps: Sequence[Snapshot], name: str, key: Any) -> Table:
+    groups: dict[str, list[Snapshot]] = {}
+    for s in snaps:
+        groups.setdefault(key(s.info), []).append(s)
+    t = Table(title=f"by {name}")
+    for col in (name, "configs", "verified", "median GB/s", "best GB/s", "median ms"):
+        t.add_column(col, justify="left" if col == name else "right")
+    for label, ss in sorted(groups.items()):
+        ok = [s for s in ss if s.verified and s.results and s.results.get("GBps")]
+        gb = [s.results["GBps"] for s in ok]  # type: ignore[index]
+        ms = [s.results["median_ms"] for s in ok]  # type: ignore[index]
+        t.add_row(label, ", ".join(s.info["config"] for s in ss), f"{len(ok)}/{len(ss)}",
+                  _gbps(statistics.median(gb)) if gb else "-", _gbps(max(gb)) if gb else "-",
+                  _ms(statistics.median(ms)) if ms else "-")
+    return t
+
+
+# ----------------------------------------------------------------------------- watching
+
+def watch(run_dirs: Sequence[Path], console: Console, poll_s: float, title: str | None = None) -> list[Snapshot]:
+    """Poll until every run is over; returns the last snapshots. Ctrl-C raises KeyboardInterrupt."""
+    unknown: dict[Path, int] = {}
+
+    def over(snaps: list[Snapshot]) -> bool:
+        for s in snaps:
+            unknown[s.run_dir] = unknown.get(s.run_dir, 0) + 1 if s.state.state == "UNKNOWN" else 0
+        return all(s.state.final and (s.state.state != "UNKNOWN" or unknown[s.run_dir] >= _UNKNOWN_POLLS)
+                   for s in snaps)
+
+    def render(snaps: list[Snapshot]) -> Any:
+        return run_view(snaps[0]) if title is None else sweep_table(snaps, title)
+
+    snaps = [snapshot(d) for d in run_dirs]
+    if console.is_terminal:
+        with Live(render(snaps), console=console, refresh_per_second=4, transient=True) as live:
+            while not over(snaps):
+                time.sleep(poll_s)
+                snaps = [snapshot(d) for d in run_dirs]
+                live.update(render(snaps))
+        for s in snaps:
+            console.print(status_line(s), highlight=False, markup=False)
+        return snaps
+    last: dict[Path, str] = {}
+    while True:
+        for s in snaps:
+            line = status_line(s)
+            if last.get(s.run_dir) != line:
+                console.print(f"[{time.strftime('%H:%M:%S')}] {line}", highlight=False, markup=False)
+                last[s.run_dir] = line
+        if over(snaps):
+            return snaps
+        time.sleep(poll_s)
+        snaps = [snapshot(d) for d in run_dirs]

@@ -1,0 +1,161 @@
+"""How a plan is shown to people: rich tables, and the `--json` object scripts read."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from refit_core.config import RunConfig
+from refit_core.planning.devices import DeviceMap, assign_devices
+from refit_core.planning.memory import GIB, MemoryFit
+from refit_core.planning.plan import Plan
+from refit_core.planning.timemodel import TimePrediction, predict
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} TiB"
+
+
+def memory_json(fit: MemoryFit) -> dict[str, Any]:
+    b = fit.busiest
+    return {
+        "per_gpu_max_bytes": fit.max_bytes, "limit_bytes": fit.limit_bytes, "fits": fit.fits,
+        "headroom_bytes": fit.headroom_bytes,
+        "busiest": {"rank": b.rank, "role": b.role, "source_bytes": b.source_bytes,
+                    "destination_bytes": b.destination_bytes, "buffer_bytes": b.buffer_bytes},
+    }
+
+
+def device_map(cfg: RunConfig, plan: Plan, local_gpus: int | None = None) -> DeviceMap:
+    """The rank -> GPU placement: of a local run on `local_gpus` GPUs if given, else the one the run
+    was given, else (`refitctl plan`) the one it gets on SLURM nodes of --gpus-per-node GPUs with the
+    default tasks per node."""
+    if local_gpus is not None:
+        return assign_devices(plan.world, cfg.method, plan.world.world_size, local_gpus)
+    placed = cfg.device_map()
+    if placed is not None:
+        return placed
+    per_node = min(plan.world.world_size, cfg.gpus_per_node)
+    return assign_devices(plan.world, cfg.method, per_node, cfg.gpus_per_node)
+
+
+def plan_json(cfg: RunConfig, plan: Plan, gpus: DeviceMap | None = None) -> dict[str, Any]:
+    w = plan.world
+    inv = plan.inventory
+    fit = cfg.memory_fit(inv, w)
+    pred = predict(plan, cfg.link_model())
+    return {
+        "config": cfg.name,
+        "mode": w.mode.value,
+        "method": cfg.method,
+        "world_size": w.world_size,
+        "gpus_used": w.gpus_used,
+        "source_ranks": list(w.source.ranks),
+        "destination_ranks": list(w.destination.ranks),
+        "idle_ranks": list(w.idle_ranks),
+        "gpus": (gpus or device_map(cfg, plan)).to_json(),
+        "source_layout": {"tp": w.source.layout.tp, "ep": w.source.layout.ep, "pp": w.source.layout.pp},
+        "destination_layout": {"tp": w.destination.layout.tp, "ep": w.destination.layout.ep,
+                               "pp": w.destination.layout.pp},
+        "model": {"parameters": inv.numel, "bytes": inv.nbytes, "expert_bytes": inv.expert_nbytes,
+                  "tensors": len(inv.params), "dtype": inv.spec.dtype},
+        "transfers": len(plan.transfers),
+        "network_bytes": plan.network_bytes,
+        "local_bytes": plan.local_bytes,
+        "balance": {"max_source_bytes": plan.max_source_bytes, "bound_bytes": plan.balance_bound,
+                    "ratio": plan.balance},
+        "predicted": pred.to_json(),
+        "memory": memory_json(fit),
+        "pairs": [{"src": s, "dst": d, "bytes": b, "local": s == d} for (s, d), b in plan.pair_bytes.items()],
+        "per_rank": {str(r): {"bytes_in": v.bytes_in, "bytes_out": v.bytes_out, "bytes_local": v.bytes_local,
+                              "intra_node_in": g.intra_in, "intra_node_out": g.intra_out,
+                              "inter_node_in": g.inter_in, "inter_node_out": g.inter_out,
+                              "memory_bytes": m.total}
+                     for (r, v), g, m in zip(plan.per_rank.items(), pred.loads, fit.per_rank)},
+    }
+
+
+def predicted_lines(pred: TimePrediction) -> list[str]:
+    """The time model's verdict: time and bound, the link model, and load against the even share."""
+    link, bal = pred.link, pred.balance
+    return [
+        f"Predicted refit time: {pred.time_s * 1e3:.3f} ms, lower bound {pred.bound_s * 1e3:.3f} ms "
+        f"(bottleneck: GPU {pred.bottleneck_rank}, {pred.bottleneck_link})",
+        f"Link model per GPU per direction: intra-node {link.intra_node_gbps:g} GB/s"
+        + (f" ({link.intra_node_both_gbps:g} each way when both are busy)" if link.intra_node_both_gbps else "")
+        + f", inter-node {link.inter_node_gbps:g} GB/s, local copy {link.local_copy_gbps:g} GB/s; "
+        f"{link.gpus_per_node} GPUs/node",
+        f"Link figures from: {escape(link.source)}",
+        f"Load vs even share: sources x{bal.out_ratio:.4f} (busiest {human_bytes(bal.max_out)} out), "
+        f"destinations x{bal.in_ratio:.4f} (busiest {human_bytes(bal.max_in)} in)",
+    ]
+
+
+def memory_lines(fit: MemoryFit) -> list[str | Text]:
+    b = fit.busiest
+    verdict = (Text(f"fits ({human_bytes(fit.headroom_bytes)} headroom)") if fit.fits
+               else Text(f"does not fit ({human_bytes(-fit.headroom_bytes)} over)", style="red"))
+    return [
+        Text(f"Memory per GPU: at most {human_bytes(b.total)} of {fit.limit_bytes / GIB:g} GiB, ") + verdict,
+        f"  busiest GPU {b.rank} ({b.role}): source shard {human_bytes(b.source_bytes)} + destination shard "
+        f"{human_bytes(b.destination_bytes)} + refit buffers {human_bytes(b.buffer_bytes)}",
+    ]
+
+
+def print_plan(console: Console, cfg: RunConfig, plan: Plan, gpus: DeviceMap | None = None) -> None:
+    w = plan.world
+    inv = plan.inventory
+    console.print(w.describe())
+    dmap = gpus or device_map(cfg, plan)
+    where = (f" (as SLURM places them on nodes of {cfg.gpus_per_node}; --local-gpus N: a local run)"
+             if gpus is None and cfg.device_map() is None else "")
+    console.print(f"GPUs{where}: {dmap.describe(w)}", highlight=False, soft_wrap=True)
+    if dmap.note:
+        console.print(f"note: {dmap.note}", highlight=False, soft_wrap=True)
+    console.print(
+        f"Model: {inv.numel:,} parameters in {len(inv.params)} tensors, {human_bytes(inv.nbytes)} "
+        f"({inv.spec.dtype}; experts {human_bytes(inv.expert_nbytes)})"
+    )
+    console.print(
+        f"Plan: {len(plan.transfers)} transfers, network {human_bytes(plan.network_bytes)}, "
+        f"local {human_bytes(plan.local_bytes)}; method {cfg.method}, mode {w.mode.value}"
+    )
+    console.print(
+        f"Balance: busiest source sends {human_bytes(plan.max_source_bytes)}, best possible "
+        f"{human_bytes(plan.balance_bound)} (ratio {plan.balance:.4f})"
+    )
+    fit = cfg.memory_fit(inv, w)
+    pred = predict(plan, cfg.link_model())
+    for line in (*memory_lines(fit), *predicted_lines(pred)):
+        console.print(line)
+    t = Table(title="Per-rank bytes", show_lines=False)
+    for col in ("rank", "role", "in (network)", "out (network)", "local copy", "memory"):
+        t.add_column(col, justify="right" if col != "role" else "left")
+    for (r, v), m in zip(plan.per_rank.items(), fit.per_rank):
+        t.add_row(str(r), w.role(r), human_bytes(v.bytes_in), human_bytes(v.bytes_out), human_bytes(v.bytes_local),
+                  human_bytes(m.total))
+    console.print(t)
+    srcs = list(w.source.ranks)
+    dsts = list(w.destination.ranks)
+    if len(srcs) <= 16 and len(dsts) <= 16:
+        m = Table(title="Source -> destination bytes (local copies marked *)")
+        m.add_column("src \\ dst", justify="right")
+        for d in dsts:
+            m.add_column(str(d), justify="right")
+        for s in srcs:
+            row = []
+            for d in dsts:
+                b = plan.pair_bytes.get((s, d), 0)
+                row.append("" if not b else human_bytes(b) + ("*" if s == d else ""))
+            m.add_row(str(s), *row)
+        console.print(m)
+    else:
+        console.print(f"(byte matrix of {len(srcs)}x{len(dsts)} ranks omitted; use --json)")

@@ -1,0 +1,208 @@
+"""Run a plan on this rank: fill sources, then per iteration poison, refit, verify, record.
+
+The process group exists already (jobs/ creates it); this module only uses it for barriers and
+hands it to the transport. Verification runs after every iteration and is not timed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+
+from refit_core.config import RunConfig
+from refit_core.planning.plan import Plan, plan_transfers
+from refit_core.execution.storage import Storage, rank_storage
+from refit_core.execution.transports.base import RankContext
+from refit_core.execution.transports.registry import make_transport
+from refit_core.execution.watchdog import Watchdog
+from refit_core.execution import weights
+
+
+@dataclass
+class IterationRecord:
+    iteration: int
+    warmup: bool
+    time_ms: float
+    bytes_in: int
+    bytes_out: int
+    bytes_local: int
+    phases_ms: dict[str, float] = field(default_factory=dict)
+    launches: int = 0
+    verified: bool = True
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A test-only fault, from REFITCTL_FAULT='KIND:rank=R[:iteration=K][:phase=P]'.
+
+    KIND: corrupt, raise, kill, hang. PHASE: `iteration` (the default: before iteration K's transfer),
+    `init` (before the process group is set up: jobs/refit_job.py), `setup` (before the transport's
+    set-up, e.g. NVSHMEM init)."""
+
+    kind: str
+    rank: int
+    iteration: int
+    phase: str = "iteration"
+
+    @classmethod
+    def from_env(cls) -> "Fault | None":
+        text = os.environ.get("REFITCTL_FAULT")
+        if not text:
+            return None
+        kind, *kv = text.split(":")
+        opts = dict(x.split("=", 1) for x in kv)
+        return cls(kind, int(opts.get("rank", 0)), int(opts.get("iteration", 0)), opts.get("phase", "iteration"))
+
+    def hits(self, rank: int, phase: str, iteration: int = 0) -> bool:
+        return self.rank == rank and self.phase == phase and (phase != "iteration" or self.iteration == iteration)
+
+    def inject(self, log: Callable[[str], None]) -> None:
+        """Act before the work of the phase (corrupt acts after the transfer, in run_rank)."""
+        log(f"test fault {self.kind} injected (wall clock {time.time():.3f})")
+        _inject_before(self)
+
+
+def run_rank(cfg: RunConfig, rank: int, world_size: int, device: torch.device,
+             active_group: object, on_record: Callable[[dict[str, Any]], None],
+             plan: Plan | None = None, setup_group: object = None, watchdog: Watchdog | None = None) -> dict[str, Any]:
+    """Execute warm-up + timed iterations on this (active) rank; returns its record.
+
+    Every wait is a phase of `watchdog` (refit_core/execution/watchdog.py; one is made here if none is given)."""
+    plan = plan or plan_transfers(cfg.inventory(), cfg.world())
+    world = plan.world
+    inv = plan.inventory
+    src_local = world.source.local(rank)
+    dst_local = world.destination.local(rank)
+    ctx = RankContext(
+        config=cfg, plan=plan, rank=rank, world_size=world_size, device=device,
+        rank_plan=plan.for_rank(rank),
+        source=rank_storage(inv, world.source.layout, src_local) if src_local is not None else None,
+        destination=rank_storage(inv, world.destination.layout, dst_local) if dst_local is not None else None,
+        active_group=active_group,
+    )
+    traffic = plan.per_rank[rank]
+    record: dict[str, Any] = {
+        "rank": rank, "role": world.role(rank), "host": socket.gethostname(), "device": _device_name(device),
+        "method": cfg.method, "iterations": [], "verified": False, "complete": False, "error": None,
+        "source_bytes": ctx.source.nbytes if ctx.source else 0,
+        "destination_bytes": ctx.destination.nbytes if ctx.destination else 0,
+    }
+    fault = Fault.from_env()
+    log = _Log(rank)
+    own_watchdog = watchdog is None
+    if watchdog is None:
+        watchdog = Watchdog(cfg.timeout_s, rank, lambda e: on_record({**record, "error": record["error"] or e}),
+                            watch_parent=False)
+    transport = make_transport(cfg.method)
+    try:
+        watchdog.arm(getattr(transport, "setup_phase", f"{cfg.method} transport set-up"))
+        if fault and fault.hits(rank, "setup"):
+            fault.inject(log)
+        transport.prepare(ctx)
+        record["extra_bytes"] = transport.extra_bytes
+        record["transport"] = transport.info
+        if transport.measured_extra_bytes is not None:
+            record["extra_bytes_measured"] = transport.measured_extra_bytes
+        log(f"{record['role']} on {record['device']}: {cfg.method} transport ready, "
+            f"{record['source_bytes'] + record['destination_bytes']} shard bytes, {transport.extra_bytes} extra bytes")
+        watchdog.arm("weight fill")
+        for buf, storage in transport.source_parts:
+            weights.fill(buf, storage, inv)
+        if transport.source_parts:
+            log("source shards filled")
+        total = cfg.warmup + cfg.iterations
+        if setup_group is not None and dist.is_initialized():
+            watchdog.arm("set-up barrier (every rank's weights filled)")
+            dist.barrier(group=setup_group)  # sources have filled; setup time is not refit time
+        for k in range(total):
+            watchdog.arm(f"iteration {k - cfg.warmup}")
+            for buf, _ in transport.destination_parts:
+                weights.poison(buf)
+            _sync(device)
+            _barrier(active_group, device, cfg.method)
+            hit = fault is not None and fault.hits(rank, "iteration", k)
+            if hit:
+                fault.inject(log)  # type: ignore[union-attr]
+            stats = transport.iteration()
+            if hit and fault.kind == "corrupt" and transport.destination_parts:  # type: ignore[union-attr]
+                _corrupt(*transport.destination_parts[0])
+            for buf, storage in transport.destination_parts:
+                weights.verify(buf, storage, inv, rank)
+            watchdog.disarm()
+            log(f"iteration {k - cfg.warmup}{' (warm-up)' if k < cfg.warmup else ''}: {stats.time_ms:.3f} ms"
+                + (", verified" if ctx.destination is not None else ""))
+            rec = IterationRecord(k - cfg.warmup if k >= cfg.warmup else -(cfg.warmup - k), k < cfg.warmup,
+                                  stats.time_ms, traffic.bytes_in, traffic.bytes_out, traffic.bytes_local,
+                                  stats.phases_ms, stats.launches)
+            record["iterations"].append(asdict(rec))
+            on_record(record)
+        record["verified"] = True
+        record["complete"] = True
+    except BaseException as e:
+        record["error"] = f"{e.__class__.__name__}: {e}"
+        on_record(record)
+        raise
+    finally:
+        watchdog.arm(f"{cfg.method} transport close")
+        try:
+            transport.close()
+        finally:
+            if own_watchdog:
+                watchdog.stop()
+            else:
+                watchdog.disarm()
+    on_record(record)
+    return record
+
+
+class _Log:
+    """Per-rank progress lines on stdout (they land in the rank's log), with seconds since start."""
+
+    def __init__(self, rank: int) -> None:
+        self.rank, self.t0 = rank, time.monotonic()
+
+    def __call__(self, msg: str) -> None:
+        print(f"[rank {self.rank} +{time.monotonic() - self.t0:7.2f}s] {msg}", flush=True)
+
+
+def _inject_before(fault: Fault) -> None:
+    if fault.kind == "raise":
+        raise RuntimeError(f"injected fault: rank {fault.rank} raised at iteration {fault.iteration}")
+    if fault.kind == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if fault.kind == "hang":
+        time.sleep(3600)
+
+
+def _corrupt(buf: torch.Tensor, storage: "Storage") -> None:
+    """Flip one bit of one element in the middle shard (test-only fault injection)."""
+    slot = storage.slots[len(storage.slots) // 2]
+    i = slot.offset + (slot.nbytes // 2 // slot.itemsize) * slot.itemsize + slot.itemsize - 1
+    buf[i: i + 1].bitwise_xor_(0x01)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _barrier(group: object, device: torch.device, method: str) -> None:
+    if not dist.is_initialized():
+        return
+    if device.type == "cuda" and dist.get_backend(group) == "nccl":
+        dist.barrier(group=group, device_ids=[device.index])
+    else:
+        dist.barrier(group=group)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "cpu"

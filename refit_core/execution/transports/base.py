@@ -1,0 +1,65 @@
+"""The transport interface: prepare buffers once, run one refit iteration, close.
+
+A transport receives a `RankContext` (this rank's plan share and shard layouts) and owns the
+rank's buffers. `iteration()` performs one complete refit on this rank and returns its timing;
+the engine around it poisons, synchronises, verifies and records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from refit_core.config import RunConfig
+from refit_core.planning.plan import Plan, RankPlan
+from refit_core.execution.storage import Storage
+
+
+@dataclass
+class RankContext:
+    config: RunConfig
+    plan: Plan
+    rank: int
+    world_size: int
+    device: torch.device
+    rank_plan: RankPlan
+    source: Storage | None  # this rank's source shards (None: not a source rank)
+    destination: Storage | None  # this rank's destination shards (None: not a destination)
+    active_group: object = None  # torch.distributed group of source + destination ranks
+
+
+@dataclass
+class IterationStats:
+    time_ms: float
+    phases_ms: dict[str, float] = field(default_factory=dict)
+    launches: int = 0
+
+
+ShardPart = tuple[torch.Tensor, Storage]
+"""Some of a rank's shards of one role: a byte buffer and the slots laid out in it."""
+
+
+class Transport(Protocol):
+    name: str
+    source_parts: list[ShardPart]  # where this rank's source shards live (empty: not a source)
+    destination_parts: list[ShardPart]  # where its destination shards live (empty: not a destination)
+    extra_bytes: int  # device memory beyond the shards (staging, descriptors), as allocated
+    measured_extra_bytes: int | None  # the same, measured on the device where the transport can
+    info: dict[str, object]  # how the transport set itself up (for results: placement, rounds, ...)
+
+    def prepare(self, ctx: RankContext) -> None: ...
+
+    def iteration(self) -> IterationStats: ...
+
+    def close(self) -> None: ...
+
+
+def whole(buf: torch.Tensor | None, storage: Storage | None) -> list[ShardPart]:
+    """One part holding all of `storage`, or none for a role the rank does not have."""
+    return [(buf, storage)] if buf is not None and storage is not None else []
+
+
+def allocate(nbytes: int, device: torch.device) -> torch.Tensor:
+    return torch.empty(max(nbytes, 1), dtype=torch.uint8, device=device)

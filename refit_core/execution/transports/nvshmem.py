@@ -1,0 +1,247 @@
+"""One-sided refit through NVSHMEM (nvshmem4py): one rank copies straight between shards.
+
+The role peers reach lives in the symmetric heap (placement.py): the destination shards when
+sources write into them (push), or the source shards when destinations read from them (pull),
+whichever leaves less heap unused on the worst rank; the other role fills the rest of its
+rank's heap and spills into private memory. So a destination's parameters are themselves the
+receive buffer: no staging, no unpack, and no GPU holds much more than its shards. The copying
+rank maps every peer's heap (nvshmem_ptr, through get_peer_tensor) and copies all its slices,
+local copies included, with ONE kernel launch per iteration; a barrier before and after
+brackets the iteration, so a destination reads only complete data. Peers that cannot be mapped
+(another node without NVLink) get `put` calls instead, in the `all` placement. Several PEs may
+share one GPU (shared/notes/gpu-machine.md); the torch process group (gloo) carries NVSHMEM's
+unique id.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+import torch
+import torch.distributed as dist
+
+from refit_core.execution.transports.blocks import Block, Where, one_sided_blocks
+from refit_core.planning.devices import shares_gpus
+from refit_core.errors import TransportError
+from refit_core.planning.memory import NVSHMEM_GRANULARITY_BYTES, NVSHMEM_RESERVE_BYTES, nvshmem_direction
+from refit_core.execution.transports.placement import Part, place
+from refit_core.execution.storage import Storage, rank_storage
+from refit_core.execution.transports.base import IterationStats, RankContext, ShardPart, allocate
+from refit_core.execution.transports.copy import CudaBlockCopy
+
+
+def sync_mode(active_pes: int, shared: bool | None = None) -> str:
+    """How an iteration completes: REFITCTL_NVSHMEM_SYNC=device|host, or auto (the default):
+    host when PEs share a GPU (`shared`, from the run's rank -> GPU map; without one: more active
+    PEs than this node has GPUs), device otherwise."""
+    mode = os.environ.get("REFITCTL_NVSHMEM_SYNC", "auto")
+    if mode not in ("auto", "host", "device"):
+        raise TransportError(f"REFITCTL_NVSHMEM_SYNC={mode!r}: use auto, host or device")
+    if mode == "auto":
+        if shared is None:
+            shared = active_pes > torch.cuda.device_count()
+        return "host" if shared else "device"
+    return mode
+
+
+def init_nvshmem(rank: int, nranks: int, device: torch.device, group: object) -> None:
+    """Initialise NVSHMEM by unique id, the id travelling over the torch (gloo) process group."""
+    import nvshmem.core as nv
+
+    try:
+        from cuda.core import Device
+    except ImportError:  # older cuda-python
+        from cuda.core.experimental import Device
+    os.environ.setdefault("NVSHMEM_DISABLE_NVLS", "1")
+    uid = nv.get_unique_id(empty=rank != 0)
+    raw = [ctypes.string_at(uid.ptr, uid._data.itemsize) if rank == 0 else None]
+    dist.broadcast_object_list(raw, src=0, group=group)
+    if rank != 0:
+        ctypes.memmove(uid.ptr, raw[0], len(raw[0]))
+    dev = Device(device.index)
+    dev.set_current()
+    nv.init(device=dev, uid=uid, rank=rank, nranks=nranks, initializer_method="uid")
+
+
+def placement_direction() -> str:
+    """REFITCTL_NVSHMEM_PLACEMENT=auto|push|pull|all (placement.py); auto is the default."""
+    return os.environ.get("REFITCTL_NVSHMEM_PLACEMENT", "auto")
+
+
+class NvshmemTransport:
+    name = "nvshmem"
+    setup_phase = "NVSHMEM init"  # the watchdog's name for prepare(): nvshmem init has no timeout of its own
+
+    def __init__(self) -> None:
+        self.source_parts: list[ShardPart] = []
+        self.destination_parts: list[ShardPart] = []
+        self.extra_bytes = 0
+        self.measured_extra_bytes: int | None = None
+        self.info: dict[str, object] = {}
+        self._sym: torch.Tensor | None = None
+        self._private: torch.Tensor | None = None
+
+    # -- every rank's shards (pure; every rank computes all of them) ---------------------------
+    def _storages(self, ctx: RankContext, rank: int) -> tuple[Storage | None, Storage | None]:
+        w, inv = ctx.plan.world, ctx.plan.inventory
+        s, d = w.source.local(rank), w.destination.local(rank)
+        return (rank_storage(inv, w.source.layout, s) if s is not None else None,
+                rank_storage(inv, w.destination.layout, d) if d is not None else None)
+
+    def prepare(self, ctx: RankContext) -> None:
+        try:
+            import nvshmem.core as nv
+        except ImportError as e:
+            raise TransportError("--refit-method nvshmem needs nvshmem4py: pip install 'refitctl[gpu]'") from e
+        self.ctx, self.nv = ctx, nv
+        w = ctx.plan.world
+        active = list(range(w.gpus_used))
+        storages = [self._storages(ctx, r) for r in active]
+        direction = nvshmem_direction(w, placement_direction(), ctx.config.gpus_per_node)
+        self.placement = placement = place(storages, direction)
+        me = placement.ranks[ctx.rank]
+        os.environ.setdefault("NVSHMEM_SYMMETRIC_SIZE", str(placement.heap_bytes + NVSHMEM_RESERVE_BYTES))
+        # Physical heap memory comes in chunks of this size; NVSHMEM's default (512 MiB) left up to
+        # that much unused per PE (measured 849 -> 214 MB per PE beyond the shards, docs/benchmarks.md).
+        os.environ.setdefault("NVSHMEM_CUMEM_GRANULARITY", str(NVSHMEM_GRANULARITY_BYTES))
+
+        free_before = self._free_memory(ctx)
+        init_nvshmem(ctx.rank, len(active), ctx.device, ctx.active_group)
+        free_init = self._free_memory(ctx)
+        self._sym = nv.bytetensor((placement.heap_bytes,))
+        free_heap = self._free_memory(ctx)
+        if me.private_bytes:
+            self._private = allocate(me.private_bytes, ctx.device)
+        bases = {True: self._sym.data_ptr(), False: self._private.data_ptr() if self._private is not None else 0}
+
+        def parts(ps: tuple[Part, ...]) -> list[ShardPart]:
+            out = []
+            for part in ps:
+                buf = self._sym if part.in_heap else self._private
+                out.append((buf[part.start: part.start + max(part.storage.nbytes, 1)], part.storage))
+            return out
+
+        self.source_parts = parts(me.source)
+        self.destination_parts = parts(me.destination)
+
+        # The copying rank reaches its peers' heaps: sources write (push, all), destinations read (pull).
+        copies = one_sided_blocks(ctx.plan, ctx.rank_plan, placement, storages)
+        mapped: dict[int, int] = {}
+        for p in sorted({x.rank for s, d, _ in copies for x in (s, d)} - {ctx.rank}):
+            try:
+                t = nv.get_peer_tensor(self._sym, p)
+                mapped[p] = t.data_ptr() if t is not None else 0
+            except Exception:  # noqa: BLE001 - not mappable: put fallback (layout `all` only)
+                mapped[p] = 0
+        unmapped = [p for p, ptr in mapped.items() if not ptr]
+        if unmapped and placement.direction != "all":
+            raise TransportError(
+                f"rank {ctx.rank}: PEs {unmapped} cannot be mapped (no NVLink/P2P path); "
+                "set REFITCTL_NVSHMEM_PLACEMENT=all to use NVSHMEM put for them")
+
+        def base(w: Where) -> int:
+            return bases[w.in_heap] if w.rank == ctx.rank else mapped[w.rank]
+
+        blocks: list[Block] = []
+        self.puts: list[tuple[int, Block]] = []
+        for s, d, b in copies:
+            if d.rank != ctx.rank and not mapped[d.rank]:  # layout `all`: heap offsets on both sides
+                self.puts.append((d.rank, b))
+            else:
+                blocks.append(b._replace(src=b.src + base(s), dst=b.dst + base(d)))
+        self.copy = CudaBlockCopy(blocks, ctx.device)
+        shards = sum(st.nbytes for _, st in self.source_parts + self.destination_parts)
+        self.extra_bytes = (self.copy.desc.numel() * 8 if self.copy.desc is not None else 0) + \
+            placement.heap_bytes + me.private_bytes - shards
+        self.measured_extra_bytes = self._measure(ctx, free_before, shards)
+        self.stream = torch.cuda.current_stream(ctx.device)
+        placed = ctx.config.device_map()
+        self.sync = sync_mode(len(active), None if placed is None else
+                              shares_gpus(placed.devices, active, placed.ranks_per_node))
+        self.info = {"placement": placement.direction, "heap_bytes": placement.heap_bytes,
+                     "private_bytes": me.private_bytes, "unused_heap_bytes": placement.unused_heap(ctx.rank),
+                     "sync": self.sync, "puts": len(self.puts),
+                     # drops in free GPU memory (whole GPU: all PEs sharing it) across init and heap allocation
+                     "gpu_init_bytes": free_before - free_init, "gpu_heap_bytes": free_init - free_heap}
+
+    @staticmethod
+    def _free_memory(ctx: RankContext) -> int:
+        """Free device memory once every PE has its CUDA context and has stopped allocating."""
+        torch.empty(1, device=ctx.device)
+        torch.cuda.synchronize(ctx.device)
+        dist.barrier(group=ctx.active_group)
+        free = torch.cuda.mem_get_info(ctx.device)[0]
+        dist.barrier(group=ctx.active_group)
+        return free
+
+    def _measure(self, ctx: RankContext, free_before: int, shards: int) -> int:
+        """Device memory this PE's transport took beyond its shards (NVSHMEM's own state, heap
+        slack, private remainder, copy descriptors): the drop in free memory across prepare,
+        shared evenly among the PEs on the same GPU, minus their shard bytes."""
+        import socket
+
+        free_after = self._free_memory(ctx)
+        me = (socket.gethostname(), str(torch.cuda.get_device_properties(ctx.device).uuid), shards)
+        everyone: list[object] = [None] * dist.get_world_size(ctx.active_group)
+        dist.all_gather_object(everyone, me, group=ctx.active_group)
+        here = [e for e in everyone if e[:2] == me[:2]]
+        return (free_before - free_after - sum(e[2] for e in here)) // len(here)
+
+    def _put_fallback(self) -> None:
+        """nvshmem put for peers without a load/store mapping: a contiguous block in one call,
+        a strided one row by row."""
+        for peer, b in self.puts:
+            if b.src_stride == b.row_bytes == b.dst_stride:
+                n = b.nbytes
+                self.nv.put(self._sym[b.dst: b.dst + n], self._sym[b.src: b.src + n], remote_pe=peer, stream=self.stream)
+                continue
+            for r in range(b.rows):
+                s = b.src + r * b.src_stride
+                d = b.dst + r * b.dst_stride
+                self.nv.put(self._sym[d: d + b.row_bytes], self._sym[s: s + b.row_bytes],
+                            remote_pe=peer, stream=self.stream)
+
+    def iteration(self) -> IterationStats:
+        if self.sync == "host":
+            return self._iteration_host()
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record(self.stream)
+        self.nv.barrier_all(stream=self.stream)
+        self.copy(self.stream)
+        if self.puts:
+            self._put_fallback()
+        self.nv.barrier_all(stream=self.stream)
+        end.record(self.stream)
+        end.synchronize()
+        ms = start.elapsed_time(end)
+        return IterationStats(ms, {"transfer": ms}, 1 + (1 if self.copy.count else 0) + 1 + len(self.puts))
+
+    def _iteration_host(self) -> IterationStats:
+        """Completion on the host: the copying ranks copy and synchronise, then a gloo barrier.
+
+        The other PEs never run a GPU kernel, so on a time-sliced shared GPU they do not spin in
+        NVSHMEM's barrier kernel while the copying ranks need the GPU (measured: 2x to 4.8x faster on one
+        H100, docs/benchmarks.md). Timed on the host, barrier to barrier.
+        """
+        import time
+
+        t0 = time.perf_counter()
+        self.copy(self.stream)
+        if self.puts:
+            self._put_fallback()
+            self.nv.quiet(stream=self.stream)
+        self.stream.synchronize()
+        dist.barrier(group=self.ctx.active_group)
+        ms = (time.perf_counter() - t0) * 1e3
+        return IterationStats(ms, {"transfer": ms}, 1 if self.copy.count else 0)
+
+    def close(self) -> None:
+        if self._sym is not None:
+            torch.cuda.synchronize()
+            self.source_parts, self.destination_parts = [], []
+            self._private = None
+            self.nv.free_tensor(self._sym)
+            self._sym = None
+            self.nv.finalize()

@@ -1,0 +1,241 @@
+"""Two-sided refit through torch.distributed point-to-point (NCCL on GPUs, gloo on CPU).
+
+Zero-copy first (blocks.py says which bytes): every contiguous run of at least
+`direct_min_bytes()` travels straight from the source shard buffer into the destination shard
+buffer, one isend/irecv on views of the two flat buffers, all of them in ONE batch issued at the
+start of the iteration, so the link starts at once and no byte of them is packed or unpacked.
+The rest (short runs, strided blocks of row-parallel weights) is staged: per round, pack every
+peer's chunk into a staging buffer (one kernel on GPU), exchange all chunks with one batched
+isend/irecv, unpack (one kernel). Two staging sets alternate so that round k+1 is packed while
+round k is in flight; the chunk size keeps both sets within the bucket size. Local copies run
+after the first batches are issued, so on a GPU they overlap the link.
+
+REFITCTL_STAGED_ZERO_COPY=0 stages every byte (the path before zero-copy, for before/after
+measurements); REFITCTL_STAGED_DIRECT_MIN_BYTES sets the threshold (default 4 MiB).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+import torch.distributed as dist
+
+from refit_core.execution.transports.blocks import Block, Chunk, RankBlocks, ShardLayouts, chunk_bytes_for, rank_blocks
+from refit_core.errors import ConfigError
+from refit_core.execution.transports.base import IterationStats, RankContext, ShardPart, allocate, whole
+from refit_core.execution.transports.copy import CudaBlockCopy, absolute, copy_blocks_torch, cuda_copy_available
+
+DIRECT_MIN_BYTES = 4 << 20
+"""Shortest run sent zero-copy. One NCCL p2p op costs a few microseconds whatever its size;
+4 MiB takes about 11 us at 370 GB/s, while packing + unpacking it costs about 4 us of device copy."""
+
+
+def direct_min_bytes(env: dict[str, str] | None = None) -> int | None:
+    """The zero-copy threshold from the environment, or None when zero-copy is switched off."""
+    env = os.environ if env is None else env
+    switch = env.get("REFITCTL_STAGED_ZERO_COPY", "1").strip().lower()
+    if switch in ("0", "false", "no", "off"):
+        return None
+    if switch not in ("1", "true", "yes", "on", ""):
+        raise ConfigError(f"REFITCTL_STAGED_ZERO_COPY={switch!r}: use 1 (zero-copy, default) or 0 (stage every byte)")
+    text = env.get("REFITCTL_STAGED_DIRECT_MIN_BYTES", "").strip()
+    if not text:
+        return DIRECT_MIN_BYTES
+    if not text.isdigit():
+        raise ConfigError(f"REFITCTL_STAGED_DIRECT_MIN_BYTES={text!r}: give a whole number of bytes, e.g. {DIRECT_MIN_BYTES}")
+    return int(text)
+
+
+class _Step:
+    """One copy step (local, a round's pack or unpack) bound to its buffers."""
+
+    def __init__(self, blocks: list[Block], src: torch.Tensor, dst: torch.Tensor, cuda: bool) -> None:
+        self.blocks, self.src, self.dst = blocks, src, dst
+        self.kernel = CudaBlockCopy(absolute(blocks, src.data_ptr(), dst.data_ptr()), src.device) if cuda else None
+
+    def __call__(self) -> int:
+        if self.kernel is not None:
+            self.kernel()
+            return 1 if self.kernel.count else 0
+        copy_blocks_torch(self.blocks, self.src, self.dst)
+        return len(self.blocks)
+
+
+class StagedTransport:
+    """nccl / gloo: long runs zero-copy, the rest packed into buckets; batched isend/irecv."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.setup_phase = f"{name} transport set-up (staging buffers, copy kernels)"
+        self.src_buf: torch.Tensor | None = None
+        self.dst_buf: torch.Tensor | None = None
+        self.source_parts: list[ShardPart] = []
+        self.destination_parts: list[ShardPart] = []
+        self.extra_bytes = 0
+        self.measured_extra_bytes: int | None = None
+        self.info: dict[str, object] = {}
+
+    def prepare(self, ctx: RankContext) -> None:
+        self.ctx = ctx
+        dev = ctx.device
+        self.cuda = dev.type == "cuda" and cuda_copy_available()
+        self.src_buf = allocate(ctx.source.nbytes, dev) if ctx.source else None
+        self.dst_buf = allocate(ctx.destination.nbytes, dev) if ctx.destination else None
+        self.source_parts = whole(self.src_buf, ctx.source)
+        self.destination_parts = whole(self.dst_buf, ctx.destination)
+        chunk = chunk_bytes_for(ctx.plan, ctx.config.bucket_bytes)
+        threshold = direct_min_bytes()
+        rb: RankBlocks = rank_blocks(ctx.plan, ctx.rank_plan, ctx.source, ctx.destination, chunk,
+                                     threshold, ShardLayouts(ctx.plan))
+        # zero-copy messages: views of the shard buffers, sends then receives, each peer's in stream order
+        self.direct = [(dist.isend, self.src_buf[d.src: d.src + d.nbytes], d.peer) for d in rb.direct_sends] + \
+                      [(dist.irecv, self.dst_buf[d.dst: d.dst + d.nbytes], d.peer) for d in rb.direct_recvs]
+        send_size = max((self._laid_out_size(r) for r in rb.sends), default=0)
+        recv_size = max((self._laid_out_size(r) for r in rb.recvs), default=0)
+        sets = 2 if rb.rounds > 1 else 1
+        self.stage_send = [allocate(send_size, dev) for _ in range(sets)] if send_size else []
+        self.stage_recv = [allocate(recv_size, dev) for _ in range(sets)] if recv_size else []
+        self.extra_bytes = sets * (send_size + recv_size)
+        self.local = _Step(list(rb.local), self.src_buf, self.dst_buf, self.cuda) if rb.local else None
+        self.rounds = []
+        for k in range(rb.rounds):
+            s_stage = self.stage_send[k % sets] if self.stage_send else None
+            r_stage = self.stage_recv[k % sets] if self.stage_recv else None
+            pack, sends = self._lay_out(rb.sends[k], packed_is_dst=True)
+            unpack, recvs = self._lay_out(rb.recvs[k], packed_is_dst=False)
+            self.rounds.append((
+                _Step(pack, self.src_buf, s_stage, self.cuda) if pack else None,
+                [(peer, s_stage[o: o + n]) for peer, o, n in sends],
+                [(peer, r_stage[o: o + n]) for peer, o, n in recvs],
+                _Step(unpack, r_stage, self.dst_buf, self.cuda) if unpack else None,
+            ))
+        self.info = {"rounds": rb.rounds, "chunk_bytes": chunk, "staging_sets": sets,
+                     "zero_copy": threshold is not None, "direct_min_bytes": threshold,
+                     "direct_ops": len(self.direct), "direct_bytes": rb.direct_bytes, "staged_bytes": rb.staged_bytes}
+        if self.cuda:
+            self.extra_bytes += sum(s.kernel.desc.numel() * 8 for s in (self.local, *(x for r in self.rounds
+                                                                                      for x in (r[0], r[3])))
+                                    if s is not None and s.kernel.desc is not None)
+
+    @staticmethod
+    def _laid_out_size(chunks: tuple[Chunk, ...]) -> int:
+        return sum(-(-c.nbytes // 256) * 256 for c in chunks)
+
+    @staticmethod
+    def _lay_out(chunks: tuple[Chunk, ...], packed_is_dst: bool) -> tuple[list[Block], list[tuple[int, int, int]]]:
+        """Place a round's chunks one after another in the staging buffer."""
+        blocks: list[Block] = []
+        where: list[tuple[int, int, int]] = []
+        off = 0
+        for c in chunks:
+            for b in c.blocks:
+                blocks.append(b._replace(dst=b.dst + off) if packed_is_dst else b._replace(src=b.src + off))
+            where.append((c.peer, off, c.nbytes))
+            off += -(-c.nbytes // 256) * 256
+        return blocks, where
+
+    def iteration(self) -> IterationStats:
+        """Direct batch, then staged rounds (pack k, exchange k, unpack k-1), local copies after
+        the first exchange is issued, and the wait for the direct batch last.
+
+        Phases (ms, on the compute stream on GPU): issue (host time handing batches to the
+        backend; near 0 on GPU, where it only queues), pack, local, transfer (waiting for a staged
+        round), unpack, direct (waiting for the zero-copy batch after everything else was done)."""
+        cuda = self.ctx.device.type == "cuda"
+        launches = 0
+        clock = _Clock(cuda)
+        clock.mark()
+        direct = dist.batch_isend_irecv([dist.P2POp(op, buf, peer) for op, buf, peer in self.direct]) \
+            if self.direct else []
+        launches += 1 if self.direct else 0
+        clock.lap("issue")
+        local_done = self.local is None
+        pending = None
+        for k, (pack, sends, recvs, unpack) in enumerate(self.rounds):
+            if pack is not None:
+                launches += pack()
+                clock.lap("pack")
+            ops = [dist.P2POp(dist.isend, buf, peer) for peer, buf in sends] + \
+                  [dist.P2POp(dist.irecv, buf, peer) for peer, buf in recvs]
+            works = dist.batch_isend_irecv(ops) if ops else []
+            launches += 1 if ops else 0
+            clock.lap("issue")
+            if not local_done:
+                launches += self._local(clock)
+                local_done = True
+            if pending is not None:
+                launches += self._finish(pending, clock)
+            pending = (works, unpack)
+        if not local_done:
+            launches += self._local(clock)
+        if pending is not None:
+            launches += self._finish(pending, clock)
+        if direct:
+            for w in direct:
+                w.wait()
+            clock.lap("direct")
+        total = clock.total()
+        return IterationStats(total, clock.phase_totals(), launches)
+
+    def _local(self, clock: "_Clock") -> int:
+        n = self.local() if self.local is not None else 0
+        clock.lap("local")
+        return n
+
+    @staticmethod
+    def _finish(pending: tuple[list, "_Step | None"], clock: "_Clock") -> int:
+        works, unpack = pending
+        for w in works:
+            w.wait()
+        clock.lap("transfer")
+        n = unpack() if unpack is not None else 0
+        if unpack is not None:
+            clock.lap("unpack")
+        return n
+
+    def close(self) -> None:
+        self.rounds = []
+        self.src_buf = self.dst_buf = None
+        self.source_parts, self.destination_parts = [], []
+
+
+class _Clock:
+    """Phase timing: CUDA events on GPU (read after the iteration), perf_counter on CPU."""
+
+    def __init__(self, cuda: bool) -> None:
+        self.cuda = cuda
+        self.marks: list[tuple[str | None, object]] = []
+
+    def _now(self) -> object:
+        if self.cuda:
+            e = torch.cuda.Event(enable_timing=True)
+            e.record()
+            return e
+        return time.perf_counter()
+
+    def mark(self) -> None:
+        self.marks.append((None, self._now()))
+
+    def lap(self, name: str) -> None:
+        self.marks.append((name, self._now()))
+
+    def total(self) -> float:
+        """Total ms from the first mark to now; fills phases (summed) on the way."""
+        self.mark()
+        if self.cuda:
+            self.marks[-1][1].synchronize()  # type: ignore[union-attr]
+        return self._ms(self.marks[0][1], self.marks[-1][1])
+
+    def _ms(self, a: object, b: object) -> float:
+        if self.cuda:
+            return a.elapsed_time(b)  # type: ignore[union-attr]
+        return (b - a) * 1e3  # type: ignore[operator]
+
+    def phase_totals(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for (_, a), (name, b) in zip(self.marks, self.marks[1:]):
+            if name:
+                out[name] = out.get(name, 0.0) + self._ms(a, b)
+        return out
