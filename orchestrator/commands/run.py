@@ -139,15 +139,17 @@ def command_line() -> str:
     return "refitctl " + shlex.join(sys.argv[1:])
 
 
-def plan_and_spec(name: str, cfg: Any, opts: ClusterOptions, cluster: str, method_explicit: bool) -> tuple[RunSpec, Plan]:
+def plan_and_spec(name: str, cfg: Any, opts: ClusterOptions, cluster: str, method_explicit: bool,
+                  fit: bool = True) -> tuple[RunSpec, Plan]:
     """Decide the run. On SLURM, first ask `sinfo` whether the cluster can ever run it: if not,
-    `--cluster slurm` stops here in one line, and `--cluster auto` runs it locally, saying why."""
+    `--cluster slurm` stops here in one line, and `--cluster auto` runs it locally, saying why.
+    `fit=False` skips that question (render writes a script for some cluster, not for this one)."""
     node_gpus = executor.local_gpu_count() if cluster == "local" else None
     gpus = bool(node_gpus) if cluster == "local" else opts.request_gpus
     host = executor.host_memory() if cluster == "local" else None
     spec = make_spec(name, cfg, cluster, opts, os.environ, method_explicit, gpus, os.cpu_count() or 1, node_gpus,
                      host)
-    if cluster == "slurm":
+    if cluster == "slurm" and fit:
         reason = slurm_misfit(spec)
         if reason is not None and opts.cluster == "slurm":
             raise ConfigError(f"this SLURM cluster cannot run {name}: {reason}: choose a partition that can "

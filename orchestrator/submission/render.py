@@ -96,7 +96,7 @@ def _render(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
 
         cfg = resolve_config(args)
         opts = cluster_options(args)
-        spec, plan = plan_and_spec(cfg.name, cfg, opts, "slurm", args.flag_refit_method is not None)
+        spec, plan = plan_and_spec(cfg.name, cfg, opts, "slurm", args.flag_refit_method is not None, fit=False)
         text = render_sbatch(spec, plan, args.python or sys.executable, args.run_dir, command_line())
         if args.output:
             try:
