@@ -15,9 +15,11 @@ from refit_core.execution.transports import registry
 
 if TYPE_CHECKING:
     from refit_core.planning.devices import DeviceMap
+    from refit_core.planning.plan import Plan
 from refit_core.planning.layout import MAX_WORLD, ParallelLayout, RefitMode, WorldLayout, world_layout
 from refit_core.planning.memory import GIB, MemoryFit, check_memory, memory_fit
 from refit_core.planning.model import MAX_PARAMETERS, Inventory, ModelSpec, inventory
+from refit_core.planning.nodes import NodeMap
 from refit_core.planning.sharding import check_divisible
 from refit_core.planning.ceilings import LinkFigures
 from refit_core.planning.timemodel import DEFAULT_SOURCE, LOCAL_COPY_GBPS, NETWORK_GBPS, NVLINK_GBPS, LinkModel
@@ -128,6 +130,16 @@ class RunConfig:
         if not self.devices:
             return None
         return DeviceMap(self.devices, self.ranks_per_node or len(self.devices), 0)
+
+    def node_map(self) -> NodeMap:
+        """Ranks on nodes of --gpus-per-node GPUs, in rank order: what node-aware plans are made for."""
+        return NodeMap(self.gpus_per_node)
+
+    def plan(self, inv: Inventory | None = None, world: WorldLayout | None = None) -> "Plan":
+        """The node-aware transfer plan of this refit (refit_core/planning/plan.py)."""
+        from refit_core.planning.plan import plan_transfers
+
+        return plan_transfers(inv or self.inventory(), world or self.world(), self.node_map())
 
     def link_model(self) -> LinkModel:
         return LinkModel(self.gpus_per_node, self.intra_node_gbps, self.inter_node_gbps, self.local_copy_gbps,

@@ -71,7 +71,9 @@ def plan_json(cfg: RunConfig, plan: Plan, gpus: DeviceMap | None = None) -> dict
         "network_bytes": plan.network_bytes,
         "local_bytes": plan.local_bytes,
         "balance": {"max_source_bytes": plan.max_source_bytes, "bound_bytes": plan.balance_bound,
-                    "ratio": plan.balance},
+                    "ratio": plan.balance, "node_aware": plan.nodes is not None,
+                    "by_link": {c: {"max_source_bytes": m, "bound_bytes": b}
+                                for c, (m, b) in plan.class_balance.items()} if plan.class_bounds else {}},
         "predicted": pred.to_json(),
         "memory": memory_json(fit),
         "pairs": [{"src": s, "dst": d, "bytes": b, "local": s == d} for (s, d), b in plan.pair_bytes.items()],
@@ -97,6 +99,21 @@ def predicted_lines(pred: TimePrediction) -> list[str]:
         f"Load vs even share: sources x{bal.out_ratio:.4f} (busiest {human_bytes(bal.max_out)} out), "
         f"destinations x{bal.in_ratio:.4f} (busiest {human_bytes(bal.max_in)} in)",
     ]
+
+
+def balance_lines(plan: Plan, pred: TimePrediction) -> list[str]:
+    """The plan's balance against the max-flow optimum: per link class when node-aware."""
+    if not plan.class_bounds:
+        return [f"Balance (node-blind): busiest source sends {human_bytes(plan.max_source_bytes)}, best possible "
+                f"{human_bytes(plan.balance_bound)} (ratio {plan.balance:.4f})"]
+    bounds = pred.class_bounds_s()
+    lines = []
+    for cls, name in (("intra-node", "NVLink"), ("inter-node", "NIC")):
+        most, best = plan.class_balance[cls]
+        ratio = most / best if best else 1.0
+        lines.append(f"Balance {cls} ({name}, node-aware): busiest source sends {human_bytes(most)}, best possible "
+                     f"{human_bytes(best)} (ratio {ratio:.4f}); busiest GPU's {name} {bounds[cls] * 1e3:.3f} ms")
+    return lines
 
 
 def memory_lines(fit: MemoryFit) -> list[str | Text]:
@@ -128,12 +145,10 @@ def print_plan(console: Console, cfg: RunConfig, plan: Plan, gpus: DeviceMap | N
         f"Plan: {len(plan.transfers)} transfers, network {human_bytes(plan.network_bytes)}, "
         f"local {human_bytes(plan.local_bytes)}; method {cfg.method}, mode {w.mode.value}"
     )
-    console.print(
-        f"Balance: busiest source sends {human_bytes(plan.max_source_bytes)}, best possible "
-        f"{human_bytes(plan.balance_bound)} (ratio {plan.balance:.4f})"
-    )
     fit = cfg.memory_fit(inv, w)
     pred = predict(plan, cfg.link_model())
+    for line in balance_lines(plan, pred):
+        console.print(line)
     for line in (*memory_lines(fit), *predicted_lines(pred)):
         console.print(line)
     t = Table(title="Per-rank bytes", show_lines=False)
