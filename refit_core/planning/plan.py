@@ -25,6 +25,7 @@ from refit_core.planning.balance import min_max_shares
 from refit_core.planning.layout import RefitMode, WorldLayout
 from refit_core.planning.model import Inventory, ParamSpec
 from refit_core.planning.nodes import LINK_CLASSES, NodeMap
+from refit_core.planning.precision import BlockGather, block_pieces, destination_inventory, scale_runs
 from refit_core.planning.sharding import Piece, ShardGroup, shard_groups
 
 
@@ -62,10 +63,22 @@ class Plan:
     """The node map a node-aware plan was made for; None: node-blind."""
     class_bounds: tuple[tuple[str, int], ...] = ()
     """Node-aware: per link class, the best possible largest per-source byte count on it."""
+    precision: str = "bf16"
+    """The destination's precision (refit_core/planning/precision.py); bytes are the destination's."""
+    destination: Inventory | None = None
+    """FP8: the destination's parameters (weights in their destination dtype, then the scale tensors,
+    which transfers index after the weights); None: the same as `inventory`."""
+    gathers: tuple[BlockGather, ...] = ()
+    """FP8: scale blocks no source holds whole (a source TP boundary cuts them)."""
+
+    @property
+    def params(self) -> tuple[ParamSpec, ...]:
+        """What transfers index: the destination's parameters."""
+        return (self.destination or self.inventory).params
 
     @cached_property
     def _unit(self) -> list[int]:
-        return [_unit_bytes(p) for p in self.inventory.params]
+        return [_unit_bytes(p) for p in self.params]
 
     def nbytes(self, t: Transfer) -> int:
         return t.length * self._unit[t.param]
@@ -175,10 +188,12 @@ def _intersect(a: Piece, b: Piece) -> tuple[int, int] | None:
     return (lo, hi - lo) if hi > lo else None
 
 
-def plan_transfers(inv: Inventory, world: WorldLayout, nodes: NodeMap | None = None) -> Plan:
+def plan_transfers(inv: Inventory, world: WorldLayout, nodes: NodeMap | None = None, precision: str = "bf16") -> Plan:
     """Compute the exact, balanced transfer plan of `inv` from world.source to world.destination.
 
-    With `nodes`, node-aware (nearest replica first, each link class balanced on its own)."""
+    With `nodes`, node-aware (nearest replica first, each link class balanced on its own). With
+    precision "fp8", bytes are the destination's (FP8 weights) and the scale tensors are planned
+    too, each block from the source that holds it whole, or gathered (precision.py)."""
     spec = inv.spec
     src_l, dst_l = world.source.layout, world.destination.layout
     src0, dst0 = world.source.first_rank, world.destination.first_rank
@@ -186,6 +201,17 @@ def plan_transfers(inv: Inventory, world: WorldLayout, nodes: NodeMap | None = N
     local: list[Transfer] = []
     groups: dict[tuple[str, tuple[int, ...]], list[_Atom]] = defaultdict(list)
     nearest: dict[tuple[tuple[int, ...], int], tuple[str, tuple[int, ...]]] = {}
+
+    def place(holders: tuple[int, ...], dst: int, atom: _Atom) -> None:
+        if collocated and dst in holders:
+            local.append(Transfer(atom.param, dst, dst, atom.start, atom.length, atom.src_offset, atom.dst_offset))
+        elif nodes is None:
+            groups[("", holders)].append(atom)
+        else:
+            key = (holders, nodes.node(dst))
+            if key not in nearest:
+                nearest[key] = nodes.nearest_holders(holders, dst)
+            groups[nearest[key]].append(atom)
 
     for pi, p in enumerate(inv.params):
         sgs = [ShardGroup(g.pieces, tuple(src0 + h for h in g.holders))
@@ -201,18 +227,24 @@ def plan_transfers(inv: Inventory, world: WorldLayout, nodes: NodeMap | None = N
                         so = spiece.local_start + start - spiece.start
                         do = dpiece.local_start + start - dpiece.start
                         for dl in dg.holders:
-                            dst = dst0 + dl
-                            if collocated and dst in sg.holders:
-                                local.append(Transfer(pi, dst, dst, start, length, so, do))
-                            elif nodes is None:
-                                groups[("", sg.holders)].append(_Atom(dst, pi, start, length, so, do))
-                            else:
-                                key = (sg.holders, nodes.node(dst))
-                                if key not in nearest:
-                                    nearest[key] = nodes.nearest_holders(sg.holders, dst)
-                                groups[nearest[key]].append(_Atom(dst, pi, start, length, so, do))
+                            place(sg.holders, dst0 + dl, _Atom(dst0 + dl, pi, start, length, so, do))
 
-    unit = [_unit_bytes(p) for p in inv.params]
+    dinv = destination_inventory(inv, precision)
+    gathers: dict[tuple[int, int], BlockGather] = {}
+    for wi, si in dinv.scales:
+        p = inv.params[wi]
+        sgs = [(g.pieces, tuple(src0 + h for h in g.holders))
+               for g in shard_groups(p, src_l, spec.num_layers, spec.num_experts)]
+        for dg in shard_groups(p, dst_l, spec.num_layers, spec.num_experts):
+            for bpiece in block_pieces(dg.pieces):
+                runs, cut = scale_runs(p, sgs, si, bpiece)
+                gathers.update({(g.param, g.start): g for g in cut})
+                for b0, n, holders in runs:
+                    do = bpiece.local_start + b0 - bpiece.start
+                    for dl in dg.holders:
+                        place(holders, dst0 + dl, _Atom(dst0 + dl, si, b0, n, b0, do))
+
+    unit = [_unit_bytes(p) for p in dinv.inventory.params]
     demand = {k: sum(a.length * unit[a.param] for a in atoms) for k, atoms in groups.items()}
     shares: dict[tuple[str, tuple[int, ...]], dict[int, int]] = {}
     class_bounds: list[tuple[str, int]] = []
@@ -230,7 +262,8 @@ def plan_transfers(inv: Inventory, world: WorldLayout, nodes: NodeMap | None = N
         got = shares.get((cls, holders), {})
         network.extend(_cut_stream(atoms, [(s, got.get(s, 0)) for s in holders], unit))
     transfers = _coalesce(sorted(local + network, key=lambda t: (t.src, t.dst, t.param, t.start)))
-    return Plan(world, inv, tuple(transfers), bound, nodes, tuple(class_bounds))
+    return Plan(world, inv, tuple(transfers), bound, nodes, tuple(class_bounds), precision,
+                dinv.inventory if dinv.scales else None, tuple(gathers[k] for k in sorted(gathers)))
 
 
 def _merge(demand: dict[tuple[str, tuple[int, ...]], int]) -> dict[tuple[int, ...], int]:
