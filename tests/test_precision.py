@@ -111,3 +111,26 @@ def test_fp8_is_planned_but_a_run_is_refused_in_one_line(capsys) -> None:
                    "executed yet: run with --rl-inference-precision bf16"]
     with pytest.raises(ConfigError, match="--rl-inference-precision must be one of bf16, fp8, got 'fp4'"):
         resolve("config-4").with_changes(inference_precision="fp4").validate()
+
+
+def test_kimi_k2_record_shape_predicts_under_one_second_bounded_by_the_destination_nic() -> None:
+    """docs/kimi-k2.md, "The record's setup": 256 BF16 training GPUs -> 128 FP8 inference GPUs."""
+    from refit_core.planning.timemodel import predict
+
+    cfg = resolve("kimi-k2-record")
+    cfg.validate()  # fits 80 GiB per GPU
+    inv, world = cfg.inventory(), cfg.world()
+    assert (world.world_size, len(world.source.ranks), len(world.destination.ranks)) == (384, 256, 128)
+    plan = cfg.plan(inv, world)
+    link = cfg.with_changes(intra_node_gbps=372.0, intra_node_both_gbps=365.0).link_model()
+    pred = predict(plan, link)
+    assert pred.time_s == pytest.approx(pred.bound_s) and pred.time_s < 1.0
+    assert pred.bottleneck_link == "inter-node in" and world.destination.first_rank <= pred.bottleneck_rank
+    assert pred.time_s == pytest.approx(0.443, abs=5e-4)
+    # every source NIC busy: within each pipeline stage the sources send equal shares, none idle
+    out = plan.class_out["inter-node"]
+    for stage in range(4):
+        v = [out[r] for r in range(stage * 64, stage * 64 + 64)]
+        assert min(v) > 0.999 * max(v)
+    bf16 = predict(cfg.with_changes(inference_precision="bf16").plan(inv, world), link)
+    assert bf16.time_s == pytest.approx(0.786, abs=5e-4)
