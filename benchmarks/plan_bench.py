@@ -5,7 +5,7 @@
 
 Each config is measured in its own process, so its peak RSS is its own. Steps timed: resolving
 and validating the config (includes the memory fit), building the inventory, the whole plan
-(`plan_transfers`), one rank's share (`Plan.for_rank`, the slowest of the first source and the
+(`RunConfig.plan`, node-aware), one rank's share (`Plan.for_rank`, the slowest of the first source and the
 first destination rank) and the time model. Goals on the 2-core dev machine: whole plan < 10 s,
 one rank's share < 1 s, peak RSS < 2 GiB.
 """
@@ -29,7 +29,6 @@ GOALS = {"plan_s": 10.0, "for_rank_s": 1.0, "peak_rss_gib": 2.0}
 def measure(name: str) -> dict[str, Any]:
     """Time each planning step of config `name` in this process."""
     from orchestrator.configs import resolve
-    from refit_core.planning.plan import plan_transfers
     from refit_core.planning.timemodel import predict
 
     out: dict[str, Any] = {"config": name}
@@ -40,7 +39,7 @@ def measure(name: str) -> dict[str, Any]:
     inv = cfg.inventory()
     world = cfg.world()
     t2 = time.perf_counter()
-    plan = plan_transfers(inv, world)
+    plan = cfg.plan(inv, world)
     t3 = time.perf_counter()
     share_s = 0.0
     for rank in (world.source.first_rank, world.destination.first_rank):

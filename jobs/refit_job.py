@@ -136,7 +136,6 @@ def run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         import torch.distributed as dist
 
         from refit_core.execution.engine import Fault, run_rank
-        from refit_core.planning.plan import plan_transfers
         from refit_core.results import aggregate
 
         watchdog.arm("CUDA device set-up")
@@ -156,7 +155,7 @@ def run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         log(f"process group ready: {backend}, rank {env.rank} of {len(active)} active ranks "
             f"({env.world_size - len(active)} idle), device {device}")
         watchdog.arm("plan")
-        plan = plan_transfers(cfg.inventory(), world)
+        plan = cfg.plan(world=world)
         log(f"plan ready: {len(plan.transfers)} transfers; role {world.role(env.rank)}")
         record = run_rank(cfg, env.rank, len(active), device, dist.group.WORLD, save, plan=plan,
                           setup_group=cpu_group, watchdog=watchdog)

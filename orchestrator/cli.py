@@ -19,7 +19,6 @@ from orchestrator.views.planview import device_map, plan_json, print_plan
 from refit_core.config import RunConfig
 from refit_core.errors import ConfigError, RefitError
 from refit_core.planning.layout import gpus_needed
-from refit_core.planning.plan import plan_transfers
 
 
 class UsageError(ConfigError):
@@ -121,7 +120,7 @@ def _plan(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
 
     def run(args: argparse.Namespace) -> int:
         cfg = resolve_config(args)
-        plan = plan_transfers(cfg.inventory(), cfg.world())
+        plan = cfg.plan()
         if args.local_gpus is not None and not 0 <= args.local_gpus <= 65536:
             raise ConfigError(f"--local-gpus must be 0..65536, got {args.local_gpus}")
         gpus = device_map(cfg, plan, args.local_gpus)  # the pre-flight: a layout the method cannot run fails here

@@ -15,9 +15,12 @@ from refit_core.execution.transports import registry
 
 if TYPE_CHECKING:
     from refit_core.planning.devices import DeviceMap
+    from refit_core.planning.plan import Plan
 from refit_core.planning.layout import MAX_WORLD, ParallelLayout, RefitMode, WorldLayout, world_layout
 from refit_core.planning.memory import GIB, MemoryFit, check_memory, memory_fit
 from refit_core.planning.model import MAX_PARAMETERS, Inventory, ModelSpec, inventory
+from refit_core.planning.nodes import NodeMap
+from refit_core.planning.precision import check_precision, destination_slot_sizes
 from refit_core.planning.sharding import check_divisible
 from refit_core.planning.ceilings import LinkFigures
 from refit_core.planning.timemodel import DEFAULT_SOURCE, LOCAL_COPY_GBPS, NETWORK_GBPS, NVLINK_GBPS, LinkModel
@@ -62,6 +65,9 @@ class RunConfig:
     empty: the job places its rank itself, by the same rules."""
     ranks_per_node: int = 0
     """Tasks per node the devices were placed for (0: not placed)."""
+    inference_precision: str = "bf16"
+    """--rl-inference-precision: the destination's weights, bf16 or fp8 (128x128 blocks, float32
+    scales; refit_core/planning/precision.py). fp8 is planned and predicted, not yet executed."""
 
     def validate(self, gpu_memory: bool = True) -> None:
         """Raise ConfigError for anything the seed says cannot work, before submission.
@@ -100,6 +106,7 @@ class RunConfig:
             if not 0 < value <= MAX_GBPS:
                 raise ConfigError(f"{flag} must be more than 0 and at most {MAX_GBPS:,} GB/s (per GPU per direction), "
                                   f"got {value}")
+        check_precision(self.inference_precision)
         world = self.world()
         inv = self.inventory()
         if inv.numel > MAX_PARAMETERS:
@@ -118,8 +125,10 @@ class RunConfig:
 
     def memory_fit(self, inv: Inventory | None = None, world: WorldLayout | None = None) -> MemoryFit:
         """Per-GPU bytes of this refit (shards + the transport's buffers) against --gpu-memory-gb."""
-        return memory_fit(inv or self.inventory(), world or self.world(), self.method, self.bucket_bytes,
-                          int(self.gpu_memory_gb * GIB), self.gpus_per_node)
+        inv = inv or self.inventory()
+        return memory_fit(inv, world or self.world(), self.method, self.bucket_bytes,
+                          int(self.gpu_memory_gb * GIB), self.gpus_per_node,
+                          destination_slot_sizes(inv, self.destination, self.inference_precision))
 
     def device_map(self) -> "DeviceMap | None":
         """The rank -> GPU placement written before launch, or None if none was."""
@@ -128,6 +137,17 @@ class RunConfig:
         if not self.devices:
             return None
         return DeviceMap(self.devices, self.ranks_per_node or len(self.devices), 0)
+
+    def node_map(self) -> NodeMap:
+        """Ranks on nodes of --gpus-per-node GPUs, in rank order: what node-aware plans are made for."""
+        return NodeMap(self.gpus_per_node)
+
+    def plan(self, inv: Inventory | None = None, world: WorldLayout | None = None) -> "Plan":
+        """The node-aware transfer plan of this refit (refit_core/planning/plan.py)."""
+        from refit_core.planning.plan import plan_transfers
+
+        return plan_transfers(inv or self.inventory(), world or self.world(), self.node_map(),
+                              self.inference_precision)
 
     def link_model(self) -> LinkModel:
         return LinkModel(self.gpus_per_node, self.intra_node_gbps, self.inter_node_gbps, self.local_copy_gbps,

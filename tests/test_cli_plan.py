@@ -29,7 +29,8 @@ def test_plan_prints_the_seed_layout_and_tables(capsys: pytest.CaptureFixture[st
     out = capsys.readouterr().out
     assert out.startswith("World size: 8 (using 8 GPUs)\nSource ranks: 0-7 (TP=4, PP=1, EP=2)\n"
                           "Destination ranks: 0-3 (TP=4, PP=1, EP=1)\n")
-    assert "Per-rank bytes" in out and "Source -> destination bytes" in out and "Balance:" in out
+    assert "Per-rank bytes" in out and "Source -> destination bytes" in out \
+        and "Balance intra-node (NVLink, node-aware)" in out and "Balance inter-node (NIC, node-aware)" in out
 
 
 def test_seed_flags_instead_of_a_name(capsys: pytest.CaptureFixture[str]) -> None:

@@ -32,7 +32,6 @@ from orchestrator.safety import styled
 from orchestrator.state.tracking import snapshot
 from refit_core.config import RunConfig
 from refit_core.errors import ConfigError
-from refit_core.planning.plan import plan_transfers
 from refit_core.results import aggregate, read_results
 
 # ----------------------------------------------------------------------------- reading run directories
@@ -73,7 +72,7 @@ def _load_run_data(run_dir: Path) -> RunData:
         plan = _read_json(plan_path)
     else:
         cfg = RunConfig.from_json(_read_json(run_dir / "config.json"))
-        plan = plan_json(cfg, plan_transfers(cfg.inventory(), cfg.world()))
+        plan = plan_json(cfg, cfg.plan())
     if is_run(run_dir):
         snap = snapshot(run_dir)  # reads only: a run over but not finalized is aggregated in memory
         info = snap.info

@@ -36,7 +36,7 @@ from orchestrator.submission.runspec import CLUSTERS, DEFAULT_TIME, ClusterOptio
 from orchestrator.safety import styled
 from orchestrator.state.tracking import Snapshot, finalize_over, snapshot
 from refit_core.errors import ConfigError, RunDirError
-from refit_core.planning.plan import Plan, plan_transfers
+from refit_core.planning.plan import Plan
 
 # Defaults a site can set once, in the environment, instead of on every command.
 ENV_DEFAULTS = {"cluster": "REFITCTL_CLUSTER", "partition": "REFITCTL_PARTITION", "account": "REFITCTL_ACCOUNT",
@@ -159,7 +159,7 @@ def plan_and_spec(name: str, cfg: Any, opts: ClusterOptions, cluster: str, metho
             note = (f"SLURM here cannot run {name} ({reason}): running it as local processes instead "
                     "(--cluster slurm insists on SLURM)")
             spec = dataclasses.replace(local, notes=(note, *local.notes))
-    return spec, plan_transfers(spec.config.inventory(), spec.config.world())
+    return spec, spec.config.plan()
 
 
 def slurm_misfit(spec: RunSpec) -> str | None:

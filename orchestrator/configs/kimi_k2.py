@@ -112,6 +112,24 @@ KIMI_K2_CONFIGS: tuple[RunConfig, ...] = (
                     "on GPUs 0-63 to inference TP=1, EP=64 on GPUs 64-127",
     ),
     RunConfig(
+        name="kimi-k2-record",
+        model=KIMI_K2_MODEL,
+        # The record's shape (Perplexity, 2025-09: 256 training -> 128 inference GPUs, BF16 -> FP8).
+        # Training: TP=2, EP=32 as Megatron-Bridge's Kimi K2 recipe, with PP=4 in stages of
+        # 16+16+16+13 layers so that 256 GPUs hold it at 18.4 GiB of BF16 weights each
+        # (docs/kimi-k2.md, "The record's setup").
+        source=ParallelLayout(tp=2, ep=32, pp=4, last_stage_layers=13),
+        # Inference: data-parallel attention (TP=1), each expert on exactly one of 128 GPUs, FP8.
+        destination=ParallelLayout(tp=1, ep=128),
+        mode=RefitMode.NON_COLLOCATED,
+        method="nccl",
+        gpus=384,
+        inference_precision="fp8",
+        use_case="Kimi K2 at the published record's shape",
+        description="Kimi K2 1T, BF16 training TP=2, EP=32, PP=4 on 256 GPUs (32 nodes) to FP8 inference TP=1, "
+                    "EP=128 on 128 GPUs (16 nodes)",
+    ),
+    RunConfig(
         name="kimi-k2-small",
         # Kimi K2's architecture (MLA, dense first layer, SwiGLU, shared expert, untied, RMSNorm)
         # at toy widths, and kimi-k2's layout shapes scaled to the 2x4-GPU local test cluster:

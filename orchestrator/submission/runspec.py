@@ -24,6 +24,7 @@ from refit_core.execution.transports import registry
 from refit_core.errors import ConfigError
 from refit_core.planning.layout import MAX_WORLD
 from refit_core.planning.memory import GIB
+from refit_core.planning.precision import execution_refusal
 
 CLUSTERS = ("auto", "slurm", "local")
 DEFAULT_TIME = "30"  # minutes, SLURM's --time syntax
@@ -276,6 +277,9 @@ def make_spec(name: str, cfg: RunConfig, cluster: str, opts: ClusterOptions, env
     cfg, note = effective_config(cfg, method_explicit, gpus_available)
     on_host = cluster == "local" and not registry.method(cfg.method).needs_cuda
     cfg.validate(gpu_memory=not on_host)
+    refusal = execution_refusal(cfg.inference_precision)
+    if refusal:
+        raise ConfigError(refusal)
     if on_host and host is not None:
         check_host_memory(cfg, host)
     res = plan_resources(cfg.gpus, cluster, cfg.gpus_per_node, opts)

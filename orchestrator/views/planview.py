@@ -67,11 +67,17 @@ def plan_json(cfg: RunConfig, plan: Plan, gpus: DeviceMap | None = None) -> dict
                                "pp": w.destination.layout.pp},
         "model": {"parameters": inv.numel, "bytes": inv.nbytes, "expert_bytes": inv.expert_nbytes,
                   "tensors": len(inv.params), "dtype": inv.spec.dtype},
+        "precision": {"destination": plan.precision,
+                      "destination_bytes": (plan.destination or inv).nbytes,
+                      "gathers": [{"param": plan.params[g.param].name, "start": g.start, "length": g.length,
+                                   "parts": [list(h) for h in g.parts]} for g in plan.gathers]},
         "transfers": len(plan.transfers),
         "network_bytes": plan.network_bytes,
         "local_bytes": plan.local_bytes,
         "balance": {"max_source_bytes": plan.max_source_bytes, "bound_bytes": plan.balance_bound,
-                    "ratio": plan.balance},
+                    "ratio": plan.balance, "node_aware": plan.nodes is not None,
+                    "by_link": {c: {"max_source_bytes": m, "bound_bytes": b}
+                                for c, (m, b) in plan.class_balance.items()} if plan.class_bounds else {}},
         "predicted": pred.to_json(),
         "memory": memory_json(fit),
         "pairs": [{"src": s, "dst": d, "bytes": b, "local": s == d} for (s, d), b in plan.pair_bytes.items()],
@@ -97,6 +103,33 @@ def predicted_lines(pred: TimePrediction) -> list[str]:
         f"Load vs even share: sources x{bal.out_ratio:.4f} (busiest {human_bytes(bal.max_out)} out), "
         f"destinations x{bal.in_ratio:.4f} (busiest {human_bytes(bal.max_in)} in)",
     ]
+
+
+def precision_line(plan: Plan) -> str:
+    """FP8 destination: what became FP8, the scales' share, and the blocks a source TP boundary cuts."""
+    dinv = plan.destination or plan.inventory
+    n = len(plan.inventory.params)
+    fp8 = sum(1 for a, b in zip(dinv.params, plan.inventory.params) if a.dtype != b.dtype)
+    scales = dinv.params[n:]
+    gathered = sum(g.length for g in plan.gathers)
+    return (f"Destination precision {plan.precision}: {fp8} weights in float8 e4m3 (128x128 blocks), "
+            f"{len(scales)} scale tensors ({human_bytes(sum(p.nbytes for p in scales))}), model at the destination "
+            f"{human_bytes(dinv.nbytes)}; {gathered} scale blocks cut by a source TP boundary (amax gathered)")
+
+
+def balance_lines(plan: Plan, pred: TimePrediction) -> list[str]:
+    """The plan's balance against the max-flow optimum: per link class when node-aware."""
+    if not plan.class_bounds:
+        return [f"Balance (node-blind): busiest source sends {human_bytes(plan.max_source_bytes)}, best possible "
+                f"{human_bytes(plan.balance_bound)} (ratio {plan.balance:.4f})"]
+    bounds = pred.class_bounds_s()
+    lines = []
+    for cls, name in (("intra-node", "NVLink"), ("inter-node", "NIC")):
+        most, best = plan.class_balance[cls]
+        ratio = most / best if best else 1.0
+        lines.append(f"Balance {cls} ({name}, node-aware): busiest source sends {human_bytes(most)}, best possible "
+                     f"{human_bytes(best)} (ratio {ratio:.4f}); busiest GPU's {name} {bounds[cls] * 1e3:.3f} ms")
+    return lines
 
 
 def memory_lines(fit: MemoryFit) -> list[str | Text]:
@@ -128,12 +161,12 @@ def print_plan(console: Console, cfg: RunConfig, plan: Plan, gpus: DeviceMap | N
         f"Plan: {len(plan.transfers)} transfers, network {human_bytes(plan.network_bytes)}, "
         f"local {human_bytes(plan.local_bytes)}; method {cfg.method}, mode {w.mode.value}"
     )
-    console.print(
-        f"Balance: busiest source sends {human_bytes(plan.max_source_bytes)}, best possible "
-        f"{human_bytes(plan.balance_bound)} (ratio {plan.balance:.4f})"
-    )
+    if plan.destination is not None:
+        console.print(precision_line(plan))
     fit = cfg.memory_fit(inv, w)
     pred = predict(plan, cfg.link_model())
+    for line in balance_lines(plan, pred):
+        console.print(line)
     for line in (*memory_lines(fit), *predicted_lines(pred)):
         console.print(line)
     t = Table(title="Per-rank bytes", show_lines=False)

@@ -88,7 +88,40 @@ def _solve(demand: dict[tuple[int, ...], int], sources: list[int], limit: int
 
 
 def min_max_shares(demand: dict[tuple[int, ...], int]) -> tuple[dict[tuple[int, ...], dict[int, int]], int]:
-    """Shares per (holder set, holder) minimising the largest holder load; and that optimum."""
+    """Shares per (holder set, holder) minimising the largest holder load; and that optimum.
+
+    Holder sets that share no holder with each other (pipeline stages, say) are balanced apart, each
+    at its own optimum: one global flow would only hold every source under the busiest part's
+    optimum and could leave a lighter part's sources idle while others send that much."""
+    shares: dict[tuple[int, ...], dict[int, int]] = {}
+    bound = 0
+    for part in _components({g: b for g, b in demand.items() if b > 0}):
+        got, b = _min_max_shares(part)
+        shares.update(got)
+        bound = max(bound, b)
+    return shares, bound
+
+
+def _components(demand: dict[tuple[int, ...], int]) -> list[dict[tuple[int, ...], int]]:
+    """The demand split into parts whose holder sets are linked by shared holders (union-find)."""
+    parent: dict[int, int] = {}
+
+    def find(x: int) -> int:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for g in demand:
+        for h in g[1:]:
+            parent[find(h)] = find(g[0])
+    parts: dict[int, dict[tuple[int, ...], int]] = {}
+    for g, b in demand.items():
+        parts.setdefault(find(g[0]), {})[g] = b
+    return [parts[k] for k in sorted(parts)]
+
+
+def _min_max_shares(demand: dict[tuple[int, ...], int]) -> tuple[dict[tuple[int, ...], dict[int, int]], int]:
     demand = {g: b for g, b in demand.items() if b > 0}
     if not demand:
         return {}, 0

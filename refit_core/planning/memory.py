@@ -102,10 +102,13 @@ def shard_bytes(inv: Inventory, layout: ParallelLayout) -> list[int]:
 
 
 def memory_fit(inv: Inventory, world: WorldLayout, method: str, bucket_bytes: int, limit_bytes: int,
-               gpus_per_node: int | None = None) -> MemoryFit:
-    """Per-GPU bytes of a refit of `inv` on `world` by `method`, against `limit_bytes` per GPU."""
+               gpus_per_node: int | None = None, destination_slots: list[list[int]] | None = None) -> MemoryFit:
+    """Per-GPU bytes of a refit of `inv` on `world` by `method`, against `limit_bytes` per GPU.
+
+    `destination_slots`: the destination shards' sizes when they differ from the source's dtype
+    (FP8: `precision.destination_slot_sizes`)."""
     src = slot_sizes(inv, world.source.layout)
-    dst = slot_sizes(inv, world.destination.layout)
+    dst = destination_slots if destination_slots is not None else slot_sizes(inv, world.destination.layout)
     slots = []
     for r in range(world.world_size):
         sl, dl = world.source.local(r), world.destination.local(r)

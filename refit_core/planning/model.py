@@ -16,7 +16,8 @@ from functools import cached_property
 
 from refit_core.errors import ConfigError
 
-DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "float8_e4m3fn": 1}
+MODEL_DTYPES = ("bfloat16", "float16", "float32")  # what a model is trained in; FP8 is a destination's (precision.py)
 
 # Beyond these a config is a typo, not a model: refused before anything is built (the largest public MoE
 # models have ~100 layers, a few hundred experts and ~25,000 expert instances; Kimi K2 plans in seconds).
@@ -78,8 +79,8 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         self._check_sizes()
-        if self.dtype not in DTYPE_BYTES:
-            raise ConfigError(f"unknown dtype {self.dtype!r}: use one of {', '.join(DTYPE_BYTES)}")
+        if self.dtype not in MODEL_DTYPES:
+            raise ConfigError(f"unknown dtype {self.dtype!r}: use one of {', '.join(MODEL_DTYPES)}")
         if self.position_embedding_type not in ("learned_absolute", "rope", "none"):
             raise ConfigError(
                 f"--position-embedding-type {self.position_embedding_type!r} is not one of learned_absolute, rope, none"

@@ -5,7 +5,13 @@ already holds as a source (collocated mode) becomes a local copy. A slice held b
 replicas is served by them in shares chosen to minimise the largest per-source byte count: the
 shares come from a max-flow over (replica set -> source rank) edges, which also yields the best
 possible balance (the fractional optimum), the bound the plan's balance figure is measured against.
-The plan is a pure function of (inventory, world layout): no process group, no GPU.
+The plan is a pure function of (inventory, world layout, node map): no process group, no GPU.
+
+Node-aware (a `NodeMap` given): a slice is served from the nearest replica, the destination GPU
+itself (a local copy), else a holder on the destination's node (NVLink), else any holder (the
+network); the max-flow then balances each link class on its own, so every source's NIC carries
+an even share of the bytes that must cross nodes and its NVLink an even share of the rest.
+Node-blind (None): every holder is eligible and one max-flow balances all network bytes.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from typing import NamedTuple
 from refit_core.planning.balance import min_max_shares
 from refit_core.planning.layout import RefitMode, WorldLayout
 from refit_core.planning.model import Inventory, ParamSpec
+from refit_core.planning.nodes import LINK_CLASSES, NodeMap
+from refit_core.planning.precision import BlockGather, block_pieces, destination_inventory, scale_runs
 from refit_core.planning.sharding import Piece, ShardGroup, shard_groups
 
 
@@ -51,10 +59,26 @@ class Plan:
     transfers: tuple[Transfer, ...]
     balance_bound: int
     """Best possible largest per-source network byte count (fractional optimum over replicas)."""
+    nodes: NodeMap | None = None
+    """The node map a node-aware plan was made for; None: node-blind."""
+    class_bounds: tuple[tuple[str, int], ...] = ()
+    """Node-aware: per link class, the best possible largest per-source byte count on it."""
+    precision: str = "bf16"
+    """The destination's precision (refit_core/planning/precision.py); bytes are the destination's."""
+    destination: Inventory | None = None
+    """FP8: the destination's parameters (weights in their destination dtype, then the scale tensors,
+    which transfers index after the weights); None: the same as `inventory`."""
+    gathers: tuple[BlockGather, ...] = ()
+    """FP8: scale blocks no source holds whole (a source TP boundary cuts them)."""
+
+    @property
+    def params(self) -> tuple[ParamSpec, ...]:
+        """What transfers index: the destination's parameters."""
+        return (self.destination or self.inventory).params
 
     @cached_property
     def _unit(self) -> list[int]:
-        return [_unit_bytes(p) for p in self.inventory.params]
+        return [_unit_bytes(p) for p in self.params]
 
     def nbytes(self, t: Transfer) -> int:
         return t.length * self._unit[t.param]
@@ -97,8 +121,30 @@ class Plan:
 
     @property
     def balance(self) -> float:
-        """Largest per-source byte count over the best possible (1.0 = perfectly balanced)."""
+        """Largest per-source byte count over the best possible (1.0 = perfectly balanced).
+
+        Node-aware: the worst link class's (NVLink and NIC are separate links, each balanced on its
+        own; their sum per source is not what bounds the time)."""
+        if self.class_bounds:
+            return max((m / b for m, b in self.class_balance.values() if b), default=1.0)
         return self.max_source_bytes / self.balance_bound if self.balance_bound else 1.0
+
+    @cached_property
+    def class_out(self) -> dict[str, dict[int, int]]:
+        """Node-aware: bytes each source sends on each link class (intra-node, inter-node)."""
+        out: dict[str, dict[int, int]] = {c: {r: 0 for r in self.world.source.ranks} for c in LINK_CLASSES}
+        if self.nodes is None:
+            return out
+        for (s, d), b in self.pair_bytes.items():
+            if s != d:
+                out[self.nodes.link(s, d)][s] += b
+        return out
+
+    @property
+    def class_balance(self) -> dict[str, tuple[int, int]]:
+        """Node-aware: per link class, (busiest source's bytes on it, best possible)."""
+        bounds = dict(self.class_bounds)
+        return {c: (max(self.class_out[c].values(), default=0), bounds.get(c, 0)) for c in LINK_CLASSES}
 
     def for_rank(self, rank: int) -> "RankPlan":
         sends: dict[int, list[Transfer]] = defaultdict(list)
@@ -142,14 +188,30 @@ def _intersect(a: Piece, b: Piece) -> tuple[int, int] | None:
     return (lo, hi - lo) if hi > lo else None
 
 
-def plan_transfers(inv: Inventory, world: WorldLayout) -> Plan:
-    """Compute the exact, balanced transfer plan of `inv` from world.source to world.destination."""
+def plan_transfers(inv: Inventory, world: WorldLayout, nodes: NodeMap | None = None, precision: str = "bf16") -> Plan:
+    """Compute the exact, balanced transfer plan of `inv` from world.source to world.destination.
+
+    With `nodes`, node-aware (nearest replica first, each link class balanced on its own). With
+    precision "fp8", bytes are the destination's (FP8 weights) and the scale tensors are planned
+    too, each block from the source that holds it whole, or gathered (precision.py)."""
     spec = inv.spec
     src_l, dst_l = world.source.layout, world.destination.layout
     src0, dst0 = world.source.first_rank, world.destination.first_rank
     collocated = world.mode is RefitMode.COLLOCATED
     local: list[Transfer] = []
-    groups: dict[tuple[int, ...], list[_Atom]] = defaultdict(list)
+    groups: dict[tuple[str, tuple[int, ...]], list[_Atom]] = defaultdict(list)
+    nearest: dict[tuple[tuple[int, ...], int], tuple[str, tuple[int, ...]]] = {}
+
+    def place(holders: tuple[int, ...], dst: int, atom: _Atom) -> None:
+        if collocated and dst in holders:
+            local.append(Transfer(atom.param, dst, dst, atom.start, atom.length, atom.src_offset, atom.dst_offset))
+        elif nodes is None:
+            groups[("", holders)].append(atom)
+        else:
+            key = (holders, nodes.node(dst))
+            if key not in nearest:
+                nearest[key] = nodes.nearest_holders(holders, dst)
+            groups[nearest[key]].append(atom)
 
     for pi, p in enumerate(inv.params):
         sgs = [ShardGroup(g.pieces, tuple(src0 + h for h in g.holders))
@@ -165,21 +227,51 @@ def plan_transfers(inv: Inventory, world: WorldLayout) -> Plan:
                         so = spiece.local_start + start - spiece.start
                         do = dpiece.local_start + start - dpiece.start
                         for dl in dg.holders:
-                            dst = dst0 + dl
-                            if collocated and dst in sg.holders:
-                                local.append(Transfer(pi, dst, dst, start, length, so, do))
-                            else:
-                                groups[sg.holders].append(_Atom(dst, pi, start, length, so, do))
+                            place(sg.holders, dst0 + dl, _Atom(dst0 + dl, pi, start, length, so, do))
 
-    unit = [_unit_bytes(p) for p in inv.params]
-    demand = {h: sum(a.length * unit[a.param] for a in atoms) for h, atoms in groups.items()}
-    shares, bound = min_max_shares(demand)
+    dinv = destination_inventory(inv, precision)
+    gathers: dict[tuple[int, int], BlockGather] = {}
+    for wi, si in dinv.scales:
+        p = inv.params[wi]
+        sgs = [(g.pieces, tuple(src0 + h for h in g.holders))
+               for g in shard_groups(p, src_l, spec.num_layers, spec.num_experts)]
+        for dg in shard_groups(p, dst_l, spec.num_layers, spec.num_experts):
+            for bpiece in block_pieces(dg.pieces):
+                runs, cut = scale_runs(p, sgs, si, bpiece)
+                gathers.update({(g.param, g.start): g for g in cut})
+                for b0, n, holders in runs:
+                    do = bpiece.local_start + b0 - bpiece.start
+                    for dl in dg.holders:
+                        place(holders, dst0 + dl, _Atom(dst0 + dl, si, b0, n, b0, do))
+
+    unit = [_unit_bytes(p) for p in dinv.inventory.params]
+    demand = {k: sum(a.length * unit[a.param] for a in atoms) for k, atoms in groups.items()}
+    shares: dict[tuple[str, tuple[int, ...]], dict[int, int]] = {}
+    class_bounds: list[tuple[str, int]] = []
+    bound = 0
+    for cls in sorted({c for c, _ in demand}):
+        got, bound = min_max_shares({h: v for (c, h), v in demand.items() if c == cls})
+        shares.update({(cls, h): s for h, s in got.items()})
+        if cls:
+            class_bounds.append((cls, bound))
+    if nodes is not None:
+        bound = min_max_shares(_merge(demand))[1]
     network: list[Transfer] = []
-    for holders, atoms in groups.items():
+    for (cls, holders), atoms in groups.items():
         atoms.sort()
-        network.extend(_cut_stream(atoms, [(s, shares[holders].get(s, 0)) for s in holders], unit))
+        got = shares.get((cls, holders), {})
+        network.extend(_cut_stream(atoms, [(s, got.get(s, 0)) for s in holders], unit))
     transfers = _coalesce(sorted(local + network, key=lambda t: (t.src, t.dst, t.param, t.start)))
-    return Plan(world, inv, tuple(transfers), bound)
+    return Plan(world, inv, tuple(transfers), bound, nodes, tuple(class_bounds), precision,
+                dinv.inventory if dinv.scales else None, tuple(gathers[k] for k in sorted(gathers)))
+
+
+def _merge(demand: dict[tuple[str, tuple[int, ...]], int]) -> dict[tuple[int, ...], int]:
+    """Demand per holder set over all link classes: the busiest source's total bound."""
+    out: dict[tuple[int, ...], int] = defaultdict(int)
+    for (_, holders), v in demand.items():
+        out[holders] += v
+    return dict(out)
 
 
 def _cut_stream(atoms: list[_Atom], quotas: list[tuple[int, int]], unit: list[int]) -> list[Transfer]:

@@ -122,10 +122,20 @@ class TimePrediction:
     bottleneck_link: str
     balance: Balance
 
+    def class_bounds_s(self) -> dict[str, float]:
+        """Per link class (intra-node: NVLink, inter-node: the NIC), the seconds its busiest GPU
+        needs on it, either direction: the bound counted link class by link class."""
+        out = {"intra-node": 0.0, "inter-node": 0.0}
+        for g in self.loads:
+            t = g.link_times(self.link)
+            for c in out:
+                out[c] = max(out[c], t[f"{c} in"], t[f"{c} out"])
+        return out
+
     def to_json(self) -> dict[str, Any]:
         b = self.balance
         return {
-            "time_s": self.time_s, "bound_s": self.bound_s,
+            "time_s": self.time_s, "bound_s": self.bound_s, "class_bounds_s": self.class_bounds_s(),
             "bottleneck": {"rank": self.bottleneck_rank, "link": self.bottleneck_link},
             "model": self.link.to_json(),
             "balance": {"max_out_bytes": b.max_out, "mean_out_bytes": b.mean_out, "out_ratio": b.out_ratio,
