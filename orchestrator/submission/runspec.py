@@ -277,7 +277,7 @@ def make_spec(name: str, cfg: RunConfig, cluster: str, opts: ClusterOptions, env
     cfg, note = effective_config(cfg, method_explicit, gpus_available)
     on_host = cluster == "local" and not registry.method(cfg.method).needs_cuda
     cfg.validate(gpu_memory=not on_host)
-    refusal = execution_refusal(cfg.inference_precision)
+    refusal = execution_refusal(cfg.inference_precision, cfg.method)
     if refusal:
         raise ConfigError(refusal)
     if on_host and host is not None:

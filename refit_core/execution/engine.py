@@ -18,7 +18,10 @@ import torch.distributed as dist
 
 from refit_core.config import RunConfig
 from refit_core.planning.plan import Plan, plan_transfers
-from refit_core.execution.storage import Storage, rank_storage
+from refit_core.execution.storage import Storage
+from refit_core.execution.reference import destination_check
+from refit_core.execution.sender import for_precision
+from refit_core.execution.wire import shard_storage
 from refit_core.execution.transports.base import RankContext
 from refit_core.execution.transports.registry import make_transport
 from refit_core.execution.watchdog import Watchdog
@@ -75,16 +78,14 @@ def run_rank(cfg: RunConfig, rank: int, world_size: int, device: torch.device,
     """Execute warm-up + timed iterations on this (active) rank; returns its record.
 
     Every wait is a phase of `watchdog` (refit_core/execution/watchdog.py; one is made here if none is given)."""
-    plan = plan or plan_transfers(cfg.inventory(), cfg.world())
+    plan = plan or plan_transfers(cfg.inventory(), cfg.world(), precision=cfg.inference_precision)
     world = plan.world
     inv = plan.inventory
-    src_local = world.source.local(rank)
-    dst_local = world.destination.local(rank)
     ctx = RankContext(
         config=cfg, plan=plan, rank=rank, world_size=world_size, device=device,
         rank_plan=plan.for_rank(rank),
-        source=rank_storage(inv, world.source.layout, src_local) if src_local is not None else None,
-        destination=rank_storage(inv, world.destination.layout, dst_local) if dst_local is not None else None,
+        source=shard_storage(plan, "source", rank),  # in the destination's precision (wire.py)
+        destination=shard_storage(plan, "destination", rank),
         active_group=active_group,
     )
     traffic = plan.per_rank[rank]
@@ -100,7 +101,7 @@ def run_rank(cfg: RunConfig, rank: int, world_size: int, device: torch.device,
     if watchdog is None:
         watchdog = Watchdog(cfg.timeout_s, rank, lambda e: on_record({**record, "error": record["error"] or e}),
                             watch_parent=False)
-    transport = make_transport(cfg.method)
+    transport = for_precision(make_transport(cfg.method), plan.precision)  # FP8: the sender quantises first
     try:
         watchdog.arm(getattr(transport, "setup_phase", f"{cfg.method} transport set-up"))
         if fault and fault.hits(rank, "setup"):
@@ -113,6 +114,7 @@ def run_rank(cfg: RunConfig, rank: int, world_size: int, device: torch.device,
         log(f"{record['role']} on {record['device']}: {cfg.method} transport ready, "
             f"{record['source_bytes'] + record['destination_bytes']} shard bytes, {transport.extra_bytes} extra bytes")
         watchdog.arm("weight fill")
+        check = destination_check(plan, rank, device)
         for buf, storage in transport.source_parts:
             weights.fill(buf, storage, inv)
         if transport.source_parts:
@@ -134,7 +136,7 @@ def run_rank(cfg: RunConfig, rank: int, world_size: int, device: torch.device,
             if hit and fault.kind == "corrupt" and transport.destination_parts:  # type: ignore[union-attr]
                 _corrupt(*transport.destination_parts[0])
             for buf, storage in transport.destination_parts:
-                weights.verify(buf, storage, inv, rank)
+                check(buf, storage)
             watchdog.disarm()
             log(f"iteration {k - cfg.warmup}{' (warm-up)' if k < cfg.warmup else ''}: {stats.time_ms:.3f} ms"
                 + (", verified" if ctx.destination is not None else ""))

@@ -26,7 +26,8 @@ from refit_core.planning.devices import shares_gpus
 from refit_core.errors import TransportError
 from refit_core.planning.memory import NVSHMEM_GRANULARITY_BYTES, NVSHMEM_RESERVE_BYTES, nvshmem_direction
 from refit_core.execution.transports.placement import Part, place
-from refit_core.execution.storage import Storage, rank_storage
+from refit_core.execution.storage import Storage
+from refit_core.execution.wire import shard_storage
 from refit_core.execution.transports.base import IterationStats, RankContext, ShardPart, allocate
 from refit_core.execution.transports.copy import CudaBlockCopy
 
@@ -84,10 +85,7 @@ class NvshmemTransport:
 
     # -- every rank's shards (pure; every rank computes all of them) ---------------------------
     def _storages(self, ctx: RankContext, rank: int) -> tuple[Storage | None, Storage | None]:
-        w, inv = ctx.plan.world, ctx.plan.inventory
-        s, d = w.source.local(rank), w.destination.local(rank)
-        return (rank_storage(inv, w.source.layout, s) if s is not None else None,
-                rank_storage(inv, w.destination.layout, d) if d is not None else None)
+        return shard_storage(ctx.plan, "source", rank), shard_storage(ctx.plan, "destination", rank)
 
     def prepare(self, ctx: RankContext) -> None:
         try:
