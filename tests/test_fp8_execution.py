@@ -111,3 +111,14 @@ def test_fp8_runs_on_the_byte_generic_methods_only() -> None:
     assert execution_refusal("fp8", "naive") == (
         "--refit-method naive moves BF16 destinations only: run --rl-inference-precision fp8 with "
         "--refit-method nvshmem, nccl, gloo, or use --rl-inference-precision bf16")
+
+
+def test_fp8_bench_runs_each_row_in_bf16_then_fp8() -> None:
+    from benchmarks.fp8_bench import fp8_cases
+
+    rows = fp8_cases(1, ("seed",), {"seed": 2}, 4)
+    assert [(c.config.name, c.config.method, c.config.inference_precision) for c in rows] == [
+        ("config-4", "nvshmem", "bf16"), ("config-4-fp8", "nvshmem", "fp8"),
+        ("collocated-4", "nvshmem", "bf16"), ("collocated-4-fp8", "nvshmem", "fp8"),
+        ("world-1", "nccl", "bf16"), ("world-1-fp8", "nccl", "fp8")]
+    assert not any(c.skip for c in rows)
