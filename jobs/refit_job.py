@@ -84,7 +84,9 @@ def run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     run_path = Path(run_dir)
     # A requeued job (preempted, node lost) starts again from scratch: its records replace the last attempt's.
     restarts = int(_first("SLURM_RESTART_COUNT") or 0)
-    writer = RankRecordWriter(rank_path(run_path, env.rank))
+    from refit_core.execution.watchdog import process_start_time
+
+    writer = RankRecordWriter(rank_path(run_path, env.rank), started=process_start_time())  # "starting Python" since then
     record: dict[str, Any] = {"rank": env.rank, "role": "?", "iterations": [], "verified": False,
                               "complete": False, "error": None}
 
@@ -110,7 +112,7 @@ def run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         from refit_core.execution.watchdog import Watchdog
 
         cfg = RunConfig.from_json(json.loads((run_path / "config.json").read_text()))
-        watchdog = Watchdog(cfg.timeout_s, env.rank, record_error)
+        watchdog = Watchdog(cfg.timeout_s, env.rank, record_error, on_phase=writer.enter_phase)  # phases in the record
         watchdog.arm("start-up (imports, plan)")
         world = cfg.world()
         record["role"] = world.role(env.rank) if env.rank < cfg.gpus else "?"
@@ -132,6 +134,7 @@ def run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
             log("idle rank: no GPU, no process group; done")
             return record
 
+        watchdog.arm("importing torch")
         import torch
         import torch.distributed as dist
 
@@ -171,7 +174,7 @@ def run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         record_error(f"{e.__class__.__name__}: {e}", traceback.format_exc())
         raise
     finally:
-        if watchdog is not None:
+        if watchdog is not None and dist is not None:
             watchdog.arm("process-group teardown")
         if dist is not None:
             try:

@@ -7,6 +7,7 @@ over, redrawing in place on a terminal and printing one line per change otherwis
 from __future__ import annotations
 
 import json
+import re
 
 import statistics
 import time
@@ -22,6 +23,7 @@ from orchestrator.views.planview import human_bytes
 from orchestrator.submission.runspec import format_time
 from orchestrator.state.tracking import Snapshot, snapshot
 
+_ELAPSED = re.compile(r" \d+\.\d s\b")  # "importing torch 2.1 s": the seconds a rank has been in its phase
 _UNKNOWN_POLLS = 3  # an UNKNOWN state must persist this many polls before the watch gives up
 
 
@@ -60,13 +62,50 @@ def layout_label(lay: dict[str, Any]) -> str:
     return f"TP={lay.get('tp')},EP={lay.get('ep')}" + (f",PP={lay['pp']}" if lay.get("pp", 1) > 1 else "")
 
 
-def phase_label(s: Snapshot) -> str:
+def phase_label(s: Snapshot, now: float | None = None) -> str:
+    """'queued', 'starting (8/8 tasks up: 6 in importing torch 2.1 s, 2 idle)', then the progress."""
     if s.state.queued:
         return "queued"
     if not s.progress.started and not s.state.final:
         up = len(list((s.run_dir / "logs").glob("rank-*.log")))
-        return f"starting ({up}/{s.info.get('world_size', '?')} tasks up)"
+        where = starting_phases(s.progress, now)
+        return f"starting ({up}/{s.info.get('world_size', '?')} tasks up{': ' + where if where else ''})"
     return s.progress.phase()
+
+
+IN_LOOP = ("warm-up", "iterations")  # phases the progress counts already
+
+
+def starting_phases(p: Any, now: float | None = None) -> str:
+    """Where the ranks are while the run starts: '6 in importing torch 2.1 s, 2 idle' (each phase with
+    the longest any rank has been in it), in the order the ranks entered them."""
+    now = time.time() if now is None else now
+    groups: dict[str, list[float]] = {}
+    idle = 0
+    for r in p.ranks:
+        if r.error:
+            continue
+        if r.complete:
+            idle += r.rank >= p.active
+            continue
+        if r.phase is not None:
+            groups.setdefault(r.phase, []).append(now - r.phase_since if r.phase_since is not None else 0.0)
+    parts = [f"{len(v)} in {name} {max(0.0, max(v)):.1f} s"
+             for name, v in sorted(groups.items(), key=lambda kv: -max(kv[1]))]
+    return ", ".join(parts + ([f"{idle} idle"] if idle else []))
+
+
+def rank_status(r: Any, active: int, now: float | None = None) -> Text:
+    """A rank row's status: its error, done, idle, the phase it is in with its time (start-up and
+    teardown), or 'running' (in the iterations, which the done column counts)."""
+    if r.error:
+        return Text(r.error.splitlines()[0][:90], style="red")
+    if r.verified and r.complete:
+        return Text("done, verified" if r.rank < active else "idle", style="green" if r.rank < active else "dim")
+    if r.phase is not None and r.phase not in IN_LOOP:
+        since = 0.0 if r.phase_since is None else max(0.0, (time.time() if now is None else now) - r.phase_since)
+        return Text(f"{r.phase[:70]} {since:.1f} s", style="yellow")
+    return Text("running")
 
 
 def status_line(s: Snapshot) -> str:
@@ -112,12 +151,7 @@ def rank_table(s: Snapshot) -> Table:
         t.add_column(col, justify=just)
     rows = p.ranks if len(p.ranks) <= 16 else _role_summary(p.ranks)
     for r in rows:
-        if r.error:
-            status = Text(r.error.splitlines()[0][:90], style="red")
-        elif r.verified and r.complete:
-            status = Text("done, verified" if r.rank < p.active else "idle", style="green" if r.rank < p.active else "dim")
-        else:
-            status = Text("running")
+        status = rank_status(r, p.active)
         done = p.count(r.done) if r.rank < p.active else "-"
         t.add_row(str(r.rank), r.role, done, _ms(r.last_ms), status)
     if len(p.ranks) > 16:
@@ -355,9 +389,10 @@ def watch(run_dirs: Sequence[Path], console: Console, poll_s: float, title: str 
     while True:
         for s in snaps:
             line = status_line(s)
-            if last.get(s.run_dir) != line:
+            key = _ELAPSED.sub("", line)  # a phase's clock ticking is not a change worth a line
+            if last.get(s.run_dir) != key:
                 console.print(f"[{time.strftime('%H:%M:%S')}] {line}", highlight=False, markup=False)
-                last[s.run_dir] = line
+                last[s.run_dir] = key
         if over(snaps):
             return snaps
         time.sleep(poll_s)
