@@ -25,8 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# Multicast over NVLink can take a shared host's GPUs out of service: off unless the user says.
-SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "NVSHMEM_DISABLE_NVLS": "1", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1"}
+from refit_core.taskenv import SAFE_ENV, master_port
 
 
 @dataclass(frozen=True)
@@ -61,10 +60,8 @@ def task_env() -> TaskEnv:
             except (OSError, subprocess.TimeoutExpired):
                 pass
     port = _first("MASTER_PORT")
-    if port is None:
-        job = os.environ.get("SLURM_JOB_ID", "")
-        port = str(20000 + int(job) % 20000) if job.isdigit() else "29500"
-    return TaskEnv(int(rank or 0), int(world or 1), int(local or 0), addr, int(port))
+    return TaskEnv(int(rank or 0), int(world or 1), int(local or 0), addr,
+                   int(port) if port is not None else master_port(os.environ.get("SLURM_JOB_ID", "")))
 
 
 def run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:

@@ -16,7 +16,6 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
-from jobs.refit_job import SAFE_ENV
 from orchestrator import safety
 from refit_core.config import RunConfig
 from refit_core.planning.devices import assign_devices
@@ -24,6 +23,7 @@ from refit_core.execution.transports import registry
 from refit_core.errors import ConfigError
 from refit_core.planning.layout import MAX_WORLD
 from refit_core.planning.memory import GIB
+from refit_core.taskenv import SAFE_ENV
 
 CLUSTERS = ("auto", "slurm", "local")
 DEFAULT_TIME = "30"  # minutes, SLURM's --time syntax
@@ -182,6 +182,15 @@ def sbatch_parameters(args: Sequence[str]) -> dict[str, Any]:
             raise ConfigError(f"--sbatch-arg {a!r}: write it as --name=value or --flag (e.g. --sbatch-arg=--constraint=h100)")
         out[m.group(1).replace("-", "_")] = True if m.group(2) is None else m.group(2)
     return out
+
+
+def sbatch_extras(args: Sequence[str]) -> dict[str, Any]:
+    """The extra sbatch options of a job, `--requeue` first unless the user said --requeue or --no-requeue:
+    preempted or on a lost node, the job goes back in the queue and runs again (the refit restarts from
+    scratch; the ranks record the restart count), even where the site's JobRequeue is 0. Both the
+    submitted job (executor.slurm_parameters) and the rendered script (render.sbatch_lines) use it."""
+    extra = sbatch_parameters(args)
+    return extra if "no_requeue" in extra or "requeue" in extra else {"requeue": True, **extra}
 
 
 def parse_env(items: Sequence[str]) -> tuple[tuple[str, str], ...]:

@@ -21,6 +21,7 @@ from rich.text import Text
 from orchestrator.views.planview import human_bytes
 from orchestrator.submission.runspec import format_time
 from orchestrator.state.tracking import Snapshot, snapshot
+from refit_core.taskenv import rank_log_name
 
 _UNKNOWN_POLLS = 3  # an UNKNOWN state must persist this many polls before the watch gives up
 
@@ -143,7 +144,7 @@ def error_lines(s: Snapshot) -> list[Text]:
         first = d.first
         out.append(Text.assemble(("first failure: ", "bold red"), f"rank {first.rank} ({first.role}): ",
                                  (first.reason, "red")))
-        out.append(Text(f"  log: {s.run_dir / 'logs' / f'rank-{first.rank:05d}.log'}", style="dim"))
+        out.append(Text(f"  log: {s.run_dir / 'logs' / rank_log_name(first.rank)}", style="dim"))
     real = [f for f in d.others if f.kind != "stopped"]
     for f in real[:3]:
         out.append(Text(f"then rank {f.rank}: {f.reason[:150]}", style="red"))
@@ -164,7 +165,7 @@ def error_lines(s: Snapshot) -> list[Text]:
 
 def log_tail(run_dir: Path, rank: int, n: int = 5) -> list[str]:
     try:
-        lines = (run_dir / "logs" / f"rank-{rank:05d}.log").read_text(errors="replace").splitlines()
+        lines = (run_dir / "logs" / rank_log_name(rank)).read_text(errors="replace").splitlines()
     except OSError:
         return []
     return [ln for ln in lines if ln.strip()][-n:]

@@ -16,10 +16,11 @@ import math
 import html
 import io
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from orchestrator.views.planview import human_bytes
-from refit_core.errors import RefitError
+from refit_core.errors import ConfigError, RefitError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -497,3 +498,17 @@ def report_html(title: str, runs: Sequence[RunData], images: Sequence[RunImages]
     parts.extend(_run_section(r, im) for r, im in zip(runs, images))
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>\n")
+
+
+def write_file(path: Path, data: bytes) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    except OSError as e:
+        raise ConfigError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def write_plan_png(path: Path, plan: dict[str, Any], title: str) -> None:
+    """`refitctl plan --png FILE`: the transfer matrix heatmap of a plan, nothing run."""
+    need_matplotlib()
+    write_file(path, png_bytes(transfer_figure(plan, title)))
