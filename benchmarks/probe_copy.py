@@ -47,7 +47,7 @@ def main(run_dir: Path) -> None:
     peer = nv.get_peer_tensor(dst, (r + 1) % n)
     stream = torch.cuda.current_stream(dev)
     times = []
-    host = sync_mode(n) == "host"  # the same completion the refit uses (transports/nvshmem.py)
+    host = sync_mode(os.environ.get("REFITCTL_NVSHMEM_SYNC", "auto"), n) == "host"  # the same completion the refit uses (transports/nvshmem.py)
     for k in range(spec["warmup"] + spec["iterations"]):
         dist.barrier()
         if host:

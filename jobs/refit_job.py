@@ -106,7 +106,7 @@ def run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         from refit_core.config import RunConfig
         from refit_core.execution.watchdog import Watchdog
 
-        cfg = RunConfig.from_json(json.loads((run_path / "config.json").read_text()))
+        cfg = RunConfig.from_json(json.loads((run_path / "config.json").read_text())).with_environment(os.environ)
         watchdog = Watchdog(cfg.timeout_s, env.rank, record_error)
         watchdog.arm("start-up (imports, plan)")
         world = cfg.world()
@@ -132,7 +132,8 @@ def run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         import torch
         import torch.distributed as dist
 
-        from refit_core.execution.engine import Fault, run_rank
+        from refit_core.execution.engine import run_rank
+        from refit_core.execution.faults import hooks_from_env
         from refit_core.planning.plan import plan_transfers
         from refit_core.results import aggregate
 
@@ -141,10 +142,9 @@ def run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         backend = m.backend
         timeout = datetime.timedelta(seconds=cfg.timeout_s)
         os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = env.master_addr, str(env.master_port)
-        fault = Fault.from_env()
+        hooks = hooks_from_env(env.rank, log)
         watchdog.arm(f"process-group init ({backend}" + (", NCCL communicator" if backend == "nccl" else "") + ")")
-        if fault and fault.hits(env.rank, "init"):
-            fault.inject(log)
+        hooks.before("init")
         kwargs: dict[str, Any] = {"device_id": device} if backend == "nccl" else {}
         dist.init_process_group(backend, rank=env.rank, world_size=len(active), timeout=timeout,
                                 init_method=f"tcp://{env.master_addr}:{env.master_port}", **kwargs)
@@ -156,7 +156,7 @@ def run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         plan = plan_transfers(cfg.inventory(), world)
         log(f"plan ready: {len(plan.transfers)} transfers; role {world.role(env.rank)}")
         record = run_rank(cfg, env.rank, len(active), device, dist.group.WORLD, save, plan=plan,
-                          setup_group=cpu_group, watchdog=watchdog)
+                          setup_group=cpu_group, watchdog=watchdog, hooks=hooks)
         watchdog.arm("final barrier (every active rank done)")
         dist.barrier(group=cpu_group)
         log("all ranks done")

@@ -146,7 +146,7 @@ def test_verified_results_read_as_verified_without_the_controller(tmp_path: Path
 
 @pytest.mark.parametrize("phase", ["init", "setup"])
 def test_fault_phases_parse(phase: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from refit_core.execution.engine import Fault
+    from refit_core.execution.faults import Fault
 
     monkeypatch.setenv("REFITCTL_FAULT", f"hang:rank=2:phase={phase}")
     f = Fault.from_env()

@@ -86,7 +86,7 @@ def resolve_config(args: argparse.Namespace, gpu_memory: bool = True) -> RunConf
     else:
         cfg = configs.config_from_table("custom", {}, configs.builtin_configs(), "command line")
     given = overrides_from_args(args)
-    cfg = link_figures_from(apply_overrides(cfg, given), args, given)
+    cfg = link_figures_from(apply_overrides(cfg, given), args, given).with_environment(os.environ)
     cfg.validate(gpu_memory)
     return cfg
 

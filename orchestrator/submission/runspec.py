@@ -283,6 +283,7 @@ def make_spec(name: str, cfg: RunConfig, cluster: str, opts: ClusterOptions, env
     `host`'s memory, every other run against --gpu-memory-gb."""
     requested = cfg.method
     cfg, note = effective_config(cfg, method_explicit, gpus_available)
+    cfg = cfg.with_environment(dict(job_env(environ, opts.env, None)))  # what the tasks will see overrides
     on_host = cluster == "local" and not registry.method(cfg.method).needs_cuda
     cfg.validate(gpu_memory=not on_host)
     if on_host and host is not None:

@@ -10,6 +10,8 @@ from rich.table import Table
 from rich.text import Text
 
 from refit_core.config import RunConfig
+from refit_core.execution.transports import registry
+from refit_core.execution.transports.placement import nvshmem_direction
 from refit_core.planning.devices import DeviceMap, assign_devices
 from refit_core.planning.memory import GIB, MemoryFit
 from refit_core.planning.plan import Plan
@@ -56,6 +58,7 @@ def plan_json(cfg: RunConfig, plan: Plan, gpus: DeviceMap | None = None) -> dict
         "config": cfg.name,
         "mode": w.mode.value,
         "method": cfg.method,
+        "nvshmem": {"placement": cfg.nvshmem_placement, "sync": cfg.nvshmem_sync},
         "world_size": w.world_size,
         "gpus_used": w.gpus_used,
         "source_ranks": list(w.source.ranks),
@@ -132,6 +135,11 @@ def print_plan(console: Console, cfg: RunConfig, plan: Plan, gpus: DeviceMap | N
         f"Balance: busiest source sends {human_bytes(plan.max_source_bytes)}, best possible "
         f"{human_bytes(plan.balance_bound)} (ratio {plan.balance:.4f})"
     )
+    if registry.method(cfg.method).buffers == "nvshmem-heap":
+        direction = nvshmem_direction(w, cfg.nvshmem_placement, cfg.gpus_per_node)
+        console.print(f"NVSHMEM: placement {cfg.nvshmem_placement}"
+                      + (f" (as {direction} here)" if direction != cfg.nvshmem_placement else "")
+                      + f", completion {cfg.nvshmem_sync} (--nvshmem-placement, --nvshmem-sync)", highlight=False)
     fit = cfg.memory_fit(inv, w)
     pred = predict(plan, cfg.link_model())
     for line in (*memory_lines(fit), *predicted_lines(pred)):

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from refit_core.errors import ConfigError
 from refit_core.planning.layout import ParallelLayout, WorldLayout
 from refit_core.planning.model import Inventory
-from refit_core.execution.transports.placement import layout_heap
+from refit_core.execution.transports.placement import layout_heap, nvshmem_direction
 from refit_core.planning.sharding import shard_groups
 from refit_core.execution.storage import ALIGN
 from refit_core.execution.transports import registry
@@ -102,8 +102,9 @@ def shard_bytes(inv: Inventory, layout: ParallelLayout) -> list[int]:
 
 
 def memory_fit(inv: Inventory, world: WorldLayout, method: str, bucket_bytes: int, limit_bytes: int,
-               gpus_per_node: int | None = None) -> MemoryFit:
-    """Per-GPU bytes of a refit of `inv` on `world` by `method`, against `limit_bytes` per GPU."""
+               gpus_per_node: int | None = None, nvshmem_placement: str = "auto") -> MemoryFit:
+    """Per-GPU bytes of a refit of `inv` on `world` by `method`, against `limit_bytes` per GPU; a method
+    whose buffers are NVSHMEM's heap lays it out as the run will (`nvshmem_placement`, placement.py)."""
     src = slot_sizes(inv, world.source.layout)
     dst = slot_sizes(inv, world.destination.layout)
     slots = []
@@ -113,7 +114,7 @@ def memory_fit(inv: Inventory, world: WorldLayout, method: str, bucket_bytes: in
     shards = [(sum(s or ()), sum(d or ())) for s, d in slots]
     active = range(world.gpus_used)
     if registry.method(method).buffers == "nvshmem-heap":
-        hl = layout_heap([slots[r] for r in active], nvshmem_direction(world, "auto", gpus_per_node))
+        hl = layout_heap([slots[r] for r in active], nvshmem_direction(world, nvshmem_placement, gpus_per_node))
         buffers = [hl.heap_bytes - hl.heap_used[r] + NVSHMEM_OVERHEAD_BYTES for r in active]
     else:
         buffers = [bucket_bytes] * len(shards)
@@ -122,13 +123,6 @@ def memory_fit(inv: Inventory, world: WorldLayout, method: str, bucket_bytes: in
         for r, (s, d) in enumerate(shards)
     )
     return MemoryFit(out, limit_bytes)
-
-
-def nvshmem_direction(world: WorldLayout, placement: str, gpus_per_node: int | None = None) -> str:
-    """The placement the NVSHMEM transport uses: `all` for `auto` across nodes (peers may be unmappable)."""
-    if placement == "auto" and gpus_per_node is not None and world.gpus_used > gpus_per_node:
-        return "all"
-    return placement
 
 
 def check_memory(fit: MemoryFit, gpu_memory_gb: float, method: str) -> None:

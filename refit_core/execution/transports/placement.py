@@ -22,8 +22,17 @@ from typing import Sequence
 
 from refit_core.errors import ConfigError
 from refit_core.execution.storage import ALIGN, Slot, Storage
+from refit_core.planning.layout import WorldLayout
 
-DIRECTIONS = ("auto", "push", "pull", "all")
+DIRECTIONS = ("auto", "push", "pull", "all")  # --nvshmem-placement
+
+
+def nvshmem_direction(world: WorldLayout, placement: str, gpus_per_node: int | None = None) -> str:
+    """The placement the NVSHMEM transport uses for --nvshmem-placement `placement`: `all` for `auto`
+    across nodes (peers there may be unmappable and need `put`), else `placement` itself."""
+    if placement == "auto" and gpus_per_node is not None and world.gpus_used > gpus_per_node:
+        return "all"
+    return placement
 
 
 def _aligned(n: int) -> int:
