@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 from refit_core.config import RunConfig
 from refit_core.planning.plan import Plan, plan_transfers
-from refit_core.execution.storage import rank_storage
+from refit_core.execution.storage import rank_storages
 from refit_core.execution.transports.base import RankContext
 from refit_core.execution.transports.registry import make_transport
 from refit_core.execution.watchdog import Watchdog
@@ -48,13 +48,11 @@ def run_rank(cfg: RunConfig, rank: int, world_size: int, device: torch.device,
     plan = plan or plan_transfers(cfg.inventory(), cfg.world())
     world = plan.world
     inv = plan.inventory
-    src_local = world.source.local(rank)
-    dst_local = world.destination.local(rank)
+    source, destination = rank_storages(plan, rank)
     ctx = RankContext(
         config=cfg, plan=plan, rank=rank, world_size=world_size, device=device,
         rank_plan=plan.for_rank(rank),
-        source=rank_storage(inv, world.source.layout, src_local) if src_local is not None else None,
-        destination=rank_storage(inv, world.destination.layout, dst_local) if dst_local is not None else None,
+        source=source, destination=destination,
         active_group=active_group,
     )
     traffic = plan.per_rank[rank]

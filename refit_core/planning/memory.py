@@ -27,7 +27,7 @@ from refit_core.planning.layout import ParallelLayout, WorldLayout
 from refit_core.planning.model import Inventory
 from refit_core.execution.transports.placement import layout_heap, nvshmem_direction
 from refit_core.planning.sharding import shard_groups
-from refit_core.execution.storage import ALIGN
+from refit_core.execution.storage import aligned
 from refit_core.execution.transports import registry
 
 GIB = 1 << 30
@@ -88,9 +88,8 @@ def slot_sizes(inv: Inventory, layout: ParallelLayout) -> list[list[int]]:
     spec = inv.spec
     held: list[list[int]] = [[] for _ in range(layout.size)]
     for p in inv.params:
-        unit = p.nbytes // p.shape[p.split_dim]
         for g in shard_groups(p, layout, spec.num_layers, spec.num_experts):
-            b = -(-sum(pc.length for pc in g.pieces) * unit // ALIGN) * ALIGN
+            b = aligned(sum(pc.length for pc in g.pieces) * p.index_bytes)
             for h in g.holders:
                 held[h].append(b)
     return held

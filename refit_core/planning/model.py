@@ -211,9 +211,10 @@ class ParamSpec:
         return self.tp_dim if self.tp_dim is not None else 0
 
     @property
-    def slice_numel(self) -> int:
-        """Elements in one unit (one index) of the split dimension."""
-        return self.numel // self.shape[self.split_dim]
+    def index_bytes(self) -> int:
+        """Bytes of one index of the split dimension: what one unit of a slice's `length` weighs. The one
+        place bytes per index is computed (the plan's byte counts, the memory fit's shard sizes)."""
+        return self.nbytes // self.shape[self.split_dim]
 
 
 @dataclass(frozen=True)

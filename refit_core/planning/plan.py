@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 from refit_core.planning.balance import min_max_shares
 from refit_core.planning.layout import RefitMode, WorldLayout
-from refit_core.planning.model import Inventory, ParamSpec
+from refit_core.planning.model import Inventory
 from refit_core.planning.sharding import Piece, ShardGroup, shard_groups
 
 
@@ -54,7 +54,7 @@ class Plan:
 
     @cached_property
     def _unit(self) -> list[int]:
-        return [_unit_bytes(p) for p in self.inventory.params]
+        return [p.index_bytes for p in self.inventory.params]
 
     def nbytes(self, t: Transfer) -> int:
         return t.length * self._unit[t.param]
@@ -124,10 +124,6 @@ class RankPlan:
     local: tuple[Transfer, ...] = ()
 
 
-def _unit_bytes(p: ParamSpec) -> int:
-    return p.nbytes // p.shape[p.split_dim]
-
-
 class _Atom(NamedTuple):
     dst: int
     param: int
@@ -171,7 +167,7 @@ def plan_transfers(inv: Inventory, world: WorldLayout) -> Plan:
                             else:
                                 groups[sg.holders].append(_Atom(dst, pi, start, length, so, do))
 
-    unit = [_unit_bytes(p) for p in inv.params]
+    unit = [p.index_bytes for p in inv.params]
     demand = {h: sum(a.length * unit[a.param] for a in atoms) for h, atoms in groups.items()}
     shares, bound = min_max_shares(demand)
     network: list[Transfer] = []

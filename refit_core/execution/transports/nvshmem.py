@@ -27,7 +27,7 @@ from refit_core.errors import TransportError
 from refit_core.config import SYNC_MODES
 from refit_core.planning.memory import NVSHMEM_GRANULARITY_BYTES, NVSHMEM_RESERVE_BYTES
 from refit_core.execution.transports.placement import Part, nvshmem_direction, place
-from refit_core.execution.storage import Storage, rank_storage
+from refit_core.execution.storage import rank_storages
 from refit_core.execution.transports.base import IterationStats, RankContext, ShardPart, allocate
 from refit_core.execution.transports.copy import CudaBlockCopy
 
@@ -77,13 +77,6 @@ class NvshmemTransport:
         self._sym: torch.Tensor | None = None
         self._private: torch.Tensor | None = None
 
-    # -- every rank's shards (pure; every rank computes all of them) ---------------------------
-    def _storages(self, ctx: RankContext, rank: int) -> tuple[Storage | None, Storage | None]:
-        w, inv = ctx.plan.world, ctx.plan.inventory
-        s, d = w.source.local(rank), w.destination.local(rank)
-        return (rank_storage(inv, w.source.layout, s) if s is not None else None,
-                rank_storage(inv, w.destination.layout, d) if d is not None else None)
-
     def prepare(self, ctx: RankContext) -> None:
         try:
             import nvshmem.core as nv
@@ -92,7 +85,7 @@ class NvshmemTransport:
         self.ctx, self.nv = ctx, nv
         w = ctx.plan.world
         active = list(range(w.gpus_used))
-        storages = [self._storages(ctx, r) for r in active]
+        storages = [rank_storages(ctx.plan, r) for r in active]  # every peer's shards (pure)
         direction = nvshmem_direction(w, ctx.config.nvshmem_placement, ctx.config.gpus_per_node)
         self.placement = placement = place(storages, direction)
         me = placement.ranks[ctx.rank]
