@@ -17,7 +17,8 @@ from refit_core.execution.transports.placement import DIRECTIONS
 if TYPE_CHECKING:
     from refit_core.planning.devices import DeviceMap
 from refit_core.planning.layout import MAX_WORLD, ParallelLayout, RefitMode, WorldLayout, world_layout
-from refit_core.planning.memory import GIB, MemoryFit, check_memory, memory_fit
+from refit_core.numbers import GIB
+from refit_core.planning.memory import MemoryFit, check_memory, memory_fit
 from refit_core.planning.model import MAX_PARAMETERS, Inventory, ModelSpec, inventory
 from refit_core.planning.sharding import check_divisible
 from refit_core.planning.ceilings import LinkFigures

@@ -20,7 +20,8 @@ from orchestrator.configs.kimi_k2 import (
 from refit_core.config import RunConfig
 from refit_core.errors import ConfigError
 from refit_core.planning.layout import ParallelLayout, RefitMode, world_layout
-from refit_core.planning.memory import GIB, NVSHMEM_OVERHEAD_BYTES, shard_bytes
+from refit_core.numbers import GIB
+from refit_core.planning.memory import NVSHMEM_OVERHEAD_BYTES, shard_bytes
 from refit_core.planning.model import Inventory, ModelSpec, ParamSpec, inventory
 from refit_core.planning.plan import Plan, Transfer, plan_transfers
 from refit_core.planning.sharding import local_shape

@@ -19,7 +19,7 @@ import pytest
 from conftest import ROOT, SMALL_FLAGS
 from orchestrator.submission import executor
 from orchestrator.state.jobstate import job_state
-from orchestrator.views.planview import human_bytes
+from refit_core.numbers import human_bytes
 from refit_core.results import load_rank_record, rank_files
 from orchestrator.submission.runspec import ClusterOptions, effective_config, job_env, parse_env, parse_time, plan_resources
 from refit_core.errors import ConfigError

@@ -32,7 +32,7 @@ from orchestrator.submission import executor
 from orchestrator.submission.runspec import RunSpec
 from orchestrator.views.liveview import (comparison_view, method_label, results_view, run_header, run_view, state_style,
                                          sweep_table)
-from orchestrator.views.planview import human_bytes
+from refit_core.numbers import human_bytes
 from refit_core.errors import ConfigError, RunDirError
 from refit_core.planning.plan import Plan
 

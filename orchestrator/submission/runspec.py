@@ -22,7 +22,7 @@ from refit_core.planning.devices import assign_devices
 from refit_core.execution.transports import registry
 from refit_core.errors import ConfigError
 from refit_core.planning.layout import MAX_WORLD
-from refit_core.planning.memory import GIB
+from refit_core.numbers import GIB
 from refit_core.taskenv import SAFE_ENV
 
 CLUSTERS = ("auto", "slurm", "local")

@@ -10,20 +10,15 @@ from rich.table import Table
 from rich.text import Text
 
 from refit_core.config import RunConfig
+from refit_core.numbers import human_bytes
 from refit_core.execution.transports import registry
 from refit_core.execution.transports.placement import nvshmem_direction
 from refit_core.planning.devices import DeviceMap, assign_devices
-from refit_core.planning.memory import GIB, MemoryFit
+from refit_core.planning.memory import MemoryFit
+from refit_core.numbers import GIB
 from refit_core.planning.plan import Plan
 from refit_core.planning.timemodel import TimePrediction, predict
 
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return f"{n:.2f} TiB"
 
 
 def memory_json(fit: MemoryFit) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from refit_core.errors import ConfigError
+from refit_core.numbers import gib
 from refit_core.planning.layout import ParallelLayout, WorldLayout
 from refit_core.planning.model import Inventory
 from refit_core.execution.transports.placement import layout_heap, nvshmem_direction
@@ -30,7 +31,6 @@ from refit_core.planning.sharding import shard_groups
 from refit_core.execution.storage import aligned
 from refit_core.execution.transports import registry
 
-GIB = 1 << 30
 NVSHMEM_RESERVE_BYTES = 512 << 20
 """Added to the symmetric buffer's size in NVSHMEM_SYMMETRIC_SIZE by transports/nvshmem.py: address
 space for NVSHMEM's own symmetric objects; heap memory is mapped only as allocated (measured: the
@@ -137,13 +137,10 @@ def check_memory(fit: MemoryFit, gpu_memory_gb: float, method: str) -> None:
     fix = f"use more GPUs with a larger {more} so each GPU holds fewer experts"
     if registry.method(method).buffers == "bucket":
         fix += (", or a smaller --refit-bucket-size" if m.buffer_bytes > over
-                else f" (a smaller --refit-bucket-size saves at most {_gib(m.buffer_bytes)})")
+                else f" (a smaller --refit-bucket-size saves at most {gib(m.buffer_bytes)})")
     raise ConfigError(
-        f"GPU {m.rank} ({m.role}) needs {_gib(m.total)} (source shard {_gib(m.source_bytes)} + destination shard "
-        f"{_gib(m.destination_bytes)} + {method} buffers {_gib(m.buffer_bytes)}) but --gpu-memory-gb is "
-        f"{gpu_memory_gb:g} GiB: {_gib(over)} over; {fix}"
+        f"GPU {m.rank} ({m.role}) needs {gib(m.total)} (source shard {gib(m.source_bytes)} + destination shard "
+        f"{gib(m.destination_bytes)} + {method} buffers {gib(m.buffer_bytes)}) but --gpu-memory-gb is "
+        f"{gpu_memory_gb:g} GiB: {gib(over)} over; {fix}"
     )
 
-
-def _gib(n: int) -> str:
-    return f"{n / GIB:.2f} GiB"
