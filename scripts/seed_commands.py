@@ -1,6 +1,6 @@
 """Write docs/seed-commands.md: every seed config's command in full, once.
 
-The seed document (shared/seed/8GPU_CONFIGS.md) spells out five of its ten configs as
+The seed document (8GPU_CONFIGS.md, the specification; docs/architecture.md) spells out five of its ten configs as
 `./benchmark_refit_sbatch.sh` commands; the other five exist only as table rows. This script
 prints all ten in the seed's flag order, so a user can copy any of them; `refitctl plan`,
 `refitctl submit` and `./benchmark_refit_sbatch.sh` take the same flags.

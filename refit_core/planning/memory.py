@@ -95,11 +95,6 @@ def slot_sizes(inv: Inventory, layout: ParallelLayout) -> list[list[int]]:
     return held
 
 
-def shard_bytes(inv: Inventory, layout: ParallelLayout) -> list[int]:
-    """Bytes of each local rank's shard buffer in `layout` (index = local rank), tensors aligned."""
-    return [sum(s) for s in slot_sizes(inv, layout)]
-
-
 def memory_fit(inv: Inventory, world: WorldLayout, method: str, bucket_bytes: int, limit_bytes: int,
                gpus_per_node: int | None = None, nvshmem_placement: str = "auto") -> MemoryFit:
     """Per-GPU bytes of a refit of `inv` on `world` by `method`, against `limit_bytes` per GPU; a method

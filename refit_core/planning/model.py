@@ -9,7 +9,6 @@ dist_checkpointing names them). Two attention kinds share one inventory: standar
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from functools import cached_property
@@ -172,9 +171,6 @@ class ModelSpec:
 
     def is_moe_layer(self, layer: int) -> bool:
         return self.is_moe and layer >= self.first_dense_layers
-
-    def with_overrides(self, **changes: object) -> "ModelSpec":
-        return dataclasses.replace(self, **changes)
 
 
 @dataclass(frozen=True)
