@@ -277,7 +277,7 @@ def test_make_kimi_k2_small_runs_verified_on_the_local_slurm_cluster(tmp_path) -
 
     if shutil.which("sinfo") is None or subprocess.run(["sinfo"], capture_output=True).returncode != 0:
         pytest.skip("needs the local SLURM cluster: make slurm-up")
-    from test_orchestrator_local import refitctl, run_json, only_run
+    from helpers import refitctl, run_json, only_run
 
     p = refitctl("submit", "kimi-k2-small", "--cluster", "slurm", "--gpus-per-node", "4", "--refit-method", "gloo",
                  "--time", "10", "--poll", "1", runs=tmp_path, check=0)
