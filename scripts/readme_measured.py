@@ -2,7 +2,7 @@
 
 Each result file named in SOURCES contributes its rows, with the file's device and date. The
 README holds the table between `<!-- measured:begin -->` and `<!-- measured:end -->`;
-tests/test_readme_measured.py fails when the README differs from what this script writes.
+tests/unit/orchestrator/test_readme_measured.py fails when the README differs from what this script writes.
 
 Usage: python scripts/readme_measured.py          (rewrite README.md in place)
        python scripts/readme_measured.py --check  (exit 1 if README.md is stale)

@@ -175,6 +175,17 @@ def find_run(root: Path, text: str | None) -> Path:
 
 # ----------------------------------------------------------------------------- progress
 
+def sweep_run_dirs(sweep_dir: Path) -> list[Path]:
+    """The latest run directory of each config, in the sweep's order."""
+    data = read_sweep_info(sweep_dir)
+    dirs = [sweep_dir / data.runs[n][-1] for n in data.configs if data.runs.get(n)]
+    return [d for d in dirs if (d / "run.json").is_file()]  # a run whose submission failed is not there
+
+
+def sweep_title(sweep_dir: Path) -> str:
+    return f"sweep {read_sweep_info(sweep_dir).name} ({sweep_dir})"
+
+
 @dataclass(frozen=True)
 class RankProgress:
     rank: int
