@@ -8,6 +8,11 @@ REFITCTL := $(VENV)/bin/refitctl
 SWEEP_ARGS ?=
 # Extra arguments for pytest, e.g. PYTEST_ARGS="-m 'not slurm'"
 PYTEST_ARGS ?=
+# Test workers (pytest-xdist): tests in one xdist_group (the SLURM ones, the fault ones: tests/conftest.py) take
+# turns on one worker; PYTEST_JOBS=0 runs everything in this process
+PYTEST_JOBS ?= 2
+XDIST = $(if $(filter 0,$(PYTEST_JOBS)),,-n $(PYTEST_JOBS) --dist loadgroup)
+SLURM_STILL_UP = echo "The local SLURM test cluster (partition debug, node1+node2) is still up; stop it with: make slurm-down"
 # SLURM settings for `make kimi-k2`, e.g. PARTITION=gpu ACCOUNT=myproj TIME=60
 PARTITION ?=
 ACCOUNT ?=
@@ -33,17 +38,17 @@ venv: $(VENV)/.installed  ## create .venv: torch first (TORCH=...), then refitct
 run: venv  ## set up, then run the embedded default: refitctl submit config-1 (local processes)
 	$(REFITCTL) submit config-1 --cluster local
 
-test: venv slurm-up  ## set up (venv + local SLURM cluster), then run the whole test suite
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+test: venv slurm-up  ## set up (venv + local SLURM cluster), then run the whole test suite (2 workers)
+	@$(PY) -m pytest -q $(XDIST) --durations=15 $(PYTEST_ARGS); rc=$$?; $(SLURM_STILL_UP); exit $$rc
 
 test-fast: venv  ## the test suite without starting SLURM (its tests skip)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(XDIST) $(PYTEST_ARGS)
 
 test-local: venv  ## the orchestrator's tests without SLURM
-	$(PY) -m pytest -q -m 'not slurm' tests/test_orchestrator_local.py $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m 'not slurm' tests/e2e/local/test_orchestrator_local.py $(PYTEST_ARGS)
 
 test-slurm: venv slurm-up  ## bring the local SLURM cluster up, then run the SLURM tests
-	$(PY) -m pytest -q -m slurm tests/test_slurm.py $(PYTEST_ARGS)
+	@$(PY) -m pytest -q -m slurm tests/e2e/slurm/test_slurm.py $(PYTEST_ARGS); rc=$$?; $(SLURM_STILL_UP); exit $$rc
 
 slurm-up:  ## start the local SLURM test cluster (partition debug, node1+node2, 4 fake GPUs each)
 	bash scripts/slurm/up.sh

@@ -44,7 +44,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from jobs.refit_job import SAFE_ENV  # noqa: E402
+from refit_core.taskenv import SAFE_ENV  # noqa: E402
 from orchestrator.configs import SWEEPS, resolve  # noqa: E402
 from orchestrator.configs.flags import apply_overrides  # noqa: E402
 from refit_core.config import RunConfig  # noqa: E402

@@ -21,7 +21,8 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from jobs.refit_job import SAFE_ENV, task_env  # noqa: E402
+from jobs.refit_job import task_env  # noqa: E402
+from refit_core.taskenv import SAFE_ENV  # noqa: E402
 from refit_core.execution.transports.nvshmem import init_nvshmem, sync_mode  # noqa: E402
 
 
@@ -46,7 +47,7 @@ def main(run_dir: Path) -> None:
     peer = nv.get_peer_tensor(dst, (r + 1) % n)
     stream = torch.cuda.current_stream(dev)
     times = []
-    host = sync_mode(n) == "host"  # the same completion the refit uses (transports/nvshmem.py)
+    host = sync_mode(os.environ.get("REFITCTL_NVSHMEM_SYNC", "auto"), n) == "host"  # the same completion the refit uses (transports/nvshmem.py)
     for k in range(spec["warmup"] + spec["iterations"]):
         dist.barrier()
         if host:

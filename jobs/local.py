@@ -1,7 +1,7 @@
 """Launch a refit job as N local processes (no scheduler): the tests' and a laptop's launcher.
 
 Each process gets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT and runs
-`python -m jobs.refit_job RUN_DIR`; its output goes to RUN_DIR/logs/rank-N.log. If any process
+`python -m jobs.refit_job RUN_DIR`; its output goes to RUN_DIR/logs/rank-NNNNN.log. If any process
 fails, the others are given `grace_s` to exit on their own, then killed: nothing hangs. Each rank
 leads its own process group, and the whole group is killed, so nothing a rank started is left behind.
 """
@@ -10,21 +10,16 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from refit_core.taskenv import free_port, rank_log_name
+
 if TYPE_CHECKING:
     from refit_core.config import RunConfig
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch(run_dir: Path, world_size: int, timeout_s: float = 600, grace_s: float = 90,
@@ -43,7 +38,7 @@ def launch(run_dir: Path, world_size: int, timeout_s: float = 600, grace_s: floa
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
                    PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
                    **(extra_env or {}))
-        log = open(logs / f"rank-{r}.log", "w")
+        log = open(logs / rank_log_name(r), "w")
         procs.append((subprocess.Popen([sys.executable, "-m", module, str(run_dir)], env=env,
                                        stdout=log, stderr=subprocess.STDOUT, cwd=root,
                                        start_new_session=True), log))

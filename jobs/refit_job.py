@@ -25,8 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# Multicast over NVLink can take a shared host's GPUs out of service: off unless the user says.
-SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "NVSHMEM_DISABLE_NVLS": "1", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1"}
+from refit_core.taskenv import SAFE_ENV, master_port
 
 
 @dataclass(frozen=True)
@@ -61,10 +60,8 @@ def task_env() -> TaskEnv:
             except (OSError, subprocess.TimeoutExpired):
                 pass
     port = _first("MASTER_PORT")
-    if port is None:
-        job = os.environ.get("SLURM_JOB_ID", "")
-        port = str(20000 + int(job) % 20000) if job.isdigit() else "29500"
-    return TaskEnv(int(rank or 0), int(world or 1), int(local or 0), addr, int(port))
+    return TaskEnv(int(rank or 0), int(world or 1), int(local or 0), addr,
+                   int(port) if port is not None else master_port(os.environ.get("SLURM_JOB_ID", "")))
 
 
 def run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -84,7 +81,9 @@ def run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     run_path = Path(run_dir)
     # A requeued job (preempted, node lost) starts again from scratch: its records replace the last attempt's.
     restarts = int(_first("SLURM_RESTART_COUNT") or 0)
-    writer = RankRecordWriter(rank_path(run_path, env.rank))
+    from refit_core.execution.watchdog import process_start_time
+
+    writer = RankRecordWriter(rank_path(run_path, env.rank), started=process_start_time())  # "starting Python" since then
     record: dict[str, Any] = {"rank": env.rank, "role": "?", "iterations": [], "verified": False,
                               "complete": False, "error": None}
 
@@ -109,8 +108,8 @@ def run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         from refit_core.config import RunConfig
         from refit_core.execution.watchdog import Watchdog
 
-        cfg = RunConfig.from_json(json.loads((run_path / "config.json").read_text()))
-        watchdog = Watchdog(cfg.timeout_s, env.rank, record_error)
+        cfg = RunConfig.from_json(json.loads((run_path / "config.json").read_text())).with_environment(os.environ)
+        watchdog = Watchdog(cfg.timeout_s, env.rank, record_error, on_phase=writer.enter_phase)  # phases in the record
         watchdog.arm("start-up (imports, plan)")
         world = cfg.world()
         record["role"] = world.role(env.rank) if env.rank < cfg.gpus else "?"
@@ -132,10 +131,13 @@ def run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
             log("idle rank: no GPU, no process group; done")
             return record
 
+        watchdog.arm("importing torch")
         import torch
         import torch.distributed as dist
 
-        from refit_core.execution.engine import Fault, run_rank
+        from refit_core.execution.engine import run_rank
+        from refit_core.execution.faults import hooks_from_env
+        from refit_core.planning.plan import plan_transfers
         from refit_core.results import aggregate
 
         watchdog.arm("CUDA device set-up")
@@ -143,10 +145,9 @@ def run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         backend = m.backend
         timeout = datetime.timedelta(seconds=cfg.timeout_s)
         os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = env.master_addr, str(env.master_port)
-        fault = Fault.from_env()
+        hooks = hooks_from_env(env.rank, log)
         watchdog.arm(f"process-group init ({backend}" + (", NCCL communicator" if backend == "nccl" else "") + ")")
-        if fault and fault.hits(env.rank, "init"):
-            fault.inject(log)
+        hooks.before("init")
         kwargs: dict[str, Any] = {"device_id": device} if backend == "nccl" else {}
         dist.init_process_group(backend, rank=env.rank, world_size=len(active), timeout=timeout,
                                 init_method=f"tcp://{env.master_addr}:{env.master_port}", **kwargs)
@@ -158,7 +159,7 @@ def run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         plan = cfg.plan(world=world)
         log(f"plan ready: {len(plan.transfers)} transfers; role {world.role(env.rank)}")
         record = run_rank(cfg, env.rank, len(active), device, dist.group.WORLD, save, plan=plan,
-                          setup_group=cpu_group, watchdog=watchdog)
+                          setup_group=cpu_group, watchdog=watchdog, hooks=hooks)
         watchdog.arm("final barrier (every active rank done)")
         dist.barrier(group=cpu_group)
         log("all ranks done")
@@ -171,7 +172,7 @@ def run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         record_error(f"{e.__class__.__name__}: {e}", traceback.format_exc())
         raise
     finally:
-        if watchdog is not None:
+        if watchdog is not None and dist is not None:
             watchdog.arm("process-group teardown")
         if dist is not None:
             try:

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from refit_core.errors import ConfigError
 from refit_core.execution.transports import registry
+from refit_core.execution.transports.placement import DIRECTIONS
 
 if TYPE_CHECKING:
     from refit_core.planning.devices import DeviceMap
     from refit_core.planning.plan import Plan
 from refit_core.planning.layout import MAX_WORLD, ParallelLayout, RefitMode, WorldLayout, world_layout
-from refit_core.planning.memory import GIB, MemoryFit, check_memory, memory_fit
+from refit_core.numbers import GIB
+from refit_core.planning.memory import MemoryFit, check_memory, memory_fit
 from refit_core.planning.model import MAX_PARAMETERS, Inventory, ModelSpec, inventory
 from refit_core.planning.nodes import NodeMap
 from refit_core.planning.precision import check_precision, destination_slot_sizes
@@ -26,6 +28,8 @@ from refit_core.planning.ceilings import LinkFigures
 from refit_core.planning.timemodel import DEFAULT_SOURCE, LOCAL_COPY_GBPS, NETWORK_GBPS, NVLINK_GBPS, LinkModel
 
 METHODS = tuple(registry.METHODS)  # every --refit-method (refit_core/execution/transports/registry.py)
+SYNC_MODES = ("auto", "host", "device")  # --nvshmem-sync
+ENV_OVERRIDES = {"nvshmem_placement": "REFITCTL_NVSHMEM_PLACEMENT", "nvshmem_sync": "REFITCTL_NVSHMEM_SYNC"}
 MAX_ITERATIONS = 1_000_000
 MAX_BUCKET = 1 << 48  # bytes
 MAX_GIB = 1_000_000  # --gpu-memory-gb
@@ -68,6 +72,12 @@ class RunConfig:
     inference_precision: str = "bf16"
     """--rl-inference-precision: the destination's weights, bf16 or fp8 (128x128 blocks, float32
     scales; refit_core/planning/precision.py). fp8 is planned and predicted, not yet executed."""
+    nvshmem_placement: str = "auto"
+    """--nvshmem-placement: which role's shards live in NVSHMEM's symmetric heap (auto, push, pull, all;
+    refit_core/execution/transports/placement.py); env REFITCTL_NVSHMEM_PLACEMENT overrides it."""
+    nvshmem_sync: str = "auto"
+    """--nvshmem-sync: how an NVSHMEM iteration completes (auto, host, device; transports/nvshmem.py);
+    env REFITCTL_NVSHMEM_SYNC overrides it."""
 
     def validate(self, gpu_memory: bool = True) -> None:
         """Raise ConfigError for anything the seed says cannot work, before submission.
@@ -84,6 +94,10 @@ class RunConfig:
                                        ("--gpus-per-node", self.gpus_per_node, 1, MAX_WORLD)):
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
                 raise ConfigError(f"{flag} must be an integer {low}..{high:,}, got {value!r}")
+        for flag, value, allowed in (("--nvshmem-placement", self.nvshmem_placement, DIRECTIONS),
+                                     ("--nvshmem-sync", self.nvshmem_sync, SYNC_MODES)):
+            if value not in allowed:
+                raise ConfigError(f"{flag} must be one of {', '.join(allowed)}, got {value!r}")
         if not 1 <= self.timeout_s <= 86400:  # NaN fails too
             raise ConfigError(f"--refit-timeout must be 1..86400 seconds, got {self.timeout_s}")
         if not isinstance(self.bucket_bytes, int) or not 1 << 20 <= self.bucket_bytes <= MAX_BUCKET:
@@ -128,7 +142,8 @@ class RunConfig:
         inv = inv or self.inventory()
         return memory_fit(inv, world or self.world(), self.method, self.bucket_bytes,
                           int(self.gpu_memory_gb * GIB), self.gpus_per_node,
-                          destination_slot_sizes(inv, self.destination, self.inference_precision))
+                          destination_slot_sizes(inv, self.destination, self.inference_precision),
+                          self.nvshmem_placement)
 
     def device_map(self) -> "DeviceMap | None":
         """The rank -> GPU placement written before launch, or None if none was."""
@@ -163,6 +178,13 @@ class RunConfig:
             if value is not None and field not in keep:
                 changes[field] = value
         return self.with_changes(**changes, link_source=figures.source)
+
+    def with_environment(self, environ: Mapping[str, str]) -> "RunConfig":
+        """The config with the NVSHMEM settings that `environ` overrides (REFITCTL_NVSHMEM_PLACEMENT,
+        REFITCTL_NVSHMEM_SYNC; empty values do not count): applied where the config is resolved, so
+        `plan` shows them and config.json keeps them, and again in the job, where the variables still win."""
+        changes = {field: environ[name] for field, name in ENV_OVERRIDES.items() if environ.get(name)}
+        return self.with_changes(**changes) if changes else self
 
     def with_changes(self, **changes: Any) -> "RunConfig":
         return dataclasses.replace(self, **changes)

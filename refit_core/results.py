@@ -3,7 +3,8 @@
 A rank's record is `ranks/rank-NNNNN.jsonl`, one JSON object a line (docs/reliability.md,
 "Rank records"):
 
-    {"kind": "header", "format": 2, "rank": 0, "role": "source", "verified": false, ...}
+    {"kind": "header", "format": 2, "rank": 0, "role": "?", "phase": "starting Python", ...}
+    {"kind": "update", "fields": {"phase": "process-group init (gloo)", "phase_since": 1764423000.52, "phases": [...]}}
     {"kind": "update", "fields": {"host": "node1", "device": "cpu", "transport": {...}, ...}}
     {"kind": "iteration", "iteration": -1, "warmup": true, "time_ms": 1.9, "bytes_in": 0, ...}
     {"kind": "iteration", "iteration": 0, "warmup": false, "time_ms": 1.7, ...}
@@ -17,6 +18,10 @@ order, and the iterations in order (`read_rank_file`); readers keep a file offse
 parse only what is new (`RankFileReader`). Records of the earlier format (`rank-NNNNN.json`, the
 whole record rewritten each iteration) are still read.
 
+Phases: `phase` (what the rank is doing now), `phase_since` (wall-clock seconds since the epoch)
+and `phases` (every phase entered, `[name, since]`, in order, the first "starting Python" at the
+process's start) are written by `enter_phase`, which the rank's watchdog calls when it arms a phase.
+
 `aggregate()` folds the records into one summary: an iteration's time is the slowest rank's;
 delivered bytes count every destination byte once.
 """
@@ -28,12 +33,15 @@ import json
 import os
 import statistics
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from refit_core.errors import RunDirError
 from refit_core.jsonfile import Fields, read_json, write_json_atomic
+
+FIRST_PHASE = "starting Python"  # the phase a rank's header says: from the process's start to its first record
 
 __all__ = ["write_json_atomic", "rank_path", "RankRecordWriter", "RankFileReader", "RankRecord", "read_rank_records",
            "read_rank_file", "is_rank_record", "aggregate", "read_results"]
@@ -58,8 +66,11 @@ class RankRecordWriter:
     its timer thread).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, started: float | None = None) -> None:
+        """`started`: when the process started (refit_core/execution/watchdog.py process_start_time): the
+        header then says the rank is "starting Python" since then; None records no phases until `enter_phase`."""
         self.path = path
+        self._phases: list[list[Any]] = [] if started is None else [[FIRST_PHASE, round(started, 3)]]
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._started = False
@@ -85,6 +96,22 @@ class RankRecordWriter:
             self._fields.update(copy.deepcopy(changed))
             self._written = max(self._written, len(its))
 
+    def phase_fields(self) -> dict[str, Any]:
+        """The record's phase fields now ({} before any phase)."""
+        if not self._phases:
+            return {}
+        name, since = self._phases[-1]
+        return {"phase": name, "phase_since": since, "phases": copy.deepcopy(self._phases)}
+
+    def enter_phase(self, phase: str, now: float | None = None) -> None:
+        """Record that the rank entered `phase` (at `now`, wall clock): one appended line, none when the
+        phase is the one on record already."""
+        with self._lock:
+            if self._phases and self._phases[-1][0] == phase:
+                return
+            self._phases.append([phase, round(time.time() if now is None else now, 3)])
+        self.save(self.phase_fields())
+
     def add_error(self, error: str, traceback: str | None = None) -> None:
         """Record `error` (and its traceback) unless an error is on record already: the first cause wins."""
         with self._lock:
@@ -97,6 +124,7 @@ class RankRecordWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
+            fields = {**fields, **self.phase_fields()}
             tmp.write_text(json.dumps({"kind": "header", "format": RECORD_FORMAT, **fields}) + "\n")
             os.replace(tmp, self.path)
         except BaseException:

@@ -15,7 +15,7 @@ step() { echo; echo "=== $* ($(date +%T))"; }
 
 step devices; nvidia-smi -L; nvidia-smi topo -m 2>/dev/null | head -5
 step "GPU tests"
-timeout 300 python3 -m pytest -q -x -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -15 | tee "$OUT/gpu-tests.txt"
+timeout 300 python3 -m pytest -q -x -p no:cacheprovider tests/e2e/gpu/test_gpu.py 2>&1 | tail -15 | tee "$OUT/gpu-tests.txt"
 
 step "rank 1 held before NVSHMEM init, --refit-timeout 20"
 t0=$(date +%s)

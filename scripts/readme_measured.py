@@ -2,7 +2,7 @@
 
 Each result file named in SOURCES contributes its rows, with the file's device and date. The
 README holds the table between `<!-- measured:begin -->` and `<!-- measured:end -->`;
-tests/test_readme_measured.py fails when the README differs from what this script writes.
+tests/unit/orchestrator/test_readme_measured.py fails when the README differs from what this script writes.
 
 Usage: python scripts/readme_measured.py          (rewrite README.md in place)
        python scripts/readme_measured.py --check  (exit 1 if README.md is stale)
@@ -43,6 +43,8 @@ def table(sources: list[str] = SOURCES) -> str:
         data = json.loads((RESULTS / name).read_text())
         where = f"{data['device']}, {data['date']}"
         for row in data["rows"]:
+            if row.get("skipped") or row.get("median_ms") is None:
+                continue  # a row this machine could not run (docs/benchmarks.md lists why)
             lines.append(
                 f"| {where} | {row['config']} | {row['method']} | {row.get('gpus', 1)} | {row['pes']} "
                 f"| {row['bytes'] / 1e9:.2f} GB | {row['median_ms']:.3f} | {_gbps(row)} | {_ratio(row)} "

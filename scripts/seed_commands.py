@@ -1,10 +1,10 @@
 """Write docs/seed-commands.md: every seed config's command in full, once.
 
-The seed document (shared/seed/8GPU_CONFIGS.md) spells out five of its ten configs as
+The seed document (8GPU_CONFIGS.md, the specification; docs/architecture.md) spells out five of its ten configs as
 `./benchmark_refit_sbatch.sh` commands; the other five exist only as table rows. This script
 prints all ten in the seed's flag order, so a user can copy any of them; `refitctl plan`,
 `refitctl submit` and `./benchmark_refit_sbatch.sh` take the same flags.
-tests/test_seed_commands.py runs each one through `refitctl plan` verbatim and checks that
+tests/unit/orchestrator/test_seed_commands.py runs each one through `refitctl plan` verbatim and checks that
 the five the seed spells out are the seed's own text.
 
 Usage: python scripts/seed_commands.py > docs/seed-commands.md
@@ -65,7 +65,7 @@ def render(seed_text: str | None) -> str:
         "# The seed's commands, in full",
         "",
         "Written by `python scripts/seed_commands.py > docs/seed-commands.md`; "
-        "`tests/test_seed_commands.py` runs every command below through `refitctl plan` verbatim.",
+        "`tests/unit/orchestrator/test_seed_commands.py` runs every command below through `refitctl plan` verbatim.",
         "",
         "The seed document (`8GPU_CONFIGS.md`, from Megatron-LM's RL examples) spells out five of its ten",
         "8-GPU configs as `./benchmark_refit_sbatch.sh` commands; they are quoted here exactly, with the",

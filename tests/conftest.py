@@ -15,3 +15,20 @@ SMALL_FLAGS = {
     "num_experts": 8, "moe_shared_expert_intermediate_size": 256, "seq_length": 128,
     "max_position_embeddings": 128, "vocab_size": 1000,
 }
+
+
+# Tests that must not run at the same time as each other under pytest-xdist (`make test` runs
+# `-n 2 --dist loadgroup`): one group runs on one worker, in order. The SLURM tests share the one
+# local cluster (2 nodes: two jobs at once would queue behind each other); the fault tests assert
+# bounded end times and kill process groups, so they take turns (docs/testing.md).
+SERIAL_GROUPS = {"test_bounded_waits": "timing", "test_faults": "timing"}
+
+
+def pytest_collection_modifyitems(config, items):  # type: ignore[no-untyped-def]
+    import pytest
+
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module is not None else ""
+        group = "slurm" if item.get_closest_marker("slurm") else SERIAL_GROUPS.get(module)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))

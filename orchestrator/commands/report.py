@@ -21,13 +21,12 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestrator import safety
-from orchestrator.cli import command, wide_console
-from orchestrator.commands.run import add_runs_dir, run_target, runs_root
+from orchestrator.commands.common import add_runs_dir, command, run_target, runs_root, wide_console
 from orchestrator.views.liveview import method_label
 from orchestrator.views.planview import plan_json
-from orchestrator.views.report import (RunData, need_matplotlib, png_bytes, report_html, run_images, summary_fields,
-                                 sweep_figure, transfer_figure)
-from orchestrator.state.rundir import find_run, is_run, is_sweep, results, stamp
+from orchestrator.views.report import (RunData, need_matplotlib, png_bytes, report_html, run_images, summary_fields, write_file,
+                                 sweep_figure)
+from orchestrator.state.rundir import find_run, is_run, is_sweep, results, stamp, sweep_run_dirs, sweep_title
 from orchestrator.safety import styled
 from orchestrator.state.tracking import snapshot
 from refit_core.config import RunConfig
@@ -91,28 +90,12 @@ def _load_run_data(run_dir: Path) -> RunData:
 def target_runs(target: Path) -> tuple[list[RunData], str]:
     """The runs of a run or sweep directory, and its title."""
     if is_sweep(target):
-        from orchestrator.commands.sweep import sweep_run_dirs, sweep_title
-
         return [load_run_data(d) for d in sweep_run_dirs(target)], sweep_title(target).split(" (")[0]
     run = load_run_data(target)
     return [run], run.name
 
 
 # ----------------------------------------------------------------------------- writing files
-
-def write_file(path: Path, data: bytes) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    except OSError as e:
-        raise ConfigError(f"cannot write {path}: {e.strerror or e}") from None
-
-
-def write_plan_png(path: Path, plan: dict[str, Any], title: str) -> None:
-    """`refitctl plan --png FILE`: the transfer matrix heatmap of a plan, nothing run."""
-    need_matplotlib()
-    write_file(path, png_bytes(transfer_figure(plan, title)))
-
 
 def _file_prefixes(runs: Sequence[RunData]) -> list[str]:
     if len(runs) == 1:
@@ -243,3 +226,6 @@ def _compare(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
         return 0
 
     return run
+
+
+COMMANDS = (_report, _compare)

@@ -23,13 +23,12 @@ from typing import Any, Callable
 
 from orchestrator import configs, safety
 from orchestrator.submission import executor
-from orchestrator.cli import command, config_file, wide_console
-from orchestrator.commands.run import (add_cluster_args, add_runs_dir, add_watch_args, cluster_options, command_line,
-                                   detach_hint, emit, follow, interrupts_deferred, plan_and_spec, poll_seconds,
-                                   runs_root, submit_runs)
+from orchestrator.commands.common import (add_cluster_args, add_runs_dir, add_watch_args, cluster_options, command,
+                                          command_line, config_file, detach_hint, emit, follow, interrupts_deferred,
+                                          plan_and_spec, poll_seconds, runs_root, submit_runs, wide_console)
 from orchestrator.configs.flags import add_flags, apply_overrides, overrides_from_args
 from orchestrator.views.liveview import comparison_view, layout_label, method_label, refit_kind
-from orchestrator.state.rundir import (SWEEP_FILE, is_sweep, list_runs, load_config, load_run, now_iso, stamp,
+from orchestrator.state.rundir import (SWEEP_FILE, is_sweep, list_runs, load_config, load_run, now_iso, stamp, sweep_run_dirs, sweep_title,
                                  unique_dir, write_run)
 from orchestrator.state.runfiles import SweepInfo, locked, read_sweep_info, update_sweep_file, write_sweep_file
 from orchestrator.submission.runspec import RunSpec
@@ -54,17 +53,6 @@ def sweep_configs(name: str, config_file: Path | None) -> list[str]:
         raise ConfigError(f"unknown config or sweep {', '.join(unknown) or name!r}: use {', '.join(configs.SWEEPS)}, "
                           "all, or a comma-separated list of configs (refitctl list)")
     return list(dict.fromkeys(names))
-
-
-def sweep_run_dirs(sweep_dir: Path) -> list[Path]:
-    """The latest run directory of each config, in the sweep's order."""
-    data = read_sweep_info(sweep_dir)
-    dirs = [sweep_dir / data.runs[n][-1] for n in data.configs if data.runs.get(n)]
-    return [d for d in dirs if (d / "run.json").is_file()]  # a run whose submission failed is not there
-
-
-def sweep_title(sweep_dir: Path) -> str:
-    return f"sweep {read_sweep_info(sweep_dir).name} ({sweep_dir})"
 
 
 def launch(specs: list[RunSpec], dirs: list[Path], sweep_dir: Path) -> list[str]:
@@ -291,3 +279,5 @@ def print_sweep_results(sweep_dir: Path, as_csv: bool, as_json: bool) -> int:
         wide_console().print(comparison_view(snaps, sweep_title(sweep_dir)))
     return 0 if all(s.verified for s in snaps) else 1
 
+
+COMMANDS = (_sweep,)

@@ -57,6 +57,12 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--refit-bucket-size", "run", "bucket_bytes", _size, "staging bucket per rank, e.g. 1GiB"),
     Flag("--gpus", "run", "gpus", int, "GPUs available (world size); default 8"),
     Flag("--refit-timeout", "run", "timeout_s", float, "seconds a rank waits on a peer before the run fails (default 60)"),
+    Flag("--nvshmem-placement", "run", "nvshmem_placement", str,
+         "NVSHMEM methods: which shards live in the symmetric heap: auto (default), push (destinations), pull "
+         "(sources), all (both; across nodes auto is all); env REFITCTL_NVSHMEM_PLACEMENT overrides it"),
+    Flag("--nvshmem-sync", "run", "nvshmem_sync", str,
+         "NVSHMEM methods: how an iteration completes: auto (default: host when PEs share a GPU, else device), "
+         "host, device; env REFITCTL_NVSHMEM_SYNC overrides it"),
     Flag("--gpu-memory-gb", "run", "gpu_memory_gb", float, "memory per GPU in GiB (H100: 80, H200: 141); default 80"),
     Flag("--gpus-per-node", "run", "gpus_per_node", int, "GPUs per node (time model); default 8"),
     Flag("--intra-node-gbps", "run", "intra_node_gbps", float,

@@ -176,6 +176,17 @@ def find_run(root: Path, text: str | None) -> Path:
 
 # ----------------------------------------------------------------------------- progress
 
+def sweep_run_dirs(sweep_dir: Path) -> list[Path]:
+    """The latest run directory of each config, in the sweep's order."""
+    data = read_sweep_info(sweep_dir)
+    dirs = [sweep_dir / data.runs[n][-1] for n in data.configs if data.runs.get(n)]
+    return [d for d in dirs if (d / "run.json").is_file()]  # a run whose submission failed is not there
+
+
+def sweep_title(sweep_dir: Path) -> str:
+    return f"sweep {read_sweep_info(sweep_dir).name} ({sweep_dir})"
+
+
 @dataclass(frozen=True)
 class RankProgress:
     rank: int
@@ -186,6 +197,8 @@ class RankProgress:
     complete: bool
     error: str | None
     mtime: float
+    phase: str | None = None  # what the rank is doing now (its watchdog's phase: refit_core/results.py "Phases")
+    phase_since: float | None = None  # since when, wall clock
 
     @property
     def last_ms(self) -> float | None:
@@ -257,8 +270,12 @@ def progress(run_dir: Path, info: dict[str, Any]) -> Progress:
             mtime = path.stat().st_mtime
         except OSError:
             mtime = 0.0
+        phase, since = rec.raw.get("phase"), rec.raw.get("phase_since")
         ranks.append(RankProgress(rec.rank, rec.role, len(rec.iterations), tuple(i["time_ms"] for i in rec.iterations),
-                                  rec.verified, rec.complete, rec.error, mtime))
+                                  rec.verified, rec.complete, rec.error, mtime,
+                                  phase if isinstance(phase, str) else None,
+                                  float(since) if isinstance(since, (int, float)) and not isinstance(since, bool)
+                                  else None))
     return Progress(tuple(sorted(ranks, key=lambda x: x.rank)), info["active_ranks"], info["warmup"],
                     info["iterations"], tuple(problems))
 

@@ -48,9 +48,10 @@ from submitit.core import utils as submitit_utils
 from submitit.local.local import Controller, LocalExecutor, LocalJob
 
 from orchestrator.state.rundir import CANCEL_FILE, STATE_FILE
-from orchestrator.submission.runspec import HostMemory, RunSpec, format_time, sbatch_parameters
+from orchestrator.submission.runspec import HostMemory, RunSpec, format_time, sbatch_extras
 from refit_core.errors import ConfigError, RefitError
 from refit_core.results import write_json_atomic
+from refit_core.taskenv import DEFAULT_MASTER_PORT, free_port, master_port, rank_log_name
 
 KILL_GRACE_S = 5.0  # local: how long the other ranks get after one fails (srun --kill-on-bad-exit kills at once)
 
@@ -175,12 +176,7 @@ def slurm_parameters(spec: RunSpec, array_size: int = 1) -> dict[str, Any]:
             params[key] = getattr(o, key)
     if o.exclusive:
         params["exclusive"] = True
-    # Preempted or on a lost node, the job goes back in the queue and runs again (the refit restarts
-    # from scratch; the ranks record the restart count), even where the site's JobRequeue is 0.
-    extra = sbatch_parameters(o.sbatch_args)
-    if "no_requeue" not in extra and "requeue" not in extra:
-        extra = {"requeue": True, **extra}
-    params["additional_parameters"] = extra
+    params["additional_parameters"] = sbatch_extras(o.sbatch_args)
     if array_size > 1:
         params["array_parallelism"] = array_size
     return params
@@ -257,13 +253,11 @@ def run_task(run_dir: str, env: dict[str, str]) -> dict[str, Any]:
     job = submitit.JobEnvironment()
     os.environ.update(env)
     rank, world, nodes = job.global_rank, job.num_tasks, max(1, job.num_nodes)
-    _redirect_output(Path(run_dir) / "logs" / f"rank-{rank:05d}.log")
+    _redirect_output(Path(run_dir) / "logs" / rank_log_name(rank))
     if job.cluster == "local":
-        addr, port = "127.0.0.1", os.environ.get("REFITCTL_MASTER_PORT", "29500")
+        addr, port = "127.0.0.1", os.environ.get("REFITCTL_MASTER_PORT", str(DEFAULT_MASTER_PORT))
     else:
-        addr = job.hostnames[0]
-        jid = job.raw_job_id
-        port = str(20000 + int(jid) % 20000) if jid.isdigit() else "29500"
+        addr, port = job.hostnames[0], str(master_port(job.raw_job_id))
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(job.local_rank),
                       LOCAL_WORLD_SIZE=str(world // nodes), MASTER_ADDR=addr, MASTER_PORT=port)
     signal.signal(submitit.JobEnvironment._usr_sig(), _log_signal)
@@ -332,7 +326,7 @@ class _RunController(Controller):  # pragma: no cover - runs in its own process
                 write_json_atomic(state, {"state": "CANCELLED", "detail": "cancelled before it started",
                                           "ended": time.time(), "job_id": self.pid})
                 continue
-            os.environ["REFITCTL_MASTER_PORT"] = str(_free_port())
+            os.environ["REFITCTL_MASTER_PORT"] = str(free_port())
             started = time.time()
             write_json_atomic(state, {"state": "RUNNING", "started": started, "job_id": self.pid,
                                       "controller_pid": os.getpid()})
@@ -432,12 +426,6 @@ def _signal_name(num: int) -> str:
         return signal.Signals(num).name
     except ValueError:
         return "unknown signal"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 if __name__ == "__main__":  # the local controller: python -m orchestrator.submission.executor FOLDER

@@ -7,18 +7,15 @@ so `refitctl status/results/cancel RUN_DIR` follow it like a job refitctl submit
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import string
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from orchestrator import safety
-from orchestrator.cli import add_config_args, command, output_path, resolve_config
-from orchestrator.commands.run import add_cluster_args, cluster_options, command_line, plan_and_spec
 from orchestrator.state.rundir import run_info
-from orchestrator.submission.runspec import RunSpec, sbatch_parameters
+from orchestrator.submission.runspec import RunSpec, sbatch_extras
 from refit_core.errors import ConfigError
 from refit_core.planning.plan import Plan
 
@@ -38,10 +35,7 @@ def sbatch_lines(spec: RunSpec) -> list[str]:
             lines.append(f"--{key}={getattr(o, key)}")
     if o.exclusive:
         lines.append("--exclusive")
-    extra = sbatch_parameters(o.sbatch_args)
-    if "no_requeue" not in extra and "requeue" not in extra:
-        lines.append("--requeue")  # preempted or on a lost node, the job runs again (as `submit` asks too)
-    for key, value in extra.items():
+    for key, value in sbatch_extras(o.sbatch_args).items():
         name = key.replace("_", "-")
         lines.append(f"--{name}" if value is True else f"--{name}={value}")
     return ["#SBATCH " + ln for ln in lines]
@@ -76,36 +70,3 @@ def render_sbatch(spec: RunSpec, plan: Plan, python: str, run_dir: str | None, c
         "srun_args": "".join(shlex.quote(a) + " " for a in spec.options.srun_args),
     }
     return string.Template(TEMPLATE.read_text()).substitute(values)
-
-
-@command("render", "write a standalone sbatch script for a config (refitctl render config-1 > job.sbatch)")
-def _render(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
-    add_config_args(p)
-    add_cluster_args(p)
-    p.add_argument("--python", default=None,
-                   help="python on the nodes, with refitctl installed (default: this one; the job's environment "
-                        "does not change it)")
-    p.add_argument("--run-dir", default=None,
-                   help="run directory the script uses (default: $SLURM_SUBMIT_DIR/runs/NAME-$SLURM_JOB_ID; the job's "
-                        "environment does not change it)")
-    p.add_argument("-o", "--output", type=output_path("-o/--output"),
-                   help="write the script to this file instead of stdout")
-
-    def run(args: argparse.Namespace) -> int:
-        import sys
-
-        cfg = resolve_config(args)
-        opts = cluster_options(args)
-        spec, plan = plan_and_spec(cfg.name, cfg, opts, "slurm", args.flag_refit_method is not None, fit=False)
-        text = render_sbatch(spec, plan, args.python or sys.executable, args.run_dir, command_line())
-        if args.output:
-            try:
-                args.output.write_text(text)
-                args.output.chmod(0o755)
-            except OSError as e:
-                raise ConfigError(f"cannot write {args.output}: {e.strerror or e}") from None
-        else:
-            sys.stdout.write(text)
-        return 0
-
-    return run

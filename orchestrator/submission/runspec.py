@@ -16,15 +16,15 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
-from jobs.refit_job import SAFE_ENV
 from orchestrator import safety
 from refit_core.config import RunConfig
 from refit_core.planning.devices import assign_devices
 from refit_core.execution.transports import registry
 from refit_core.errors import ConfigError
 from refit_core.planning.layout import MAX_WORLD
-from refit_core.planning.memory import GIB
+from refit_core.numbers import GIB
 from refit_core.planning.precision import execution_refusal
+from refit_core.taskenv import SAFE_ENV
 
 CLUSTERS = ("auto", "slurm", "local")
 DEFAULT_TIME = "30"  # minutes, SLURM's --time syntax
@@ -185,6 +185,15 @@ def sbatch_parameters(args: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def sbatch_extras(args: Sequence[str]) -> dict[str, Any]:
+    """The extra sbatch options of a job, `--requeue` first unless the user said --requeue or --no-requeue:
+    preempted or on a lost node, the job goes back in the queue and runs again (the refit restarts from
+    scratch; the ranks record the restart count), even where the site's JobRequeue is 0. Both the
+    submitted job (executor.slurm_parameters) and the rendered script (render.sbatch_lines) use it."""
+    extra = sbatch_parameters(args)
+    return extra if "no_requeue" in extra or "requeue" in extra else {"requeue": True, **extra}
+
+
 def parse_env(items: Sequence[str]) -> tuple[tuple[str, str], ...]:
     out = []
     for item in items:
@@ -275,6 +284,7 @@ def make_spec(name: str, cfg: RunConfig, cluster: str, opts: ClusterOptions, env
     `host`'s memory, every other run against --gpu-memory-gb."""
     requested = cfg.method
     cfg, note = effective_config(cfg, method_explicit, gpus_available)
+    cfg = cfg.with_environment(dict(job_env(environ, opts.env, None)))  # what the tasks will see overrides
     on_host = cluster == "local" and not registry.method(cfg.method).needs_cuda
     cfg.validate(gpu_memory=not on_host)
     refusal = execution_refusal(cfg.inference_precision, cfg.method)

@@ -7,6 +7,7 @@ over, redrawing in place on a terminal and printing one line per change otherwis
 from __future__ import annotations
 
 import json
+import re
 
 import statistics
 import time
@@ -18,10 +19,12 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.views.planview import human_bytes
+from refit_core.numbers import gbps_short, human_bytes, ms_short
 from orchestrator.submission.runspec import format_time
 from orchestrator.state.tracking import Snapshot, snapshot
+from refit_core.taskenv import rank_log_name
 
+_ELAPSED = re.compile(r" \d+\.\d s\b")  # "importing torch 2.1 s": the seconds a rank has been in its phase
 _UNKNOWN_POLLS = 3  # an UNKNOWN state must persist this many polls before the watch gives up
 
 
@@ -33,14 +36,6 @@ def state_style(state: str) -> str:
     if state in ("PENDING", "SUBMITTED", "REQUEUED", "SUSPENDED"):
         return "bold yellow"
     return "bold red"
-
-
-def _ms(v: float | None) -> str:
-    return "-" if v is None else f"{v:,.1f}"
-
-
-def _gbps(v: float | None) -> str:
-    return "-" if v is None else f"{v:.3f}"
 
 
 def method_label(info: dict[str, Any]) -> str:
@@ -60,13 +55,50 @@ def layout_label(lay: dict[str, Any]) -> str:
     return f"TP={lay.get('tp')},EP={lay.get('ep')}" + (f",PP={lay['pp']}" if lay.get("pp", 1) > 1 else "")
 
 
-def phase_label(s: Snapshot) -> str:
+def phase_label(s: Snapshot, now: float | None = None) -> str:
+    """'queued', 'starting (8/8 tasks up: 6 in importing torch 2.1 s, 2 idle)', then the progress."""
     if s.state.queued:
         return "queued"
     if not s.progress.started and not s.state.final:
         up = len(list((s.run_dir / "logs").glob("rank-*.log")))
-        return f"starting ({up}/{s.info.get('world_size', '?')} tasks up)"
+        where = starting_phases(s.progress, now)
+        return f"starting ({up}/{s.info.get('world_size', '?')} tasks up{': ' + where if where else ''})"
     return s.progress.phase()
+
+
+IN_LOOP = ("warm-up", "iterations")  # phases the progress counts already
+
+
+def starting_phases(p: Any, now: float | None = None) -> str:
+    """Where the ranks are while the run starts: '6 in importing torch 2.1 s, 2 idle' (each phase with
+    the longest any rank has been in it), in the order the ranks entered them."""
+    now = time.time() if now is None else now
+    groups: dict[str, list[float]] = {}
+    idle = 0
+    for r in p.ranks:
+        if r.error:
+            continue
+        if r.complete:
+            idle += r.rank >= p.active
+            continue
+        if r.phase is not None:
+            groups.setdefault(r.phase, []).append(now - r.phase_since if r.phase_since is not None else 0.0)
+    parts = [f"{len(v)} in {name} {max(0.0, max(v)):.1f} s"
+             for name, v in sorted(groups.items(), key=lambda kv: -max(kv[1]))]
+    return ", ".join(parts + ([f"{idle} idle"] if idle else []))
+
+
+def rank_status(r: Any, active: int, now: float | None = None) -> Text:
+    """A rank row's status: its error, done, idle, the phase it is in with its time (start-up and
+    teardown), or 'running' (in the iterations, which the done column counts)."""
+    if r.error:
+        return Text(r.error.splitlines()[0][:90], style="red")
+    if r.verified and r.complete:
+        return Text("done, verified" if r.rank < active else "idle", style="green" if r.rank < active else "dim")
+    if r.phase is not None and r.phase not in IN_LOOP:
+        since = 0.0 if r.phase_since is None else max(0.0, (time.time() if now is None else now) - r.phase_since)
+        return Text(f"{r.phase[:70]} {since:.1f} s", style="yellow")
+    return Text("running")
 
 
 def status_line(s: Snapshot) -> str:
@@ -75,7 +107,7 @@ def status_line(s: Snapshot) -> str:
     if not s.state.queued:
         parts.append(phase_label(s))
         if s.progress.last_ms is not None:
-            parts.append(f"last {_ms(s.progress.last_ms)} ms")
+            parts.append(f"last {ms_short(s.progress.last_ms)} ms")
     if s.state.final:
         parts.append("verified" if s.verified else "NOT verified")
     return ", ".join(parts)
@@ -95,7 +127,7 @@ def run_view(s: Snapshot) -> Group:
     if not s.state.queued:
         state.append(f" · {phase_label(s)}")
         if s.progress.last_ms is not None:
-            state.append(f" · last {_ms(s.progress.last_ms)} ms")
+            state.append(f" · last {ms_short(s.progress.last_ms)} ms")
     if not s.state.final and job.get("submitted"):
         state.append(f" · {format_time(time.time() - job['submitted'])} since submission", style="dim")
     parts: list[Any] = [head, state]
@@ -112,14 +144,9 @@ def rank_table(s: Snapshot) -> Table:
         t.add_column(col, justify=just)
     rows = p.ranks if len(p.ranks) <= 16 else _role_summary(p.ranks)
     for r in rows:
-        if r.error:
-            status = Text(r.error.splitlines()[0][:90], style="red")
-        elif r.verified and r.complete:
-            status = Text("done, verified" if r.rank < p.active else "idle", style="green" if r.rank < p.active else "dim")
-        else:
-            status = Text("running")
+        status = rank_status(r, p.active)
         done = p.count(r.done) if r.rank < p.active else "-"
-        t.add_row(str(r.rank), r.role, done, _ms(r.last_ms), status)
+        t.add_row(str(r.rank), r.role, done, ms_short(r.last_ms), status)
     if len(p.ranks) > 16:
         t.caption = f"{len(p.ranks)} ranks: first of each role shown, and every rank with an error"
     return t
@@ -143,7 +170,7 @@ def error_lines(s: Snapshot) -> list[Text]:
         first = d.first
         out.append(Text.assemble(("first failure: ", "bold red"), f"rank {first.rank} ({first.role}): ",
                                  (first.reason, "red")))
-        out.append(Text(f"  log: {s.run_dir / 'logs' / f'rank-{first.rank:05d}.log'}", style="dim"))
+        out.append(Text(f"  log: {s.run_dir / 'logs' / rank_log_name(first.rank)}", style="dim"))
     real = [f for f in d.others if f.kind != "stopped"]
     for f in real[:3]:
         out.append(Text(f"then rank {f.rank}: {f.reason[:150]}", style="red"))
@@ -164,7 +191,7 @@ def error_lines(s: Snapshot) -> list[Text]:
 
 def log_tail(run_dir: Path, rank: int, n: int = 5) -> list[str]:
     try:
-        lines = (run_dir / "logs" / f"rank-{rank:05d}.log").read_text(errors="replace").splitlines()
+        lines = (run_dir / "logs" / rank_log_name(rank)).read_text(errors="replace").splitlines()
     except OSError:
         return []
     return [ln for ln in lines if ln.strip()][-n:]
@@ -184,14 +211,14 @@ def results_view(s: Snapshot) -> Group:
             t.add_row(f"... {len(its) - 16} more", *[""] * (len(t.columns) - 1))
             continue
         label = "warm-up" if i.get("warmup") else str(i["iteration"])
-        t.add_row(label, _ms(i["time_ms"]), _gbps(i.get("GBps")),
-                  *(_ms((i.get("phases_ms") or {}).get(p)) for p in phases), str(i.get("launches", "")))
+        t.add_row(label, ms_short(i["time_ms"]), gbps_short(i.get("GBps")),
+                  *(ms_short((i.get("phases_ms") or {}).get(p)) for p in phases), str(i.get("launches", "")))
     verdict = Text("verified", style="bold green") if s.verified else Text("NOT verified", style="bold red")
     detail = f" ({s.state.detail})" if s.state.detail else ""
     summary = Text.assemble(
         (s.state.state, state_style(s.state.state)), detail, " · ", verdict,
-        f" · first {_ms(res.get('first_ms'))} ms · median {_ms(res.get('median_ms'))} ms · min {_ms(res.get('min_ms'))} ms"
-        f" · {_gbps(res.get('GBps'))} GB/s · {delivered_text(res)}"
+        f" · first {ms_short(res.get('first_ms'))} ms · median {ms_short(res.get('median_ms'))} ms · min {ms_short(res.get('min_ms'))} ms"
+        f" · {gbps_short(res.get('GBps'))} GB/s · {delivered_text(res)}"
         f" · method {method_label(s.info)}",
     )
     done = sum(1 for i in res.get("iterations", []) if not i.get("warmup"))
@@ -269,7 +296,7 @@ def sweep_table(snaps: Sequence[Snapshot], title: str) -> Table:
     for s in snaps:
         res = s.results or {}
         t.add_row(s.info["config"], Text(s.state.state, style=state_style(s.state.state)), phase_label(s),
-                  _ms(s.progress.last_ms), _ms(res.get("median_ms")), _gbps(res.get("GBps")))
+                  ms_short(s.progress.last_ms), ms_short(res.get("median_ms")), gbps_short(res.get("GBps")))
     return t
 
 
@@ -286,7 +313,7 @@ def comparison_view(snaps: Sequence[Snapshot], title: str) -> Group:
             state = Text("COMPLETED, not verified", style="bold red")
         t.add_row(s.info["config"], s.info.get("mode", ""), method_label(s.info),
                   f"{layout_label(s.info['source'])} -> {layout_label(s.info['destination'])}", refit_kind(s.info),
-                  str(s.info.get("active_ranks", "")), state, _ms(res.get("median_ms")), _gbps(res.get("GBps")))
+                  str(s.info.get("active_ranks", "")), state, ms_short(res.get("median_ms")), gbps_short(res.get("GBps")))
     parts: list[Any] = [t, _group_table(snaps, "method", method_label), _group_table(snaps, "refit", refit_kind)]
     for s in snaps:
         why = failure_summary(s)
@@ -321,8 +348,8 @@ def _group_table(snaps: Sequence[Snapshot], name: str, key: Any) -> Table:
         gb = [s.results["GBps"] for s in ok]  # type: ignore[index]
         ms = [s.results["median_ms"] for s in ok]  # type: ignore[index]
         t.add_row(label, ", ".join(s.info["config"] for s in ss), f"{len(ok)}/{len(ss)}",
-                  _gbps(statistics.median(gb)) if gb else "-", _gbps(max(gb)) if gb else "-",
-                  _ms(statistics.median(ms)) if ms else "-")
+                  gbps_short(statistics.median(gb)) if gb else "-", gbps_short(max(gb)) if gb else "-",
+                  ms_short(statistics.median(ms)) if ms else "-")
     return t
 
 
@@ -355,9 +382,10 @@ def watch(run_dirs: Sequence[Path], console: Console, poll_s: float, title: str 
     while True:
         for s in snaps:
             line = status_line(s)
-            if last.get(s.run_dir) != line:
+            key = _ELAPSED.sub("", line)  # a phase's clock ticking is not a change worth a line
+            if last.get(s.run_dir) != key:
                 console.print(f"[{time.strftime('%H:%M:%S')}] {line}", highlight=False, markup=False)
-                last[s.run_dir] = line
+                last[s.run_dir] = key
         if over(snaps):
             return snaps
         time.sleep(poll_s)

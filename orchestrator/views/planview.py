@@ -10,18 +10,15 @@ from rich.table import Table
 from rich.text import Text
 
 from refit_core.config import RunConfig
+from refit_core.numbers import human_bytes
+from refit_core.execution.transports import registry
+from refit_core.execution.transports.placement import nvshmem_direction
 from refit_core.planning.devices import DeviceMap, assign_devices
-from refit_core.planning.memory import GIB, MemoryFit
+from refit_core.planning.memory import MemoryFit
+from refit_core.numbers import GIB
 from refit_core.planning.plan import Plan
 from refit_core.planning.timemodel import TimePrediction, predict
 
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return f"{n:.2f} TiB"
 
 
 def memory_json(fit: MemoryFit) -> dict[str, Any]:
@@ -56,6 +53,7 @@ def plan_json(cfg: RunConfig, plan: Plan, gpus: DeviceMap | None = None) -> dict
         "config": cfg.name,
         "mode": w.mode.value,
         "method": cfg.method,
+        "nvshmem": {"placement": cfg.nvshmem_placement, "sync": cfg.nvshmem_sync},
         "world_size": w.world_size,
         "gpus_used": w.gpus_used,
         "source_ranks": list(w.source.ranks),
@@ -163,6 +161,11 @@ def print_plan(console: Console, cfg: RunConfig, plan: Plan, gpus: DeviceMap | N
     )
     if plan.destination is not None:
         console.print(precision_line(plan))
+    if registry.method(cfg.method).buffers == "nvshmem-heap":
+        direction = nvshmem_direction(w, cfg.nvshmem_placement, cfg.gpus_per_node)
+        console.print(f"NVSHMEM: placement {cfg.nvshmem_placement}"
+                      + (f" (as {direction} here)" if direction != cfg.nvshmem_placement else "")
+                      + f", completion {cfg.nvshmem_sync} (--nvshmem-placement, --nvshmem-sync)", highlight=False)
     fit = cfg.memory_fit(inv, w)
     pred = predict(plan, cfg.link_model())
     for line in balance_lines(plan, pred):

@@ -12,14 +12,14 @@ one line saying how to install it.
 from __future__ import annotations
 
 import base64
-import math
 import html
 import io
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from orchestrator.views.planview import human_bytes
-from refit_core.errors import RefitError
+from refit_core.numbers import gbps_exact, human_bytes, ms_exact, plain_number, short_bytes
+from refit_core.errors import ConfigError, RefitError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -101,13 +101,6 @@ class RunData:
         return None
 
 
-def plain_number(v: float) -> str:
-    """Three significant digits without scientific notation: 0.0123, 4.56, 789, 1,140, 52,300."""
-    if v == 0 or abs(v) >= 100:
-        return f"{v:,.0f}"
-    digits = max(0, 2 - math.floor(math.log10(abs(v))))
-    return f"{v:.{digits}f}"
-
 
 def layout_text(lay: Mapping[str, Any]) -> str:
     return f"TP={lay['tp']},EP={lay['ep']}" + (f",PP={lay['pp']}" if lay.get("pp", 1) > 1 else "")
@@ -137,14 +130,6 @@ def _bytes_axis(axis: Any, vmax: float) -> None:
     axis.set_major_locator(BinaryLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]))
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / unit:g} {name}" if v else "0"))
 
-
-def short_bytes(n: float) -> str:
-    """Three significant digits: '768 KiB', '2.58 MiB' (cells and labels are small)."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1000 or unit == "TiB":
-            return f"{n:.3g} {unit}"
-        n /= 1024
-    return f"{n:.3g} TiB"
 
 
 def _empty(ax: Any, text: str) -> None:
@@ -368,13 +353,6 @@ def run_images(run: RunData) -> RunImages:
                      png_bytes(rank_bytes_figure(run.plan, run.name)))
 
 
-def _ms(v: float | None) -> str:
-    return "-" if v is None else f"{v:.3f}"
-
-
-def _gbps(v: float | None) -> str:
-    return "-" if v is None else f"{v:.4f}"
-
 
 def _bytes(v: int | None) -> str:
     return "-" if v is None else f"{v:,} ({human_bytes(v)})"
@@ -402,16 +380,16 @@ def summary_fields(run: RunData) -> list[tuple[str, str, Any, str]]:
         ("state", "state", run.state, run.state),
         ("verified", "verified", run.verified, "yes" if run.verified else "no"),
         ("timed_iterations", "timed iterations", res.get("timed_iterations"), str(res.get("timed_iterations", "-"))),
-        ("warmup_ms", "warm-up ms", warm[0] if warm else None, ", ".join(_ms(v) for v in warm) or "-"),
-        ("median_ms", "median ms", run.median_ms, _ms(run.median_ms)),
-        ("min_ms", "min ms", res.get("min_ms"), _ms(res.get("min_ms"))),
-        ("GBps", "GB/s (at the median)", res.get("GBps"), _gbps(res.get("GBps"))),
+        ("warmup_ms", "warm-up ms", warm[0] if warm else None, ", ".join(ms_exact(v) for v in warm) or "-"),
+        ("median_ms", "median ms", run.median_ms, ms_exact(run.median_ms)),
+        ("min_ms", "min ms", res.get("min_ms"), ms_exact(res.get("min_ms"))),
+        ("GBps", "GB/s (at the median)", res.get("GBps"), gbps_exact(res.get("GBps"))),
         ("delivered_bytes", "bytes delivered", res.get("delivered_bytes"), _bytes(res.get("delivered_bytes"))),
         ("network_bytes", "network bytes", plan.get("network_bytes"), _bytes(plan.get("network_bytes"))),
         ("local_bytes", "local copy bytes", plan.get("local_bytes"), _bytes(plan.get("local_bytes"))),
         ("transfers", "transfers in the plan", plan.get("transfers"), str(plan.get("transfers", "-"))),
-        ("predicted_ms", "predicted ms (link model)", run.predicted_ms, _ms(run.predicted_ms)),
-        ("bound_ms", "bound ms", run.bound_ms, _ms(run.bound_ms)),
+        ("predicted_ms", "predicted ms (link model)", run.predicted_ms, ms_exact(run.predicted_ms)),
+        ("bound_ms", "bound ms", run.bound_ms, ms_exact(run.bound_ms)),
     ]
 
 
@@ -457,9 +435,9 @@ def _iteration_table(run: RunData) -> str:
     rows = []
     for i in its:
         label = "warm-up" if i.get("warmup") else str(i["iteration"])
-        rows.append(f"<tr><td>{label}</td>{_cell('time_ms', i['time_ms'], _ms(i['time_ms']))}"
-                    f"{_cell('GBps', i.get('GBps'), _gbps(i.get('GBps')))}"
-                    + "".join(_cell(p, (i.get('phases_ms') or {}).get(p), _ms((i.get('phases_ms') or {}).get(p)))
+        rows.append(f"<tr><td>{label}</td>{_cell('time_ms', i['time_ms'], ms_exact(i['time_ms']))}"
+                    f"{_cell('GBps', i.get('GBps'), gbps_exact(i.get('GBps')))}"
+                    + "".join(_cell(p, (i.get('phases_ms') or {}).get(p), ms_exact((i.get('phases_ms') or {}).get(p)))
                               for p in phases)
                     + f"<td>{i.get('launches', '')}</td></tr>")
     return (f"<details><summary>per-iteration timings ({len(its)} rows)</summary>"
@@ -497,3 +475,17 @@ def report_html(title: str, runs: Sequence[RunData], images: Sequence[RunImages]
     parts.extend(_run_section(r, im) for r, im in zip(runs, images))
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>\n")
+
+
+def write_file(path: Path, data: bytes) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    except OSError as e:
+        raise ConfigError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def write_plan_png(path: Path, plan: dict[str, Any], title: str) -> None:
+    """`refitctl plan --png FILE`: the transfer matrix heatmap of a plan, nothing run."""
+    need_matplotlib()
+    write_file(path, png_bytes(transfer_figure(plan, title)))

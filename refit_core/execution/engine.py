@@ -6,8 +6,6 @@ hands it to the transport. Verification runs after every iteration and is not ti
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,14 +16,14 @@ import torch.distributed as dist
 
 from refit_core.config import RunConfig
 from refit_core.planning.plan import Plan, plan_transfers
-from refit_core.execution.storage import Storage
 from refit_core.execution.reference import destination_check
 from refit_core.execution.sender import for_precision
-from refit_core.execution.wire import shard_storage
+from refit_core.execution.wire import rank_storages
 from refit_core.execution.transports.base import RankContext
 from refit_core.execution.transports.registry import make_transport
 from refit_core.execution.watchdog import Watchdog
 from refit_core.execution import weights
+from refit_core.execution.hooks import NO_HOOKS, RankHooks
 
 
 @dataclass
@@ -41,51 +39,22 @@ class IterationRecord:
     verified: bool = True
 
 
-@dataclass(frozen=True)
-class Fault:
-    """A test-only fault, from REFITCTL_FAULT='KIND:rank=R[:iteration=K][:phase=P]'.
-
-    KIND: corrupt, raise, kill, hang. PHASE: `iteration` (the default: before iteration K's transfer),
-    `init` (before the process group is set up: jobs/refit_job.py), `setup` (before the transport's
-    set-up, e.g. NVSHMEM init)."""
-
-    kind: str
-    rank: int
-    iteration: int
-    phase: str = "iteration"
-
-    @classmethod
-    def from_env(cls) -> "Fault | None":
-        text = os.environ.get("REFITCTL_FAULT")
-        if not text:
-            return None
-        kind, *kv = text.split(":")
-        opts = dict(x.split("=", 1) for x in kv)
-        return cls(kind, int(opts.get("rank", 0)), int(opts.get("iteration", 0)), opts.get("phase", "iteration"))
-
-    def hits(self, rank: int, phase: str, iteration: int = 0) -> bool:
-        return self.rank == rank and self.phase == phase and (phase != "iteration" or self.iteration == iteration)
-
-    def inject(self, log: Callable[[str], None]) -> None:
-        """Act before the work of the phase (corrupt acts after the transfer, in run_rank)."""
-        log(f"test fault {self.kind} injected (wall clock {time.time():.3f})")
-        _inject_before(self)
-
-
 def run_rank(cfg: RunConfig, rank: int, world_size: int, device: torch.device,
              active_group: object, on_record: Callable[[dict[str, Any]], None],
-             plan: Plan | None = None, setup_group: object = None, watchdog: Watchdog | None = None) -> dict[str, Any]:
+             plan: Plan | None = None, setup_group: object = None, watchdog: Watchdog | None = None,
+             hooks: RankHooks = NO_HOOKS) -> dict[str, Any]:
     """Execute warm-up + timed iterations on this (active) rank; returns its record.
 
-    Every wait is a phase of `watchdog` (refit_core/execution/watchdog.py; one is made here if none is given)."""
+    Every wait is a phase of `watchdog` (refit_core/execution/watchdog.py; one is made here if none is given).
+    `hooks` act before the set-up and each transfer and after each transfer (refit_core/execution/hooks.py)."""
     plan = plan or plan_transfers(cfg.inventory(), cfg.world(), precision=cfg.inference_precision)
     world = plan.world
     inv = plan.inventory
+    source, destination = rank_storages(plan, rank)  # in the destination's precision (wire.py)
     ctx = RankContext(
         config=cfg, plan=plan, rank=rank, world_size=world_size, device=device,
         rank_plan=plan.for_rank(rank),
-        source=shard_storage(plan, "source", rank),  # in the destination's precision (wire.py)
-        destination=shard_storage(plan, "destination", rank),
+        source=source, destination=destination,
         active_group=active_group,
     )
     traffic = plan.per_rank[rank]
@@ -95,7 +64,6 @@ def run_rank(cfg: RunConfig, rank: int, world_size: int, device: torch.device,
         "source_bytes": ctx.source.nbytes if ctx.source else 0,
         "destination_bytes": ctx.destination.nbytes if ctx.destination else 0,
     }
-    fault = Fault.from_env()
     log = _Log(rank)
     own_watchdog = watchdog is None
     if watchdog is None:
@@ -104,8 +72,7 @@ def run_rank(cfg: RunConfig, rank: int, world_size: int, device: torch.device,
     transport = for_precision(make_transport(cfg.method), plan.precision)  # FP8: the sender quantises first
     try:
         watchdog.arm(getattr(transport, "setup_phase", f"{cfg.method} transport set-up"))
-        if fault and fault.hits(rank, "setup"):
-            fault.inject(log)
+        hooks.before("setup")
         transport.prepare(ctx)
         record["extra_bytes"] = transport.extra_bytes
         record["transport"] = transport.info
@@ -129,12 +96,9 @@ def run_rank(cfg: RunConfig, rank: int, world_size: int, device: torch.device,
                 weights.poison(buf)
             _sync(device)
             _barrier(active_group, device, cfg.method)
-            hit = fault is not None and fault.hits(rank, "iteration", k)
-            if hit:
-                fault.inject(log)  # type: ignore[union-attr]
+            hooks.before("iteration", k)
             stats = transport.iteration()
-            if hit and fault.kind == "corrupt" and transport.destination_parts:  # type: ignore[union-attr]
-                _corrupt(*transport.destination_parts[0])
+            hooks.after_transfer(k, transport.destination_parts)
             for buf, storage in transport.destination_parts:
                 check(buf, storage)
             watchdog.disarm()
@@ -172,22 +136,6 @@ class _Log:
 
     def __call__(self, msg: str) -> None:
         print(f"[rank {self.rank} +{time.monotonic() - self.t0:7.2f}s] {msg}", flush=True)
-
-
-def _inject_before(fault: Fault) -> None:
-    if fault.kind == "raise":
-        raise RuntimeError(f"injected fault: rank {fault.rank} raised at iteration {fault.iteration}")
-    if fault.kind == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
-    if fault.kind == "hang":
-        time.sleep(3600)
-
-
-def _corrupt(buf: torch.Tensor, storage: "Storage") -> None:
-    """Flip one bit of one element in the middle shard (test-only fault injection)."""
-    slot = storage.slots[len(storage.slots) // 2]
-    i = slot.offset + (slot.nbytes // 2 // slot.itemsize) * slot.itemsize + slot.itemsize - 1
-    buf[i: i + 1].bitwise_xor_(0x01)
 
 
 def _sync(device: torch.device) -> None:

@@ -16,6 +16,12 @@ from refit_core.planning.sharding import Piece, local_shape, rank_pieces
 ALIGN = 256  # bytes; keeps every parameter 16-byte aligned for vector copies
 
 
+def aligned(nbytes: int) -> int:
+    """`nbytes` rounded up to a multiple of ALIGN: where the next tensor (or chunk) of a buffer starts.
+    The one rounding every buffer layout uses (shards, staging, heap, the memory fit)."""
+    return -(-nbytes // ALIGN) * ALIGN
+
+
 @dataclass(frozen=True)
 class Slot:
     """One parameter's shard inside a rank's buffer."""
@@ -57,5 +63,6 @@ def rank_storage(inv: Inventory, layout: ParallelLayout, local: int) -> Storage:
             continue
         slot = Slot(i, off, local_shape(p, layout), pieces, DTYPE_BYTES[p.dtype])
         slots.append(slot)
-        off += -(-slot.nbytes // ALIGN) * ALIGN
+        off += aligned(slot.nbytes)
     return Storage(tuple(slots), off)
+

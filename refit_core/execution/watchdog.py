@@ -18,6 +18,13 @@ orphaned.
 A thread needs the GIL: a rank stuck in a C call that holds it cannot run the check. For that,
 `faulthandler` (a C thread, no GIL) dumps every thread's stack to the rank's log and ends the
 process BACKSTOP_S later; the record then has no error, and the phase is in the log.
+
+The phases are also what the rank's record says it is doing: `on_phase(name)` is called whenever
+a phase is armed (jobs/refit_job.py passes `RankRecordWriter.enter_phase`), so the record carries
+the current phase, since when, and every phase entered with its wall time (docs/reliability.md,
+"Phases"). The live view shows them while a run starts; docs/benchmarks.md measures start-up with
+them. Iterations are one phase each for the watchdog but one phase in the record ("warm-up",
+"iterations": `record_phase`), so recording costs nothing per iteration.
 """
 
 from __future__ import annotations
@@ -35,11 +42,36 @@ POLL_S = 0.2
 EXIT_CODE = 3
 
 
+def record_phase(phase: str) -> str:
+    """The phase as the rank record names it: `iteration -1` (warm-up) -> 'warm-up', `iteration 3` ->
+    'iterations'; every other phase as armed."""
+    head, _, num = phase.partition(" ")
+    if head == "iteration" and num.lstrip("-").isdigit():
+        return "warm-up" if num.startswith("-") else "iterations"
+    return phase
+
+
+def process_start_time() -> float:
+    """When this process started, as wall-clock time (Linux: /proc, to 10 ms; elsewhere: now)."""
+    try:
+        with open("/proc/self/stat", "rb") as fh:
+            ticks = int(fh.read().rsplit(b")", 1)[1].split()[19])  # field 22, starttime, in clock ticks since boot
+        with open("/proc/uptime", "rb") as fh:
+            uptime = float(fh.read().split()[0])
+        now = time.time()
+        started = now - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+        return started if 0 <= now - started < 86400 else now
+    except (OSError, ValueError, IndexError):
+        return time.time()
+
+
 class Watchdog:
     """Arm it with a phase name before each wait; `stop()` at the end. `on_expire(error)` records the error."""
 
     def __init__(self, timeout_s: float, rank: int, on_expire: Callable[[str], None],
-                 watch_parent: bool = True, grace_s: float = GRACE_S) -> None:
+                 watch_parent: bool = True, grace_s: float = GRACE_S,
+                 on_phase: Callable[[str], None] | None = None) -> None:
+        self._on_phase = on_phase
         self.timeout_s, self.rank = timeout_s, rank
         self.limit_s = timeout_s + grace_s
         self._on_expire = on_expire
@@ -59,6 +91,8 @@ class Watchdog:
         with self._lock:
             self._phase, self._deadline = phase, time.monotonic() + self.limit_s
         faulthandler.dump_traceback_later(self.limit_s + BACKSTOP_S, exit=True)
+        if self._on_phase is not None:
+            self._on_phase(record_phase(phase))
 
     def disarm(self) -> None:
         with self._lock:

@@ -45,14 +45,17 @@ def _global_axes(p: ParamSpec, slot: Slot, device: torch.device) -> tuple[torch.
     return torch.arange(p.shape[0], device=device, dtype=torch.int64), along
 
 
+def _expected_int8(param: int, rows_g: torch.Tensor, cols_g: torch.Tensor | None) -> torch.Tensor:
+    """The expected values as int8 (`(A[r] xor B[c]) - 128`): one byte-wide pass. For a byte x,
+    x - 128 in int8 is x xor 0x80 read as int8, so the 0x80 is folded into the row hashes."""
+    a = _hash8(rows_g, 2 * param + 1) ^ 0x80
+    v = a if cols_g is None else a[:, None] ^ _hash8(cols_g, 2 * param + 2)[None, :]
+    return v.view(torch.int8)
+
+
 def _expected(p: ParamSpec, param: int, rows_g: torch.Tensor, cols_g: torch.Tensor | None,
               dtype: torch.dtype) -> torch.Tensor:
-    a = _hash8(rows_g, 2 * param + 1)
-    if cols_g is None:
-        v = a
-    else:
-        v = a[:, None] ^ _hash8(cols_g, 2 * param + 2)[None, :]
-    return (v.to(torch.int16) - 128).to(dtype)
+    return _expected_int8(param, rows_g, cols_g).to(dtype)
 
 
 def global_values(p: ParamSpec, param: int, device: torch.device) -> torch.Tensor:
@@ -82,7 +85,7 @@ def fill(buf: torch.Tensor, storage: Storage, inv: Inventory) -> None:
         view = param_view(buf, slot, p.dtype)
         rows_g, cols_g = _global_axes(p, slot, buf.device)
         for rows in _row_steps(p, slot):
-            view[rows] = _expected(p, slot.param, rows_g[rows], cols_g, view.dtype)
+            view[rows].copy_(_expected_int8(slot.param, rows_g[rows], cols_g))  # int8 -> dtype in the copy
 
 
 def poison(buf: torch.Tensor) -> None:

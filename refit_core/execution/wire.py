@@ -57,3 +57,10 @@ def shard_storage(plan: Plan, role: str, rank: int) -> Storage | None:
     side = plan.world.source if role == "source" else plan.world.destination
     local = side.local(rank)
     return None if local is None else wire_storage(plan, side.layout, local)
+
+
+def rank_storages(plan: Plan, rank: int) -> tuple[Storage | None, Storage | None]:
+    """Rank `rank`'s (source, destination) shard storages as they travel (the destination's precision;
+    BF16 plans: the shards as the layouts hold them); None for a role it does not have. What the engine
+    builds for its own rank and the one-sided transports for every peer."""
+    return shard_storage(plan, "source", rank), shard_storage(plan, "destination", rank)

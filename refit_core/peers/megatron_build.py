@@ -19,7 +19,6 @@ import itertools
 import multiprocessing as mp
 import os
 import queue
-import socket
 import traceback
 import types
 import warnings
@@ -36,6 +35,7 @@ from refit_core.planning.model import Inventory, ModelSpec
 from refit_core.planning.sharding import local_shape, rank_pieces
 from refit_core.execution.storage import rank_storage
 from refit_core.execution.weights import fill, param_view
+from refit_core.taskenv import free_port
 
 MEGATRON_CORE_VERSION = "0.16.1"
 
@@ -472,12 +472,6 @@ def swap(models: RankModels, service: Any) -> None:
 # ---------------------------------------------------------------------------------------------
 # the process harness
 # ---------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rank_main(rank: int, world: int, port: int, fn: Callable[..., Any], args: tuple, q: Any) -> None:
     import torch.distributed as dist
 
@@ -503,7 +497,7 @@ def run_ranks(world: int, fn: Callable[..., Any], *args: Any, timeout_s: float =
         raise ConfigError("megatron-core is not installed: pip install 'refitctl[megatron]'")
     ctx = mp.get_context("fork")
     q = ctx.Queue()
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_rank_main, args=(r, world, port, fn, args, q), daemon=True) for r in range(world)]
     for p in procs:
         p.start()

@@ -3,7 +3,7 @@
 Megatron-Core 0.16.1 describes each parameter to its centralised planner with
 `resharding.utils.extract_param_metadata`. For routed experts of the local spec (SequentialMLP,
 `...mlp.experts.local_experts.<k>...`) that description is wrong in two ways, found by the
-oracle tests (tests/test_megatron_oracle.py):
+oracle tests (tests/e2e/local/test_megatron_oracle.py):
 
 1. Expert parameters are recognised by `allreduce=False`, which Megatron sets only when EP > 1.
    With EP = 1 the expert linears (ETP = 1, yet marked `tensor_model_parallel=True`) are paired

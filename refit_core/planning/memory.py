@@ -23,14 +23,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from refit_core.errors import ConfigError
+from refit_core.numbers import gib
 from refit_core.planning.layout import ParallelLayout, WorldLayout
 from refit_core.planning.model import Inventory
-from refit_core.execution.transports.placement import layout_heap
+from refit_core.execution.transports.placement import layout_heap, nvshmem_direction
 from refit_core.planning.sharding import shard_groups
-from refit_core.execution.storage import ALIGN
+from refit_core.execution.storage import aligned
 from refit_core.execution.transports import registry
 
-GIB = 1 << 30
 NVSHMEM_RESERVE_BYTES = 512 << 20
 """Added to the symmetric buffer's size in NVSHMEM_SYMMETRIC_SIZE by transports/nvshmem.py: address
 space for NVSHMEM's own symmetric objects; heap memory is mapped only as allocated (measured: the
@@ -88,22 +88,18 @@ def slot_sizes(inv: Inventory, layout: ParallelLayout) -> list[list[int]]:
     spec = inv.spec
     held: list[list[int]] = [[] for _ in range(layout.size)]
     for p in inv.params:
-        unit = p.nbytes // p.shape[p.split_dim]
         for g in shard_groups(p, layout, spec.num_layers, spec.num_experts):
-            b = -(-sum(pc.length for pc in g.pieces) * unit // ALIGN) * ALIGN
+            b = aligned(sum(pc.length for pc in g.pieces) * p.index_bytes)
             for h in g.holders:
                 held[h].append(b)
     return held
 
 
-def shard_bytes(inv: Inventory, layout: ParallelLayout) -> list[int]:
-    """Bytes of each local rank's shard buffer in `layout` (index = local rank), tensors aligned."""
-    return [sum(s) for s in slot_sizes(inv, layout)]
-
-
 def memory_fit(inv: Inventory, world: WorldLayout, method: str, bucket_bytes: int, limit_bytes: int,
-               gpus_per_node: int | None = None, destination_slots: list[list[int]] | None = None) -> MemoryFit:
-    """Per-GPU bytes of a refit of `inv` on `world` by `method`, against `limit_bytes` per GPU.
+               gpus_per_node: int | None = None, destination_slots: list[list[int]] | None = None,
+               nvshmem_placement: str = "auto") -> MemoryFit:
+    """Per-GPU bytes of a refit of `inv` on `world` by `method`, against `limit_bytes` per GPU; a method
+    whose buffers are NVSHMEM's heap lays it out as the run will (`nvshmem_placement`, placement.py).
 
     `destination_slots`: the destination shards' sizes when they differ from the source's dtype
     (FP8: `precision.destination_slot_sizes`)."""
@@ -116,7 +112,7 @@ def memory_fit(inv: Inventory, world: WorldLayout, method: str, bucket_bytes: in
     shards = [(sum(s or ()), sum(d or ())) for s, d in slots]
     active = range(world.gpus_used)
     if registry.method(method).buffers == "nvshmem-heap":
-        hl = layout_heap([slots[r] for r in active], nvshmem_direction(world, "auto", gpus_per_node))
+        hl = layout_heap([slots[r] for r in active], nvshmem_direction(world, nvshmem_placement, gpus_per_node))
         buffers = [hl.heap_bytes - hl.heap_used[r] + NVSHMEM_OVERHEAD_BYTES for r in active]
     else:
         buffers = [bucket_bytes] * len(shards)
@@ -125,13 +121,6 @@ def memory_fit(inv: Inventory, world: WorldLayout, method: str, bucket_bytes: in
         for r, (s, d) in enumerate(shards)
     )
     return MemoryFit(out, limit_bytes)
-
-
-def nvshmem_direction(world: WorldLayout, placement: str, gpus_per_node: int | None = None) -> str:
-    """The placement the NVSHMEM transport uses: `all` for `auto` across nodes (peers may be unmappable)."""
-    if placement == "auto" and gpus_per_node is not None and world.gpus_used > gpus_per_node:
-        return "all"
-    return placement
 
 
 def check_memory(fit: MemoryFit, gpu_memory_gb: float, method: str) -> None:
@@ -147,13 +136,10 @@ def check_memory(fit: MemoryFit, gpu_memory_gb: float, method: str) -> None:
     fix = f"use more GPUs with a larger {more} so each GPU holds fewer experts"
     if registry.method(method).buffers == "bucket":
         fix += (", or a smaller --refit-bucket-size" if m.buffer_bytes > over
-                else f" (a smaller --refit-bucket-size saves at most {_gib(m.buffer_bytes)})")
+                else f" (a smaller --refit-bucket-size saves at most {gib(m.buffer_bytes)})")
     raise ConfigError(
-        f"GPU {m.rank} ({m.role}) needs {_gib(m.total)} (source shard {_gib(m.source_bytes)} + destination shard "
-        f"{_gib(m.destination_bytes)} + {method} buffers {_gib(m.buffer_bytes)}) but --gpu-memory-gb is "
-        f"{gpu_memory_gb:g} GiB: {_gib(over)} over; {fix}"
+        f"GPU {m.rank} ({m.role}) needs {gib(m.total)} (source shard {gib(m.source_bytes)} + destination shard "
+        f"{gib(m.destination_bytes)} + {method} buffers {gib(m.buffer_bytes)}) but --gpu-memory-gb is "
+        f"{gpu_memory_gb:g} GiB: {gib(over)} over; {fix}"
     )
 
-
-def _gib(n: int) -> str:
-    return f"{n / GIB:.2f} GiB"

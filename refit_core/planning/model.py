@@ -9,7 +9,6 @@ dist_checkpointing names them). Two attention kinds share one inventory: standar
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from functools import cached_property
@@ -174,9 +173,6 @@ class ModelSpec:
     def is_moe_layer(self, layer: int) -> bool:
         return self.is_moe and layer >= self.first_dense_layers
 
-    def with_overrides(self, **changes: object) -> "ModelSpec":
-        return dataclasses.replace(self, **changes)
-
 
 @dataclass(frozen=True)
 class ParamSpec:
@@ -212,9 +208,10 @@ class ParamSpec:
         return self.tp_dim if self.tp_dim is not None else 0
 
     @property
-    def slice_numel(self) -> int:
-        """Elements in one unit (one index) of the split dimension."""
-        return self.numel // self.shape[self.split_dim]
+    def index_bytes(self) -> int:
+        """Bytes of one index of the split dimension: what one unit of a slice's `length` weighs. The one
+        place bytes per index is computed (the plan's byte counts, the memory fit's shard sizes)."""
+        return self.nbytes // self.shape[self.split_dim]
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,7 @@ class Plan:
 
     @cached_property
     def _unit(self) -> list[int]:
-        return [_unit_bytes(p) for p in self.params]
+        return [p.index_bytes for p in self.params]
 
     def nbytes(self, t: Transfer) -> int:
         return t.length * self._unit[t.param]
@@ -171,10 +171,6 @@ class RankPlan:
     local: tuple[Transfer, ...] = ()
 
 
-def _unit_bytes(p: ParamSpec) -> int:
-    return p.nbytes // p.shape[p.split_dim]
-
-
 class _Atom(NamedTuple):
     dst: int
     param: int
@@ -247,7 +243,7 @@ def plan_transfers(inv: Inventory, world: WorldLayout, nodes: NodeMap | None = N
                     for dl in dg.holders:
                         place(holders, dst0 + dl, _Atom(dst0 + dl, si, b0, n, so, do))
 
-    unit = [_unit_bytes(p) for p in dinv.inventory.params]
+    unit = [p.index_bytes for p in dinv.inventory.params]
     demand = {k: sum(a.length * unit[a.param] for a in atoms) for k, atoms in groups.items()}
     shares: dict[tuple[str, tuple[int, ...]], dict[int, int]] = {}
     class_bounds: list[tuple[str, int]] = []

@@ -96,12 +96,6 @@ class RankBlocks:
         return len(self.sends)
 
     @property
-    def staging_bytes(self) -> int:
-        """Largest send + receive staging of any round."""
-        return max((sum(c.nbytes for c in s) + sum(c.nbytes for c in r)
-                    for s, r in zip(self.sends, self.recvs)), default=0)
-
-    @property
     def staged_bytes(self) -> int:
         """Bytes this rank packs (sends) plus bytes it unpacks (receives)."""
         return sum(c.nbytes for rnd in (*self.sends, *self.recvs) for c in rnd)

@@ -1,7 +1,7 @@
 """Copy many byte blocks between buffers: one strided copy per block on CPU, one kernel on GPU.
 
 A copy per slice launched one by one was measured at half the bandwidth of one large copy on an
-H100 (shared/notes/gpu-machine.md), so on CUDA all blocks of a step go to one launch of a small
+H100 (docs/benchmarks.md), so on CUDA all blocks of a step go to one launch of a small
 kernel (CuPy RawKernel, compiled once per process) that reads a table of block descriptors with
 absolute addresses: a step may write to several buffers, peers' included.
 """

@@ -13,9 +13,10 @@ import torch
 
 from refit_core.planning.sharding import shard_groups
 from refit_core.planning.memory import NVSHMEM_RESERVE_BYTES
-from refit_core.execution.storage import ALIGN
-from refit_core.execution.transports.base import IterationStats, RankContext, whole
-from refit_core.execution.transports.nvshmem import NvshmemTransport, init_nvshmem
+from refit_core.execution.storage import aligned
+from refit_core.execution.wire import rank_storages
+from refit_core.execution.transports.base import IterationStats, RankContext, ShardPart, whole
+from refit_core.execution.transports.nvshmem import init_nvshmem
 from refit_core.execution.weights import torch_dtype
 
 
@@ -23,8 +24,17 @@ def _along(t: torch.Tensor, dim: int, start: int, length: int) -> torch.Tensor:
     return t.narrow(dim, start, length)
 
 
-class NaiveTransport(NvshmemTransport):
+class NaiveTransport:
     name = "naive"
+    setup_phase = "NVSHMEM init"  # the watchdog's name for prepare(): nvshmem init has no timeout of its own
+
+    def __init__(self) -> None:
+        self.source_parts: list[ShardPart] = []
+        self.destination_parts: list[ShardPart] = []
+        self.extra_bytes = 0
+        self.measured_extra_bytes: int | None = None
+        self.info: dict[str, object] = {}
+        self._sym: torch.Tensor | None = None
 
     def prepare(self, ctx: RankContext) -> None:
         import nvshmem.core as nv
@@ -35,11 +45,11 @@ class NaiveTransport(NvshmemTransport):
         own = {}
         self.dst_offset = {}
         for r in active:
-            s, d = self._storages(ctx, r)
-            self.dst_offset[r] = -(-(s.nbytes if s else 0) // ALIGN) * ALIGN
+            s, d = rank_storages(ctx.plan, r)
+            self.dst_offset[r] = aligned(s.nbytes if s else 0)
             own[r] = self.dst_offset[r] + (d.nbytes if d else 0)
-        biggest = -(-max(p.nbytes for p in inv.params) // ALIGN) * ALIGN
-        stor = -(-max(own.values()) // ALIGN) * ALIGN
+        biggest = aligned(max(p.nbytes for p in inv.params))
+        stor = aligned(max(own.values()))
         size = stor + 2 * biggest
         import os
 
@@ -87,7 +97,6 @@ class NaiveTransport(NvshmemTransport):
                     cut.append((_along(mine, d, pc.local_start, pc.length),
                                 _along(full(self._sym, recv_at, p), d, pc.start, pc.length)))
             self.steps.append((gather, send, cut))
-        self.puts = []
         self.extra_bytes = 2 * biggest
         self.stream = torch.cuda.current_stream(ctx.device)
 
@@ -113,3 +122,11 @@ class NaiveTransport(NvshmemTransport):
         end.synchronize()
         ms = start.elapsed_time(end)
         return IterationStats(ms, {"transfer": ms}, launches)
+
+    def close(self) -> None:
+        if self._sym is not None:
+            torch.cuda.synchronize()
+            self.source_parts, self.destination_parts = [], []
+            self.nv.free_tensor(self._sym)
+            self._sym = None
+            self.nv.finalize()

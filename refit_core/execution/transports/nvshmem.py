@@ -9,7 +9,7 @@ rank maps every peer's heap (nvshmem_ptr, through get_peer_tensor) and copies al
 local copies included, with ONE kernel launch per iteration; a barrier before and after
 brackets the iteration, so a destination reads only complete data. Peers that cannot be mapped
 (another node without NVLink) get `put` calls instead, in the `all` placement. Several PEs may
-share one GPU (shared/notes/gpu-machine.md); the torch process group (gloo) carries NVSHMEM's
+share one GPU (docs/running-on-a-cluster.md); the torch process group (gloo) carries NVSHMEM's
 unique id.
 """
 
@@ -24,21 +24,20 @@ import torch.distributed as dist
 from refit_core.execution.transports.blocks import Block, Where, one_sided_blocks
 from refit_core.planning.devices import shares_gpus
 from refit_core.errors import TransportError
-from refit_core.planning.memory import NVSHMEM_GRANULARITY_BYTES, NVSHMEM_RESERVE_BYTES, nvshmem_direction
-from refit_core.execution.transports.placement import Part, place
-from refit_core.execution.storage import Storage
-from refit_core.execution.wire import shard_storage
+from refit_core.config import SYNC_MODES
+from refit_core.planning.memory import NVSHMEM_GRANULARITY_BYTES, NVSHMEM_RESERVE_BYTES
+from refit_core.execution.transports.placement import Part, nvshmem_direction, place
+from refit_core.execution.wire import rank_storages
 from refit_core.execution.transports.base import IterationStats, RankContext, ShardPart, allocate
 from refit_core.execution.transports.copy import CudaBlockCopy
 
 
-def sync_mode(active_pes: int, shared: bool | None = None) -> str:
-    """How an iteration completes: REFITCTL_NVSHMEM_SYNC=device|host, or auto (the default):
-    host when PEs share a GPU (`shared`, from the run's rank -> GPU map; without one: more active
-    PEs than this node has GPUs), device otherwise."""
-    mode = os.environ.get("REFITCTL_NVSHMEM_SYNC", "auto")
-    if mode not in ("auto", "host", "device"):
-        raise TransportError(f"REFITCTL_NVSHMEM_SYNC={mode!r}: use auto, host or device")
+def sync_mode(mode: str, active_pes: int, shared: bool | None = None) -> str:
+    """How an iteration completes for --nvshmem-sync `mode` (RunConfig.nvshmem_sync): device or host as
+    given, or for auto: host when PEs share a GPU (`shared`, from the run's rank -> GPU map; without
+    one: more active PEs than this node has GPUs), device otherwise."""
+    if mode not in SYNC_MODES:
+        raise TransportError(f"--nvshmem-sync {mode!r}: use {', '.join(SYNC_MODES)}")
     if mode == "auto":
         if shared is None:
             shared = active_pes > torch.cuda.device_count()
@@ -65,11 +64,6 @@ def init_nvshmem(rank: int, nranks: int, device: torch.device, group: object) ->
     nv.init(device=dev, uid=uid, rank=rank, nranks=nranks, initializer_method="uid")
 
 
-def placement_direction() -> str:
-    """REFITCTL_NVSHMEM_PLACEMENT=auto|push|pull|all (placement.py); auto is the default."""
-    return os.environ.get("REFITCTL_NVSHMEM_PLACEMENT", "auto")
-
-
 class NvshmemTransport:
     name = "nvshmem"
     setup_phase = "NVSHMEM init"  # the watchdog's name for prepare(): nvshmem init has no timeout of its own
@@ -83,10 +77,6 @@ class NvshmemTransport:
         self._sym: torch.Tensor | None = None
         self._private: torch.Tensor | None = None
 
-    # -- every rank's shards (pure; every rank computes all of them) ---------------------------
-    def _storages(self, ctx: RankContext, rank: int) -> tuple[Storage | None, Storage | None]:
-        return shard_storage(ctx.plan, "source", rank), shard_storage(ctx.plan, "destination", rank)
-
     def prepare(self, ctx: RankContext) -> None:
         try:
             import nvshmem.core as nv
@@ -95,8 +85,8 @@ class NvshmemTransport:
         self.ctx, self.nv = ctx, nv
         w = ctx.plan.world
         active = list(range(w.gpus_used))
-        storages = [self._storages(ctx, r) for r in active]
-        direction = nvshmem_direction(w, placement_direction(), ctx.config.gpus_per_node)
+        storages = [rank_storages(ctx.plan, r) for r in active]  # every peer's shards (pure)
+        direction = nvshmem_direction(w, ctx.config.nvshmem_placement, ctx.config.gpus_per_node)
         self.placement = placement = place(storages, direction)
         me = placement.ranks[ctx.rank]
         os.environ.setdefault("NVSHMEM_SYMMETRIC_SIZE", str(placement.heap_bytes + NVSHMEM_RESERVE_BYTES))
@@ -136,7 +126,7 @@ class NvshmemTransport:
         if unmapped and placement.direction != "all":
             raise TransportError(
                 f"rank {ctx.rank}: PEs {unmapped} cannot be mapped (no NVLink/P2P path); "
-                "set REFITCTL_NVSHMEM_PLACEMENT=all to use NVSHMEM put for them")
+                "use --nvshmem-placement all (or REFITCTL_NVSHMEM_PLACEMENT=all) to use NVSHMEM put for them")
 
         def base(w: Where) -> int:
             return bases[w.in_heap] if w.rank == ctx.rank else mapped[w.rank]
@@ -155,7 +145,7 @@ class NvshmemTransport:
         self.measured_extra_bytes = self._measure(ctx, free_before, shards)
         self.stream = torch.cuda.current_stream(ctx.device)
         placed = ctx.config.device_map()
-        self.sync = sync_mode(len(active), None if placed is None else
+        self.sync = sync_mode(ctx.config.nvshmem_sync, len(active), None if placed is None else
                               shares_gpus(placed.devices, active, placed.ranks_per_node))
         self.info = {"placement": placement.direction, "heap_bytes": placement.heap_bytes,
                      "private_bytes": me.private_bytes, "unused_heap_bytes": placement.unused_heap(ctx.rank),

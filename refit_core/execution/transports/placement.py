@@ -21,13 +21,18 @@ from functools import cached_property
 from typing import Sequence
 
 from refit_core.errors import ConfigError
-from refit_core.execution.storage import ALIGN, Slot, Storage
+from refit_core.execution.storage import ALIGN, Slot, Storage, aligned
+from refit_core.planning.layout import WorldLayout
 
-DIRECTIONS = ("auto", "push", "pull", "all")
+DIRECTIONS = ("auto", "push", "pull", "all")  # --nvshmem-placement
 
 
-def _aligned(n: int) -> int:
-    return -(-n // ALIGN) * ALIGN
+def nvshmem_direction(world: WorldLayout, placement: str, gpus_per_node: int | None = None) -> str:
+    """The placement the NVSHMEM transport uses for --nvshmem-placement `placement`: `all` for `auto`
+    across nodes (peers there may be unmappable and need `put`), else `placement` itself."""
+    if placement == "auto" and gpus_per_node is not None and world.gpus_used > gpus_per_node:
+        return "all"
+    return placement
 
 
 @dataclass(frozen=True)
@@ -103,11 +108,11 @@ Sizes = Sequence[tuple[Sequence[int] | None, Sequence[int] | None]]
 
 def _layout(sizes: Sizes, direction: str) -> HeapLayout:
     if direction == "all":
-        heap = _aligned(max([ALIGN] + [sum(s or ()) + sum(d or ()) for s, d in sizes]))
+        heap = aligned(max([ALIGN] + [sum(s or ()) + sum(d or ()) for s, d in sizes]))
         used = tuple(sum(s or ()) + sum(d or ()) for s, d in sizes)
         return HeapLayout("all", heap, used, (0,) * len(sizes), tuple(() for _ in sizes))
     reach = 1 if direction == "push" else 0  # index of the role peers reach: destination or source
-    heap = _aligned(max([ALIGN] + [sum(st[reach]) for st in sizes if st[reach] is not None]))
+    heap = aligned(max([ALIGN] + [sum(st[reach]) for st in sizes if st[reach] is not None]))
     used, private, in_heap = [], [], []
     for st in sizes:
         taken = sum(st[reach] or ())
@@ -135,14 +140,14 @@ def layout_heap(sizes: Sizes, direction: str = "auto") -> HeapLayout:
 
 
 def _sizes(st: Storage | None) -> tuple[int, ...] | None:
-    return None if st is None else tuple(_aligned(s.nbytes) for s in st.slots)
+    return None if st is None else tuple(aligned(s.nbytes) for s in st.slots)
 
 
 def _dense(slots: Sequence[Slot]) -> Storage:
     out, off = [], 0
     for s in slots:
         out.append(replace(s, offset=off))
-        off += _aligned(s.nbytes)
+        off += aligned(s.nbytes)
     return Storage(tuple(out), off)
 
 
@@ -163,14 +168,14 @@ def place(storages: Sequence[tuple[Storage | None, Storage | None]], direction: 
     for r, (s, d) in enumerate(storages):
         s, d = s or empty, d or empty
         if hl.direction == "all":
-            src, dst = _parts(s, 0, empty), _parts(d, _aligned(s.nbytes), empty)
+            src, dst = _parts(s, 0, empty), _parts(d, aligned(s.nbytes), empty)
         else:
             reached, other = (d, s) if hl.direction == "push" else (s, d)
             flags = hl.in_heap[r]
             inside = _dense([x for x, f in zip(other.slots, flags) if f])
             outside = _dense([x for x, f in zip(other.slots, flags) if not f])
             reached_parts = _parts(reached, 0, empty)
-            other_parts = _parts(inside, _aligned(reached.nbytes), outside)
+            other_parts = _parts(inside, aligned(reached.nbytes), outside)
             src, dst = (other_parts, reached_parts) if hl.direction == "push" else (reached_parts, other_parts)
         ranks.append(RankPlacement(r, src, dst, hl.heap_used[r], hl.private_bytes[r]))
     return Placement(hl.direction, hl.heap_bytes, tuple(ranks))

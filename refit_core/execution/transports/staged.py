@@ -24,6 +24,7 @@ import torch.distributed as dist
 
 from refit_core.execution.transports.blocks import Block, Chunk, RankBlocks, ShardLayouts, chunk_bytes_for, rank_blocks
 from refit_core.errors import ConfigError
+from refit_core.execution.storage import aligned
 from refit_core.execution.transports.base import IterationStats, RankContext, ShardPart, allocate, whole
 from refit_core.execution.transports.copy import CudaBlockCopy, absolute, copy_blocks_torch, cuda_copy_available
 
@@ -121,7 +122,7 @@ class StagedTransport:
 
     @staticmethod
     def _laid_out_size(chunks: tuple[Chunk, ...]) -> int:
-        return sum(-(-c.nbytes // 256) * 256 for c in chunks)
+        return sum(aligned(c.nbytes) for c in chunks)
 
     @staticmethod
     def _lay_out(chunks: tuple[Chunk, ...], packed_is_dst: bool) -> tuple[list[Block], list[tuple[int, int, int]]]:
@@ -133,7 +134,7 @@ class StagedTransport:
             for b in c.blocks:
                 blocks.append(b._replace(dst=b.dst + off) if packed_is_dst else b._replace(src=b.src + off))
             where.append((c.peer, off, c.nbytes))
-            off += -(-c.nbytes // 256) * 256
+            off += aligned(c.nbytes)
         return blocks, where
 
     def iteration(self) -> IterationStats:

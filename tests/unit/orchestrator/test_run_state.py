@@ -27,7 +27,7 @@ from orchestrator.state.runfiles import JobStateFile, RunInfo, SweepInfo
 from refit_core.errors import RunDirError
 from refit_core.results import (RankFileReader, RankRecordWriter, aggregate, load_rank_record, rank_path,
                                 read_rank_records, read_results)
-from test_orchestrator_local import SMALL
+from helpers import SMALL
 
 PY = sys.executable
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from orchestrator.configs import builtin_configs, resolve
@@ -87,7 +89,7 @@ def test_rank_coordinates_follow_megatron_order() -> None:
 def test_non_dividing_and_moe_errors(overrides: dict, message: str) -> None:
     base = resolve("config-6") if overrides.get("num_experts") else resolve("config-3")
     if "num_experts" in overrides and overrides["num_experts"] is None:
-        base = base.with_changes(model=base.model.with_overrides(num_experts=None))
+        base = base.with_changes(model=dataclasses.replace(base.model, num_experts=None))
         overrides = {k: v for k, v in overrides.items() if k != "num_experts"}
     if "expert_tensor" in str(overrides) or "bias" in str(overrides):
         base = resolve("config-1")

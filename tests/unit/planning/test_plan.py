@@ -6,7 +6,6 @@ import dataclasses
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from orchestrator.configs import builtin_configs, resolve
 from refit_core.planning.layout import ParallelLayout, RefitMode, world_layout
@@ -14,28 +13,9 @@ from refit_core.planning.model import ModelSpec, inventory
 from refit_core.planning.plan import plan_transfers
 from refit_core.planning.validate import CoverageError, check_plan
 
+from helpers import layout_pairs
+
 SEED = [n for n in builtin_configs() if n.startswith(("config-", "collocated-"))]
-
-
-@st.composite
-def layout_pairs(draw):
-    """Random valid (model, source, destination, mode) with TP, EP, PP up to 8."""
-    deg = st.sampled_from([1, 2, 4, 8])
-    src = ParallelLayout(tp=draw(deg), ep=draw(deg), pp=draw(st.sampled_from([1, 2, 4])))
-    dst = ParallelLayout(tp=draw(deg), ep=draw(deg), pp=draw(st.sampled_from([1, 2])))
-    mode = draw(st.sampled_from(list(RefitMode)))
-    swiglu = draw(st.booleans())
-    moe = draw(st.booleans()) or src.ep > 1 or dst.ep > 1
-    layers = 4
-    model = ModelSpec(
-        num_layers=layers, hidden_size=64, num_attention_heads=8, num_query_groups=draw(st.sampled_from([8, 8, 16])) // 2 * 1 or 8,
-        ffn_hidden_size=96, num_experts=16 if moe else None, moe_ffn_hidden_size=48,
-        moe_shared_expert_intermediate_size=draw(st.sampled_from([None, 32])) if moe else None,
-        swiglu=swiglu, disable_bias_linear=moe or draw(st.booleans()), vocab_size=200,
-        untie_embeddings_and_output_weights=draw(st.booleans()),
-        first_dense_layers=draw(st.sampled_from([0, 1])) if moe else 0,
-    )
-    return model, src, dst, mode
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

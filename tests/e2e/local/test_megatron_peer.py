@@ -72,7 +72,7 @@ def test_non_collocated_config_4_megatron_gloo_verifies(tmp_path: Path) -> None:
                                                 "num_benchmark_iterations": 1})
     cfg = cfg.with_changes(gpus=cfg.world().gpus_used)
     codes, res = run_locally(cfg, tmp_path / "run", timeout_s=240)
-    assert codes == [0, 0, 0], (tmp_path / "run" / "logs" / "rank-0.log").read_text()[-2000:]
+    assert codes == [0, 0, 0], (tmp_path / "run" / "logs" / "rank-00000.log").read_text()[-2000:]
     assert res is not None and res["verified"] and res["transport"]["patched"] is True
     from refit_core.results import load_rank_record, rank_files
 

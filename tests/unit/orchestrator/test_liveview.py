@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.views.liveview import delivered_text, predicted_line
-from orchestrator.views.report import plain_number
+from refit_core.numbers import plain_number
 
 
 @pytest.mark.parametrize("v, text", [(0.01234, "0.0123"), (4.567, "4.57"), (78.9, "78.9"), (789.4, "789"),

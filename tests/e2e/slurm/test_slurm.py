@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from test_orchestrator_local import SMALL, only_run, only_run_or_sweep, refitctl, run_json
+from conftest import ROOT
+from helpers import SMALL, only_run, only_run_or_sweep, refitctl, run_json
 from refit_core.errors import RunDirError
 from refit_core.results import load_rank_record, rank_path
 
@@ -82,7 +83,7 @@ def test_two_node_layout(tmp_path: Path) -> None:
 
 def test_sweep_is_one_job_array(tmp_path: Path) -> None:
     names = "config-4,tp-ep-swap-4gpu,ep-refit-minimal"
-    root = Path(__file__).resolve().parent.parent
+    root = ROOT
     p = refitctl("sweep", names, "--config-file", str(root / "examples" / "my-configs.toml"), "--gpus", "4",
                  *ON_CLUSTER, *SMALL, runs=tmp_path, timeout=400, check=0)
     assert "one job array" in p.stdout

@@ -1,7 +1,7 @@
 """refit_core/peers/megatron_names.py: every Megatron-Core spelling of a parameter maps to refitctl's name.
 
 Pure (no megatron import): the local-spec and checkpoint spellings are also checked against real
-models by tests/test_megatron_oracle.py; the Transformer-Engine spelling (which needs CUDA to
+models by tests/e2e/local/test_megatron_oracle.py; the Transformer-Engine spelling (which needs CUDA to
 build) only here.
 """
 

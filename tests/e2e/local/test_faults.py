@@ -10,7 +10,6 @@ are in test_slurm.py. docs/reliability.md records what each fault does and how l
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import stat
 from pathlib import Path
@@ -21,7 +20,7 @@ from orchestrator.submission.executor import KILL_GRACE_S
 from orchestrator.state.failures import ProcessEnd, diagnose, short_error, srun_ends
 from orchestrator.state.rundir import Progress, RankProgress
 from refit_core.results import load_rank_record, rank_files
-from test_orchestrator_local import SMALL, only_run, refitctl, run_json
+from helpers import FAULT_AT, SMALL, only_run, refitctl, run_json
 
 TIMEOUT = ["--refit-timeout", "10"]
 
@@ -108,8 +107,6 @@ def test_short_error_drops_gloos_source_location() -> None:
 
 # ----------------------------------------------------------------------------- faults through refitctl
 
-_FAULT_AT = re.compile(r"test fault \w+ injected \(wall clock ([0-9.]+)\)")
-
 # (config, world, fault, rank that fails, its role, what `status` must say after "first failure: rank R (role): ",
 #  the diagnosis' kind)
 CASES = [
@@ -141,7 +138,7 @@ def test_fault_fails_the_job_and_names_the_rank(config: str, world: int, fault: 
     assert res["first_failure"]["rank"] == rank and res["first_failure"]["kind"] == kind
     assert res["median_ms"] is None  # the failed iteration is not reported as a time
     # every rank is gone within a bound: a crash at once, a hang once its peers' --refit-timeout fires
-    fault_at = float(_FAULT_AT.search((d / "logs" / f"rank-{rank:05d}.log").read_text()).group(1))
+    fault_at = float(FAULT_AT.search((d / "logs" / f"rank-{rank:05d}.log").read_text()).group(1))
     ended = json.loads((d / "job-state.json").read_text())["ended"]
     bound = (10 + KILL_GRACE_S + 8) if fault == "hang" else (KILL_GRACE_S + 8)
     assert 0 < ended - fault_at < bound, f"every rank exited {ended - fault_at:.1f} s after the fault"

@@ -16,15 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SMALL_FLAGS
+from conftest import ROOT
+from helpers import SMALL, only_run, only_run_or_sweep, refitctl, run_json
 from orchestrator.submission import executor
 from orchestrator.state.jobstate import job_state
-from orchestrator.views.planview import human_bytes
+from refit_core.numbers import human_bytes
 from refit_core.results import load_rank_record, rank_files
 from orchestrator.submission.runspec import ClusterOptions, effective_config, job_env, parse_env, parse_time, plan_resources
 from refit_core.errors import ConfigError
 
-SMALL = [a for k, v in SMALL_FLAGS.items() for a in (f"--{k.replace('_', '-')}", str(v))]
 NO_GPU = executor.local_gpu_count() == 0
 # The seed's Config 4 command (8GPU_CONFIGS.md), verbatim.
 SEED_CONFIG_4 = """--tensor-model-parallel-size 2 --expert-model-parallel-size 1
@@ -32,26 +32,6 @@ SEED_CONFIG_4 = """--tensor-model-parallel-size 2 --expert-model-parallel-size 1
     --refit-mode non-collocated --refit-method nvshmem --num-layers 2 --hidden-size 512 --num-attention-heads 4
     --seq-length 256 --max-position-embeddings 256 --micro-batch-size 1 --num-experts 8 --moe-router-topk 2
     --moe-shared-expert-intermediate-size 256 --ffn-hidden-size 1344 --num-benchmark-iterations 2""".split()
-
-
-def refitctl(*args: str, runs: Path, env: dict[str, str] | None = None, timeout: float = 300,
-             check: int | None = None) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-c", "import sys; from orchestrator.cli import main; sys.exit(main())", *args]
-    full_env = {**os.environ, "REFITCTL_RUNS_DIR": str(runs), "COLUMNS": "160", **(env or {})}
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=ROOT)
-    if check is not None:
-        assert p.returncode == check, f"exit {p.returncode}\n{p.stdout}\n{p.stderr}"
-    return p
-
-
-def only_run(runs: Path) -> Path:
-    dirs = [d for d in runs.iterdir() if (d / "run.json").exists()]
-    assert len(dirs) == 1, dirs
-    return dirs[0]
-
-
-def run_json(d: Path) -> dict:
-    return json.loads((d / "run.json").read_text())
 
 
 # ----------------------------------------------------------------------------- pure parts
@@ -340,9 +320,3 @@ def test_sweep_runs_one_after_another_compares_and_resumes(tmp_path: Path) -> No
     assert "nothing to rerun" in p.stdout
     out = refitctl("results", sweep.name, "--csv", runs=tmp_path, check=0).stdout
     assert out.splitlines()[0].startswith("config,mode,method,requested_method")
-
-
-def only_run_or_sweep(runs: Path) -> Path:
-    dirs = [d for d in runs.iterdir() if (d / "sweep.json").exists()]
-    assert len(dirs) == 1, dirs
-    return dirs[0]

@@ -25,8 +25,7 @@ from refit_core.results import load_rank_record, rank_path
 from jobs.procs import boot_id, recorded_processes, start_ticks
 from orchestrator.submission.executor import KILL_GRACE_S
 from refit_core.execution.watchdog import GRACE_S
-from test_faults import _FAULT_AT
-from test_orchestrator_local import SMALL, only_run, refitctl, run_json
+from helpers import FAULT_AT, SMALL, only_run, refitctl, run_json
 
 TIMEOUT_S = 10
 
@@ -44,7 +43,7 @@ def test_a_rank_held_before_init_ends_the_run_in_time(tmp_path: Path) -> None:
                  runs=tmp_path, check=1)
     assert "FAILED" in p.stdout and "NOT verified" in p.stdout
     d = only_run(tmp_path)
-    fault_at = float(_FAULT_AT.search((d / "logs" / "rank-00001.log").read_text()).group(1))
+    fault_at = float(FAULT_AT.search((d / "logs" / "rank-00001.log").read_text()).group(1))
     ended = json.loads((d / "job-state.json").read_text())["ended"]
     assert 0 < ended - fault_at < TIMEOUT_S + GRACE_S + KILL_GRACE_S + 8, f"ended {ended - fault_at:.1f} s after"
     _no_process_left(d)
@@ -146,7 +145,7 @@ def test_verified_results_read_as_verified_without_the_controller(tmp_path: Path
 
 @pytest.mark.parametrize("phase", ["init", "setup"])
 def test_fault_phases_parse(phase: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from refit_core.execution.engine import Fault
+    from refit_core.execution.faults import Fault
 
     monkeypatch.setenv("REFITCTL_FAULT", f"hang:rank=2:phase={phase}")
     f = Fault.from_env()

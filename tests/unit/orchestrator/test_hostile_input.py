@@ -23,7 +23,7 @@ from orchestrator.submission import executor
 from orchestrator.configs import resolve
 from orchestrator.submission.runspec import ClusterOptions, HostMemory, job_env, make_spec
 from refit_core.errors import ConfigError
-from refit_core.planning.memory import GIB
+from refit_core.numbers import GIB
 
 STUBS = {
     # saves the script it is given (its last argument) and answers like sbatch

@@ -19,7 +19,7 @@ from refit_core.execution.transports.placement import Placement, layout_heap, pl
 from refit_core.planning.plan import plan_transfers
 from refit_core.execution.storage import ALIGN, Slot, Storage, rank_storage
 from refit_core.execution.transports.copy import copy_blocks_torch
-from test_plan import layout_pairs
+from helpers import layout_pairs
 
 MIB = 1 << 20
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -20,7 +21,8 @@ from orchestrator.configs.kimi_k2 import (
 from refit_core.config import RunConfig
 from refit_core.errors import ConfigError
 from refit_core.planning.layout import ParallelLayout, RefitMode, world_layout
-from refit_core.planning.memory import GIB, NVSHMEM_OVERHEAD_BYTES, shard_bytes
+from refit_core.numbers import GIB
+from refit_core.planning.memory import NVSHMEM_OVERHEAD_BYTES, slot_sizes
 from refit_core.planning.model import Inventory, ModelSpec, ParamSpec, inventory
 from refit_core.planning.plan import Plan, Transfer, plan_transfers
 from refit_core.planning.sharding import local_shape
@@ -150,7 +152,7 @@ def test_reduced_plan_covers_every_element_once(name: str) -> None:
 )
 def test_kimi_shapes_plan_exactly_once_on_random_layouts(layers: int, src: tuple[int, int], dst: tuple[int, int],
                                                          collocated: bool) -> None:
-    model = KIMI_K2_MODEL.with_overrides(num_layers=layers, num_experts=8)
+    model = dataclasses.replace(KIMI_K2_MODEL, num_layers=layers, num_experts=8)
     s, d = ParallelLayout(tp=src[0], ep=src[1]), ParallelLayout(tp=dst[0], ep=dst[1])
     mode = RefitMode.COLLOCATED if collocated else RefitMode.NON_COLLOCATED
     cfg = RunConfig("random", model, s, d, mode=mode, gpus=64)
@@ -162,7 +164,7 @@ def test_num_layers_override_on_the_command_line(capsys: pytest.CaptureFixture[s
     assert cli.main(["plan", "kimi-k2", "--num-layers", "4", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["world_size"] == 128 and out["memory"]["fits"]
-    assert out["model"]["tensors"] == len(inventory(KIMI_K2_MODEL.with_overrides(num_layers=4), (2, 1)).params)
+    assert out["model"]["tensors"] == len(inventory(dataclasses.replace(KIMI_K2_MODEL, num_layers=4), (2, 1)).params)
     assert out["predicted"]["time_s"] >= out["predicted"]["bound_s"] > 0
 
 
@@ -178,6 +180,11 @@ def test_memory_per_gpu_of_both_configs() -> None:
     co = CONFIGS["kimi-k2-collocated"].memory_fit()
     assert co.fits and co.busiest.role == "source+destination"
     assert co.busiest.buffer_bytes == 256 << 20 and co.headroom_bytes > GIB
+
+
+def shard_bytes(inv: Inventory, layout: ParallelLayout) -> list[int]:
+    """Bytes of each local rank's shard buffer in `layout`, as the memory fit counts them."""
+    return [sum(s) for s in slot_sizes(inv, layout)]
 
 
 def test_shard_bytes_match_the_engine_storage_layout() -> None:
@@ -270,7 +277,7 @@ def test_make_kimi_k2_small_runs_verified_on_the_local_slurm_cluster(tmp_path) -
 
     if shutil.which("sinfo") is None or subprocess.run(["sinfo"], capture_output=True).returncode != 0:
         pytest.skip("needs the local SLURM cluster: make slurm-up")
-    from test_orchestrator_local import refitctl, run_json, only_run
+    from helpers import refitctl, run_json, only_run
 
     p = refitctl("submit", "kimi-k2-small", "--cluster", "slurm", "--gpus-per-node", "4", "--refit-method", "gloo",
                  "--time", "10", "--poll", "1", runs=tmp_path, check=0)

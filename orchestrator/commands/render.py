@@ -1,0 +1,46 @@
+"""`refitctl render`: a standalone sbatch script for a config (orchestrator/submission/render.py writes it)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+from orchestrator.commands.common import (add_cluster_args, add_config_args, cluster_options, command, command_line,
+                                          output_path, plan_and_spec, resolve_config)
+from orchestrator.submission.render import render_sbatch
+from refit_core.errors import ConfigError
+
+
+@command("render", "write a standalone sbatch script for a config (refitctl render config-1 > job.sbatch)")
+def _render(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    add_config_args(p)
+    add_cluster_args(p)
+    p.add_argument("--python", default=None,
+                   help="python on the nodes, with refitctl installed (default: this one; the job's environment "
+                        "does not change it)")
+    p.add_argument("--run-dir", default=None,
+                   help="run directory the script uses (default: $SLURM_SUBMIT_DIR/runs/NAME-$SLURM_JOB_ID; the job's "
+                        "environment does not change it)")
+    p.add_argument("-o", "--output", type=output_path("-o/--output"),
+                   help="write the script to this file instead of stdout")
+
+    def run(args: argparse.Namespace) -> int:
+        cfg = resolve_config(args)
+        opts = cluster_options(args)
+        spec, plan = plan_and_spec(cfg.name, cfg, opts, "slurm", args.flag_refit_method is not None, fit=False)
+        text = render_sbatch(spec, plan, args.python or sys.executable, args.run_dir, command_line())
+        if args.output:
+            try:
+                args.output.write_text(text)
+                args.output.chmod(0o755)
+            except OSError as e:
+                raise ConfigError(f"cannot write {args.output}: {e.strerror or e}") from None
+        else:
+            sys.stdout.write(text)
+        return 0
+
+    return run
+
+
+COMMANDS = (_render,)
