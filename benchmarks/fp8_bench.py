@@ -92,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         row["quantise_ms"] = (row.get("phases_ms") or {}).get("quantise")
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "transport"}), flush=True)
+        partial = args.out or Path(__file__).resolve().parent / "results" / f"{date}-{slug(device)}-fp8.json"
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps({"device": device, "gpus": gpus, "date": date, "partial": True,
+                                       "command": "python " + " ".join(sys.argv), "rows": rows}, indent=1))
     for bf16, fp8 in zip(rows[::2], rows[1::2]):
         if bf16.get("wire_bytes") and fp8.get("wire_bytes"):
             fp8["wire_vs_bf16"] = fp8["wire_bytes"] / bf16["wire_bytes"]

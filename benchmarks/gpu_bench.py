@@ -414,6 +414,11 @@ def main(argv: list[str] | None = None) -> int:
         row = run_case(c, gpus, work, by_size)
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "transport"}), flush=True)
+        partial = args.out or Path(__file__).resolve().parent / "results" / f"{date}-{slug(device)}-{gpus}gpu.json"
+        partial.parent.mkdir(parents=True, exist_ok=True)  # kept current: a run cut short keeps its rows
+        partial.write_text(json.dumps({"device": device, "gpus": gpus, "date": date, "partial": True,
+                                       "command": "python " + " ".join(sys.argv), "ceilings": ceilings,
+                                       "ceilings_by_size": by_size, "rows": rows}, indent=1))
     out = {"device": device, "gpus": gpus, "date": date, "command": "python " + " ".join(sys.argv),
            "env": {k: os.environ.get(k) for k in SAFE_ENV}, "ceilings": ceilings, "ceilings_by_size": by_size,
            "rows": rows, "wall_s": round(time.time() - t_start, 1)}

@@ -2,7 +2,8 @@
 # One lent-GPU session in one call: install the carried wheels, run the GPU tests, check that a rank
 # held before NVSHMEM init ends the run within --refit-timeout, run the seed configs through the CLI,
 # the between-GPUs benchmark and the Megatron-Core peer. Everything it measures lands in $OUT.
-#   device run: bash scripts/gpu_session.sh [quick|full]      (carry .whl)
+#   device run: bash scripts/gpu_session.sh [quick|full|fp8]      (carry .whl)
+#   fp8: the GPU tests, the FP8-vs-BF16 benchmark, the NVSHMEM flags and start-up phases only
 set -u
 MODE=${1:-quick}
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -16,6 +17,18 @@ step() { echo; echo "=== $* ($(date +%T))"; }
 step devices; nvidia-smi -L; nvidia-smi topo -m 2>/dev/null | head -5
 step "GPU tests"
 timeout 300 python3 -m pytest -q -x -p no:cacheprovider tests/e2e/gpu/test_gpu.py 2>&1 | tail -15 | tee "$OUT/gpu-tests.txt"
+
+if [ "$MODE" = fp8 ]; then
+  step "FP8 destinations beside BF16 (benchmarks/fp8_bench.py)"
+  timeout 330 python3 benchmarks/fp8_bench.py --out "$OUT/fp8-bench.json" 2>&1 | tail -25
+  step "config-1 with --nvshmem-placement push --nvshmem-sync host; start-up phases"
+  timeout 120 python3 -m orchestrator submit config-1 --cluster local --nvshmem-placement push --nvshmem-sync host \
+      --poll 1 2>&1 | tail -6
+  run=$(ls -td $RUNS/config-1-* | head -1)
+  python3 -c "import json,sys; t=json.load(open(sys.argv[1]))['transport']; print('transport:', {k: t.get(k) for k in ('placement','sync')})" "$run/results.json"
+  python3 benchmarks/startup_phases.py "$run" 2>&1 | tail -15
+  step done; exit 0
+fi
 
 step "rank 1 held before NVSHMEM init, --refit-timeout 20"
 t0=$(date +%s)

@@ -40,6 +40,8 @@ class Method:
     named: bool = False  # the transport class takes the method's name
     refusal: str | None = None  # why it cannot run at all (one line), or None
     peer: bool = False  # another project's refit, run for comparison
+    two_sided: bool = True  # sender and receiver both take part in each message (else one-sided: peers
+    # read or write a PE's memory, so a PE's buffers must be ready before any peer starts)
     fp8: bool = False  # moves FP8 destinations (--rl-inference-precision fp8): byte-generic over wire shards
 
     @property
@@ -55,7 +57,7 @@ _MEGATRON_NVSHMEM_REFUSAL = (
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("nvshmem", "one-sided NVSHMEM copies, one kernel per iteration (non-collocated; PEs may share GPUs)",
            "refit_core.execution.transports.nvshmem:NvshmemTransport", "gloo", True, "even", "nvshmem-heap", "peer_copy",
-           cpu_fallback="gloo", fp8=True),
+           cpu_fallback="gloo", fp8=True, two_sided=False),
     Method("nccl", "NCCL point-to-point: zero-copy runs plus packed buckets (one rank per GPU)",
            "refit_core.execution.transports.staged:StagedTransport", "nccl", True, "exclusive", "bucket", "nccl",
            cpu_fallback="gloo", named=True, fp8=True),
@@ -64,7 +66,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            fp8=True),
     Method("naive", "baseline: gather whole tensors, send whole, slice (over NVSHMEM)",
            "refit_core.execution.transports.naive:NaiveTransport", "gloo", True, "even", "nvshmem-heap", "peer_copy",
-           cpu_fallback="gloo"),
+           cpu_fallback="gloo", two_sided=False),
     Method("megatron-nccl", "Megatron-Core's swap_model_weights over NCCL, for comparison",
            "refit_core.execution.transports.megatron:MegatronTransport", "nccl", True, "exclusive", "bucket", "nccl",
            cpu_fallback="megatron-gloo", all_ranks=True, named=True, peer=True),
