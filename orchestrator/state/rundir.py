@@ -269,12 +269,8 @@ def progress(run_dir: Path, info: dict[str, Any]) -> Progress:
             mtime = path.stat().st_mtime
         except OSError:
             mtime = 0.0
-        phase, since = rec.raw.get("phase"), rec.raw.get("phase_since")
-        ranks.append(RankProgress(rec.rank, rec.role, len(rec.iterations), tuple(i["time_ms"] for i in rec.iterations),
-                                  rec.verified, rec.complete, rec.error, mtime,
-                                  phase if isinstance(phase, str) else None,
-                                  float(since) if isinstance(since, (int, float)) and not isinstance(since, bool)
-                                  else None))
+        ranks.append(RankProgress(rec.rank, rec.role, len(rec.iterations), tuple(i.time_ms for i in rec.iterations),
+                                  rec.verified, rec.complete, rec.error, mtime, rec.phase, rec.phase_since))
     return Progress(tuple(sorted(ranks, key=lambda x: x.rank)), info["active_ranks"], info["warmup"],
                     info["iterations"], tuple(problems))
 
@@ -326,16 +322,15 @@ def iterations_csv(res: dict[str, Any], info: dict[str, Any]) -> str:
 
 def rank_iterations_csv(run_dir: Path) -> str:
     records, _ = read_rank_records(run_dir)
-    rows = [(r["rank"], r.get("role", ""), i) for r in records for i in r.get("iterations", [])]
-    phases = sorted({k for _, _, i in rows for k in (i.get("phases_ms") or {})})
+    rows = [(r.rank, r.role, i) for r in records for i in r.iterations]
+    phases = sorted({k for _, _, i in rows for k in i.phases_ms})
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["rank", "role", "iteration", "warmup", "time_ms", "bytes_in", "bytes_out", "bytes_local",
                 "launches", *(f"{p}_ms" for p in phases)])
-    for rank, role, i in sorted(rows, key=lambda x: (x[0], x[2]["iteration"])):
-        w.writerow([rank, role, i["iteration"], int(bool(i["warmup"])), f"{i['time_ms']:.3f}", i.get("bytes_in", 0),
-                    i.get("bytes_out", 0), i.get("bytes_local", 0), i.get("launches", 0),
-                    *(_fmt((i.get("phases_ms") or {}).get(p)) for p in phases)])
+    for rank, role, i in sorted(rows, key=lambda x: (x[0], x[2].iteration)):
+        w.writerow([rank, role, i.iteration, int(i.warmup), f"{i.time_ms:.3f}", i.bytes_in, i.bytes_out,
+                    i.bytes_local, i.launches, *(_fmt(i.phases_ms.get(p)) for p in phases)])
     return buf.getvalue()
 
 

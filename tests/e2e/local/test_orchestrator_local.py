@@ -232,7 +232,7 @@ def test_collocated_config_runs_locally(tmp_path: Path) -> None:
     d = only_run(tmp_path)
     info = run_json(d)
     assert info["mode"] == "collocated" and info["active_ranks"] == 4
-    roles = {load_rank_record(p)["role"] for p in rank_files(d)}
+    roles = {load_rank_record(p).role for p in rank_files(d)}
     assert "source+destination" in roles
 
 
