@@ -313,10 +313,11 @@ def run_case(case: Case, gpus: int, work: Path, by_size: dict[str, dict[str, flo
     from jobs.local import run_locally
 
     cfg = case.config
-    plan = plan_transfers(cfg.inventory(), cfg.world())
+    plan = plan_transfers(cfg.inventory(), cfg.world(), precision=cfg.inference_precision)
     row: dict[str, Any] = {"config": case.label, "method": cfg.method, "size": case.size, "zero_copy": case.zero_copy,
                            "gpus": min(gpus, cfg.world().gpus_used), "pes": cfg.world().gpus_used,
-                           "bytes": plan.delivered_bytes}
+                           "precision": plan.precision, "bytes": plan.delivered_bytes,
+                           "wire_bytes": plan.network_bytes}
     if case.skip:
         return {**row, "verified": None, "skipped": case.skip}
     run_dir = work / f"{cfg.name}-{cfg.method}-{'zc' if case.zero_copy else 'staged'}"

@@ -164,7 +164,7 @@ def run(run_dir: str | os.PathLike[str]) -> "RankRecord":
         log("all ranks done")
         if env.rank == 0:
             watchdog.arm("results")
-            summary = aggregate(run_path, active, plan.delivered_bytes)
+            summary = aggregate(run_path, active, plan.delivered_bytes, plan.precision, plan.network_bytes)
             write_json_atomic(run_path / "results.json", summary)
         return record
     except BaseException as e:

@@ -378,8 +378,12 @@ def load_rank_record(path: Path) -> RankRecord:
     return rec
 
 
-def aggregate(run_dir: Path, expected_ranks: list[int], delivered_bytes: int) -> dict[str, Any]:
-    """Summary of a run from its rank records: per-iteration time (max over ranks), median, GB/s."""
+def aggregate(run_dir: Path, expected_ranks: list[int], delivered_bytes: int, precision: str = "bf16",
+              wire_bytes: int | None = None) -> dict[str, Any]:
+    """Summary of a run from its rank records: per-iteration time (max over ranks), median, GB/s.
+
+    `precision`: the destination's (bf16, fp8); `wire_bytes`: the bytes that cross between GPUs per
+    iteration in it (FP8: the quantised weights, one byte each, and their scales)."""
     records, problems = read_rank_records(run_dir)
     by_rank = {r.rank: r for r in records}
     missing = [r for r in expected_ranks if r not in by_rank]
@@ -406,6 +410,8 @@ def aggregate(run_dir: Path, expected_ranks: list[int], delivered_bytes: int) ->
         "median_ms": statistics.median(timed) if timed else None,
         "min_ms": min(timed) if timed else None,
         "delivered_bytes": delivered_bytes,
+        "precision": precision,
+        "wire_bytes": wire_bytes,
         "verified": verified,
         "complete": verified and all(by_rank[r].complete for r in expected_ranks),
         "missing_ranks": missing,
@@ -445,6 +451,8 @@ def read_results(path: Path) -> dict[str, Any]:
         for key in ("median_ms", "min_ms", "GBps"):
             f.get(key, float, type(None), default=None)
         f.get("delivered_bytes", int, default=0)
+        f.get("precision", str, default="bf16")
+        f.get("wire_bytes", int, type(None), default=None)
         f.get("timed_iterations", int, default=0)
         f.list_of("warmup_ms", float, default=[])
         f.list_of("missing_ranks", int, default=[])

@@ -43,6 +43,8 @@ def table(sources: list[str] = SOURCES) -> str:
         data = json.loads((RESULTS / name).read_text())
         where = f"{data['device']}, {data['date']}"
         for row in data["rows"]:
+            if row.get("skipped") or row.get("median_ms") is None:
+                continue  # a row this machine could not run (docs/benchmarks.md lists why)
             lines.append(
                 f"| {where} | {row['config']} | {row['method']} | {row.get('gpus', 1)} | {row['pes']} "
                 f"| {row['bytes'] / 1e9:.2f} GB | {row['median_ms']:.3f} | {_gbps(row)} | {_ratio(row)} "

@@ -50,7 +50,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--rl-inference-pipeline-model-parallel-size", "destination", "pp", int, "destination PP"),
     Flag("--refit-mode", "run", "mode", RefitMode, "non-collocated or collocated"),
     Flag("--rl-inference-precision", "run", "inference_precision", str,
-         "destination weights: bf16 (default) or fp8 (128x128 blocks, float32 scales; planned, not executed yet)"),
+         "destination weights: bf16 (default) or fp8 (128x128 blocks, float32 scales, quantised by the sender)"),
     Flag("--refit-method", "run", "method", str, registry.method_help()),
     Flag("--num-benchmark-iterations", "run", "iterations", int, "timed iterations"),
     Flag("--num-warmup-iterations", "run", "warmup", int, "untimed warm-up iterations (default 1)"),

@@ -151,3 +151,11 @@ KIMI_K2_CONFIGS: tuple[RunConfig, ...] = (
                     "on ranks 0-3 (node 1), inference TP=1, EP=4 on ranks 4-7 (node 2)",
     ),
 )
+
+_SMALL = KIMI_K2_CONFIGS[-1]
+KIMI_K2_CONFIGS += (
+    dataclasses.replace(
+        _SMALL, name="kimi-k2-small-fp8", inference_precision="fp8",
+        use_case="Kimi K2 layouts scaled down, FP8 inference (local cluster)",
+        description=_SMALL.description + "; the destination in FP8 (128x128 blocks, quantised by the sender)"),
+)

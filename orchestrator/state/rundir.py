@@ -102,6 +102,7 @@ def run_info(spec: RunSpec, plan: Plan, command: str, run_dir: str) -> dict[str,
         "version": 1, "name": spec.name, "config": cfg.name, "run_dir": run_dir,
         "created": now_iso(), "command": command, "spec": spec.to_json(),
         "world_size": cfg.gpus, "active_ranks": plan.world.gpus_used, "delivered_bytes": plan.delivered_bytes,
+        "precision": plan.precision, "wire_bytes": plan.network_bytes,
         "iterations": cfg.iterations, "warmup": cfg.warmup, "mode": cfg.mode.value,
         "source": {"tp": cfg.source.tp, "ep": cfg.source.ep, "pp": cfg.source.pp},
         "destination": {"tp": cfg.destination.tp, "ep": cfg.destination.ep, "pp": cfg.destination.pp},
@@ -275,7 +276,7 @@ def results(run_dir: Path, info: RunInfo) -> dict[str, Any]:
     path = run_dir / "results.json"
     if path.is_file():
         return read_results_file(path)
-    out = aggregate(run_dir, list(range(info.active_ranks)), info.delivered_bytes)
+    out = aggregate(run_dir, list(range(info.active_ranks)), info.delivered_bytes, info.precision, info.wire_bytes)
     out["aggregated_by"] = "refitctl (from the rank files; rank 0 wrote no results.json)"
     return out
 

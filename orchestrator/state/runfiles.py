@@ -81,6 +81,8 @@ class RunInfo:
     world_size: int
     active_ranks: int
     delivered_bytes: int
+    precision: str  # the destination's: bf16 (also when run.json predates FP8) or fp8
+    wire_bytes: int | None  # bytes that cross between GPUs per iteration, in that precision (None: not recorded)
     iterations: int
     warmup: int
     mode: str  # "" when run.json has none
@@ -109,6 +111,7 @@ class RunInfo:
             raise RunDirError(path, f"says {active} active ranks of a world of {world}", "the run directory is damaged")
         job, final = f.sub("job", default=None), f.sub("final", default=None)
         return cls(f.get("name", str), f.get("config", str), world, active, f.get("delivered_bytes", int),
+                   f.get("precision", str, default="bf16"), f.get("wire_bytes", int, type(None), default=None),
                    f.get("iterations", int), f.get("warmup", int), f.get("mode", str, default=""), method, requested,
                    source, destination,
                    JobRecord.from_fields(job) if job else None, FinalState.from_fields(final) if final else None,

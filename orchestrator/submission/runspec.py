@@ -287,7 +287,7 @@ def make_spec(name: str, cfg: RunConfig, cluster: str, opts: ClusterOptions, env
     cfg = cfg.with_environment(dict(job_env(environ, opts.env, None)))  # what the tasks will see overrides
     on_host = cluster == "local" and not registry.method(cfg.method).needs_cuda
     cfg.validate(gpu_memory=not on_host)
-    refusal = execution_refusal(cfg.inference_precision)
+    refusal = execution_refusal(cfg.inference_precision, cfg.method)
     if refusal:
         raise ConfigError(refusal)
     if on_host and host is not None:

@@ -16,7 +16,9 @@ import torch.distributed as dist
 
 from refit_core.config import RunConfig
 from refit_core.planning.plan import Plan, plan_transfers
-from refit_core.execution.storage import rank_storages
+from refit_core.execution.reference import destination_check
+from refit_core.execution.sender import for_precision
+from refit_core.execution.wire import rank_storages
 from refit_core.execution.transports.base import RankContext
 from refit_core.execution.transports.registry import make_transport
 from refit_core.execution.watchdog import Watchdog
@@ -34,10 +36,10 @@ def run_rank(cfg: RunConfig, rank: int, world_size: int, device: torch.device,
 
     Every wait is a phase of `watchdog` (refit_core/execution/watchdog.py; one is made here if none is given).
     `hooks` act before the set-up and each transfer and after each transfer (refit_core/execution/hooks.py)."""
-    plan = plan or plan_transfers(cfg.inventory(), cfg.world())
+    plan = plan or plan_transfers(cfg.inventory(), cfg.world(), precision=cfg.inference_precision)
     world = plan.world
     inv = plan.inventory
-    source, destination = rank_storages(plan, rank)
+    source, destination = rank_storages(plan, rank)  # in the destination's precision (wire.py)
     ctx = RankContext(
         config=cfg, plan=plan, rank=rank, world_size=world_size, device=device,
         rank_plan=plan.for_rank(rank),
@@ -54,7 +56,7 @@ def run_rank(cfg: RunConfig, rank: int, world_size: int, device: torch.device,
     if watchdog is None:
         watchdog = Watchdog(cfg.timeout_s, rank, lambda e: on_record(replace(record, error=record.error or e)),
                             watch_parent=False)
-    transport = make_transport(cfg.method)
+    transport = for_precision(make_transport(cfg.method), plan.precision)  # FP8: the sender quantises first
     try:
         watchdog.arm(getattr(transport, "setup_phase", f"{cfg.method} transport set-up"))
         hooks.before("setup")
@@ -65,6 +67,7 @@ def run_rank(cfg: RunConfig, rank: int, world_size: int, device: torch.device,
         log(f"{record.role} on {record.device}: {cfg.method} transport ready, "
             f"{record.source_bytes + record.destination_bytes} shard bytes, {transport.extra_bytes} extra bytes")
         watchdog.arm("weight fill")
+        check = destination_check(plan, rank, device)
         for buf, storage in transport.source_parts:
             weights.fill(buf, storage, inv)
         if transport.source_parts:
@@ -83,7 +86,7 @@ def run_rank(cfg: RunConfig, rank: int, world_size: int, device: torch.device,
             stats = transport.iteration()
             hooks.after_transfer(k, transport.destination_parts)
             for buf, storage in transport.destination_parts:
-                weights.verify(buf, storage, inv, rank)
+                check(buf, storage)
             watchdog.disarm()
             log(f"iteration {k - cfg.warmup}{' (warm-up)' if k < cfg.warmup else ''}: {stats.time_ms:.3f} ms"
                 + (", verified" if ctx.destination is not None else ""))

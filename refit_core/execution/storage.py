@@ -8,14 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING
 
 from refit_core.planning.layout import ParallelLayout
 from refit_core.planning.model import DTYPE_BYTES, Inventory
 from refit_core.planning.sharding import Piece, local_shape, rank_pieces
-
-if TYPE_CHECKING:
-    from refit_core.planning.plan import Plan
 
 ALIGN = 256  # bytes; keeps every parameter 16-byte aligned for vector copies
 
@@ -70,11 +66,3 @@ def rank_storage(inv: Inventory, layout: ParallelLayout, local: int) -> Storage:
         off += aligned(slot.nbytes)
     return Storage(tuple(slots), off)
 
-
-def rank_storages(plan: "Plan", rank: int) -> tuple[Storage | None, Storage | None]:
-    """Rank `rank`'s (source, destination) shard storages in `plan`'s world; None for a role it does not
-    have. What the engine builds for its own rank and the one-sided transports for every peer."""
-    w, inv = plan.world, plan.inventory
-    s, d = w.source.local(rank), w.destination.local(rank)
-    return (rank_storage(inv, w.source.layout, s) if s is not None else None,
-            rank_storage(inv, w.destination.layout, d) if d is not None else None)

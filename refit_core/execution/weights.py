@@ -58,6 +58,14 @@ def _expected(p: ParamSpec, param: int, rows_g: torch.Tensor, cols_g: torch.Tens
     return _expected_int8(param, rows_g, cols_g).to(dtype)
 
 
+def global_values(p: ParamSpec, param: int, device: torch.device) -> torch.Tensor:
+    """The whole global tensor of parameter `param` (index in the inventory) in its dtype: what
+    every shard of it is a slice of (the FP8 reference quantises it whole, reference.py)."""
+    rows = torch.arange(p.shape[0], device=device, dtype=torch.int64)
+    cols = torch.arange(p.shape[1], device=device, dtype=torch.int64) if len(p.shape) == 2 else None
+    return _expected(p, param, rows, cols, _DTYPES[p.dtype])
+
+
 def param_view(buf: torch.Tensor, slot: Slot, dtype: str) -> torch.Tensor:
     """The slot's shard as a typed tensor viewing the rank's byte buffer."""
     return buf[slot.offset: slot.offset + slot.nbytes].view(_DTYPES[dtype]).view(slot.shape)

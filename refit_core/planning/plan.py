@@ -33,7 +33,8 @@ class Transfer(NamedTuple):
     """Global indices [start, start+length) of `param`'s split dimension, from `src` to `dst`.
 
     `src_offset`/`dst_offset` are the same range's positions in the source's and destination's
-    local tensors. `src == dst` marks a local copy.
+    local tensors (an FP8 scale's local tensor, on either end: the block rows that end's weight
+    rows touch, `precision.block_pieces`). `src == dst` marks a local copy.
     """
 
     param: int
@@ -231,14 +232,16 @@ def plan_transfers(inv: Inventory, world: WorldLayout, nodes: NodeMap | None = N
         p = inv.params[wi]
         sgs = [(g.pieces, tuple(src0 + h for h in g.holders))
                for g in shard_groups(p, src_l, spec.num_layers, spec.num_experts)]
+        held = {holders: block_pieces(pieces) for pieces, holders in sgs}  # the source's local scale rows
         for dg in shard_groups(p, dst_l, spec.num_layers, spec.num_experts):
             for bpiece in block_pieces(dg.pieces):
                 runs, cut = scale_runs(p, sgs, si, bpiece)
                 gathers.update({(g.param, g.start): g for g in cut})
                 for b0, n, holders in runs:
                     do = bpiece.local_start + b0 - bpiece.start
+                    so = _block_offset(held[holders], b0, n)
                     for dl in dg.holders:
-                        place(holders, dst0 + dl, _Atom(dst0 + dl, si, b0, n, b0, do))
+                        place(holders, dst0 + dl, _Atom(dst0 + dl, si, b0, n, so, do))
 
     unit = [p.index_bytes for p in dinv.inventory.params]
     demand = {k: sum(a.length * unit[a.param] for a in atoms) for k, atoms in groups.items()}
@@ -260,6 +263,15 @@ def plan_transfers(inv: Inventory, world: WorldLayout, nodes: NodeMap | None = N
     transfers = _coalesce(sorted(local + network, key=lambda t: (t.src, t.dst, t.param, t.start)))
     return Plan(world, inv, tuple(transfers), bound, nodes, tuple(class_bounds), precision,
                 dinv.inventory if dinv.scales else None, tuple(gathers[k] for k in sorted(gathers)))
+
+
+def _block_offset(pieces: tuple[Piece, ...], start: int, length: int) -> int:
+    """Where scale blocks [start, start+length) sit in a source's local scale tensor (its
+    `block_pieces`, the blocks its weight rows touch: what it quantises and sends)."""
+    for pc in pieces:
+        if pc.start <= start and start + length <= pc.stop:
+            return pc.local_start + start - pc.start
+    raise AssertionError(f"scale blocks [{start}, {start + length}) are not among the sender's {pieces}")
 
 
 def _merge(demand: dict[tuple[str, tuple[int, ...]], int]) -> dict[tuple[int, ...], int]:

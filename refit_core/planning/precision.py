@@ -40,11 +40,16 @@ def check_precision(value: object) -> str:
     return str(value)
 
 
-def execution_refusal(precision: str) -> str | None:
-    """Why a run (not a plan) cannot use `precision`, or None: FP8 is planned and predicted only."""
-    if precision == "fp8":
-        return ("--rl-inference-precision fp8 is planned and predicted (refitctl plan) but not executed yet: "
-                "run with --rl-inference-precision bf16")
+def execution_refusal(precision: str, method: str) -> str | None:
+    """Why a run (not a plan) with `method` cannot use `precision`, or None. FP8 runs on the methods
+    that move the sender's quantised shards as plain bytes (the registry's `fp8`); the naive baseline
+    gathers whole BF16 tensors and Megatron-Core's refit copies its own parameters, so neither can."""
+    from refit_core.execution.transports import registry
+
+    if precision == "fp8" and not registry.method(method).fp8:
+        able = ", ".join(m.name for m in registry.METHODS.values() if m.fp8)
+        return (f"--refit-method {method} moves BF16 destinations only: run --rl-inference-precision fp8 "
+                f"with --refit-method {able}, or use --rl-inference-precision bf16")
     return None
 
 

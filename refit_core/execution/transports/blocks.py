@@ -24,7 +24,8 @@ from typing import Callable, Iterable, NamedTuple, Sequence
 
 from refit_core.execution.transports.placement import Placement
 from refit_core.planning.plan import Plan, RankPlan, Transfer
-from refit_core.execution.storage import ALIGN, Slot, Storage, rank_storage
+from refit_core.execution.storage import ALIGN, Slot, Storage
+from refit_core.execution.wire import shard_storage
 
 
 class Block(NamedTuple):
@@ -154,7 +155,7 @@ def one_sided_blocks(plan: Plan, rank_plan: RankPlan, placement: Placement,
     """(source buffer, destination buffer, block) for everything `rank_plan.rank` copies in a
     one-sided refit: its local slices, and what it writes to peers (push, all) or reads from them
     (pull). Block offsets are within the buffers named; a peer's buffer is always its heap."""
-    params = plan.inventory.params
+    params = plan.params
     rank = rank_plan.rank
 
     def at(r: int, role: str, param: int) -> tuple[Where, Slot]:
@@ -188,9 +189,7 @@ class ShardLayouts:
     def __call__(self, role: str, rank: int) -> Storage | None:
         key = (role, rank)
         if key not in self._cache:
-            side = self.plan.world.source if role == "source" else self.plan.world.destination
-            local = side.local(rank)
-            self._cache[key] = None if local is None else rank_storage(self.plan.inventory, side.layout, local)
+            self._cache[key] = shard_storage(self.plan, role, rank)
         return self._cache[key]
 
 
@@ -230,7 +229,7 @@ def pair_stream(plan: Plan, transfers: Sequence[Transfer], src: Storage, dst: St
     Contiguous blocks that follow each other on both ends (across padding, see `_joins`)
     coalesce first; a coalesced run of at least `direct_min_bytes` is direct (one row). `None`
     sends everything staged (the old path)."""
-    params = plan.inventory.params
+    params = plan.params
     blocks = [transfer_block(t, params[t.param].shape, params[t.param].split_dim,
                              src.by_param[t.param], dst.by_param[t.param]) for t in transfers]
     if direct_min_bytes is None:
@@ -274,7 +273,7 @@ def rank_blocks(plan: Plan, rank_plan: RankPlan, src: Storage | None, dst: Stora
     With `direct_min_bytes` None every network byte is staged (the all-staged path, kept for
     before/after measurements). `layouts` (role, rank) gives the peers' shard layouts (default:
     derived from the plan)."""
-    params = plan.inventory.params
+    params = plan.params
     peers = layouts or ShardLayouts(plan)
 
     def other(role: str, rank: int) -> Storage:

@@ -13,7 +13,8 @@ import torch
 
 from refit_core.planning.sharding import shard_groups
 from refit_core.planning.memory import NVSHMEM_RESERVE_BYTES
-from refit_core.execution.storage import aligned, rank_storages
+from refit_core.execution.storage import aligned
+from refit_core.execution.wire import rank_storages
 from refit_core.execution.transports.base import IterationStats, RankContext, ShardPart, whole
 from refit_core.execution.transports.nvshmem import init_nvshmem
 from refit_core.execution.weights import torch_dtype

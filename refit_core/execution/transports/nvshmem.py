@@ -27,7 +27,7 @@ from refit_core.errors import TransportError
 from refit_core.config import SYNC_MODES
 from refit_core.planning.memory import NVSHMEM_GRANULARITY_BYTES, NVSHMEM_RESERVE_BYTES
 from refit_core.execution.transports.placement import Part, nvshmem_direction, place
-from refit_core.execution.storage import rank_storages
+from refit_core.execution.wire import rank_storages
 from refit_core.execution.transports.base import IterationStats, RankContext, ShardPart, allocate
 from refit_core.execution.transports.copy import CudaBlockCopy
 

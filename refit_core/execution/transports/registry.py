@@ -40,6 +40,7 @@ class Method:
     named: bool = False  # the transport class takes the method's name
     refusal: str | None = None  # why it cannot run at all (one line), or None
     peer: bool = False  # another project's refit, run for comparison
+    fp8: bool = False  # moves FP8 destinations (--rl-inference-precision fp8): byte-generic over wire shards
 
     @property
     def uses_gpus(self) -> bool:
@@ -54,12 +55,13 @@ _MEGATRON_NVSHMEM_REFUSAL = (
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("nvshmem", "one-sided NVSHMEM copies, one kernel per iteration (non-collocated; PEs may share GPUs)",
            "refit_core.execution.transports.nvshmem:NvshmemTransport", "gloo", True, "even", "nvshmem-heap", "peer_copy",
-           cpu_fallback="gloo"),
+           cpu_fallback="gloo", fp8=True),
     Method("nccl", "NCCL point-to-point: zero-copy runs plus packed buckets (one rank per GPU)",
            "refit_core.execution.transports.staged:StagedTransport", "nccl", True, "exclusive", "bucket", "nccl",
-           cpu_fallback="gloo", named=True),
+           cpu_fallback="gloo", named=True, fp8=True),
     Method("gloo", "gloo point-to-point on the CPU, the same plan and staging as nccl",
-           "refit_core.execution.transports.staged:StagedTransport", "gloo", False, None, "bucket", None, named=True),
+           "refit_core.execution.transports.staged:StagedTransport", "gloo", False, None, "bucket", None, named=True,
+           fp8=True),
     Method("naive", "baseline: gather whole tensors, send whole, slice (over NVSHMEM)",
            "refit_core.execution.transports.naive:NaiveTransport", "gloo", True, "even", "nvshmem-heap", "peer_copy",
            cpu_fallback="gloo"),

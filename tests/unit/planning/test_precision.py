@@ -101,14 +101,14 @@ def test_fp8_halves_kimi_k2_wire_bytes_and_the_bound() -> None:
     assert cfg.memory_fit(inv, world).busiest.rank == 0  # sources, bf16, are the busiest GPUs
 
 
-def test_fp8_is_planned_but_a_run_is_refused_in_one_line(capsys) -> None:
+def test_fp8_is_planned_and_a_run_with_a_bf16_only_method_is_refused_in_one_line(capsys) -> None:
     assert main(["plan", "config-4", "--rl-inference-precision", "fp8"]) == 0
     capsys.readouterr()
     assert main(["submit", "config-4", "--rl-inference-precision", "fp8", "--cluster", "local",
-                 "--refit-method", "gloo"]) == 2
+                 "--refit-method", "megatron-gloo"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["refitctl: error: --rl-inference-precision fp8 is planned and predicted (refitctl plan) but not "
-                   "executed yet: run with --rl-inference-precision bf16"]
+    assert err == ["refitctl: error: --refit-method megatron-gloo moves BF16 destinations only: run --rl-inference-precision "
+                   "fp8 with --refit-method nvshmem, nccl, gloo, or use --rl-inference-precision bf16"]
     with pytest.raises(ConfigError, match="--rl-inference-precision must be one of bf16, fp8, got 'fp4'"):
         resolve("config-4").with_changes(inference_precision="fp4").validate()
 
