@@ -74,7 +74,7 @@ def test_fp8_seed_configs_verify_bitwise_at_about_half_the_wire_bytes(name: str,
     it = res["iterations"][-1]
     assert it["phases_ms"]["quantise"] > 0 and it["time_ms"] >= it["phases_ms"]["quantise"]
     for r in cfg.world().destination.ranks:
-        assert ranks(tmp_path)[r]["verified"]
+        assert ranks(tmp_path)[r].verified
 
 
 def test_fp8_blocks_cut_by_the_source_tp_boundary_are_gathered_and_verify(tmp_path: Path) -> None:
