@@ -74,10 +74,9 @@ def direct(config: str, fault: str, timeout: float, tmp: Path) -> dict:
     codes = launch(run_dir, world, timeout_s=600, grace_s=600, exit_times=ends,
                    extra_env={"REFITCTL_FAULT": f"{fault}:rank={rank}:iteration=1"})
     t0 = fault_time(run_dir, rank)
-    info = {"active_ranks": world, "warmup": cfg.warmup, "iterations": cfg.iterations}
     proc_ends = {r: ProcessEnd(signal=-c) if c < 0 else ProcessEnd(code=c) for r, c in enumerate(codes) if c}
     order = sorted(proc_ends, key=lambda r: ends[r])
-    d = diagnose(progress(run_dir, info), proc_ends, order, "FAILED")
+    d = diagnose(progress(run_dir, world, cfg.warmup, cfg.iterations), proc_ends, order, "FAILED")
     return {"config": config, "fault": fault, "rank": rank, "exit_codes": codes,
             "exits_after_fault_s": [round(t - t0, 1) for t in ends] if t0 else None,
             "all_exited_after_s": round(max(ends) - t0, 1) if t0 else None,

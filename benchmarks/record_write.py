@@ -17,24 +17,22 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from refit_core.results import RankFileReader, RankRecordWriter  # noqa: E402
+from refit_core.results import IterationRecord, RankFileReader, RankRecord, RankRecordWriter  # noqa: E402
 
 REPEAT = 5
 
 
-def iteration(k: int) -> dict[str, Any]:
-    return {"iteration": k, "warmup": False, "time_ms": 1.2345678901 + k * 1e-6, "bytes_in": 1234567,
-            "bytes_out": 2345678, "bytes_local": 0, "launches": 48, "verified": True,
-            "phases_ms": {"pack": 0.123456789, "transfer": 1.0123456789, "unpack": 0.0987654321}}
+def iteration(k: int) -> IterationRecord:
+    return IterationRecord(k, False, 1.2345678901 + k * 1e-6, bytes_in=1234567, bytes_out=2345678, bytes_local=0,
+                           launches=48, verified=True,
+                           phases_ms={"pack": 0.123456789, "transfer": 1.0123456789, "unpack": 0.0987654321})
 
 
-def _record(k: int) -> dict[str, Any]:
-    return {"rank": 0, "role": "source", "host": "node1", "device": "cpu", "method": "gloo", "verified": False,
-            "complete": False, "error": None, "restarts": 0, "iterations": [iteration(i) for i in range(k)]}
+def _record(k: int) -> RankRecord:
+    return RankRecord(0, "source", [iteration(i) for i in range(k)], host="node1", device="cpu", method="gloo")
 
 
 def time_saves(directory: Path, k: int, saves: int = 21) -> float:
@@ -44,11 +42,11 @@ def time_saves(directory: Path, k: int, saves: int = 21) -> float:
     rec = _record(0)
     w = RankRecordWriter(path)
     w.save(rec)
-    rec["iterations"] = _record(k)["iterations"]
+    rec.iterations = _record(k).iterations
     w.save(rec)  # the k earlier iterations, written at once
     times = []
     for j in range(saves):
-        rec["iterations"].append(iteration(k + j))
+        rec.iterations.append(iteration(k + j))
         t = time.perf_counter()
         w.save(rec)
         times.append(time.perf_counter() - t)
@@ -60,11 +58,12 @@ def time_saves(directory: Path, k: int, saves: int = 21) -> float:
 def time_rewrites(directory: Path, k: int) -> float:
     """Seconds for the same save the old way: the whole record rewritten (temporary file, rename)."""
     rec = _record(k + 1)
+    data = {**rec.fields(), "iterations": [i.to_json() for i in rec.iterations]}  # the old format's whole record
     path, tmp = directory / "rank.json", directory / ".rank.json.tmp"
     times = []
     for _ in range(max(1, REPEAT if k < 10_000 else 2)):
         t = time.perf_counter()
-        tmp.write_text(json.dumps(rec, indent=1))
+        tmp.write_text(json.dumps(data, indent=1))
         os.replace(tmp, path)
         times.append(time.perf_counter() - t)
     size = path.stat().st_size
@@ -79,7 +78,7 @@ def time_reads(directory: Path, k: int) -> tuple[float, float]:
     rec = _record(0)
     w = RankRecordWriter(path)
     w.save(rec)
-    rec["iterations"] = _record(k)["iterations"]
+    rec.iterations = _record(k).iterations
     w.save(rec)
     t = time.perf_counter()
     reader = RankFileReader(path)
@@ -87,7 +86,7 @@ def time_reads(directory: Path, k: int) -> tuple[float, float]:
     first = time.perf_counter() - t
     polls = []
     for j in range(11):
-        rec["iterations"].append(iteration(k + j))
+        rec.iterations.append(iteration(k + j))
         w.save(rec)
         t = time.perf_counter()
         reader.read()

@@ -12,7 +12,6 @@ start of the first rank, and to the slowest rank's first timed iteration.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -20,12 +19,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from orchestrator.state.runfiles import read_run_info  # noqa: E402
 from refit_core.results import read_rank_records  # noqa: E402
 
 END = "iterations"  # the phase whose start ends the start-up
 
 
-def durations(phases: list[list[Any]]) -> dict[str, float]:
+def durations(phases: list[tuple[str, float]] | list[list[Any]]) -> dict[str, float]:
     """Seconds spent in each phase before the first timed iteration, from one record's `phases`."""
     out: dict[str, float] = {}
     for (name, since), (_, until) in zip(phases, phases[1:]):
@@ -37,24 +37,23 @@ def durations(phases: list[list[Any]]) -> dict[str, float]:
 
 def summary(run_dir: Path, t0: float | None = None) -> tuple[list[tuple[str, float, float]], dict[str, float]]:
     """([(phase, median s, max s)] in the order entered, {"launch": s, "first_timed_iteration": s} from t0)."""
-    info = json.loads((run_dir / "run.json").read_text())
-    active = info["active_ranks"]
+    info = read_run_info(run_dir)
     records, _ = read_rank_records(run_dir)
-    recs = [r for r in records if r["rank"] < active and r.get("phases")]
+    recs = [r for r in records if r.rank < info.active_ranks and r.phases]
     order: list[str] = []
     per: dict[str, list[float]] = {}
     for r in recs:
-        for name, secs in durations(r["phases"]).items():
+        for name, secs in durations(r.phases).items():
             if name not in per:
                 order.append(name)
             per.setdefault(name, []).append(secs)
     rows = [(n, statistics.median(per[n]), max(per[n])) for n in order]
     if t0 is None:
-        t0 = (info.get("job") or {}).get("submitted")
+        t0 = info.job.submitted if info.job else None
     marks: dict[str, float] = {}
     if t0 is not None and recs:
-        marks["first process start"] = min(r["phases"][0][1] for r in recs) - t0
-        ends = [next((s for n, s in r["phases"] if n == END), None) for r in recs]
+        marks["first process start"] = min(r.phases[0][1] for r in recs) - t0
+        ends = [next((s for n, s in r.phases if n == END), None) for r in recs]
         if all(e is not None for e in ends):
             marks["first timed iteration starts (slowest rank)"] = max(ends) - t0  # type: ignore[type-var]
     return rows, marks

@@ -23,9 +23,12 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from refit_core.taskenv import SAFE_ENV, master_port
+
+if TYPE_CHECKING:
+    from refit_core.results import RankRecord
 
 
 @dataclass(frozen=True)
@@ -64,13 +67,13 @@ def task_env() -> TaskEnv:
                    int(port) if port is not None else master_port(os.environ.get("SLURM_JOB_ID", "")))
 
 
-def run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+def run(run_dir: str | os.PathLike[str]) -> "RankRecord":
     """Run this task's part of the refit described by run_dir/config.json; returns its record.
 
     Every error from here on, wherever it is raised, lands in the rank's record (`error`), and every
     wait is a phase of the rank's watchdog (refit_core/execution/watchdog.py), bounded by --refit-timeout.
     Idle ranks take no GPU and join no process group: they record themselves done and return."""
-    from refit_core.results import RankRecordWriter, rank_path, write_json_atomic
+    from refit_core.results import RankRecord, RankRecordWriter, rank_path, write_json_atomic
 
     t0 = time.monotonic()
     env = task_env()
@@ -84,12 +87,8 @@ def run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     from refit_core.execution.watchdog import process_start_time
 
     writer = RankRecordWriter(rank_path(run_path, env.rank), started=process_start_time())  # "starting Python" since then
-    record: dict[str, Any] = {"rank": env.rank, "role": "?", "iterations": [], "verified": False,
-                              "complete": False, "error": None}
-
-    def save(rec: dict[str, Any]) -> None:
-        rec["restarts"] = restarts
-        writer.save(rec)  # appends the new iterations and the changed fields: constant cost per iteration
+    record = RankRecord(env.rank, restarts=restarts)  # the rank's one record: the engine fills it in
+    save = writer.save  # appends the new iterations and the changed fields: constant cost per iteration
 
     def record_error(error: str, tb: str | None = None) -> None:
         """Put `error` in the rank's record (its iterations stay), unless it has one already; safe from
@@ -112,7 +111,7 @@ def run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         watchdog = Watchdog(cfg.timeout_s, env.rank, record_error, on_phase=writer.enter_phase)  # phases in the record
         watchdog.arm("start-up (imports, plan)")
         world = cfg.world()
-        record["role"] = world.role(env.rank) if env.rank < cfg.gpus else "?"
+        record.role = world.role(env.rank) if env.rank < cfg.gpus else "?"
         save(record)
         if env.rank == 0:
             (run_path / "results.json").unlink(missing_ok=True)
@@ -126,7 +125,7 @@ def run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         # ranks that take part: the layouts' ranks, or the whole world for a method that needs every rank
         active = list(range(env.world_size if m.all_ranks else world.gpus_used))
         if env.rank not in active:
-            record.update(verified=True, complete=True)
+            record.verified = record.complete = True
             save(record)
             log("idle rank: no GPU, no process group; done")
             return record
@@ -158,7 +157,7 @@ def run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         watchdog.arm("plan")
         plan = cfg.plan(world=world)
         log(f"plan ready: {len(plan.transfers)} transfers; role {world.role(env.rank)}")
-        record = run_rank(cfg, env.rank, len(active), device, dist.group.WORLD, save, plan=plan,
+        record = run_rank(cfg, env.rank, len(active), device, dist.group.WORLD, record, save, plan=plan,
                           setup_group=cpu_group, watchdog=watchdog, hooks=hooks)
         watchdog.arm("final barrier (every active rank done)")
         dist.barrier(group=cpu_group)
@@ -215,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m jobs.refit_job RUN_DIR", file=sys.stderr)
         return 2
     rec = run(args[0])
-    return 0 if rec.get("verified") else 1
+    return 0 if rec.verified else 1
 
 
 if __name__ == "__main__":

@@ -18,6 +18,9 @@ order, and the iterations in order (`read_rank_file`); readers keep a file offse
 parse only what is new (`RankFileReader`). Records of the earlier format (`rank-NNNNN.json`, the
 whole record rewritten each iteration) are still read.
 
+In memory the record is a `RankRecord` (its iterations `IterationRecord`s): jobs/refit_job.py makes
+it, the engine fills it in, `RankRecordWriter.save` appends it, `read_rank_file` reads it back, checked.
+
 Phases: `phase` (what the rank is doing now), `phase_since` (wall-clock seconds since the epoch)
 and `phases` (every phase entered, `[name, since]`, in order, the first "starting Python" at the
 process's start) are written by `enter_phase`, which the rank's watchdog calls when it arms a phase.
@@ -34,7 +37,7 @@ import os
 import statistics
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +46,8 @@ from refit_core.jsonfile import Fields, read_json, write_json_atomic
 
 FIRST_PHASE = "starting Python"  # the phase a rank's header says: from the process's start to its first record
 
-__all__ = ["write_json_atomic", "rank_path", "RankRecordWriter", "RankFileReader", "RankRecord", "read_rank_records",
-           "read_rank_file", "is_rank_record", "aggregate", "read_results"]
+__all__ = ["write_json_atomic", "rank_path", "IterationRecord", "RankRecord", "RankRecordWriter", "RankFileReader",
+           "read_rank_records", "read_rank_file", "load_rank_record", "aggregate", "read_results"]
 
 RECORD_FORMAT = 2
 _RECORD_SUFFIX = ".jsonl"
@@ -55,15 +58,116 @@ def rank_path(run_dir: Path, rank: int) -> Path:
     return run_dir / "ranks" / f"rank-{rank:05d}{_RECORD_SUFFIX}"
 
 
+# ----------------------------------------------------------------------------- the record
+
+@dataclass
+class IterationRecord:
+    """One iteration of one rank, as its `iteration` line says it (`warmup` iterations are numbered -W .. -1)."""
+
+    iteration: int
+    warmup: bool
+    time_ms: float
+    bytes_in: int = 0
+    bytes_out: int = 0
+    bytes_local: int = 0
+    phases_ms: dict[str, float] = field(default_factory=dict)
+    launches: int = 0
+    verified: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, it: Any, path: Path | str, where: str) -> "IterationRecord":
+        f = Fields(it, path, where, _RANK_FIX)
+        return cls(f.get("iteration", int), f.get("warmup", bool), f.get("time_ms", float),
+                   f.get("bytes_in", int, default=0), f.get("bytes_out", int, default=0),
+                   f.get("bytes_local", int, default=0), f.get("phases_ms", dict, default={}),
+                   f.get("launches", int, default=0), f.get("verified", bool, default=True))
+
+
+# Fields written only once known (None: not on record yet, and not written).
+_OPTIONAL = ("host", "device", "method", "source_bytes", "destination_bytes", "extra_bytes", "transport",
+             "extra_bytes_measured", "traceback")
+_PHASE_FIELDS = ("phase", "phase_since", "phases")  # written by RankRecordWriter.enter_phase, not by the record
+
+
+@dataclass
+class RankRecord:
+    """One rank's record: built once per rank (jobs/refit_job.py), filled in by the engine, saved through
+    `RankRecordWriter`, read back (checked) by `read_rank_file`; every reader (aggregate, live view,
+    failures, CSVs) uses these attributes.
+
+    Mutable: the rank updates it in place as it goes (role once known, then what the transport set up,
+    an iteration at a time, the verdict); each `RankRecordWriter.save` appends what changed."""
+
+    rank: int
+    role: str = "?"
+    iterations: list[IterationRecord] = field(default_factory=list)
+    verified: bool = False
+    complete: bool = False
+    error: str | None = None
+    restarts: int = 0  # times SLURM requeued the job before this attempt
+    host: str | None = None
+    device: str | None = None  # "cpu" or the GPU's name
+    method: str | None = None
+    source_bytes: int | None = None  # this rank's shard bytes, as a source / as a destination
+    destination_bytes: int | None = None
+    extra_bytes: int | None = None  # device memory the transport allocated beyond the shards
+    transport: dict[str, Any] | None = None  # what the transport says about itself (transports/base.py `info`)
+    extra_bytes_measured: int | None = None  # ... and what it measured (nvshmem)
+    traceback: str | None = None
+    phase: str | None = None  # what the rank is doing now ("Phases" above); read only: the writer records them
+    phase_since: float | None = None
+    phases: list[tuple[str, float]] = field(default_factory=list)
+
+    def fields(self) -> dict[str, Any]:
+        """The record's fields as its lines write them, iterations and phases left out (the writer's
+        business), an optional field only once it is known."""
+        out: dict[str, Any] = {"rank": self.rank, "role": self.role, "verified": self.verified,
+                               "complete": self.complete, "error": self.error, "restarts": self.restarts}
+        for key in _OPTIONAL:
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any, path: Path | str,
+                  iterations: list[IterationRecord] | None = None) -> "RankRecord":
+        """Check a folded record (the `.json` format's whole object, or the header with its updates);
+        `iterations` given: already checked line by line (else read from the object's `iterations`)."""
+        f = Fields(data, path, fix=_RANK_FIX)
+        if iterations is None:
+            iterations = [IterationRecord.from_json(it, path, f" (iteration {n})")
+                          for n, it in enumerate(f.list_of("iterations", dict, default=[]))]
+        phase, since = f.data.get("phase"), f.data.get("phase_since")
+        phases = f.data.get("phases")
+        return cls(f.get("rank", int), f.get("role", str, default="?"), iterations,
+                   f.get("verified", bool, default=False), f.get("complete", bool, default=False),
+                   f.get("error", str, type(None), default=None), f.get("restarts", int, default=0),
+                   f.get("host", str, type(None), default=None), f.get("device", str, type(None), default=None),
+                   f.get("method", str, type(None), default=None),
+                   f.get("source_bytes", int, type(None), default=None),
+                   f.get("destination_bytes", int, type(None), default=None),
+                   f.get("extra_bytes", int, default=None), f.get("transport", dict, default=None),
+                   f.get("extra_bytes_measured", int, default=None),
+                   f.get("traceback", str, type(None), default=None),
+                   # phases are what a rank was doing: shown, never relied on, so a strange one is left out
+                   phase if isinstance(phase, str) else None,
+                   float(since) if isinstance(since, (int, float)) and not isinstance(since, bool) else None,
+                   [(p[0], p[1]) for p in phases if isinstance(p, list) and len(p) == 2]
+                   if isinstance(phases, list) else [])
+
+
 # ----------------------------------------------------------------------------- writing a rank's record
 
 class RankRecordWriter:
     """Keeps one rank's record file current: `save(record)` appends what changed since the last save.
 
-    `record` is the whole record as a dict (rank, role, iterations, verified, complete, error, ...);
-    only iterations beyond those already written, and fields whose value changed, are appended, so a
-    save costs the same whatever the iteration count. Thread-safe (the engine's watchdog saves from
-    its timer thread).
+    Only iterations beyond those already written, and fields whose value changed, are appended, so a
+    save costs the same whatever the iteration count. Thread-safe (the engine's watchdog records its
+    phases and errors from its timer thread: `enter_phase`, `add_error`).
     """
 
     def __init__(self, path: Path, started: float | None = None) -> None:
@@ -77,10 +181,12 @@ class RankRecordWriter:
         self._written = 0  # iterations on disk
         self._fields: dict[str, Any] = {}  # every other field, as on disk
 
-    def save(self, record: dict[str, Any]) -> None:
+    def save(self, record: RankRecord) -> None:
+        """Append the record's new iterations and its changed fields (the first save writes the header)."""
+        self._save(record.fields(), record.iterations)
+
+    def _save(self, fields: dict[str, Any], its: list[IterationRecord]) -> None:
         with self._lock:
-            its = record.get("iterations") or []
-            fields = {k: v for k, v in record.items() if k != "iterations"}
             if not self._started:
                 self._start(fields)
                 changed: dict[str, Any] = {}
@@ -88,7 +194,7 @@ class RankRecordWriter:
                 if self._fd is None:  # saved again after close(): append, never start over
                     self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
                 changed = {k: v for k, v in fields.items() if k not in self._fields or self._fields[k] != v}
-            lines = [json.dumps({"kind": "iteration", **i}) for i in its[self._written:]]
+            lines = [json.dumps({"kind": "iteration", **i.to_json()}) for i in its[self._written:]]
             if changed:
                 lines.append(json.dumps({"kind": "update", "fields": changed}))
             if lines:
@@ -110,14 +216,14 @@ class RankRecordWriter:
             if self._phases and self._phases[-1][0] == phase:
                 return
             self._phases.append([phase, round(time.time() if now is None else now, 3)])
-        self.save(self.phase_fields())
+        self._save(self.phase_fields(), [])
 
     def add_error(self, error: str, traceback: str | None = None) -> None:
         """Record `error` (and its traceback) unless an error is on record already: the first cause wins."""
         with self._lock:
             has = bool(self._fields.get("error"))
         if not has:
-            self.save({"error": error, **({"traceback": traceback} if traceback else {})})
+            self._save({"error": error, **({"traceback": traceback} if traceback else {})}, [])
 
     def _start(self, fields: dict[str, Any]) -> None:
         """The header, written whole (a new file: a restarted attempt replaces the last one's record)."""
@@ -150,46 +256,6 @@ def _write_all(fd: int, data: bytes) -> None:
 
 # ----------------------------------------------------------------------------- reading rank records
 
-@dataclass(frozen=True)
-class RankRecord:
-    """One rank's record, checked: what every reader (aggregate, live view, failures) relies on."""
-
-    rank: int
-    role: str
-    iterations: list[dict[str, Any]]
-    verified: bool
-    complete: bool
-    error: str | None
-    restarts: int
-    raw: dict[str, Any]  # every field, iterations included (extra_bytes, transport, host, traceback, ...)
-
-    @classmethod
-    def from_json(cls, data: Any, path: Path | str, iterations: list[dict[str, Any]] | None = None) -> "RankRecord":
-        """Check a folded record; `iterations` given: already checked line by line (else checked here)."""
-        f = Fields(data, path, fix=_RANK_FIX)
-        if iterations is None:
-            iterations = f.list_of("iterations", dict, default=[])
-            for n, it in enumerate(iterations):
-                check_iteration(it, path, f" (iteration {n})")
-        f.get("extra_bytes", int, default=0)
-        f.get("extra_bytes_measured", int, default=0)
-        f.get("transport", dict, default={})
-        return cls(f.get("rank", int), f.get("role", str, default="?"), iterations,
-                   f.get("verified", bool, default=False), f.get("complete", bool, default=False),
-                   f.get("error", str, type(None), default=None), f.get("restarts", int, default=0),
-                   {**data, "iterations": iterations})
-
-
-def check_iteration(it: Any, path: Path | str, where: str) -> dict[str, Any]:
-    f = Fields(it, path, where, _RANK_FIX)
-    f.get("iteration", int)
-    f.get("warmup", bool)
-    f.get("time_ms", float)
-    f.get("launches", int, default=0)
-    f.get("phases_ms", dict, default={})
-    return it
-
-
 class RankFileReader:
     """One rank file, read incrementally: each `read()` parses only the bytes added since the last one.
 
@@ -204,7 +270,7 @@ class RankFileReader:
     def _reset(self, ino: int | None) -> None:
         self._ino, self._offset = ino, 0
         self._fields: dict[str, Any] | None = None
-        self._iterations: list[dict[str, Any]] = []
+        self._iterations: list[IterationRecord] = []
         self._line = 0
         self.problem: str | None = None
 
@@ -245,11 +311,9 @@ class RankFileReader:
                 if self._fields is None:
                     if kind != "header":
                         raise RunDirError(self.path.name, f"line 1 is not a header (kind {kind!r})")
-                    self._fields = {k: v for k, v in obj.items() if k not in ("kind", "format")}
-                    self._fields.setdefault("iterations", [])
+                    self._fields = {k: v for k, v in obj.items() if k not in ("kind", "format", "iterations")}
                 elif kind == "iteration":
-                    self._iterations.append(check_iteration({k: v for k, v in obj.items() if k != "kind"},
-                                                            self.path.name, where))
+                    self._iterations.append(IterationRecord.from_json(obj, self.path.name, where))
                 elif kind == "update":
                     upd = f.get("fields", dict)
                     self._fields.update({k: v for k, v in upd.items() if k != "iterations"})
@@ -294,33 +358,24 @@ def rank_files(run_dir: Path) -> list[Path]:
     return [found[k] for k in sorted(found)]
 
 
-def read_rank_records(run_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """All readable rank records (as dicts, checked), and a note per damaged file."""
+def read_rank_records(run_dir: Path) -> tuple[list[RankRecord], list[str]]:
+    """All readable rank records (checked), and a note per damaged file."""
     records, problems = [], []
     for p in rank_files(run_dir):
         rec, problem = read_rank_file(p)
         if rec is None:
             problems.append(f"{p.name}: {problem}")
         else:
-            records.append(rec.raw)
+            records.append(rec)
     return records, problems
 
 
-def load_rank_record(path: Path) -> dict[str, Any]:
-    """One rank file's record as a dict; a damaged file is a RunDirError."""
+def load_rank_record(path: Path) -> RankRecord:
+    """One rank file's record; a damaged file is a RunDirError."""
     rec, problem = read_rank_file(path)
     if rec is None:
         raise RunDirError(path, f"is damaged: {problem}", _RANK_FIX)
-    return rec.raw
-
-
-def is_rank_record(rec: Any) -> bool:
-    """The shape every reader relies on: rank, iterations with their times, the flags and the error."""
-    try:
-        RankRecord.from_json(rec, "record")
-        return True
-    except RunDirError:
-        return False
+    return rec
 
 
 def aggregate(run_dir: Path, expected_ranks: list[int], delivered_bytes: int, precision: str = "bf16",
@@ -330,23 +385,23 @@ def aggregate(run_dir: Path, expected_ranks: list[int], delivered_bytes: int, pr
     `precision`: the destination's (bf16, fp8); `wire_bytes`: the bytes that cross between GPUs per
     iteration in it (FP8: the quantised weights, one byte each, and their scales)."""
     records, problems = read_rank_records(run_dir)
-    by_rank = {r["rank"]: r for r in records}
+    by_rank = {r.rank: r for r in records}
     missing = [r for r in expected_ranks if r not in by_rank]
-    errors = {str(r["rank"]): r["error"] for r in records if r.get("error")}
-    n_iter = min((len(by_rank[r]["iterations"]) for r in expected_ranks if r in by_rank), default=0)
+    errors = {str(r.rank): r.error for r in records if r.error}
+    n_iter = min((len(by_rank[r].iterations) for r in expected_ranks if r in by_rank), default=0)
     iterations = []
     for k in range(n_iter):
-        its = [by_rank[r]["iterations"][k] for r in expected_ranks]
-        t = max(i["time_ms"] for i in its)
-        slowest = max(its, key=lambda i: i["time_ms"])
+        its = [by_rank[r].iterations[k] for r in expected_ranks]
+        t = max(i.time_ms for i in its)
+        slowest = max(its, key=lambda i: i.time_ms)
         iterations.append({
-            "iteration": its[0]["iteration"], "warmup": its[0]["warmup"], "time_ms": t,
+            "iteration": its[0].iteration, "warmup": its[0].warmup, "time_ms": t,
             "GBps": delivered_bytes / (t * 1e6) if t > 0 else None,
-            "phases_ms": slowest.get("phases_ms", {}), "launches": max(i.get("launches", 0) for i in its),
+            "phases_ms": slowest.phases_ms, "launches": max(i.launches for i in its),
         })
     timed = [i["time_ms"] for i in iterations if not i["warmup"]]
     verified = bool(expected_ranks) and not missing and not errors and not problems and \
-        all(by_rank[r].get("verified") for r in expected_ranks)
+        all(by_rank[r].verified for r in expected_ranks)
     out: dict[str, Any] = {
         "iterations": iterations,
         "timed_iterations": len(timed),
@@ -358,16 +413,15 @@ def aggregate(run_dir: Path, expected_ranks: list[int], delivered_bytes: int, pr
         "precision": precision,
         "wire_bytes": wire_bytes,
         "verified": verified,
-        "complete": verified and all(by_rank[r].get("complete") for r in expected_ranks),
+        "complete": verified and all(by_rank[r].complete for r in expected_ranks),
         "missing_ranks": missing,
         "errors": errors,
         "problems": problems,
-        "extra_bytes_max": max((r.get("extra_bytes", 0) for r in records), default=0),
-        "extra_bytes_measured_max": max((r["extra_bytes_measured"] for r in records if "extra_bytes_measured" in r),
-                                        default=None),
-        "restarts": max((r.get("restarts", 0) for r in records), default=0),
-        "transport": next((r["transport"] for r in sorted(records, key=lambda r: r["rank"]) if r.get("transport")),
-                          {}),
+        "extra_bytes_max": max((r.extra_bytes or 0 for r in records), default=0),
+        "extra_bytes_measured_max": max((r.extra_bytes_measured for r in records
+                                         if r.extra_bytes_measured is not None), default=None),
+        "restarts": max((r.restarts for r in records), default=0),
+        "transport": next((r.transport for r in sorted(records, key=lambda r: r.rank) if r.transport), {}),
     }
     out["GBps"] = delivered_bytes / (out["median_ms"] * 1e6) if out["median_ms"] else None
     return out
@@ -390,7 +444,7 @@ def read_results(path: Path) -> dict[str, Any]:
     try:
         f = Fields(data, path, fix=RESULTS_FIX)
         for n, it in enumerate(f.list_of("iterations", dict)):
-            check_iteration(it, path, f" (iteration {n})")
+            IterationRecord.from_json(it, path, f" (iteration {n})")
             Fields(it, path).get("GBps", float, type(None), default=None)
         f.get("verified", bool)
         f.get("complete", bool, default=False)

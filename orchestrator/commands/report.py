@@ -76,7 +76,7 @@ def _load_run_data(run_dir: Path) -> RunData:
         snap = snapshot(run_dir)  # reads only: a run over but not finalized is aggregated in memory
         info = snap.info
         res = results(run_dir, info)  # results.json checked (refit_core.results.read_results), else the ranks
-        return RunData(info["name"], str(run_dir), info["config"], info.get("mode", plan["mode"]),
+        return RunData(info.name, str(run_dir), info.config, info.mode or plan["mode"],
                        method_label(info), snap.state.state, snap.verified, res, plan)
     if res_path.is_file():
         res, state = read_results(res_path), "finished"

@@ -24,8 +24,8 @@ from orchestrator.commands.common import (add_cluster_args, add_config_args, add
                                           poll_seconds, resolve_config, run_target, runs_root, submit_runs, wide_console)
 from orchestrator.safety import styled
 from orchestrator.state.jobstate import cancel
-from orchestrator.state.runfiles import read_sweep_info
-from orchestrator.state.rundir import (find_run, is_sweep, iterations_csv, list_runs, load_run, stamp, sweep_run_dirs,
+from orchestrator.state.runfiles import read_run_info, read_sweep_info
+from orchestrator.state.rundir import (find_run, is_sweep, iterations_csv, list_runs, stamp, sweep_run_dirs,
                                        sweep_title, unique_dir, write_run)
 from orchestrator.state.tracking import finalize_over, snapshot
 from orchestrator.submission import executor
@@ -83,11 +83,11 @@ def _submit(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
         try:
             ref = submit_runs([spec], [run_dir], run_dir / "submitit")[0]
         except KeyboardInterrupt:
-            job = load_run(run_dir).get("job") if run_dir.is_dir() else None
-            if not job:
+            job = read_run_info(run_dir).job if run_dir.is_dir() else None
+            if job is None:
                 raise  # nothing was submitted (and nothing is left)
             console.print(styled("\n[bold]Detached[/]: {cluster} job {job} was submitted and keeps running.",
-                                 cluster=job["cluster"], job=job["job_id"]), highlight=False)
+                                 cluster=job.cluster, job=job.job_id), highlight=False)
             detach_hint(console, run_dir)
             return 130
         console.print(styled("Submitted {cluster} job {job}: [bold]{run_dir}[/]", cluster=ref.cluster, job=ref.job_id,
@@ -122,7 +122,8 @@ def _status(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
         else:
             dirs, title = [target], None
         if args.watch:
-            cluster = (load_run(dirs[0]).get("job") or {}).get("cluster", "local") if dirs else "local"
+            job = read_run_info(dirs[0]).job if dirs else None
+            cluster = job.cluster if job is not None else "local"
             snaps = follow(dirs, console, poll_seconds(args, cluster), title, target)
             if snaps is None:
                 return 130
@@ -169,7 +170,7 @@ def _results(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
             emit(iterations_csv(res, s.info))
         elif args.json:
             emit(json.dumps({"run": s.name, "run_dir": str(target), "state": s.state.state,
-                             "detail": s.state.detail, "method": s.info["spec"].get("method"), **res,
+                             "detail": s.state.detail, "method": s.info.method, **res,
                              **s.diagnosis.to_json()}, indent=1) + "\n")
         else:
             wide_console().print(results_view(dataclasses.replace(s, results=res)))
@@ -190,12 +191,12 @@ def _cancel(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
         else:
             dirs = [target]
         if len(dirs) == 1 and dirs[0] == target:
-            print(cancel(target, load_run(target)))
+            print(cancel(target, read_run_info(target)))
             return 0
         rc = 0
         for d in dirs:  # a sweep: a broken run is said, the others are still cancelled
             try:
-                print(cancel(d, load_run(d)))
+                print(cancel(d, read_run_info(d)))
             except RunDirError as e:
                 print(f"refitctl: error: {e}", file=sys.stderr)
                 rc = 2

@@ -28,9 +28,10 @@ from orchestrator.commands.common import (add_cluster_args, add_runs_dir, add_wa
                                           plan_and_spec, poll_seconds, runs_root, submit_runs, wide_console)
 from orchestrator.configs.flags import add_flags, apply_overrides, overrides_from_args
 from orchestrator.views.liveview import comparison_view, layout_label, method_label, refit_kind
-from orchestrator.state.rundir import (SWEEP_FILE, is_sweep, list_runs, load_config, load_run, now_iso, stamp, sweep_run_dirs, sweep_title,
+from orchestrator.state.rundir import (SWEEP_FILE, is_sweep, list_runs, load_config, now_iso, stamp, sweep_run_dirs, sweep_title,
                                  unique_dir, write_run)
-from orchestrator.state.runfiles import SweepInfo, locked, read_sweep_info, update_sweep_file, write_sweep_file
+from orchestrator.state.runfiles import (SweepInfo, locked, read_run_info, read_sweep_info, update_sweep_file,
+                                         write_sweep_file)
 from orchestrator.submission.runspec import RunSpec
 from orchestrator.safety import styled
 from orchestrator.state.tracking import Snapshot, finalize_over, snapshot
@@ -172,7 +173,7 @@ def _prepare_new(args: argparse.Namespace, root: Path, console: Any) -> tuple[Pa
             dirs.append(d)
             w = plan.world
             console.print(f"  {spec.name}: world {w.world_size} ({w.gpus_used} active), {spec.config.mode.value}, "
-                          f"method {method_label(load_run(d))}", highlight=False)
+                          f"method {method_label(read_run_info(d))}", highlight=False)
         data = {"version": 1, "name": label, "created": now_iso(), "command": command_line(),
                 "configs": [s.name for s in specs], "cluster": cluster, "options": specs[0].options.to_json(),
                 "runs": {s.name: [d.name] for s, d in zip(specs, dirs)}, "jobs": []}
@@ -214,9 +215,9 @@ def _prepare_resume(args: argparse.Namespace, sweep_dir: Path) -> tuple[list[Run
             continue
         if not snap.state.final:
             raise ConfigError(f"{name} ({last}) is still {snap.state.state}: wait for it or cancel it first")
-        old = load_run(last)
+        old = read_run_info(last).requested_method
         spec, plan = plan_and_spec(name, load_config(last), opts, cluster, True)
-        spec = dataclasses.replace(spec, requested_method=old["spec"].get("requested_method", spec.requested_method))
+        spec = dataclasses.replace(spec, requested_method=spec.requested_method if old is None else old)
         d = unique_dir(sweep_dir, name)
         write_run(d, spec, plan, command_line(), sweep=sweep_dir)
         specs.append(spec)
@@ -243,12 +244,12 @@ def comparison_rows(snaps: list[Snapshot]) -> list[dict[str, Any]]:
     for s in snaps:
         res = s.results or {}
         rows.append({
-            "config": s.info["config"], "mode": s.info.get("mode"), "method": s.info["spec"].get("method"),
-            "requested_method": s.info["spec"].get("requested_method"), "source": layout_label(s.info["source"]),
-            "destination": layout_label(s.info["destination"]), "refit": refit_kind(s.info),
-            "gpus_used": s.info.get("active_ranks"), "state": s.state.state, "verified": s.verified,
+            "config": s.info.config, "mode": s.info.mode, "method": s.info.method,
+            "requested_method": s.info.requested_method, "source": layout_label(s.info.source),
+            "destination": layout_label(s.info.destination), "refit": refit_kind(s.info),
+            "gpus_used": s.info.active_ranks, "state": s.state.state, "verified": s.verified,
             "median_ms": res.get("median_ms"), "min_ms": res.get("min_ms"), "GBps": res.get("GBps"),
-            "delivered_bytes": s.info.get("delivered_bytes"), "run_dir": str(s.run_dir),
+            "delivered_bytes": s.info.delivered_bytes, "run_dir": str(s.run_dir),
         })
     return rows
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from orchestrator.state.rundir import Progress, RankProgress
-from orchestrator.state.runfiles import read_job_state
+from orchestrator.state.runfiles import JobRecord, read_job_state
 
 PRIMARY = ("error", "killed", "exit")
 FAILED_STATES = ("FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "UNKNOWN")
@@ -172,13 +172,13 @@ def diagnose(progress: Progress, ends: dict[int, ProcessEnd], order: Sequence[in
     return Diagnosis(first, others, sum(1 for f in others if f.kind == "stopped"))
 
 
-def process_ends(run_dir: Path, info: dict[str, Any]) -> tuple[dict[int, ProcessEnd], list[int]]:
-    """What the executor saw of each rank's process: (rank -> how it ended, ranks in the order they failed)."""
-    job = info.get("job") or {}
-    if job.get("cluster") == "local":
+def process_ends(run_dir: Path, job: JobRecord | None) -> tuple[dict[int, ProcessEnd], list[int]]:
+    """What the executor saw of each rank's process (`job`: run.json's): (rank -> how it ended, ranks in
+    the order they failed)."""
+    if job is not None and job.cluster == "local":
         return _local_ends(run_dir)
-    if job.get("cluster") == "slurm" and job.get("folder"):
-        return srun_ends(_srun_log(Path(job["folder"]), str(job.get("job_id", ""))))
+    if job is not None and job.cluster == "slurm" and job.folder:
+        return srun_ends(_srun_log(Path(job.folder), job.job_id))
     return {}, []
 
 

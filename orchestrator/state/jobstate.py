@@ -13,11 +13,10 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from jobs.procs import recorded_processes, stop_processes
 from orchestrator.state.rundir import CANCEL_FILE, STATE_FILE
-from orchestrator.state.runfiles import read_job_state
+from orchestrator.state.runfiles import FinalState, JobRecord, RunInfo, read_job_state
 from refit_core.errors import RunDirError
 from refit_core.results import read_results, write_json_atomic
 
@@ -46,31 +45,30 @@ class JobState:
         return self.state + (f" ({self.detail})" if self.detail else "")
 
 
-def job_state(run_dir: Path, info: dict[str, Any]) -> JobState:
-    job = info.get("job")
-    if not job:
-        final = info.get("final")
-        if final:
-            return JobState(final["state"], final.get("detail", ""), "run.json")
+def job_state(run_dir: Path, job: JobRecord | None, final: FinalState | None = None) -> JobState:
+    """The run's state from its scheduler (run.json's `job`); never submitted: run.json's `final`, else UNKNOWN."""
+    if job is None:
+        if final is not None:
+            return JobState(final.state, final.detail, "run.json")
         return JobState("UNKNOWN", "never submitted (no job id in run.json)", "run.json")
-    if job["cluster"] == "local":
+    if job.cluster == "local":
         return _local_state(run_dir, job)
     return _slurm_state(run_dir, job)
 
 
 # ----------------------------------------------------------------------------- local
 
-def _local_state(run_dir: Path, job: dict[str, Any]) -> JobState:
+def _local_state(run_dir: Path, job: JobRecord) -> JobState:
     st = read_job_state(run_dir)  # a damaged file: RunDirError, one line
-    alive = _controller_alive(job.get("controller_pid"))
+    alive = _controller_alive(job.controller_pid)
     if st and st.state != "RUNNING":
         return JobState(st.state, st.detail, "local controller")
     if alive:
-        queued = "waiting for the earlier runs of its array" if "_" in str(job.get("job_id")) else ""
+        queued = "waiting for the earlier runs of its array" if "_" in job.job_id else ""
         return JobState("RUNNING" if st else "PENDING", "" if st else queued, "local controller")
-    if st is None and time.time() - job.get("submitted", 0) < 10:
+    if st is None and time.time() - job.submitted < 10:
         return JobState("SUBMITTED", "", "local controller")
-    gone = f"the local controller (pid {job.get('controller_pid')}) is gone without a final state"
+    gone = f"the local controller (pid {job.controller_pid}) is gone without a final state"
     orphans = [p for p in recorded_processes(run_dir) if p.is_running_here()]
     if orphans:
         return JobState("RUNNING", f"{gone}; {len(orphans)} rank(s) still running: `refitctl cancel` stops them",
@@ -133,8 +131,8 @@ def pending_reason(reason: str) -> str:
     return f"{reason}: {words}" if words else reason
 
 
-def _slurm_state(run_dir: Path, job: dict[str, Any]) -> JobState:
-    jid = job["job_id"]
+def _slurm_state(run_dir: Path, job: JobRecord) -> JobState:
+    jid = job.job_id
     rc, out, err = _run(["squeue", "-h", "-j", jid, "-o", "%i|%T|%r"])
     squeue_err = err if rc != 0 else ""
     for line in out.splitlines():
@@ -147,7 +145,7 @@ def _slurm_state(run_dir: Path, job: dict[str, Any]) -> JobState:
                 detail = f"requeued {restarts} time(s) (preempted or a node lost): each attempt starts the refit " \
                     "from scratch" + (f"; {detail}" if detail else "")
             return JobState(state, detail, "squeue")
-    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(job.get("submitted", 0) - 300))
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(job.submitted - 300))
     rc, out, err = _run(["sacct", "-X", "-n", "-P", "-j", jid, "-S", since, "-o", "JobID,State,ExitCode,Elapsed"])
     if rc == 0:
         for line in reversed(out.splitlines()):  # a reused job id: the newest record is last
@@ -159,7 +157,7 @@ def _slurm_state(run_dir: Path, job: dict[str, Any]) -> JobState:
                 detail = f"exit code {parts[2]}, elapsed {parts[3]}" if state != "COMPLETED" else f"elapsed {parts[3]}"
                 return JobState(state, detail, "sacct")
     sacct_err = err.splitlines()[-1] if rc != 0 and err else ("" if rc == 0 else f"sacct exit code {rc}")
-    if time.time() - job.get("submitted", 0) < _SUBMIT_GRACE_S and not squeue_err:
+    if time.time() - job.submitted < _SUBMIT_GRACE_S and not squeue_err:
         return JobState("SUBMITTED", "", "squeue")
     why = "; ".join(x for x in (f"squeue: {squeue_err}" if squeue_err else "",
                                 f"sacct: {sacct_err}" if sacct_err else "sacct has no record of it") if x)
@@ -188,35 +186,35 @@ def _from_run_dir(run_dir: Path, why: str) -> JobState:
 
 # ----------------------------------------------------------------------------- cancel
 
-def cancel(run_dir: Path, info: dict[str, Any]) -> str:
+def cancel(run_dir: Path, info: RunInfo) -> str:
     """Cancel the run's job; returns what was done, in one line."""
-    job = info.get("job")
-    if not job:
+    job = info.job
+    if job is None:
         return f"{run_dir.name}: never submitted, nothing to cancel"
-    st = job_state(run_dir, info)
+    st = job_state(run_dir, job, info.final)
     if st.final:
         return f"{run_dir.name}: already {st.state}, nothing to cancel"
-    if job["cluster"] == "local":
-        if not _controller_alive(job.get("controller_pid")):
+    if job.cluster == "local":
+        if not _controller_alive(job.controller_pid):
             return _stop_orphans(run_dir, job)
         (run_dir / CANCEL_FILE).write_text(f"{time.time()}\n")
-        return f"{run_dir.name}: cancel requested from the local controller (pid {job.get('controller_pid')})"
-    rc, out, err = _run(["scancel", job["job_id"]])
+        return f"{run_dir.name}: cancel requested from the local controller (pid {job.controller_pid})"
+    rc, out, err = _run(["scancel", job.job_id])
     if rc != 0:
-        return f"{run_dir.name}: scancel {job['job_id']} failed: {err or out or rc}"
-    return f"{run_dir.name}: scancel {job['job_id']} sent"
+        return f"{run_dir.name}: scancel {job.job_id} failed: {err or out or rc}"
+    return f"{run_dir.name}: scancel {job.job_id} sent"
 
 
 
-def _stop_orphans(run_dir: Path, job: dict[str, Any]) -> str:
+def _stop_orphans(run_dir: Path, job: JobRecord) -> str:
     """The controller is gone: stop the rank processes the run recorded (pid + start time checked), and
     record the run CANCELLED."""
     stopped = stop_processes(recorded_processes(run_dir))
     ranks = ", ".join(str(p.rank) for p in sorted(stopped, key=lambda p: p.rank))
-    detail = (f"cancelled by the user after the local controller (pid {job.get('controller_pid')}) was gone"
+    detail = (f"cancelled by the user after the local controller (pid {job.controller_pid}) was gone"
               + (f"; stopped rank(s) {ranks}" if stopped else ""))
     write_json_atomic(run_dir / STATE_FILE, {"state": "CANCELLED", "detail": detail, "ended": time.time(),
-                                             "job_id": job.get("job_id")})
+                                             "job_id": job.job_id})
     if not stopped:
         return f"{run_dir.name}: the local controller is gone and no rank is running; recorded as CANCELLED"
     return f"{run_dir.name}: the local controller is gone; stopped rank(s) {ranks} (pids checked by start time)"

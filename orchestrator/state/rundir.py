@@ -110,14 +110,9 @@ def run_info(spec: RunSpec, plan: Plan, command: str, run_dir: str) -> dict[str,
     }
 
 
-def update_run(run_dir: Path, **fields: Any) -> dict[str, Any]:
-    """Set fields of run.json (under the run's lock: read, change, write)."""
-    return update_run_file(run_dir, lambda data: data.update(fields)).raw
-
-
-def load_run(run_dir: Path) -> dict[str, Any]:
-    """run.json, checked (orchestrator.state.runfiles.RunInfo): a damaged file is a RunDirError naming it."""
-    return read_run_info(run_dir).raw
+def update_run(run_dir: Path, **fields: Any) -> RunInfo:
+    """Set fields of run.json (under the run's lock: read, change, write); returns what was written."""
+    return update_run_file(run_dir, lambda data: data.update(fields))
 
 
 def load_config(run_dir: Path) -> RunConfig:
@@ -150,11 +145,9 @@ def list_runs(root: Path) -> list[Path]:
 def _created(d: Path) -> str:
     """When it was made ("" for a damaged one, listed first: it never hides the others)."""
     try:
-        raw = read_run_info(d).raw if is_run(d) else read_sweep_info(d).raw
+        return read_run_info(d).created if is_run(d) else read_sweep_info(d).created
     except RunDirError:
         return ""
-    created = raw.get("created", "")
-    return created if isinstance(created, str) else ""
 
 
 def find_run(root: Path, text: str | None) -> Path:
@@ -258,8 +251,9 @@ class Progress:
         return text if text.startswith("warm-up") else f"iteration {text}"
 
 
-def progress(run_dir: Path, info: dict[str, Any]) -> Progress:
-    """What the rank files say now: read incrementally (refit_core.results.RankFileReader), nothing written."""
+def progress(run_dir: Path, active: int, warmup: int, iterations: int) -> Progress:
+    """What the rank files say now (ranks 0..active-1 take part; run.json's counts): read incrementally
+    (refit_core.results.RankFileReader), nothing written."""
     ranks, problems = [], []
     for path in rank_files(run_dir):
         rec, problem = read_rank_file(path)
@@ -270,25 +264,19 @@ def progress(run_dir: Path, info: dict[str, Any]) -> Progress:
             mtime = path.stat().st_mtime
         except OSError:
             mtime = 0.0
-        phase, since = rec.raw.get("phase"), rec.raw.get("phase_since")
-        ranks.append(RankProgress(rec.rank, rec.role, len(rec.iterations), tuple(i["time_ms"] for i in rec.iterations),
-                                  rec.verified, rec.complete, rec.error, mtime,
-                                  phase if isinstance(phase, str) else None,
-                                  float(since) if isinstance(since, (int, float)) and not isinstance(since, bool)
-                                  else None))
-    return Progress(tuple(sorted(ranks, key=lambda x: x.rank)), info["active_ranks"], info["warmup"],
-                    info["iterations"], tuple(problems))
+        ranks.append(RankProgress(rec.rank, rec.role, len(rec.iterations), tuple(i.time_ms for i in rec.iterations),
+                                  rec.verified, rec.complete, rec.error, mtime, rec.phase, rec.phase_since))
+    return Progress(tuple(sorted(ranks, key=lambda x: x.rank)), active, warmup, iterations, tuple(problems))
 
 
 # ----------------------------------------------------------------------------- results
 
-def results(run_dir: Path, info: dict[str, Any]) -> dict[str, Any]:
+def results(run_dir: Path, info: RunInfo) -> dict[str, Any]:
     """results.json if rank 0 wrote it, else the aggregate of the rank files (nothing is lost)."""
     path = run_dir / "results.json"
     if path.is_file():
         return read_results_file(path)
-    out = aggregate(run_dir, list(range(info["active_ranks"])), info["delivered_bytes"],
-                    info.get("precision", "bf16"), info.get("wire_bytes"))
+    out = aggregate(run_dir, list(range(info.active_ranks)), info.delivered_bytes, info.precision, info.wire_bytes)
     out["aggregated_by"] = "refitctl (from the rank files; rank 0 wrote no results.json)"
     return out
 
@@ -298,7 +286,7 @@ def read_results_file(path: Path) -> dict[str, Any]:
     return read_results(path)
 
 
-def finalize(run_dir: Path, info: dict[str, Any], final: dict[str, Any]) -> dict[str, Any]:
+def finalize(run_dir: Path, info: RunInfo, final: dict[str, Any]) -> dict[str, Any]:
     """Once the job is over: results.json (aggregated if rank 0 wrote none), CSVs, final state in run.json.
 
     Only the controller and the submitting refitctl call it (a reading command never writes)."""
@@ -311,16 +299,15 @@ def finalize(run_dir: Path, info: dict[str, Any], final: dict[str, Any]) -> dict
     return res
 
 
-def iterations_csv(res: dict[str, Any], info: dict[str, Any]) -> str:
+def iterations_csv(res: dict[str, Any], info: RunInfo) -> str:
     its = res.get("iterations", [])
     phases = sorted({k for i in its for k in (i.get("phases_ms") or {})})
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["run", "config", "method", "iteration", "warmup", "time_ms", "GBps", "launches",
                 *(f"{p}_ms" for p in phases)])
-    method = info.get("spec", {}).get("method", "")
     for i in its:
-        w.writerow([info["name"], info["config"], method, i["iteration"], int(bool(i["warmup"])),
+        w.writerow([info.name, info.config, info.method, i["iteration"], int(bool(i["warmup"])),
                     f"{i['time_ms']:.3f}", "" if i.get("GBps") is None else f"{i['GBps']:.4f}",
                     i.get("launches", 0), *(_fmt((i.get("phases_ms") or {}).get(p)) for p in phases)])
     return buf.getvalue()
@@ -328,16 +315,15 @@ def iterations_csv(res: dict[str, Any], info: dict[str, Any]) -> str:
 
 def rank_iterations_csv(run_dir: Path) -> str:
     records, _ = read_rank_records(run_dir)
-    rows = [(r["rank"], r.get("role", ""), i) for r in records for i in r.get("iterations", [])]
-    phases = sorted({k for _, _, i in rows for k in (i.get("phases_ms") or {})})
+    rows = [(r.rank, r.role, i) for r in records for i in r.iterations]
+    phases = sorted({k for _, _, i in rows for k in i.phases_ms})
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["rank", "role", "iteration", "warmup", "time_ms", "bytes_in", "bytes_out", "bytes_local",
                 "launches", *(f"{p}_ms" for p in phases)])
-    for rank, role, i in sorted(rows, key=lambda x: (x[0], x[2]["iteration"])):
-        w.writerow([rank, role, i["iteration"], int(bool(i["warmup"])), f"{i['time_ms']:.3f}", i.get("bytes_in", 0),
-                    i.get("bytes_out", 0), i.get("bytes_local", 0), i.get("launches", 0),
-                    *(_fmt((i.get("phases_ms") or {}).get(p)) for p in phases)])
+    for rank, role, i in sorted(rows, key=lambda x: (x[0], x[2].iteration)):
+        w.writerow([rank, role, i.iteration, int(i.warmup), f"{i.time_ms:.3f}", i.bytes_in, i.bytes_out,
+                    i.bytes_local, i.launches, *(_fmt(i.phases_ms.get(p)) for p in phases)])
     return buf.getvalue()
 
 

@@ -58,43 +58,65 @@ class FinalState:
 
 
 @dataclass(frozen=True)
+class ParallelDims:
+    """run.json's `source` / `destination`: the layout's parallel sizes."""
+
+    tp: int
+    ep: int
+    pp: int
+
+    @classmethod
+    def from_fields(cls, f: Fields) -> "ParallelDims":
+        return cls(f.get("tp", int, default=1), f.get("ep", int, default=1), f.get("pp", int, default=1))
+
+
+@dataclass(frozen=True)
 class RunInfo:
-    """run.json: what was submitted (rundir.run_info writes it), the job, the final state once recorded."""
+    """run.json: what was submitted (rundir.run_info writes it), the job, the final state once recorded.
+
+    Every reader uses these attributes; `raw` (the whole object) only goes back into run.json."""
 
     name: str
     config: str
     world_size: int
     active_ranks: int
     delivered_bytes: int
+    precision: str  # the destination's: bf16 (also when run.json predates FP8) or fp8
+    wire_bytes: int | None  # bytes that cross between GPUs per iteration, in that precision (None: not recorded)
     iterations: int
     warmup: int
-    mode: str
-    method: str
+    mode: str  # "" when run.json has none
+    method: str  # the spec's refit method ("?" when it has none)
+    requested_method: str | None  # what the user asked for (a GPU method run with gloo on CPU: its name)
+    source: ParallelDims
+    destination: ParallelDims
     job: JobRecord | None
     final: FinalState | None
+    run_dir: str
+    created: str
+    command: str
+    sweep: str  # the sweep directory it belongs to, "" if none
     raw: dict[str, Any]
 
     @classmethod
     def from_json(cls, data: Any, path: Path) -> "RunInfo":
         f = Fields(data, path)
-        for key in ("run_dir", "created", "command"):
-            f.get(key, str, default="")
-        f.get("sweep", str, default="")
         spec = Fields(f.get("spec", dict), path, " in 'spec'")
         method = spec.get("method", str, default="?")
-        spec.get("requested_method", str, type(None), default=None)
-        for key in ("source", "destination"):
-            lay = Fields(f.get(key, dict), path, f" in {key!r}")
-            for dim in ("tp", "ep", "pp"):
-                lay.get(dim, int, default=1)
+        requested = spec.get("requested_method", str, type(None), default=None)
+        source, destination = (ParallelDims.from_fields(Fields(f.get(key, dict), path, f" in {key!r}"))
+                               for key in ("source", "destination"))
         world, active = f.get("world_size", int), f.get("active_ranks", int)
         if not 0 < active <= world:
             raise RunDirError(path, f"says {active} active ranks of a world of {world}", "the run directory is damaged")
         job, final = f.sub("job", default=None), f.sub("final", default=None)
         return cls(f.get("name", str), f.get("config", str), world, active, f.get("delivered_bytes", int),
-                   f.get("iterations", int), f.get("warmup", int), f.get("mode", str, default=""), method,
+                   f.get("precision", str, default="bf16"), f.get("wire_bytes", int, type(None), default=None),
+                   f.get("iterations", int), f.get("warmup", int), f.get("mode", str, default=""), method, requested,
+                   source, destination,
                    JobRecord.from_fields(job) if job else None, FinalState.from_fields(final) if final else None,
-                   data)
+                   f.get("run_dir", str, default=""), f.get("created", str, default=""),
+                   f.get("command", str, default=""), f.get("sweep", str, default=""), data)
 
 
 def read_run_info(run_dir: Path) -> RunInfo:
@@ -147,13 +169,13 @@ class SweepInfo:
     options: dict[str, Any]
     runs: dict[str, list[str]]
     jobs: list[str]
+    created: str
     raw: dict[str, Any]
 
     @classmethod
     def from_json(cls, data: Any, path: Path) -> "SweepInfo":
         f = Fields(data, path)
-        for key in ("created", "command"):
-            f.get(key, str, default="")
+        f.get("command", str, default="")
         f.list_of("resumed", str, default=[])
         runs_f = Fields(f.get("runs", dict), path, " in 'runs'")
         runs = {name: runs_f.list_of(name, str) for name in runs_f.data}
@@ -163,7 +185,8 @@ class SweepInfo:
                     raise RunDirError(path, f"names a run directory {d!r} outside the sweep",
                                       "the sweep directory is damaged")
         return cls(f.get("name", str), f.list_of("configs", str), f.get("cluster", str, default="local"),
-                   f.get("options", dict, default={}), runs, f.list_of("jobs", str, default=[]), data)
+                   f.get("options", dict, default={}), runs, f.list_of("jobs", str, default=[]),
+                   f.get("created", str, default=""), data)
 
 
 def read_sweep_info(sweep_dir: Path) -> SweepInfo:

@@ -17,13 +17,14 @@ from typing import Any
 from orchestrator.state.failures import Diagnosis, diagnose, process_ends
 from orchestrator.state.jobstate import JobState, job_state
 from refit_core.errors import RunDirError
-from orchestrator.state.rundir import Progress, load_run, progress, results
+from orchestrator.state.rundir import Progress, progress, results
+from orchestrator.state.runfiles import RunInfo, read_run_info
 
 
 @dataclass(frozen=True)
 class Snapshot:
     run_dir: Path
-    info: dict[str, Any]
+    info: RunInfo  # run.json
     state: JobState
     progress: Progress
     results: dict[str, Any] | None  # once the job is over
@@ -35,27 +36,26 @@ class Snapshot:
     @cached_property
     def diagnosis(self) -> Diagnosis:
         """Which rank failed first and why, every other rank that did not finish (orchestrator.state.failures)."""
-        ends, order = process_ends(self.run_dir, self.info) if self.state.final else ({}, [])
+        ends, order = process_ends(self.run_dir, self.info.job) if self.state.final else ({}, [])
         return diagnose(self.progress, ends, order, self.state.state)
 
     @property
     def name(self) -> str:
-        return self.info["name"]
+        return self.info.name
 
     @property
     def job_label(self) -> str:
-        job = self.info.get("job") or {}
-        return f"{job.get('cluster', '?')} job {job.get('job_id', '?')}" if job else "not submitted"
+        job = self.info.job
+        return f"{job.cluster} job {job.job_id}" if job else "not submitted"
 
 
 def snapshot(run_dir: Path) -> Snapshot:
-    info = load_run(run_dir)
-    final = info.get("final")
-    if final:
-        state = JobState(final["state"], final.get("detail", ""), final.get("source", ""))
+    info = read_run_info(run_dir)
+    if info.final is not None:
+        state = JobState(info.final.state, info.final.detail, info.final.source)
     else:
-        state = job_state(run_dir, info)
-    prog = progress(run_dir, info)
+        state = job_state(run_dir, info.job)
+    prog = progress(run_dir, info.active_ranks, info.warmup, info.iterations)
     res = results(run_dir, info) if state.final else None
     return Snapshot(run_dir, info, state, prog, res)
 
@@ -67,7 +67,7 @@ def finalize_over(snaps: list[Snapshot]) -> list[Snapshot]:
 
     out = []
     for s in snaps:
-        if s.state.final and s.info.get("final") is None and s.state.state != "UNKNOWN":
+        if s.state.final and s.info.final is None and s.state.state != "UNKNOWN":
             try:
                 finalize(s.run_dir, s.info, {"state": s.state.state, "detail": s.state.detail,
                                              "source": s.state.source, "ended": now_iso()})

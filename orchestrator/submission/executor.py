@@ -267,7 +267,7 @@ def run_task(run_dir: str, env: dict[str, str]) -> dict[str, Any]:
     from jobs.refit_job import run
 
     record = run(run_dir)
-    if not record.get("verified"):
+    if not record.verified:
         raise RuntimeError(f"rank {rank} finished without verifying its destination bytes")
     atexit.register(_exit_fast, job.paths.result_pickle)
     return {"rank": rank, "verified": True}
@@ -405,10 +405,11 @@ class _RunController(Controller):  # pragma: no cover - runs in its own process
 def _finalize(run_dir: Path, state: str, detail: str) -> None:
     """The run is over: results.json (if rank 0 wrote none), the CSVs, the final state in run.json, written
     here so a detached run is complete without anyone reading it (reading commands never write)."""
-    from orchestrator.state.rundir import finalize, load_run, now_iso
+    from orchestrator.state.rundir import finalize, now_iso
+    from orchestrator.state.runfiles import read_run_info
 
     try:
-        finalize(run_dir, load_run(run_dir), {"state": state, "detail": detail, "source": "local controller",
+        finalize(run_dir, read_run_info(run_dir), {"state": state, "detail": detail, "source": "local controller",
                                               "ended": now_iso()})
     except (OSError, RefitError) as e:  # a full disk or a damaged run.json: job-state.json still says it
         print(f"refitctl controller: {run_dir}: results not finalized: {e}", flush=True)

@@ -21,6 +21,7 @@ from rich.text import Text
 
 from refit_core.numbers import gbps_short, human_bytes, ms_short
 from orchestrator.submission.runspec import format_time
+from orchestrator.state.runfiles import ParallelDims, RunInfo
 from orchestrator.state.tracking import Snapshot, snapshot
 from refit_core.taskenv import rank_log_name
 
@@ -38,21 +39,20 @@ def state_style(state: str) -> str:
     return "bold red"
 
 
-def method_label(info: dict[str, Any]) -> str:
-    spec = info.get("spec", {})
-    m, req = spec.get("method", "?"), spec.get("requested_method")
+def method_label(info: RunInfo) -> str:
+    m, req = info.method, info.requested_method
     return m if not req or req == m else f"{m} (for {req})"
 
 
-def refit_kind(info: dict[str, Any]) -> str:
+def refit_kind(info: RunInfo) -> str:
     """Which dimensions the refit changes: 'TP refit', 'EP refit', 'TP+EP refit' or 'same layout'."""
-    s, d = info.get("source", {}), info.get("destination", {})
-    changed = [k.upper() for k in ("tp", "ep", "pp") if s.get(k) != d.get(k)]
+    s, d = info.source, info.destination
+    changed = [k.upper() for k in ("tp", "ep", "pp") if getattr(s, k) != getattr(d, k)]
     return "same layout" if not changed else "+".join(changed) + " refit"
 
 
-def layout_label(lay: dict[str, Any]) -> str:
-    return f"TP={lay.get('tp')},EP={lay.get('ep')}" + (f",PP={lay['pp']}" if lay.get("pp", 1) > 1 else "")
+def layout_label(lay: ParallelDims) -> str:
+    return f"TP={lay.tp},EP={lay.ep}" + (f",PP={lay.pp}" if lay.pp > 1 else "")
 
 
 def phase_label(s: Snapshot, now: float | None = None) -> str:
@@ -62,7 +62,7 @@ def phase_label(s: Snapshot, now: float | None = None) -> str:
     if not s.progress.started and not s.state.final:
         up = len(list((s.run_dir / "logs").glob("rank-*.log")))
         where = starting_phases(s.progress, now)
-        return f"starting ({up}/{s.info.get('world_size', '?')} tasks up{': ' + where if where else ''})"
+        return f"starting ({up}/{s.info.world_size} tasks up{': ' + where if where else ''})"
     return s.progress.phase()
 
 
@@ -119,7 +119,7 @@ def run_header(s: Snapshot) -> Text:
 
 def run_view(s: Snapshot) -> Group:
     """The status of one run: header, state and progress, the ranks, the errors."""
-    job = s.info.get("job") or {}
+    job = s.info.job
     head = run_header(s)
     state = Text.assemble(("state ", ""), (s.state.state, state_style(s.state.state)))
     if s.state.detail:
@@ -128,8 +128,8 @@ def run_view(s: Snapshot) -> Group:
         state.append(f" · {phase_label(s)}")
         if s.progress.last_ms is not None:
             state.append(f" · last {ms_short(s.progress.last_ms)} ms")
-    if not s.state.final and job.get("submitted"):
-        state.append(f" · {format_time(time.time() - job['submitted'])} since submission", style="dim")
+    if not s.state.final and job is not None and job.submitted:
+        state.append(f" · {format_time(time.time() - job.submitted)} since submission", style="dim")
     parts: list[Any] = [head, state]
     if s.progress.ranks:
         parts.append(rank_table(s))
@@ -222,7 +222,7 @@ def results_view(s: Snapshot) -> Group:
         f" · method {method_label(s.info)}",
     )
     done = sum(1 for i in res.get("iterations", []) if not i.get("warmup"))
-    planned = s.info.get("iterations", done)
+    planned = s.info.iterations
     if done < planned or not res.get("complete", s.verified):
         summary.append(f" · incomplete: {done} of {planned} timed iterations recorded", style="bold yellow")
     extra = [x for x in (predicted_line(s.run_dir, res), memory_line(res)) if x is not None]
@@ -295,7 +295,7 @@ def sweep_table(snaps: Sequence[Snapshot], title: str) -> Table:
         t.add_column(col, justify="left" if col in ("config", "state", "progress") else "right")
     for s in snaps:
         res = s.results or {}
-        t.add_row(s.info["config"], Text(s.state.state, style=state_style(s.state.state)), phase_label(s),
+        t.add_row(s.info.config, Text(s.state.state, style=state_style(s.state.state)), phase_label(s),
                   ms_short(s.progress.last_ms), ms_short(res.get("median_ms")), gbps_short(res.get("GBps")))
     return t
 
@@ -311,14 +311,14 @@ def comparison_view(snaps: Sequence[Snapshot], title: str) -> Group:
         state = Text(s.state.state, style=state_style(s.state.state))
         if s.state.state == "COMPLETED" and not s.verified:
             state = Text("COMPLETED, not verified", style="bold red")
-        t.add_row(s.info["config"], s.info.get("mode", ""), method_label(s.info),
-                  f"{layout_label(s.info['source'])} -> {layout_label(s.info['destination'])}", refit_kind(s.info),
-                  str(s.info.get("active_ranks", "")), state, ms_short(res.get("median_ms")), gbps_short(res.get("GBps")))
+        t.add_row(s.info.config, s.info.mode, method_label(s.info),
+                  f"{layout_label(s.info.source)} -> {layout_label(s.info.destination)}", refit_kind(s.info),
+                  str(s.info.active_ranks), state, ms_short(res.get("median_ms")), gbps_short(res.get("GBps")))
     parts: list[Any] = [t, _group_table(snaps, "method", method_label), _group_table(snaps, "refit", refit_kind)]
     for s in snaps:
         why = failure_summary(s)
         if why:
-            parts.append(Text.assemble((f"{s.info['config']}: ", "bold red"), why))
+            parts.append(Text.assemble((f"{s.info.config}: ", "bold red"), why))
     return Group(*parts)
 
 
@@ -329,7 +329,7 @@ def failure_summary(s: Snapshot) -> str | None:
     first = s.diagnosis.first
     if first is not None:
         return f"rank {first.rank}: {first.reason[:200]}"
-    for rank in range(min(s.info.get("world_size", 1), 8)):
+    for rank in range(min(s.info.world_size, 8)):
         errs = [ln.strip() for ln in log_tail(s.run_dir, rank, 40) if "Error" in ln or "error:" in ln]
         if errs:
             return f"{s.state.describe()}; rank {rank}'s log: {errs[-1][:150]}"
@@ -347,7 +347,7 @@ def _group_table(snaps: Sequence[Snapshot], name: str, key: Any) -> Table:
         ok = [s for s in ss if s.verified and s.results and s.results.get("GBps")]
         gb = [s.results["GBps"] for s in ok]  # type: ignore[index]
         ms = [s.results["median_ms"] for s in ok]  # type: ignore[index]
-        t.add_row(label, ", ".join(s.info["config"] for s in ss), f"{len(ok)}/{len(ss)}",
+        t.add_row(label, ", ".join(s.info.config for s in ss), f"{len(ok)}/{len(ss)}",
                   gbps_short(statistics.median(gb)) if gb else "-", gbps_short(max(gb)) if gb else "-",
                   ms_short(statistics.median(ms)) if ms else "-")
     return t

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import socket
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from dataclasses import replace
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -24,26 +24,15 @@ from refit_core.execution.transports.registry import make_transport
 from refit_core.execution.watchdog import Watchdog
 from refit_core.execution import weights
 from refit_core.execution.hooks import NO_HOOKS, RankHooks
-
-
-@dataclass
-class IterationRecord:
-    iteration: int
-    warmup: bool
-    time_ms: float
-    bytes_in: int
-    bytes_out: int
-    bytes_local: int
-    phases_ms: dict[str, float] = field(default_factory=dict)
-    launches: int = 0
-    verified: bool = True
+from refit_core.results import IterationRecord, RankRecord
 
 
 def run_rank(cfg: RunConfig, rank: int, world_size: int, device: torch.device,
-             active_group: object, on_record: Callable[[dict[str, Any]], None],
+             active_group: object, record: RankRecord, on_record: Callable[[RankRecord], None],
              plan: Plan | None = None, setup_group: object = None, watchdog: Watchdog | None = None,
-             hooks: RankHooks = NO_HOOKS) -> dict[str, Any]:
-    """Execute warm-up + timed iterations on this (active) rank; returns its record.
+             hooks: RankHooks = NO_HOOKS) -> RankRecord:
+    """Execute warm-up + timed iterations on this (active) rank; fills in `record` (made by the caller,
+    jobs/refit_job.py), hands it to `on_record` after every change (RankRecordWriter.save) and returns it.
 
     Every wait is a phase of `watchdog` (refit_core/execution/watchdog.py; one is made here if none is given).
     `hooks` act before the set-up and each transfer and after each transfer (refit_core/execution/hooks.py)."""
@@ -58,28 +47,25 @@ def run_rank(cfg: RunConfig, rank: int, world_size: int, device: torch.device,
         active_group=active_group,
     )
     traffic = plan.per_rank[rank]
-    record: dict[str, Any] = {
-        "rank": rank, "role": world.role(rank), "host": socket.gethostname(), "device": _device_name(device),
-        "method": cfg.method, "iterations": [], "verified": False, "complete": False, "error": None,
-        "source_bytes": ctx.source.nbytes if ctx.source else 0,
-        "destination_bytes": ctx.destination.nbytes if ctx.destination else 0,
-    }
+    record.role, record.host, record.device, record.method = (world.role(rank), socket.gethostname(),
+                                                              _device_name(device), cfg.method)
+    record.source_bytes = ctx.source.nbytes if ctx.source else 0
+    record.destination_bytes = ctx.destination.nbytes if ctx.destination else 0
     log = _Log(rank)
     own_watchdog = watchdog is None
     if watchdog is None:
-        watchdog = Watchdog(cfg.timeout_s, rank, lambda e: on_record({**record, "error": record["error"] or e}),
+        watchdog = Watchdog(cfg.timeout_s, rank, lambda e: on_record(replace(record, error=record.error or e)),
                             watch_parent=False)
     transport = for_precision(make_transport(cfg.method), plan.precision)  # FP8: the sender quantises first
     try:
         watchdog.arm(getattr(transport, "setup_phase", f"{cfg.method} transport set-up"))
         hooks.before("setup")
         transport.prepare(ctx)
-        record["extra_bytes"] = transport.extra_bytes
-        record["transport"] = transport.info
-        if transport.measured_extra_bytes is not None:
-            record["extra_bytes_measured"] = transport.measured_extra_bytes
-        log(f"{record['role']} on {record['device']}: {cfg.method} transport ready, "
-            f"{record['source_bytes'] + record['destination_bytes']} shard bytes, {transport.extra_bytes} extra bytes")
+        record.extra_bytes = transport.extra_bytes
+        record.transport = transport.info
+        record.extra_bytes_measured = transport.measured_extra_bytes
+        log(f"{record.role} on {record.device}: {cfg.method} transport ready, "
+            f"{record.source_bytes + record.destination_bytes} shard bytes, {transport.extra_bytes} extra bytes")
         watchdog.arm("weight fill")
         check = destination_check(plan, rank, device)
         for buf, storage in transport.source_parts:
@@ -107,12 +93,12 @@ def run_rank(cfg: RunConfig, rank: int, world_size: int, device: torch.device,
             rec = IterationRecord(k - cfg.warmup if k >= cfg.warmup else -(cfg.warmup - k), k < cfg.warmup,
                                   stats.time_ms, traffic.bytes_in, traffic.bytes_out, traffic.bytes_local,
                                   stats.phases_ms, stats.launches)
-            record["iterations"].append(asdict(rec))
+            record.iterations.append(rec)
             on_record(record)
-        record["verified"] = True
-        record["complete"] = True
+        record.verified = True
+        record.complete = True
     except BaseException as e:
-        record["error"] = f"{e.__class__.__name__}: {e}"
+        record.error = f"{e.__class__.__name__}: {e}"
         on_record(record)
         raise
     finally:

@@ -48,11 +48,11 @@ def test_a_rank_held_before_init_ends_the_run_in_time(tmp_path: Path) -> None:
     assert 0 < ended - fault_at < TIMEOUT_S + GRACE_S + KILL_GRACE_S + 8, f"ended {ended - fault_at:.1f} s after"
     _no_process_left(d)
     rec = load_rank_record(rank_path(d, 1))
-    assert rec["error"].startswith("TimeoutError: process-group init (gloo) did not finish within the "
-                                   f"--refit-timeout of {TIMEOUT_S} s on rank 1 "), rec["error"]
+    assert rec.error.startswith("TimeoutError: process-group init (gloo) did not finish within the "
+                                   f"--refit-timeout of {TIMEOUT_S} s on rank 1 "), rec.error
     for idle in (3, 4):  # idle ranks took part in nothing and did not fail
         rec = load_rank_record(rank_path(d, idle))
-        assert rec["complete"] and rec["error"] is None
+        assert rec.complete and rec.error is None
     status = refitctl("status", d.name, runs=tmp_path, env={"COLUMNS": "400"}, check=0).stdout
     assert "first failure: rank 1 (source): hung in process-group init (gloo): rank(s) 0, 2 timed out" in status, status
     res = json.loads(refitctl("results", d.name, "--json", runs=tmp_path, check=1).stdout)
@@ -81,7 +81,7 @@ def test_a_killed_controller_leaves_no_rank_running(tmp_path: Path) -> None:
     _wait_for("the ranks to stop", lambda: not any(p.is_running_here() for p in recorded_processes(d)), timeout=30)
     assert time.monotonic() - killed < 10
     for r in range(3):
-        err = load_rank_record(rank_path(d, r))["error"] or ""
+        err = load_rank_record(rank_path(d, r)).error or ""
         assert err.startswith(f"JobTerminated: the process that started rank {r} ") or "Connection" in err, err
     status = refitctl("status", d.name, runs=tmp_path, env={"COLUMNS": "400"}, check=0).stdout
     assert "the local controller" in status and "is gone" in status

@@ -40,7 +40,7 @@ def test_seed_config_verifies(name: str, tmp_path: Path) -> None:
     recs = ranks(tmp_path)
     assert sorted(recs) == list(range(cfg.gpus))
     for r in cfg.world().destination.ranks:
-        assert recs[r]["verified"] and len(recs[r]["iterations"]) == 3
+        assert recs[r].verified and len(recs[r].iterations) == 3
 
 
 def test_idle_ranks_join_and_do_nothing(tmp_path: Path) -> None:
@@ -48,8 +48,8 @@ def test_idle_ranks_join_and_do_nothing(tmp_path: Path) -> None:
     codes, res = run_locally(cfg, tmp_path, timeout_s=240)
     assert codes == [0] * 5 and res["verified"]
     recs = ranks(tmp_path)
-    assert recs[3]["role"] == recs[4]["role"] == "idle"
-    assert recs[3]["iterations"] == [] and "source_bytes" not in recs[3]
+    assert recs[3].role == recs[4].role == "idle"
+    assert recs[3].iterations == [] and recs[3].source_bytes is None
 
 
 def test_pipeline_parallel_source(tmp_path: Path) -> None:
@@ -65,10 +65,10 @@ def test_corrupted_byte_is_caught_and_named(tmp_path: Path) -> None:
                              extra_env={"REFITCTL_FAULT": "corrupt:rank=2:iteration=1"})
     assert codes[2] != 0
     rec = ranks(tmp_path)[2]
-    assert rec["verified"] is False
-    assert rec["error"].startswith("VerificationError: rank 2: ") or rec["error"].startswith("rank 2: ")
-    assert "wrong at global index (" in rec["error"]
-    assert len(rec["iterations"]) == 1  # the warm-up passed; the corrupted iteration is not reported as a time
+    assert rec.verified is False
+    assert rec.error.startswith("VerificationError: rank 2: ") or rec.error.startswith("rank 2: ")
+    assert "wrong at global index (" in rec.error
+    assert len(rec.iterations) == 1  # the warm-up passed; the corrupted iteration is not reported as a time
 
 
 def test_fp32_router_expert_bias_moves_with_the_bf16_weights(tmp_path: Path) -> None:
@@ -93,11 +93,11 @@ def test_zero_copy_and_all_staged_paths_verify(name: str, env: dict[str, str], t
     assert res["verified"] and res["complete"]
     recs = ranks(tmp_path)
     on = env.get("REFITCTL_STAGED_ZERO_COPY") != "0"
-    moved = [r for r in recs.values() if r["transport"]["direct_bytes"] + r["transport"]["staged_bytes"]]
-    assert moved and all(r["transport"]["zero_copy"] is on for r in moved)
+    moved = [r for r in recs.values() if r.transport["direct_bytes"] + r.transport["staged_bytes"]]
+    assert moved and all(r.transport["zero_copy"] is on for r in moved)
     if on:
-        assert any(r["transport"]["direct_ops"] for r in moved)
+        assert any(r.transport["direct_ops"] for r in moved)
     else:
-        assert all(r["transport"]["direct_ops"] == 0 and r["transport"]["staged_bytes"] for r in moved)
-    phases = recs[0]["iterations"][-1]["phases_ms"]
+        assert all(r.transport["direct_ops"] == 0 and r.transport["staged_bytes"] for r in moved)
+    phases = recs[0].iterations[-1].phases_ms
     assert set(phases) <= {"issue", "pack", "local", "transfer", "unpack", "direct"} and phases

@@ -160,7 +160,7 @@ def test_a_job_stopped_after_k_iterations_keeps_them(tmp_path: Path) -> None:
     csv = refitctl("results", d.name, "--csv", runs=tmp_path, check=1).stdout.splitlines()
     assert len(csv) == 4
     # the hung rank recorded 3; a source that only sends may have finished one more before it was stopped
-    counts = [len(load_rank_record(f)["iterations"]) for f in rank_files(d)]
+    counts = [len(load_rank_record(f).iterations) for f in rank_files(d)]
     assert counts[0] == 3 and min(counts) == 3, counts
 
 

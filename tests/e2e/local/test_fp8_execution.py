@@ -74,7 +74,7 @@ def test_fp8_seed_configs_verify_bitwise_at_about_half_the_wire_bytes(name: str,
     it = res["iterations"][-1]
     assert it["phases_ms"]["quantise"] > 0 and it["time_ms"] >= it["phases_ms"]["quantise"]
     for r in cfg.world().destination.ranks:
-        assert ranks(tmp_path)[r]["verified"]
+        assert ranks(tmp_path)[r].verified
 
 
 def test_fp8_blocks_cut_by_the_source_tp_boundary_are_gathered_and_verify(tmp_path: Path) -> None:
@@ -93,8 +93,8 @@ def test_fp8_corrupted_byte_is_caught_and_named(tmp_path: Path) -> None:
     codes, res = _run(cfg, tmp_path, grace_s=20, extra_env={"REFITCTL_FAULT": "corrupt:rank=2:iteration=1"})
     assert codes[2] != 0
     rec = ranks(tmp_path)[2]
-    assert rec["verified"] is False and len(rec["iterations"]) == 1
-    assert "VerificationError: rank 2: " in rec["error"] and " wrong at " in rec["error"]
+    assert rec.verified is False and len(rec.iterations) == 1
+    assert "VerificationError: rank 2: " in rec.error and " wrong at " in rec.error
 
 
 def test_kimi_k2_small_fp8_preset_verifies_on_gloo(tmp_path: Path) -> None:

@@ -78,7 +78,7 @@ def test_non_collocated_config_4_megatron_gloo_verifies(tmp_path: Path) -> None:
 
     ranks = [load_rank_record(p) for p in rank_files(tmp_path / "run")]
     assert [r["role"] for r in ranks] == ["source", "source", "destination"]
-    assert all(r["verified"] for r in ranks) and ranks[2]["destination_bytes"] > 0
+    assert all(r.verified for r in ranks) and ranks[2].destination_bytes > 0
 
 
 def test_megatron_gloo_runs_on_cpu_and_megatron_nccl_falls_back_to_it() -> None:

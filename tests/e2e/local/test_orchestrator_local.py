@@ -20,6 +20,7 @@ from conftest import ROOT
 from helpers import SMALL, only_run, only_run_or_sweep, refitctl, run_json
 from orchestrator.submission import executor
 from orchestrator.state.jobstate import job_state
+from orchestrator.state.runfiles import JobRecord, read_run_info
 from refit_core.numbers import human_bytes
 from refit_core.results import load_rank_record, rank_files
 from orchestrator.submission.runspec import ClusterOptions, effective_config, job_env, parse_env, parse_time, plan_resources
@@ -91,10 +92,10 @@ def test_gpu_methods_fall_back_to_gloo_only_when_not_asked_for() -> None:
 
 def test_lost_state_is_a_plain_message(tmp_path: Path) -> None:
     """A run whose scheduler forgot it (unknown job id, vanished controller) reads UNKNOWN with a reason."""
-    slurm = {"job": {"cluster": "slurm", "job_id": "987654321", "submitted": 0}}
+    slurm = JobRecord("slurm", "987654321", "", 0.0, None)
     st = job_state(tmp_path, slurm)
     assert st.state == "UNKNOWN" and "987654321" in st.detail and st.final
-    local = {"job": {"cluster": "local", "job_id": "1", "controller_pid": 999999999, "submitted": 0}}
+    local = JobRecord("local", "1", "", 0.0, 999999999)
     st = job_state(tmp_path, local)
     assert st.state == "UNKNOWN" and "controller" in st.detail
 
@@ -232,7 +233,7 @@ def test_collocated_config_runs_locally(tmp_path: Path) -> None:
     d = only_run(tmp_path)
     info = run_json(d)
     assert info["mode"] == "collocated" and info["active_ranks"] == 4
-    roles = {load_rank_record(p)["role"] for p in rank_files(d)}
+    roles = {load_rank_record(p).role for p in rank_files(d)}
     assert "source+destination" in roles
 
 
@@ -274,7 +275,7 @@ def test_ctrl_c_detaches_and_status_reattaches(tmp_path: Path) -> None:
     assert proc.returncode == 130, out
     assert "Detached" in out and "refitctl status" in out and "refitctl cancel" in out
     d = only_run(tmp_path)
-    assert job_state(d, run_json(d)).state in ("PENDING", "RUNNING", "SUBMITTED")
+    assert job_state(d, read_run_info(d).job).state in ("PENDING", "RUNNING", "SUBMITTED")
     p = refitctl("status", d.name, "--watch", "--poll", "0.5", runs=tmp_path, check=0)
     assert "COMPLETED" in p.stdout and "verified" in p.stdout
 

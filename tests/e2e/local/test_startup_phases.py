@@ -17,7 +17,7 @@ from orchestrator.views.liveview import rank_status, starting_phases
 from refit_core.execution import weights
 from refit_core.execution.storage import rank_storage
 from refit_core.execution.watchdog import process_start_time, record_phase
-from refit_core.results import RankRecordWriter, load_rank_record, rank_path
+from refit_core.results import RankRecord, RankRecordWriter, load_rank_record, rank_path
 
 # What an active gloo rank goes through, in order (the transport's set-up phase is named by the transport).
 ACTIVE_PHASES = ["starting Python", "start-up (imports, plan)", "importing torch", "CUDA device set-up",
@@ -32,19 +32,19 @@ def test_every_rank_record_carries_its_phases_with_their_wall_times(tmp_path: Pa
     assert codes == [0] * 4 and res is not None and res["verified"]
     for r in range(3):
         rec = load_rank_record(rank_path(tmp_path, r))
-        names = [n for n, _ in rec["phases"]]
+        names = [n for n, _ in rec.phases]
         assert [n for n in names if n in ACTIVE_PHASES] == ACTIVE_PHASES, names
         assert not any(n.startswith("iteration ") for n in names)  # iterations are one phase, not one each
-        times = [t for _, t in rec["phases"]]
-        assert times == sorted(times) and rec["phase"] == names[-1] and rec["phase_since"] == times[-1]
+        times = [t for _, t in rec.phases]
+        assert times == sorted(times) and rec.phase == names[-1] and rec.phase_since == times[-1]
         assert 0 <= times[names.index("iterations")] - times[0] < 240
     idle = load_rank_record(rank_path(tmp_path, 3))
-    assert [n for n, _ in idle["phases"]] == ["starting Python", "start-up (imports, plan)"]  # no torch, no group
+    assert [n for n, _ in idle.phases] == ["starting Python", "start-up (imports, plan)"]  # no torch, no group
 
 
 def test_a_phase_is_one_appended_line_and_a_repeated_phase_none(tmp_path: Path) -> None:
     w = RankRecordWriter(tmp_path / "r.jsonl", started=100.0)
-    w.save({"rank": 0, "iterations": []})
+    w.save(RankRecord(0))
     w.enter_phase("weight fill", now=101.5)
     w.enter_phase("weight fill", now=102.0)
     w.close()

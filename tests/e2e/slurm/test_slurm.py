@@ -200,7 +200,7 @@ def _restarts(job: str) -> int:
 
 def _iterations(rank_file: Path) -> int:
     try:
-        return len(load_rank_record(rank_file)["iterations"])
+        return len(load_rank_record(rank_file).iterations)
     except (OSError, RunDirError):
         return 0
 

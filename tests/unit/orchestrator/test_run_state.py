@@ -25,8 +25,8 @@ from orchestrator.submission import executor
 from orchestrator.cli import main
 from orchestrator.state.runfiles import JobStateFile, RunInfo, SweepInfo
 from refit_core.errors import RunDirError
-from refit_core.results import (RankFileReader, RankRecordWriter, aggregate, load_rank_record, rank_path,
-                                read_rank_records, read_results)
+from refit_core.results import (IterationRecord, RankFileReader, RankRecord, RankRecordWriter, aggregate,
+                                load_rank_record, rank_path, read_rank_records, read_results)
 from helpers import SMALL
 
 PY = sys.executable
@@ -49,14 +49,12 @@ def one_line(code: int, err: str) -> str:
 def write_ranks(d: Path, n: int = 3, iterations: int = 3, verified: bool = True) -> None:
     for r in range(n):
         w = RankRecordWriter(rank_path(d, r))
-        rec: dict[str, Any] = {"rank": r, "role": "source" if r < 2 else "destination", "iterations": [],
-                               "verified": False, "complete": False, "error": None}
+        rec = RankRecord(r, "source" if r < 2 else "destination")
         w.save(rec)
         for k in range(iterations):
-            rec["iterations"].append({"iteration": k - 1, "warmup": k == 0, "time_ms": 2.0 + r + k, "bytes_in": 0,
-                                      "bytes_out": 0, "bytes_local": 0, "phases_ms": {}, "launches": 1})
+            rec.iterations.append(IterationRecord(k - 1, k == 0, 2.0 + r + k, launches=1))
             w.save(rec)
-        rec.update(verified=verified, complete=verified)
+        rec.verified = rec.complete = verified
         w.save(rec)
         w.close()
 
@@ -299,43 +297,46 @@ def test_ctrl_c_during_submit_never_deletes_a_started_job(start: bool, then: str
 
 # ----------------------------------------------------------------------------- item 8: appended rank records
 
-def _rec(k: int) -> dict[str, Any]:
-    return {"iteration": k, "warmup": False, "time_ms": 1.5, "bytes_in": 1, "bytes_out": 2, "bytes_local": 0,
-            "phases_ms": {"transfer": 1.0}, "launches": 3}
+def _rec(k: int) -> IterationRecord:
+    return IterationRecord(k, False, 1.5, bytes_in=1, bytes_out=2, bytes_local=0, phases_ms={"transfer": 1.0},
+                           launches=3)
 
 
 def test_each_save_appends_only_what_changed(tmp_path: Path) -> None:
     path = rank_path(tmp_path, 0)
     w = RankRecordWriter(path)
-    rec: dict[str, Any] = {"rank": 0, "role": "source", "iterations": [], "verified": False, "complete": False,
-                           "error": None}
+    rec = RankRecord(0, "source")
     w.save(rec)
+    assert json.loads(path.read_text()) == {"kind": "header", "format": 2, "rank": 0, "role": "source",
+                                            "verified": False, "complete": False, "error": None, "restarts": 0}
     sizes = []
     for k in range(200):
-        rec["iterations"].append(_rec(k))
+        rec.iterations.append(_rec(k))
         w.save(rec)
         sizes.append(path.stat().st_size)
     growth = {b - a for a, b in zip(sizes, sizes[1:])}
     assert max(growth) - min(growth) <= 2  # one line per iteration (its digits grow), whatever came before
-    rec["verified"] = rec["complete"] = True
+    rec.verified = rec.complete = True
     w.save(rec)
     lines = path.read_text().splitlines()
     assert len(lines) == 1 + 200 + 1 and json.loads(lines[-1]) == {"kind": "update",
                                                                    "fields": {"verified": True, "complete": True}}
+    assert json.loads(lines[1]) == {"kind": "iteration", "iteration": 0, "warmup": False, "time_ms": 1.5,
+                                    "bytes_in": 1, "bytes_out": 2, "bytes_local": 0, "phases_ms": {"transfer": 1.0},
+                                    "launches": 3, "verified": True}
     got = load_rank_record(path)
-    assert got["verified"] and [i["iteration"] for i in got["iterations"]] == list(range(200))
+    assert got.verified and got.iterations == [_rec(k) for k in range(200)]
 
 
 def test_the_reader_parses_only_what_is_new(tmp_path: Path) -> None:
     path = rank_path(tmp_path, 1)
     w = RankRecordWriter(path)
-    rec: dict[str, Any] = {"rank": 1, "role": "destination", "iterations": [], "verified": False,
-                           "complete": False, "error": None}
+    rec = RankRecord(1, "destination")
     w.save(rec)
     reader = RankFileReader(path)
     assert reader.read().iterations == [] and reader._line == 1  # the header
     for k in range(50):
-        rec["iterations"].append(_rec(k))
+        rec.iterations.append(_rec(k))
         w.save(rec)
         before = reader._line
         got = reader.read()
@@ -345,8 +346,7 @@ def test_the_reader_parses_only_what_is_new(tmp_path: Path) -> None:
         f.write('{"kind": "iteration", "iteration": 50')
     assert len(reader.read().iterations) == 50 and reader._offset == offset
     w2 = RankRecordWriter(path)  # a restarted attempt replaces the file: read again from the start
-    w2.save({"rank": 1, "role": "destination", "iterations": [_rec(0)], "verified": False, "complete": False,
-             "error": None})
+    w2.save(RankRecord(1, "destination", [_rec(0)]))
     assert len(reader.read().iterations) == 1
 
 
@@ -355,10 +355,10 @@ def test_damaged_and_old_format_rank_files(tmp_path: Path) -> None:
     with open(rank_path(tmp_path, 1), "ab") as f:
         f.write(b"\x00\xff not json\n")
     old = tmp_path / "ranks" / "rank-00002.json"  # the earlier format: the whole record in one JSON file
-    old.write_text(json.dumps({"rank": 2, "role": "destination", "iterations": [_rec(0)], "verified": True,
+    old.write_text(json.dumps({"rank": 2, "role": "destination", "iterations": [_rec(0).to_json()], "verified": True,
                                "complete": True, "error": None}))
     records, problems = read_rank_records(tmp_path)
-    assert [r["rank"] for r in records] == [0, 2]
+    assert [r.rank for r in records] == [0, 2] and records[1].iterations == [_rec(0)]
     assert problems == ["rank-00001.jsonl: unreadable (UnicodeDecodeError at line 6: truncated or corrupt)"]
 
 
