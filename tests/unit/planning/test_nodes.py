@@ -51,7 +51,7 @@ def test_node_aware_plans_cover_once_cross_nodes_less_and_balance_each_nic(case,
     assert cross_node_bytes(aware, nodes) <= cross_node_bytes(blind, nodes)
     # each link class within a stated margin of its max-flow optimum: a cut between senders falls
     # on whole rows, so a source's load exceeds its share by less than 2 rows per holder set
-    unit = max(p.slice_numel * (p.nbytes // p.numel) for p in inv.params)
+    unit = max(p.index_bytes for p in inv.params)
     holder_sets = {g.holders for p in inv.params
                    for g in shard_groups(p, src, model.num_layers, model.num_experts)}
     groups = len(holder_sets) * (nodes.node(world.world_size - 1) + 1)  # holder set x destination node
