@@ -77,7 +77,7 @@ def test_non_collocated_config_4_megatron_gloo_verifies(tmp_path: Path) -> None:
     from refit_core.results import load_rank_record, rank_files
 
     ranks = [load_rank_record(p) for p in rank_files(tmp_path / "run")]
-    assert [r["role"] for r in ranks] == ["source", "source", "destination"]
+    assert [r.role for r in ranks] == ["source", "source", "destination"]
     assert all(r.verified for r in ranks) and ranks[2].destination_bytes > 0
 
 
