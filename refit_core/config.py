@@ -143,7 +143,8 @@ class RunConfig:
         return memory_fit(inv, world or self.world(), self.method, self.bucket_bytes,
                           int(self.gpu_memory_gb * GIB), self.gpus_per_node,
                           destination_slot_sizes(inv, self.destination, self.inference_precision),
-                          self.nvshmem_placement)
+                          self.nvshmem_placement,
+                          destination_slot_sizes(inv, self.source, self.inference_precision))
 
     def device_map(self) -> "DeviceMap | None":
         """The rank -> GPU placement written before launch, or None if none was."""

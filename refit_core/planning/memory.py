@@ -97,12 +97,14 @@ def slot_sizes(inv: Inventory, layout: ParallelLayout) -> list[list[int]]:
 
 def memory_fit(inv: Inventory, world: WorldLayout, method: str, bucket_bytes: int, limit_bytes: int,
                gpus_per_node: int | None = None, destination_slots: list[list[int]] | None = None,
-               nvshmem_placement: str = "auto") -> MemoryFit:
+               nvshmem_placement: str = "auto", send_image_slots: list[list[int]] | None = None) -> MemoryFit:
     """Per-GPU bytes of a refit of `inv` on `world` by `method`, against `limit_bytes` per GPU; a method
     whose buffers are NVSHMEM's heap lays it out as the run will (`nvshmem_placement`, placement.py).
 
     `destination_slots`: the destination shards' sizes when they differ from the source's dtype
-    (FP8: `precision.destination_slot_sizes`)."""
+    (FP8: `precision.destination_slot_sizes`). `send_image_slots`: what a source rank quantises its
+    shards into before they travel (FP8: the same sizes on the source layout), held beside its BF16
+    shards and counted with its buffers."""
     src = slot_sizes(inv, world.source.layout)
     dst = destination_slots if destination_slots is not None else slot_sizes(inv, world.destination.layout)
     slots = []
@@ -116,6 +118,11 @@ def memory_fit(inv: Inventory, world: WorldLayout, method: str, bucket_bytes: in
         buffers = [hl.heap_bytes - hl.heap_used[r] + NVSHMEM_OVERHEAD_BYTES for r in active]
     else:
         buffers = [bucket_bytes] * len(shards)
+    if send_image_slots is not None:
+        for r in active:
+            sl = world.source.local(r)
+            if sl is not None:
+                buffers[r] += sum(send_image_slots[sl])
     out = tuple(
         RankMemory(r, world.role(r), s, d, buffers[r] if r in active else 0)
         for r, (s, d) in enumerate(shards)

@@ -270,8 +270,10 @@ def test_full_plans_are_balanced_and_predicted(full_plans: dict[str, tuple[RunCo
 
 
 @pytest.mark.slurm
-def test_make_kimi_k2_small_runs_verified_on_the_local_slurm_cluster(tmp_path) -> None:
-    """`make kimi-k2-small`'s command: Kimi K2's layout shapes on 2 nodes x 4 GPUs, verified."""
+@pytest.mark.parametrize("name", ["kimi-k2-small", "kimi-k2-small-fp8"])
+def test_make_kimi_k2_small_runs_verified_on_the_local_slurm_cluster(name: str, tmp_path) -> None:
+    """`make kimi-k2-small`'s command: Kimi K2's layout shapes on 2 nodes x 4 GPUs, verified (the FP8
+    variant: every destination FP8 byte and scale against the reference quantisation)."""
     import shutil
     import subprocess
 
@@ -279,10 +281,11 @@ def test_make_kimi_k2_small_runs_verified_on_the_local_slurm_cluster(tmp_path) -
         pytest.skip("needs the local SLURM cluster: make slurm-up")
     from helpers import refitctl, run_json, only_run
 
-    p = refitctl("submit", "kimi-k2-small", "--cluster", "slurm", "--gpus-per-node", "4", "--refit-method", "gloo",
+    p = refitctl("submit", name, "--cluster", "slurm", "--gpus-per-node", "4", "--refit-method", "gloo",
                  "--time", "10", "--poll", "1", runs=tmp_path, check=0)
     assert "Executor: SLURM (--cluster slurm); 2 nodes x 4 tasks" in p.stdout
     d = only_run(tmp_path)
     assert run_json(d)["final"]["state"] == "COMPLETED"
     res = json.loads((d / "results.json").read_text())
     assert res["verified"] and res["timed_iterations"] == 3
+    assert res.get("precision", "bf16") == ("fp8" if name.endswith("fp8") else "bf16")

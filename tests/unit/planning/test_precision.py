@@ -134,3 +134,14 @@ def test_kimi_k2_record_shape_predicts_under_one_second_bounded_by_the_destinati
         assert min(v) > 0.999 * max(v)
     bf16 = predict(cfg.with_changes(inference_precision="bf16").plan(inv, world), link)
     assert bf16.time_s == pytest.approx(0.786, abs=5e-4)
+
+
+def test_memory_fit_counts_the_fp8_send_image_on_sources() -> None:
+    from orchestrator.configs import resolve
+
+    bf16 = resolve("kimi-k2-record").with_changes(inference_precision="bf16").memory_fit()
+    fp8 = resolve("kimi-k2-record").memory_fit()
+    src = 0  # a source GPU: same BF16 shards either way; with FP8 it also holds what it quantises into
+    assert fp8.per_rank[src].source_bytes == bf16.per_rank[src].source_bytes
+    extra = fp8.per_rank[src].buffer_bytes - bf16.per_rank[src].buffer_bytes
+    assert 0.45 * bf16.per_rank[src].source_bytes < extra < 0.6 * bf16.per_rank[src].source_bytes
