@@ -13,6 +13,9 @@ import re
 import subprocess
 from dataclasses import dataclass
 
+from orchestrator.submission.runspec import parse_time
+from refit_core.errors import ConfigError
+
 SINFO_FORMAT = "%N|%P|%c|%G|%l|%a|%t"
 
 
@@ -41,22 +44,15 @@ class Request:
 
 
 def parse_time_limit(text: str) -> int | None:
-    """sinfo's %l ('infinite', 'MM', 'HH:MM:SS', 'D-HH:MM:SS') in seconds; None for no limit."""
+    """sinfo's %l in seconds ('infinite' and the like: None, no limit); the syntax is SLURM's time
+    syntax, which runspec.parse_time reads for --time. A limit it refuses reads as no limit."""
     text = text.strip()
     if text in ("infinite", "UNLIMITED", "n/a", ""):
         return None
-    days = 0
-    if "-" in text:
-        d, text = text.split("-", 1)
-        days = int(d)
-    parts = [int(p) for p in text.split(":")]
-    if len(parts) == 1:
-        secs = parts[0] * 60
-    elif len(parts) == 2:
-        secs = parts[0] * 60 + parts[1]
-    else:
-        secs = parts[0] * 3600 + parts[1] * 60 + parts[2]
-    return days * 86400 + secs
+    try:
+        return parse_time(text)
+    except ConfigError:
+        return None
 
 
 def _gpus(gres: str) -> int:
