@@ -29,7 +29,7 @@ import torch.distributed as dist
 
 from refit_core.execution.quantize import FP8, block_amax, quantise_rows, scales_from_amax
 from refit_core.execution.storage import Slot, Storage, rank_storage
-from refit_core.execution.transports.base import IterationStats, RankContext, ShardPart, Transport, allocate
+from refit_core.execution.transports.base import (IterationStats, RankContext, ShardPart, Transport, allocate, TransportReport)
 from refit_core.execution.weights import torch_dtype
 from refit_core.execution.transports import registry
 from refit_core.execution.wire import scale_weights
@@ -84,18 +84,14 @@ def gather_layout(plan) -> tuple[dict[tuple[int, int], int], int]:
     return offsets, n
 
 
-class QuantisingSender:
+class QuantisingSender(TransportReport):
     """A transport that quantises the rank's BF16 source shards into an FP8 send image first."""
 
     def __init__(self, inner: Transport) -> None:
+        super().__init__()
         self.inner = inner
         self.name = inner.name
         self.setup_phase = getattr(inner, "setup_phase", f"{inner.name} transport set-up")
-        self.source_parts: list[ShardPart] = []
-        self.destination_parts: list[ShardPart] = []
-        self.extra_bytes = 0
-        self.measured_extra_bytes: int | None = None
-        self.info: dict[str, object] = {}
 
     def prepare(self, ctx: RankContext) -> None:
         self.ctx = ctx

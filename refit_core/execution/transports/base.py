@@ -56,6 +56,18 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
+class TransportReport:
+    """What every transport reports, at its values before `prepare()`: where the shards live, the
+    memory it adds, and how it set itself up. Transports inherit it instead of repeating it."""
+
+    def __init__(self) -> None:
+        self.source_parts: list[ShardPart] = []
+        self.destination_parts: list[ShardPart] = []
+        self.extra_bytes = 0
+        self.measured_extra_bytes: int | None = None
+        self.info: dict[str, object] = {}
+
+
 def whole(buf: torch.Tensor | None, storage: Storage | None) -> list[ShardPart]:
     """One part holding all of `storage`, or none for a role the rank does not have."""
     return [(buf, storage)] if buf is not None and storage is not None else []

@@ -36,7 +36,7 @@ from refit_core.errors import ConfigError, TransportError
 from refit_core.planning.layout import Placement
 from refit_core.planning.model import Inventory
 from refit_core.execution.storage import Storage
-from refit_core.execution.transports.base import IterationStats, RankContext, ShardPart, allocate, whole
+from refit_core.execution.transports.base import IterationStats, RankContext, allocate, whole, TransportReport
 from refit_core.execution.weights import param_view
 
 METHODS = ("megatron-gloo", "megatron-nccl", "megatron-nvshmem")
@@ -54,19 +54,15 @@ def refusal(method: str) -> str | None:
     return lookup(method).refusal
 
 
-class MegatronTransport:
+class MegatronTransport(TransportReport):
     """Megatron-Core's swap_model_weights over refitctl's shard buffers (backend gloo or nccl)."""
 
     def __init__(self, method: str) -> None:
+        super().__init__()
         if refusal(method):
             raise ConfigError(refusal(method))
         self.name = method
         self.backend = method.removeprefix("megatron-")
-        self.source_parts: list[ShardPart] = []
-        self.destination_parts: list[ShardPart] = []
-        self.extra_bytes = 0
-        self.measured_extra_bytes: int | None = None
-        self.info: dict[str, object] = {}
         self.models: Any = None
         self.service: Any = None
         self.planned = False

@@ -15,7 +15,7 @@ from refit_core.planning.sharding import shard_groups
 from refit_core.planning.memory import NVSHMEM_RESERVE_BYTES
 from refit_core.execution.storage import aligned
 from refit_core.execution.wire import rank_storages
-from refit_core.execution.transports.base import IterationStats, RankContext, ShardPart, whole
+from refit_core.execution.transports.base import IterationStats, RankContext, whole, TransportReport
 from refit_core.execution.transports.nvshmem import init_nvshmem
 from refit_core.execution.weights import torch_dtype
 
@@ -24,16 +24,12 @@ def _along(t: torch.Tensor, dim: int, start: int, length: int) -> torch.Tensor:
     return t.narrow(dim, start, length)
 
 
-class NaiveTransport:
+class NaiveTransport(TransportReport):
     name = "naive"
     setup_phase = "NVSHMEM init"  # the watchdog's name for prepare(): nvshmem init has no timeout of its own
 
     def __init__(self) -> None:
-        self.source_parts: list[ShardPart] = []
-        self.destination_parts: list[ShardPart] = []
-        self.extra_bytes = 0
-        self.measured_extra_bytes: int | None = None
-        self.info: dict[str, object] = {}
+        super().__init__()
         self._sym: torch.Tensor | None = None
 
     def prepare(self, ctx: RankContext) -> None:

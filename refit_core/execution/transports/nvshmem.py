@@ -28,7 +28,7 @@ from refit_core.config import SYNC_MODES
 from refit_core.planning.memory import NVSHMEM_GRANULARITY_BYTES, NVSHMEM_RESERVE_BYTES
 from refit_core.execution.transports.placement import Part, nvshmem_direction, place
 from refit_core.execution.wire import rank_storages
-from refit_core.execution.transports.base import IterationStats, RankContext, ShardPart, allocate
+from refit_core.execution.transports.base import IterationStats, RankContext, ShardPart, allocate, TransportReport
 from refit_core.execution.transports.copy import CudaBlockCopy
 
 
@@ -64,16 +64,12 @@ def init_nvshmem(rank: int, nranks: int, device: torch.device, group: object) ->
     nv.init(device=dev, uid=uid, rank=rank, nranks=nranks, initializer_method="uid")
 
 
-class NvshmemTransport:
+class NvshmemTransport(TransportReport):
     name = "nvshmem"
     setup_phase = "NVSHMEM init"  # the watchdog's name for prepare(): nvshmem init has no timeout of its own
 
     def __init__(self) -> None:
-        self.source_parts: list[ShardPart] = []
-        self.destination_parts: list[ShardPart] = []
-        self.extra_bytes = 0
-        self.measured_extra_bytes: int | None = None
-        self.info: dict[str, object] = {}
+        super().__init__()
         self._sym: torch.Tensor | None = None
         self._private: torch.Tensor | None = None
 

@@ -25,7 +25,7 @@ import torch.distributed as dist
 from refit_core.execution.transports.blocks import Block, Chunk, RankBlocks, ShardLayouts, chunk_bytes_for, rank_blocks
 from refit_core.errors import ConfigError
 from refit_core.execution.storage import aligned
-from refit_core.execution.transports.base import IterationStats, RankContext, ShardPart, allocate, whole
+from refit_core.execution.transports.base import IterationStats, RankContext, allocate, whole, TransportReport
 from refit_core.execution.transports.copy import CudaBlockCopy, absolute, copy_blocks_torch, cuda_copy_available
 
 DIRECT_MIN_BYTES = 4 << 20
@@ -64,19 +64,15 @@ class _Step:
         return len(self.blocks)
 
 
-class StagedTransport:
+class StagedTransport(TransportReport):
     """nccl / gloo: long runs zero-copy, the rest packed into buckets; batched isend/irecv."""
 
     def __init__(self, name: str) -> None:
+        super().__init__()
         self.name = name
         self.setup_phase = f"{name} transport set-up (staging buffers, copy kernels)"
         self.src_buf: torch.Tensor | None = None
         self.dst_buf: torch.Tensor | None = None
-        self.source_parts: list[ShardPart] = []
-        self.destination_parts: list[ShardPart] = []
-        self.extra_bytes = 0
-        self.measured_extra_bytes: int | None = None
-        self.info: dict[str, object] = {}
 
     def prepare(self, ctx: RankContext) -> None:
         self.ctx = ctx
