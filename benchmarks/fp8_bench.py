@@ -86,15 +86,16 @@ def main(argv: list[str] | None = None) -> int:
         for s in wanted:
             by_size["peer_copy_one_way"][str(s)], by_size["peer_copy_both_ways"][str(s)] = peer_copy(s, 10)
         by_size.update(nccl_ceilings(wanted, 10, work))
+    path = args.out or Path(__file__).resolve().parent / "results" / f"{date}-{slug(device)}-fp8.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for c in todo:
         row = run_case(c, gpus, work, by_size)
         row["quantise_ms"] = (row.get("phases_ms") or {}).get("quantise")
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "transport"}), flush=True)
-        partial = args.out or Path(__file__).resolve().parent / "results" / f"{date}-{slug(device)}-fp8.json"
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_text(json.dumps({"device": device, "gpus": gpus, "date": date, "partial": True,
+
+        path.write_text(json.dumps({"device": device, "gpus": gpus, "date": date, "partial": True,
                                        "command": "python " + " ".join(sys.argv), "rows": rows}, indent=1))
     for bf16, fp8 in zip(rows[::2], rows[1::2]):
         if bf16.get("wire_bytes") and fp8.get("wire_bytes"):
@@ -104,8 +105,6 @@ def main(argv: list[str] | None = None) -> int:
     out = {"device": device, "gpus": gpus, "date": date, "command": "python " + " ".join(sys.argv),
            "env": {k: os.environ.get(k) for k in SAFE_ENV}, "ceilings_by_size": by_size, "rows": rows,
            "wall_s": round(time.time() - t_start, 1)}
-    path = args.out or Path(__file__).resolve().parent / "results" / f"{date}-{slug(device)}-fp8.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))
     shutil.rmtree(work, ignore_errors=True)
     print(f"\nwrote {path} ({out['wall_s']} s)\n")

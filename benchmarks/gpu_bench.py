@@ -409,21 +409,20 @@ def main(argv: list[str] | None = None) -> int:
         by_size.update(nccl_ceilings(wanted, 10, work))
     ceilings = {name: v[str(wanted[-1])] for name, v in by_size.items() if str(wanted[-1]) in v}
     print("ceilings (GB/s at the largest size):", json.dumps({k: round(v, 1) for k, v in ceilings.items()}), flush=True)
+    path = args.out or Path(__file__).resolve().parent / "results" / f"{date}-{slug(device)}-{gpus}gpu.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for c in todo:
         row = run_case(c, gpus, work, by_size)
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "transport"}), flush=True)
-        partial = args.out or Path(__file__).resolve().parent / "results" / f"{date}-{slug(device)}-{gpus}gpu.json"
-        partial.parent.mkdir(parents=True, exist_ok=True)  # kept current: a run cut short keeps its rows
-        partial.write_text(json.dumps({"device": device, "gpus": gpus, "date": date, "partial": True,
+  # kept current: a run cut short keeps its rows
+        path.write_text(json.dumps({"device": device, "gpus": gpus, "date": date, "partial": True,
                                        "command": "python " + " ".join(sys.argv), "ceilings": ceilings,
                                        "ceilings_by_size": by_size, "rows": rows}, indent=1))
     out = {"device": device, "gpus": gpus, "date": date, "command": "python " + " ".join(sys.argv),
            "env": {k: os.environ.get(k) for k in SAFE_ENV}, "ceilings": ceilings, "ceilings_by_size": by_size,
            "rows": rows, "wall_s": round(time.time() - t_start, 1)}
-    path = args.out or Path(__file__).resolve().parent / "results" / f"{date}-{slug(device)}-{gpus}gpu.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))
     cpath = path.with_name(path.stem + "-ceilings.json")
     cpath.write_text(json.dumps(ceilings_record(device, date, gpus, ceilings, by_size), indent=1))
