@@ -208,26 +208,35 @@ def command_line() -> str:
     return "refitctl " + shlex.join(sys.argv[1:])
 
 
-def plan_and_spec(name: str, cfg: Any, opts: ClusterOptions, cluster: str, method_explicit: bool,
-                  fit: bool = True) -> tuple[RunSpec, Plan]:
-    """Decide the run. On SLURM, first ask `sinfo` whether the cluster can ever run it: if not,
-    `--cluster slurm` stops here in one line, and `--cluster auto` runs it locally, saying why.
-    `fit=False` skips that question (render writes a script for some cluster, not for this one)."""
+def _spec(name: str, cfg: Any, opts: ClusterOptions, cluster: str, method_explicit: bool) -> RunSpec:
     node_gpus = executor.local_gpu_count() if cluster == "local" else None
     gpus = bool(node_gpus) if cluster == "local" else opts.request_gpus
     host = executor.host_memory() if cluster == "local" else None
-    spec = make_spec(name, cfg, cluster, opts, os.environ, method_explicit, gpus, os.cpu_count() or 1, node_gpus,
+    return make_spec(name, cfg, cluster, opts, os.environ, method_explicit, gpus, os.cpu_count() or 1, node_gpus,
                      host)
-    if cluster == "slurm" and fit:
-        reason = slurm_misfit(spec)
-        if reason is not None and opts.cluster == "slurm":
+
+
+def plan_and_spec(name: str, cfg: Any, opts: ClusterOptions, cluster: str, method_explicit: bool) -> tuple[RunSpec, Plan]:
+    """Decide the run for `cluster` as given (render: a script for some cluster, not this one)."""
+    spec = _spec(name, cfg, opts, cluster, method_explicit)
+    return spec, spec.config.plan()
+
+
+def plan_where_it_fits(name: str, cfg: Any, opts: ClusterOptions, cluster: str,
+                       method_explicit: bool) -> tuple[RunSpec, Plan]:
+    """Decide a run that is about to be submitted. On SLURM, first ask `sinfo` whether the cluster can
+    ever run it: if not, `--cluster slurm` stops here in one line, and `--cluster auto` runs it
+    locally, saying why."""
+    spec = _spec(name, cfg, opts, cluster, method_explicit)
+    reason = slurm_misfit(spec) if cluster == "slurm" else None
+    if reason is not None:
+        if opts.cluster == "slurm":
             raise ConfigError(f"this SLURM cluster cannot run {name}: {reason}: choose a partition that can "
                               "(--partition, --gpus-per-node), or run it here with --cluster local")
-        if reason is not None:
-            local, _ = plan_and_spec(name, cfg, opts, "local", method_explicit)
-            note = (f"SLURM here cannot run {name} ({reason}): running it as local processes instead "
-                    "(--cluster slurm insists on SLURM)")
-            spec = dataclasses.replace(local, notes=(note, *local.notes))
+        local = _spec(name, cfg, opts, "local", method_explicit)
+        note = (f"SLURM here cannot run {name} ({reason}): running it as local processes instead "
+                "(--cluster slurm insists on SLURM)")
+        spec = dataclasses.replace(local, notes=(note, *local.notes))
     return spec, spec.config.plan()
 
 

@@ -28,7 +28,7 @@ def _render(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         cfg = resolve_config(args)
         opts = cluster_options(args)
-        spec, plan = plan_and_spec(cfg.name, cfg, opts, "slurm", args.flag_refit_method is not None, fit=False)
+        spec, plan = plan_and_spec(cfg.name, cfg, opts, "slurm", args.flag_refit_method is not None)
         text = render_sbatch(spec, plan, args.python or sys.executable, args.run_dir, command_line())
         if args.output:
             try:

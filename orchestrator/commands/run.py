@@ -20,7 +20,7 @@ from rich.text import Text
 from orchestrator import safety
 from orchestrator.commands.sweep import print_sweep_results
 from orchestrator.commands.common import (add_cluster_args, add_config_args, add_runs_dir, add_watch_args, cluster_options,
-                                          command, command_line, detach_hint, emit, follow, plan_and_spec, poll_arg,
+                                          command, command_line, detach_hint, emit, follow, plan_where_it_fits, poll_arg,
                                           poll_seconds, resolve_config, run_target, runs_root, submit_runs, wide_console)
 from orchestrator.safety import styled
 from orchestrator.state.jobstate import cancel
@@ -74,7 +74,7 @@ def _submit(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
         cfg = resolve_config(args, gpu_memory=False)  # make_spec checks memory: the host's for a local CPU run
         opts = cluster_options(args)
         cluster, why = executor.detect_cluster(opts.cluster)
-        spec, plan = plan_and_spec(args.name or cfg.name, cfg, opts, cluster, args.flag_refit_method is not None)
+        spec, plan = plan_where_it_fits(args.name or cfg.name, cfg, opts, cluster, args.flag_refit_method is not None)
         if spec.cluster != cluster:
             cluster, why = spec.cluster, "the SLURM cluster cannot hold it"
         print_intro(console, spec, plan, why)

@@ -25,7 +25,7 @@ from orchestrator import configs, safety
 from orchestrator.submission import executor
 from orchestrator.commands.common import (add_cluster_args, add_runs_dir, add_watch_args, cluster_options, command,
                                           command_line, config_file, detach_hint, emit, follow, interrupts_deferred,
-                                          plan_and_spec, poll_seconds, runs_root, submit_runs, wide_console)
+                                          plan_where_it_fits, poll_seconds, runs_root, submit_runs, wide_console)
 from orchestrator.configs.flags import add_flags, apply_overrides, overrides_from_args
 from orchestrator.views.liveview import comparison_view, layout_label, method_label, refit_kind
 from orchestrator.state.rundir import (SWEEP_FILE, is_sweep, list_runs, load_config, now_iso, stamp, sweep_run_dirs, sweep_title,
@@ -146,7 +146,7 @@ def _prepare_new(args: argparse.Namespace, root: Path, console: Any) -> tuple[Pa
     for name in names:
         try:
             cfg = apply_overrides(configs.resolve(name, args.config_file), overrides)
-            spec, plan = plan_and_spec(name, cfg, opts, cluster, explicit)
+            spec, plan = plan_where_it_fits(name, cfg, opts, cluster, explicit)
         except ConfigError as e:
             bad.append(f"{name}: {e}")
             continue
@@ -216,7 +216,7 @@ def _prepare_resume(args: argparse.Namespace, sweep_dir: Path) -> tuple[list[Run
         if not snap.state.final:
             raise ConfigError(f"{name} ({last}) is still {snap.state.state}: wait for it or cancel it first")
         old = read_run_info(last).requested_method
-        spec, plan = plan_and_spec(name, load_config(last), opts, cluster, True)
+        spec, plan = plan_where_it_fits(name, load_config(last), opts, cluster, True)
         spec = dataclasses.replace(spec, requested_method=spec.requested_method if old is None else old)
         d = unique_dir(sweep_dir, name)
         write_run(d, spec, plan, command_line(), sweep=sweep_dir)
