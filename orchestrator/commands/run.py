@@ -27,7 +27,8 @@ from orchestrator.state.jobstate import cancel
 from orchestrator.state.runfiles import read_run_info, read_sweep_info
 from orchestrator.state.rundir import (find_run, is_sweep, iterations_csv, list_runs, stamp, sweep_run_dirs,
                                        sweep_title, unique_dir, write_run)
-from orchestrator.state.tracking import finalize_over, snapshot
+from orchestrator.state.slurmquery import Look
+from orchestrator.state.tracking import finalize_over, slurm_look, snapshot, snapshots
 from orchestrator.submission import executor
 from orchestrator.submission.runspec import RunSpec
 from orchestrator.views.liveview import (comparison_view, method_label, results_view, run_header, run_view, state_style,
@@ -128,7 +129,7 @@ def _status(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
             if snaps is None:
                 return 130
         else:
-            snaps = [snapshot(d) for d in dirs]
+            snaps = snapshots(dirs)
         if title is not None:
             console.print(comparison_view(snaps, title) if all(s.state.final for s in snaps)
                           else sweep_table(snaps, title))
@@ -219,8 +220,9 @@ def _runs(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
         t = Table(title=f"runs in {root}")  # the console reads no markup: a path is shown as written
         for col in ("run", "method", "job", "state", "verified", "median ms", "GB/s"):
             t.add_column(col, justify="right" if col in ("median ms", "GB/s") else "left", no_wrap=col == "run")
+        view = slurm_look(_all_run_dirs(dirs))  # one SLURM query for every run listed
         for d in dirs:
-            t.add_row(*_run_row(d))
+            t.add_row(*_run_row(d, view))
         wide_console().print(t)
         return 0
 
@@ -241,24 +243,35 @@ def last_arg(text: str) -> int:
     return value
 
 
-def _run_row(d: Path) -> list[Any]:
+def _all_run_dirs(dirs: list[Path]) -> list[Path]:
+    """The runs listed and those of the sweeps listed (a sweep that cannot be read is left to its row)."""
+    out = []
+    for d in dirs:
+        try:
+            out += sweep_run_dirs(d) if is_sweep(d) else [d]
+        except (RunDirError, OSError):
+            continue
+    return out
+
+
+def _run_row(d: Path, view: Look | None = None) -> list[Any]:
     """One row of `runs`; a damaged directory is one BROKEN row (never an error that hides the others)."""
     try:
-        return _sweep_row(d) if is_sweep(d) else _single_row(d)
+        return _sweep_row(d, view) if is_sweep(d) else _single_row(d, view)
     except RunDirError as e:
         return [Text(d.name), "", Text(e.short()[:100]), Text("BROKEN", style="bold red"), "", "", ""]
     except (ConfigError, OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         return [Text(d.name), "", Text(_damage(d, e)), Text("BROKEN", style="bold red"), "", "", ""]
 
 
-def _sweep_row(d: Path) -> list[Any]:
+def _sweep_row(d: Path, view: Look | None) -> list[Any]:
 
     info = read_sweep_info(d)
     states, ok, n = set(), 0, 0
     for r in sweep_run_dirs(d):
         n += 1
         try:
-            s = snapshot(r)
+            s = snapshot(r, view)
         except RunDirError:
             states.add("BROKEN")
             continue
@@ -267,8 +280,8 @@ def _sweep_row(d: Path) -> list[Any]:
     return [d.name, "", f"sweep {info.name}, {n} runs", ", ".join(sorted(states)), f"{ok}/{n}", "", ""]
 
 
-def _single_row(d: Path) -> list[Any]:
-    s = snapshot(d)
+def _single_row(d: Path, view: Look | None) -> list[Any]:
+    s = snapshot(d, view)
     res = s.results or {}
     return [d.name, method_label(s.info), s.job_label, Text(s.state.state, style=state_style(s.state.state)),
             "" if not s.state.final else ("yes" if s.verified else "no"),

@@ -34,7 +34,7 @@ from orchestrator.state.runfiles import (SweepInfo, locked, read_run_info, read_
                                          write_sweep_file)
 from orchestrator.submission.runspec import RunSpec
 from orchestrator.safety import styled
-from orchestrator.state.tracking import Snapshot, finalize_over, snapshot
+from orchestrator.state.tracking import Snapshot, finalize_over, snapshot, snapshots
 from refit_core.errors import ConfigError
 from refit_core.results import write_json_atomic
 
@@ -270,7 +270,7 @@ def write_comparison(sweep_dir: Path, snaps: list[Snapshot]) -> None:
 
 
 def print_sweep_results(sweep_dir: Path, as_csv: bool, as_json: bool) -> int:
-    snaps = [snapshot(d) for d in sweep_run_dirs(sweep_dir)]  # reading only: comparison.csv is the sweep's
+    snaps = snapshots(sweep_run_dirs(sweep_dir))  # reading only: comparison.csv is the sweep's
     rows = comparison_rows(snaps)
     if as_csv:
         emit(comparison_csv(rows))

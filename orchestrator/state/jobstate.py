@@ -8,14 +8,15 @@ words: nothing here raises for a job that cannot be found.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from jobs.procs import recorded_processes, stop_processes
+from orchestrator.state import slurmcache, slurmquery
 from orchestrator.state.rundir import CANCEL_FILE, STATE_FILE
+from orchestrator.state.slurmquery import Look, QueueEntry, SlurmView
 from orchestrator.state.runfiles import FinalState, JobRecord, RunInfo, read_job_state
 from refit_core.errors import RunDirError
 from refit_core.results import read_results, write_json_atomic
@@ -25,6 +26,21 @@ ACTIVE = {"RUNNING", "CONFIGURING", "COMPLETING", "STAGE_OUT", "SIGNALING", "RES
 FINAL = {"COMPLETED", "FAILED", "TIMEOUT", "CANCELLED", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
          "PREEMPTED", "REVOKED", "SPECIAL_EXIT", "UNKNOWN"}
 _SUBMIT_GRACE_S = 60  # a job SLURM does not list yet, this soon after sbatch, is "SUBMITTED"
+_CANCEL_TIMEOUT_S = 30  # scancel: an action the user waits for, not a look
+NO_ANSWER = "NO_ANSWER"  # SLURM did not answer in time (slurmctld down or restarting): neither final nor queued
+
+# SLURM's states in words: what happened, for the states whose name alone does not say it.
+STATE_WORDS = {
+    "NODE_FAIL": "a node of the job failed (its slurmd stopped answering slurmctld): SLURM ended the job and "
+                 "the ranks on that node were lost; `refitctl sweep --resume` or a new submit runs it again",
+    "PREEMPTED": "preempted by a job of higher priority and not requeued",
+    "TIMEOUT": "the time limit was reached: SLURM sent SIGTERM, then SIGKILL after its grace period (KillWait)",
+    "REQUEUED": "requeued (preempted, a node lost, or `scontrol requeue`): back in the queue, the refit starts "
+                "again from scratch",
+    "BOOT_FAIL": "a node of the job failed to boot",
+    "OUT_OF_MEMORY": "a task ran out of memory",
+    "DEADLINE": "the job's deadline passed",
+}
 
 
 @dataclass(frozen=True)
@@ -45,15 +61,17 @@ class JobState:
         return self.state + (f" ({self.detail})" if self.detail else "")
 
 
-def job_state(run_dir: Path, job: JobRecord | None, final: FinalState | None = None) -> JobState:
-    """The run's state from its scheduler (run.json's `job`); never submitted: run.json's `final`, else UNKNOWN."""
+def job_state(run_dir: Path, job: JobRecord | None, final: FinalState | None = None,
+              slurm: Look | None = None) -> JobState:
+    """The run's state from its scheduler (run.json's `job`); never submitted: run.json's `final`, else UNKNOWN.
+    `slurm`: SLURM's answer for many runs at once (slurmquery.ask), instead of asking for this one."""
     if job is None:
         if final is not None:
             return JobState(final.state, final.detail, "run.json")
         return JobState("UNKNOWN", "never submitted (no job id in run.json)", "run.json")
     if job.cluster == "local":
         return _local_state(run_dir, job)
-    return _slurm_state(run_dir, job)
+    return _slurm_state(run_dir, job, slurm)
 
 
 # ----------------------------------------------------------------------------- local
@@ -95,12 +113,12 @@ def _controller_alive(pid: int | None) -> bool:
 
 def _run(cmd: list[str]) -> tuple[int, str, str]:
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=_CANCEL_TIMEOUT_S)
         return p.returncode, p.stdout, p.stderr.strip()
     except FileNotFoundError:
         return 127, "", f"{cmd[0]} not found"
     except subprocess.TimeoutExpired:
-        return 124, "", f"{cmd[0]} did not answer in 30 s"
+        return 124, "", f"{cmd[0]} did not answer in {_CANCEL_TIMEOUT_S} s"
 
 
 # SLURM's pending reasons (squeue %r) in words, with what the user can change.
@@ -131,44 +149,55 @@ def pending_reason(reason: str) -> str:
     return f"{reason}: {words}" if words else reason
 
 
-def _slurm_state(run_dir: Path, job: JobRecord) -> JobState:
+def _slurm_state(run_dir: Path, job: JobRecord, look: Look | None) -> JobState:
+    """A SLURM job's state: remembered (slurmcache), else from `view` (one batched look at many runs) or,
+    without one, from a look at this job alone. A final state read from accounting is remembered."""
+    kept = slurmcache.cached(run_dir, job)
+    if kept is not None:
+        return JobState(kept[0], kept[1], "sacct (remembered)")
+    view = look.view() if look is not None else slurmquery.ask([job.job_id], job.submitted)
+    st = slurm_answer(run_dir, job, view)
+    if st.source == "sacct" and st.final and st.state != "UNKNOWN":
+        slurmcache.remember(run_dir, job, st.state, st.detail)
+    return st
+
+
+def slurm_answer(run_dir: Path, job: JobRecord, view: SlurmView) -> JobState:
+    """What `view` says of `job`: the queue first (slurmctld), then accounting; when neither knows it, the
+    run directory (and why); when SLURM did not answer, NO_ANSWER (not final: the next look asks again)."""
     jid = job.job_id
-    rc, out, err = _run(["squeue", "-h", "-j", jid, "-o", "%i|%T|%r"])
-    squeue_err = err if rc != 0 else ""
-    for line in out.splitlines():
-        parts = line.strip().split("|")
-        if len(parts) == 3 and parts[0] == jid:
-            state, reason = parts[1], parts[2]
-            detail = "" if reason in ("None", "") else pending_reason(reason)
-            restarts = _restarts(jid)
-            if restarts:
-                detail = f"requeued {restarts} time(s) (preempted or a node lost): each attempt starts the refit " \
-                    "from scratch" + (f"; {detail}" if detail else "")
-            return JobState(state, detail, "squeue")
-    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(job.submitted - 300))
-    rc, out, err = _run(["sacct", "-X", "-n", "-P", "-j", jid, "-S", since, "-o", "JobID,State,ExitCode,Elapsed"])
-    if rc == 0:
-        for line in reversed(out.splitlines()):  # a reused job id: the newest record is last
-            parts = line.strip().split("|")
-            if len(parts) >= 4 and parts[0] == jid:
-                state = parts[1].split()[0] if parts[1] else "UNKNOWN"
-                if state in ACTIVE or state in QUEUED:
-                    return JobState(state, "", "sacct")
-                detail = f"exit code {parts[2]}, elapsed {parts[3]}" if state != "COMPLETED" else f"elapsed {parts[3]}"
-                return JobState(state, detail, "sacct")
-    sacct_err = err.splitlines()[-1] if rc != 0 and err else ("" if rc == 0 else f"sacct exit code {rc}")
-    if time.time() - job.submitted < _SUBMIT_GRACE_S and not squeue_err:
+    q = view.queue.get(jid)
+    if q is not None:
+        return JobState(q.state, _queue_detail(q), "squeue")
+    a = view.acct.get(jid)
+    if a is not None:
+        if a.state in ACTIVE or a.state in QUEUED:
+            return JobState(a.state, STATE_WORDS.get(a.state, ""), "sacct")
+        numbers = f"exit code {a.exit_code}, elapsed {a.elapsed}" if a.state != "COMPLETED" else f"elapsed {a.elapsed}"
+        words = STATE_WORDS.get(a.state)
+        return JobState(a.state, f"{words}; {numbers}" if words else numbers, "sacct")
+    qr, ar = view.queue_reply, view.acct_reply
+    if qr.silent or (qr.ok and ar.silent):
+        said = "; ".join(r.error for r in (qr, ar) if r.silent)
+        return JobState(NO_ANSWER, f"SLURM did not answer ({said}): the state is asked again at the next look",
+                        "squeue")
+    if time.time() - job.submitted < _SUBMIT_GRACE_S and qr.ok:
         return JobState("SUBMITTED", "", "squeue")
-    why = "; ".join(x for x in (f"squeue: {squeue_err}" if squeue_err else "",
+    sacct_err = ar.error if not ar.ok else ""
+    why = "; ".join(x for x in (f"squeue: {qr.error}" if not qr.ok else "",
                                 f"sacct: {sacct_err}" if sacct_err else "sacct has no record of it") if x)
     return _from_run_dir(run_dir, f"SLURM no longer knows job {jid} ({why})")
 
 
-def _restarts(jid: str) -> int:
-    """How many times SLURM requeued the job (scontrol's Restarts); 0 when it cannot say."""
-    rc, out, _ = _run(["scontrol", "show", "job", "-o", jid])
-    m = re.search(r"\bRestarts=(\d+)", out) if rc == 0 else None
-    return int(m.group(1)) if m else 0
+def _queue_detail(q: QueueEntry) -> str:
+    """squeue's reason in words, and the requeues so far."""
+    detail = "" if q.reason in ("None", "") else pending_reason(q.reason)
+    if not detail and q.state in STATE_WORDS:
+        detail = STATE_WORDS[q.state]
+    if q.restarts:
+        detail = f"requeued {q.restarts} time(s) (preempted, a node lost, or `scontrol requeue`): each attempt " \
+            "starts the refit from scratch" + (f"; {detail}" if detail else "")
+    return detail
 
 
 def _from_run_dir(run_dir: Path, why: str) -> JobState:

@@ -12,10 +12,12 @@ import sys
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from orchestrator.state.failures import Diagnosis, diagnose, process_ends
+from orchestrator.state import slurmcache, slurmquery
 from orchestrator.state.jobstate import JobState, job_state
+from orchestrator.state.slurmquery import Look
 from refit_core.errors import RunDirError
 from orchestrator.state.rundir import Progress, progress, results
 from orchestrator.state.runfiles import RunInfo, read_run_info
@@ -49,15 +51,40 @@ class Snapshot:
         return f"{job.cluster} job {job.job_id}" if job else "not submitted"
 
 
-def snapshot(run_dir: Path) -> Snapshot:
+def snapshot(run_dir: Path, slurm: Look | None = None) -> Snapshot:
+    """One run as it stands; `slurm`: SLURM's answer for many runs at once (`slurm_look`)."""
     info = read_run_info(run_dir)
     if info.final is not None:
         state = JobState(info.final.state, info.final.detail, info.final.source)
     else:
-        state = job_state(run_dir, info.job)
+        state = job_state(run_dir, info.job, slurm=slurm)
     prog = progress(run_dir, info.active_ranks, info.warmup, info.iterations)
     res = results(run_dir, info) if state.final else None
     return Snapshot(run_dir, info, state, prog, res)
+
+
+def slurm_look(run_dirs: Sequence[Path]) -> Look | None:
+    """One batched, bounded SLURM query for every run among `run_dirs` whose state only SLURM can tell
+    (submitted there, not finalized, its end not remembered), started now and answered while the runs are
+    read; None when there is none. A directory that cannot be read is left to `snapshot` to report."""
+    jobs = []
+    for d in run_dirs:
+        try:
+            info = read_run_info(d)
+        except (RunDirError, OSError):
+            continue
+        job = info.job
+        if info.final is None and job is not None and job.cluster == "slurm" and slurmcache.cached(d, job) is None:
+            jobs.append(job)
+    if not jobs:
+        return None
+    return slurmquery.start([j.job_id for j in jobs], min(j.submitted for j in jobs))
+
+
+def snapshots(run_dirs: Sequence[Path]) -> list[Snapshot]:
+    """Every run of `run_dirs`, with one SLURM query for all of them (not one per run)."""
+    view = slurm_look(run_dirs)
+    return [snapshot(d, view) for d in run_dirs]
 
 
 def finalize_over(snaps: list[Snapshot]) -> list[Snapshot]:

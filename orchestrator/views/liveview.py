@@ -22,7 +22,7 @@ from rich.text import Text
 from refit_core.numbers import gbps_short, human_bytes, ms_short
 from orchestrator.submission.runspec import format_time
 from orchestrator.state.runfiles import ParallelDims, RunInfo
-from orchestrator.state.tracking import Snapshot, snapshot
+from orchestrator.state.tracking import Snapshot, snapshots
 from refit_core.taskenv import rank_log_name
 
 _ELAPSED = re.compile(r" \d+\.\d s\b")  # "importing torch 2.1 s": the seconds a rank has been in its phase
@@ -368,12 +368,12 @@ def watch(run_dirs: Sequence[Path], console: Console, poll_s: float, title: str 
     def render(snaps: list[Snapshot]) -> Any:
         return run_view(snaps[0]) if title is None else sweep_table(snaps, title)
 
-    snaps = [snapshot(d) for d in run_dirs]
+    snaps = snapshots(run_dirs)
     if console.is_terminal:
         with Live(render(snaps), console=console, refresh_per_second=4, transient=True) as live:
             while not over(snaps):
                 time.sleep(poll_s)
-                snaps = [snapshot(d) for d in run_dirs]
+                snaps = snapshots(run_dirs)
                 live.update(render(snaps))
         for s in snaps:
             console.print(status_line(s), highlight=False, markup=False)
@@ -389,4 +389,4 @@ def watch(run_dirs: Sequence[Path], console: Console, poll_s: float, title: str 
         if over(snaps):
             return snaps
         time.sleep(poll_s)
-        snaps = [snapshot(d) for d in run_dirs]
+        snaps = snapshots(run_dirs)
