@@ -23,7 +23,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from refit_core.taskenv import SAFE_ENV, master_port
 
@@ -139,6 +139,8 @@ def run(run_dir: str | os.PathLike[str]) -> "RankRecord":
         from refit_core.planning.plan import plan_transfers
         from refit_core.results import aggregate
 
+        cfg = fallback_without_gpu(cfg, torch, log)
+        m = method(cfg.method)
         watchdog.arm("CUDA device set-up")
         device = rank_device(cfg, env.rank, torch)
         backend = m.backend
@@ -181,6 +183,19 @@ def run(run_dir: str | os.PathLike[str]) -> "RankRecord":
         if watchdog is not None:
             watchdog.stop()
         writer.close()
+
+
+def fallback_without_gpu(cfg: Any, torch: Any, log: Callable[[str], None]) -> Any:
+    """A config's own GPU method on a node without CUDA (RunConfig.fallback_without_gpu, set for SLURM runs):
+    its CPU fallback, said in the rank's log, as a local run decides before launch."""
+    from refit_core.execution.transports.registry import method
+
+    m = method(cfg.method)
+    if not cfg.fallback_without_gpu or not m.needs_cuda or m.cpu_fallback is None or torch.cuda.is_available():
+        return cfg
+    log(f"no CUDA GPU on this node: running {cfg.name} with {m.cpu_fallback} on the CPU instead of {cfg.method} "
+        f"(on GPUs it runs {cfg.method}; --refit-method {cfg.method} insists on it)")
+    return cfg.with_changes(method=m.cpu_fallback, devices=(), ranks_per_node=0)
 
 
 def rank_device(cfg: Any, rank: int, torch: Any) -> Any:

@@ -78,6 +78,11 @@ class RunConfig:
     nvshmem_sync: str = "auto"
     """--nvshmem-sync: how an NVSHMEM iteration completes (auto, host, device; transports/nvshmem.py);
     env REFITCTL_NVSHMEM_SYNC overrides it."""
+    fallback_without_gpu: bool = False
+    """Where the ranks find no CUDA GPU, run the method's CPU fallback (its registry entry's `cpu_fallback`)
+    instead of failing. Decided by the orchestrator, not a flag: set for a config's own method (no
+    --refit-method) submitted to SLURM, whose nodes only the job sees; locally the same fallback is decided
+    before launch (orchestrator/submission/runspec.py)."""
 
     def validate(self, gpu_memory: bool = True) -> None:
         """Raise ConfigError for anything the seed says cannot work, before submission.

@@ -422,6 +422,8 @@ def aggregate(run_dir: Path, expected_ranks: list[int], delivered_bytes: int, pr
                                          if r.extra_bytes_measured is not None), default=None),
         "restarts": max((r.restarts for r in records), default=0),
         "transport": next((r.transport for r in sorted(records, key=lambda r: r.rank) if r.transport), {}),
+        # the method the ranks ran: run.json's, or its CPU fallback on SLURM nodes without CUDA (jobs/refit_job.py)
+        "method": next((r.method for r in sorted(records, key=lambda r: r.rank) if r.method), None),
     }
     out["GBps"] = delivered_bytes / (out["median_ms"] * 1e6) if out["median_ms"] else None
     return out
@@ -462,6 +464,7 @@ def read_results(path: Path) -> dict[str, Any]:
         f.get("extra_bytes_max", int, default=0)
         f.get("extra_bytes_measured_max", int, type(None), default=None)
         f.get("transport", dict, default={})
+        f.get("method", str, type(None), default=None)
     except RunDirError as e:
         raise RunDirError(path, f"is damaged (not a results file: {e.problem.removeprefix('is ')})",
                           RESULTS_FIX) from None

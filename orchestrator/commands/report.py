@@ -77,7 +77,7 @@ def _load_run_data(run_dir: Path) -> RunData:
         info = snap.info
         res = results(run_dir, info)  # results.json checked (refit_core.results.read_results), else the ranks
         return RunData(info.name, str(run_dir), info.config, info.mode or plan["mode"],
-                       method_label(info), snap.state.state, snap.verified, res, plan)
+                       method_label(info, res), snap.state.state, snap.verified, res, plan)
     if res_path.is_file():
         res, state = read_results(res_path), "finished"
     else:

@@ -283,7 +283,7 @@ def _sweep_row(d: Path, view: Look | None) -> list[Any]:
 def _single_row(d: Path, view: Look | None) -> list[Any]:
     s = snapshot(d, view)
     res = s.results or {}
-    return [d.name, method_label(s.info), s.job_label, Text(s.state.state, style=state_style(s.state.state)),
+    return [d.name, method_label(s.info, s.results), s.job_label, Text(s.state.state, style=state_style(s.state.state)),
             "" if not s.state.final else ("yes" if s.verified else "no"),
             "-" if res.get("median_ms") is None else f"{res['median_ms']:,.1f}",
             "-" if res.get("GBps") is None else f"{res['GBps']:.3f}"]

@@ -57,14 +57,14 @@ def sweep_configs(name: str, config_file: Path | None) -> list[str]:
 
 
 def launch(specs: list[RunSpec], dirs: list[Path], sweep_dir: Path) -> list[str]:
-    """Submit: locally one controller runs all, in order; on SLURM one job array per shape. Returns job ids."""
-    if specs[0].cluster == "local":
-        groups = [list(range(len(specs)))]
-    else:
-        by_shape: dict[Any, list[int]] = {}
-        for i, s in enumerate(specs):
+    """Submit: on SLURM one job array per shape; the local runs (all, or those SLURM cannot hold) one controller
+    runs in order. Returns job ids."""
+    local = [i for i, s in enumerate(specs) if s.cluster == "local"]
+    by_shape: dict[Any, list[int]] = {}
+    for i, s in enumerate(specs):
+        if s.cluster != "local":
             by_shape.setdefault(executor.shape(s), []).append(i)
-        groups = list(by_shape.values())
+    groups = list(by_shape.values()) + ([local] if local else [])
     ids = []
     for idx in groups:
         refs = submit_runs([specs[i] for i in idx], [dirs[i] for i in idx], sweep_dir / "submitit")
@@ -91,13 +91,13 @@ def _sweep(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
         if args.resume:
             sweep_dir = _resume_target(args, root)
             with locked(sweep_dir):  # a second --resume waits, then sees these runs submitted
-                specs, dirs, why = _prepare_resume(args, sweep_dir)
-                _launch_and_record(console, specs, dirs, sweep_dir, why, holding_lock=True)
+                specs, dirs, where = _prepare_resume(args, sweep_dir)
+                _launch_and_record(console, specs, dirs, sweep_dir, where, holding_lock=True)
         else:
             if not args.sweep:
                 raise ConfigError("name a sweep (8gpu, all, ...) or a list of configs; `refitctl sweep --help`")
-            sweep_dir, specs, dirs, why = _prepare_new(args, root, console)
-            _launch_and_record(console, specs, dirs, sweep_dir, why, holding_lock=False)
+            sweep_dir, specs, dirs, where = _prepare_new(args, root, console)
+            _launch_and_record(console, specs, dirs, sweep_dir, where, holding_lock=False)
         if args.detach and specs:
             detach_hint(console, sweep_dir)
             return 0
@@ -116,17 +116,15 @@ def _sweep(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
     return run
 
 
-def _launch_and_record(console: Any, specs: list[RunSpec], dirs: list[Path], sweep_dir: Path, why: str,
+def _launch_and_record(console: Any, specs: list[RunSpec], dirs: list[Path], sweep_dir: Path, where: tuple[str, str],
                        holding_lock: bool) -> None:
     """Submit the prepared runs and add their job ids to sweep.json (read-modify-write under the lock)."""
     if not specs:
         console.print(f"every config of {sweep_dir} verified already: nothing to rerun", highlight=False)
         return
     cluster = specs[0].cluster
-    console.print(f"Executor: {'SLURM' if cluster == 'slurm' else 'local processes'} ({why}); "
-                  f"{specs[0].resources.describe()}"
-                  + ("; one job array" if cluster == "slurm" else "; one run after another"), highlight=False,
-                  soft_wrap=True)
+    for line in executor_lines(specs, where):
+        console.print(line, highlight=False, soft_wrap=True)
     with interrupts_deferred():  # the ids reach sweep.json before a Ctrl-C is let through
         ids = launch(specs, dirs, sweep_dir)
         record = write_sweep_file if holding_lock else update_sweep_file
@@ -136,7 +134,25 @@ def _launch_and_record(console: Any, specs: list[RunSpec], dirs: list[Path], swe
                   highlight=False)
 
 
-def _prepare_new(args: argparse.Namespace, root: Path, console: Any) -> tuple[Path, list[RunSpec], list[Path], str]:
+def executor_lines(specs: list[RunSpec], where: tuple[str, str]) -> list[str]:
+    """Where the sweep's runs go, and why. `where`: the cluster --cluster chose and its reason; runs that
+    plan_where_it_fits moved off that cluster (SLURM cannot hold them) say so instead."""
+    chosen, why = where
+    lines = []
+    for cluster in ("slurm", "local"):
+        group = [s for s in specs if s.cluster == cluster]
+        if not group:
+            continue
+        reason = why if cluster == chosen else "the SLURM cluster cannot hold them"
+        names = "" if len(group) == len(specs) else f" for {', '.join(s.name for s in group)}"
+        how = "one job array" if cluster == "slurm" else "one run after another"
+        lines.append(f"Executor: {'SLURM' if cluster == 'slurm' else 'local processes'}{names} ({reason}); "
+                     f"{group[0].resources.describe()}; {how}")
+    return lines
+
+
+def _prepare_new(args: argparse.Namespace, root: Path, console: Any) -> tuple[Path, list[RunSpec], list[Path],
+                                                                              tuple[str, str]]:
     names = sweep_configs(args.sweep, args.config_file)
     opts = cluster_options(args)
     cluster, why = executor.detect_cluster(opts.cluster)
@@ -181,7 +197,7 @@ def _prepare_new(args: argparse.Namespace, root: Path, console: Any) -> tuple[Pa
     except BaseException:  # a full disk, Ctrl-C: nothing was submitted, no half-made sweep is left
         shutil.rmtree(sweep_dir, ignore_errors=True)
         raise
-    return sweep_dir, specs, dirs, why
+    return sweep_dir, specs, dirs, (cluster, why)
 
 
 def _resume_target(args: argparse.Namespace, root: Path) -> Path:
@@ -199,7 +215,7 @@ def _resume_target(args: argparse.Namespace, root: Path) -> Path:
     return sweep_dir
 
 
-def _prepare_resume(args: argparse.Namespace, sweep_dir: Path) -> tuple[list[RunSpec], list[Path], str]:
+def _prepare_resume(args: argparse.Namespace, sweep_dir: Path) -> tuple[list[RunSpec], list[Path], tuple[str, str]]:
     """The runs to do again (the latest run of a config did not verify); the caller holds the sweep's lock."""
     data: SweepInfo = read_sweep_info(sweep_dir)
     opts = cluster_options(args, base=data.options)
@@ -230,7 +246,7 @@ def _prepare_resume(args: argparse.Namespace, sweep_dir: Path) -> tuple[list[Run
         raw.setdefault("resumed", []).append(now_iso())
 
     write_sweep_file(sweep_dir, change)
-    return specs, dirs, why
+    return specs, dirs, (cluster, why)
 
 
 # ----------------------------------------------------------------------------- comparison

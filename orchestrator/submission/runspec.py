@@ -250,6 +250,16 @@ def effective_config(cfg: RunConfig, method_explicit: bool, gpus_available: bool
     return cfg.with_changes(method=m.cpu_fallback), note
 
 
+def allow_fallback_on_nodes(cfg: RunConfig, cluster: str, method_explicit: bool) -> RunConfig:
+    """On SLURM the GPUs requested are not known to be CUDA GPUs until the job runs (a test cluster's are
+    fake): a config's own GPU method (not asked for by flag) may fall back there as it does locally, on
+    the nodes (jobs/refit_job.py, RunConfig.fallback_without_gpu); one asked for by flag still fails."""
+    m = registry.method(cfg.method)
+    if cluster != "slurm" or method_explicit or not m.needs_cuda or m.cpu_fallback is None:
+        return cfg
+    return cfg.with_changes(fallback_without_gpu=True)
+
+
 @dataclass(frozen=True)
 class HostMemory:
     """This machine's memory in bytes (/proc/meminfo's MemAvailable and MemTotal)."""
@@ -284,6 +294,7 @@ def make_spec(name: str, cfg: RunConfig, cluster: str, opts: ClusterOptions, env
     `host`'s memory, every other run against --gpu-memory-gb."""
     requested = cfg.method
     cfg, note = effective_config(cfg, method_explicit, gpus_available)
+    cfg = allow_fallback_on_nodes(cfg, cluster, method_explicit)
     cfg = cfg.with_environment(dict(job_env(environ, opts.env, None)))  # what the tasks will see overrides
     on_host = cluster == "local" and not registry.method(cfg.method).needs_cuda
     cfg.validate(gpu_memory=not on_host)

@@ -39,8 +39,13 @@ def state_style(state: str) -> str:
     return "bold red"
 
 
-def method_label(info: RunInfo) -> str:
+def method_label(info: RunInfo, res: dict[str, Any] | None = None) -> str:
+    """The method that ran, and the one asked for when they differ: a GPU method on the CPU runs gloo, decided
+    before launch (run.json) or, on SLURM nodes without CUDA, by the ranks (results' `method`)."""
     m, req = info.method, info.requested_method
+    ran = (res or {}).get("method")
+    if isinstance(ran, str) and ran and ran != m:
+        m, req = ran, req or m
     return m if not req or req == m else f"{m} (for {req})"
 
 
@@ -219,7 +224,7 @@ def results_view(s: Snapshot) -> Group:
         (s.state.state, state_style(s.state.state)), detail, " · ", verdict,
         f" · first {ms_short(res.get('first_ms'))} ms · median {ms_short(res.get('median_ms'))} ms · min {ms_short(res.get('min_ms'))} ms"
         f" · {gbps_short(res.get('GBps'))} GB/s · {delivered_text(res)}"
-        f" · method {method_label(s.info)}",
+        f" · method {method_label(s.info, res)}",
     )
     done = sum(1 for i in res.get("iterations", []) if not i.get("warmup"))
     planned = s.info.iterations
@@ -311,7 +316,7 @@ def comparison_view(snaps: Sequence[Snapshot], title: str) -> Group:
         state = Text(s.state.state, style=state_style(s.state.state))
         if s.state.state == "COMPLETED" and not s.verified:
             state = Text("COMPLETED, not verified", style="bold red")
-        t.add_row(s.info.config, s.info.mode, method_label(s.info),
+        t.add_row(s.info.config, s.info.mode, method_label(s.info, res),
                   f"{layout_label(s.info.source)} -> {layout_label(s.info.destination)}", refit_kind(s.info),
                   str(s.info.active_ranks), state, ms_short(res.get("median_ms")), gbps_short(res.get("GBps")))
     parts: list[Any] = [t, _group_table(snaps, "method", method_label), _group_table(snaps, "refit", refit_kind)]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Bring up a real local SLURM 22.05 test cluster on this one machine:
 #   munge + MariaDB + slurmdbd + slurmctld + two slurmd (node1, node2),
-#   each node with 8 CPUs and 4 fake GPUs (gres gpu:4), one partition "debug".
+#   each node with 16 CPUs and 8 fake GPUs (gres gpu:8: a seed config fits one node), one partition "debug".
 # Idempotent: a second run only checks that everything answers (about a second).
 # No systemd needed; every daemon is started directly and tracked by a pid file.
 # See scripts/slurm/README.md. Stop it with scripts/slurm/down.sh.
@@ -17,8 +17,8 @@ NODE_PORTS=(16821 16822)
 CTLD_PORT=16817
 DBD_PORT=16819
 DB_PORT=16306
-NODE_CPUS=8
-NODE_GPUS=4
+NODE_CPUS=16
+NODE_GPUS=8
 NODE_MEM_MB=8192
 DB_NAME=slurm_acct_db
 DB_USER=slurm
@@ -196,7 +196,7 @@ GresTypes=gpu
 # The nodes declare more CPUs than the machine has.
 SlurmdParameters=config_overrides
 ReturnToService=2
-SlurmdTimeout=60
+SlurmdTimeout=15
 InactiveLimit=0
 # A job past its --time limit ends TIMEOUT quickly.
 KillWait=2
