@@ -48,9 +48,9 @@ test-local: venv  ## the orchestrator's tests without SLURM
 	$(PY) -m pytest -q -m 'not slurm' tests/e2e/local/test_orchestrator_local.py $(PYTEST_ARGS)
 
 test-slurm: venv slurm-up  ## bring the local SLURM cluster up, then run the SLURM tests
-	@$(PY) -m pytest -q -m slurm tests/e2e/slurm/test_slurm.py $(PYTEST_ARGS); rc=$$?; $(SLURM_STILL_UP); exit $$rc
+	@$(PY) -m pytest -q -m slurm tests/e2e/slurm/ $(PYTEST_ARGS); rc=$$?; $(SLURM_STILL_UP); exit $$rc
 
-slurm-up:  ## start the local SLURM test cluster (partition debug, node1+node2, 4 fake GPUs each)
+slurm-up:  ## start the local SLURM test cluster (partition debug, node1+node2, 8 fake GPUs each)
 	bash scripts/slurm/up.sh
 
 slurm-down:  ## stop the local SLURM test cluster

@@ -191,9 +191,10 @@ def slurm_answer(run_dir: Path, job: JobRecord, view: SlurmView) -> JobState:
 
 def _queue_detail(q: QueueEntry) -> str:
     """squeue's reason in words, and the requeues so far."""
-    detail = "" if q.reason in ("None", "") else pending_reason(q.reason)
-    if not detail and q.state in STATE_WORDS:
-        detail = STATE_WORDS[q.state]
+    if q.state in FINAL:  # over, still in slurmctld's memory: what happened, not why it would wait
+        detail = STATE_WORDS.get(q.state, "")
+    else:
+        detail = pending_reason(q.reason) if q.reason not in ("None", "") else STATE_WORDS.get(q.state, "")
     if q.restarts:
         detail = f"requeued {q.restarts} time(s) (preempted, a node lost, or `scontrol requeue`): each attempt " \
             "starts the refit from scratch" + (f"; {detail}" if detail else "")
@@ -231,6 +232,8 @@ def cancel(run_dir: Path, info: RunInfo) -> str:
     rc, out, err = _run(["scancel", job.job_id])
     if rc != 0:
         return f"{run_dir.name}: scancel {job.job_id} failed: {err or out or rc}"
+    if st.queued:  # SLURM keeps no accounting record of a pending array task cancelled before it was split off
+        slurmcache.remember(run_dir, job, "CANCELLED", "cancelled by the user (scancel) before it started")
     return f"{run_dir.name}: scancel {job.job_id} sent"
 
 
