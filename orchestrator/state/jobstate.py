@@ -167,9 +167,14 @@ def slurm_answer(run_dir: Path, job: JobRecord, view: SlurmView) -> JobState:
     run directory (and why); when SLURM did not answer, NO_ANSWER (not final: the next look asks again)."""
     jid = job.job_id
     q = view.queue.get(jid)
+    a = view.acct.get(jid)
+    if q is not None and q.state == "COMPLETING" and a is not None and a.state in FINAL:
+        # over (accounting has its end), its processes still being stopped: how it ended, and that it is not done
+        words = STATE_WORDS.get(a.state)
+        return JobState(q.state, f"ended {a.state}" + (f": {words}" if words else "")
+                        + "; SLURM is still stopping its processes", "squeue")
     if q is not None:
         return JobState(q.state, _queue_detail(q), "squeue")
-    a = view.acct.get(jid)
     if a is not None:
         if a.state in ACTIVE or a.state in QUEUED:
             return JobState(a.state, STATE_WORDS.get(a.state, ""), "sacct")

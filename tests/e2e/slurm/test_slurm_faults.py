@@ -121,17 +121,22 @@ def test_a_node_lost_mid_run_ends_node_fail(cluster: None, tmp_path: Path) -> No
     _wait("ranks on both nodes to refit", lambda: _iterations(rank_path(run, 4)) >= 1, 180, 0.5)
     _stop("slurmd-node2")
     _wait("SLURM to end the job NODE_FAIL", lambda: sacct(job).startswith("NODE_FAIL"), 120)
+    # while node2 is away the job may still be COMPLETING (SLURM stopping node1's part): its end is said
     status = refitctl("status", run.name, runs=sweep, env=WIDE, check=0).stdout
     assert "NODE_FAIL" in status and "a node of the job failed" in status, status
-    data = json.loads(refitctl("results", run.name, "--json", runs=sweep, check=1).stdout)
-    assert data["state"] == "NODE_FAIL" and not data["verified"]
-    listing = refitctl("runs", runs=runs, env=WIDE, check=0).stdout
-    assert "NODE_FAIL" in listing, listing
     # node2 back: the ranks SLURM could not reach there are ended by its slurmd; nothing of the run is left
     subprocess.run(["slurmd", "-N", "node2"], check=True, timeout=60)
     subprocess.run(["scontrol", "update", "NodeName=node2", "State=RESUME"], capture_output=True, timeout=30)
     _wait("node2 usable again", lambda: _node_state("node2") in ("idle", "mix", "alloc"), 120)
     _wait("no process of the run left", lambda: not _processes_of(sweep), 120)
+    _wait("the job to leave COMPLETING", lambda: "COMPLETING" not in subprocess.run(
+        ["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True, timeout=30).stdout, 120)
+    status = refitctl("status", run.name, runs=sweep, env=WIDE, check=0).stdout
+    assert "NODE_FAIL (a node of the job failed (its slurmd stopped answering slurmctld)" in status, status
+    data = json.loads(refitctl("results", run.name, "--json", runs=sweep, check=1).stdout)
+    assert data["state"] == "NODE_FAIL" and not data["verified"]
+    listing = refitctl("runs", runs=runs, env=WIDE, check=0).stdout
+    assert "NODE_FAIL" in listing, listing
     _resumed_and_verified(runs, sweep, "--env", "REFITCTL_FAULT=")
     first = refitctl("status", run.name, runs=sweep, env=WIDE, check=0).stdout
     assert "NODE_FAIL" in first  # the first attempt keeps its true end
