@@ -88,11 +88,9 @@ def _release(job: str) -> None:
     def released() -> bool:
         out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T|%r"], capture_output=True, text=True,
                              timeout=30).stdout.strip()
-        if out != "PENDING|BeginTime":
-            return out.startswith(("PENDING", "RUNNING", "COMPLETING", "COMPLETED", "CONFIGURING")) and \
-                not out.startswith("PENDING|BeginTime")
-        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True, timeout=30)
-        return False
+        if out == "PENDING|BeginTime":
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True, timeout=30)
+        return out.startswith(("RUNNING", "CONFIGURING", "COMPLETED"))  # not COMPLETING: the first attempt ending
 
     _wait(f"job {job} released from its requeue hold", released, 150)
 
