@@ -4,9 +4,9 @@ one deadline.
 `status`, `runs`, a sweep's table and `--watch` look at many runs; asking SLURM once per run costs one
 round trip per run (and up to the full timeout per run when slurmctld does not answer). Here the job
 ids of every run are asked in one go, and every query ends by `QUERY_BUDGET_S` whatever the cluster
-does: a query that has not answered by then is killed and reads as "no answer" (`answered` False),
-which the caller shows as such (jobstate: NO_ANSWER, not a final state: the next look asks again).
-Parsing is pure; only `ask` runs commands.
+does: a query that has not answered by then is killed and reads as no answer (`Reply.silent`), as
+does a controller that cannot be reached; the caller shows it as such (jobstate: NO_ANSWER, not a
+final state: the next look asks again). Parsing is pure; only `start` (and `ask`) run commands.
 """
 
 from __future__ import annotations
@@ -110,6 +110,12 @@ class Look:
                 q = Reply(True)
             self._view = SlurmView(parse_squeue(q.out) if q.ok else {}, parse_sacct(a.out) if a.ok else {}, q, a)
         return self._view
+
+    def __del__(self) -> None:  # a look nobody collected (every run it was for turned out broken)
+        for p in self.procs.values():
+            if isinstance(p, subprocess.Popen) and p.poll() is None:
+                with contextlib.suppress(OSError):
+                    os.killpg(p.pid, signal.SIGKILL)
 
 
 def start(job_ids: Sequence[str], since: float, budget_s: float = QUERY_BUDGET_S) -> Look:
