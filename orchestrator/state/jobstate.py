@@ -169,10 +169,12 @@ def slurm_answer(run_dir: Path, job: JobRecord, view: SlurmView) -> JobState:
     q = view.queue.get(jid)
     a = view.acct.get(jid)
     if q is not None and q.state == "COMPLETING" and a is not None and a.state in FINAL:
-        # over (accounting has its end), its processes still being stopped: how it ended, and that it is not done
-        words = STATE_WORDS.get(a.state)
-        return JobState(q.state, f"ended {a.state}" + (f": {words}" if words else "")
-                        + "; SLURM is still stopping its processes", "squeue")
+        # this attempt is over (accounting has its end), its processes still being stopped: how it ended, and
+        # whether the job goes on (requeued: the words of the end would say "not requeued")
+        words = STATE_WORDS.get(a.state) if not q.restarts else None
+        ended = f"ended {a.state}" + (f": {words}" if words else "") + "; SLURM is still stopping its processes"
+        requeued = _queue_detail(QueueEntry(q.state, "None", q.restarts))
+        return JobState(q.state, f"{requeued}; {ended}" if requeued else ended, "squeue")
     if q is not None:
         return JobState(q.state, _queue_detail(q), "squeue")
     if a is not None:

@@ -155,3 +155,20 @@ def test_status_and_runs_over_500_runs_with_an_unreachable_controller(tmp_path: 
     # one squeue and one sacct per command, for every detached run at once (`runs`) or the one asked (`status`)
     asked = ("squeue -h -j 1400,1401,", "sacct -X -n -P -j 1400,1401,", "squeue -h -j 1450 ", "sacct -X -n -P -j 1450 ")
     assert all(c.startswith(asked) for c in calls) and len(calls) <= 12, calls
+
+
+@pytest.mark.parametrize("restarts,acct,says,not_says", [
+    (0, "NODE_FAIL", "ended NODE_FAIL: a node of the job failed", "requeued"),
+    (1, "PREEMPTED", "requeued 1 time(s)", "not requeued"),
+])
+def test_a_job_still_completing_says_how_it_ended(restarts: int, acct: str, says: str, not_says: str,
+                                                  tmp_path: Path) -> None:
+    """squeue still lists the job COMPLETING (SLURM stopping its processes) while sacct has its end."""
+    from orchestrator.state.jobstate import slurm_answer
+
+    view = slurmquery.SlurmView({"9": slurmquery.QueueEntry("COMPLETING", "NodeDown", restarts)},
+                                {"9": slurmquery.AcctEntry(acct, "0:0", "00:00:30")},
+                                slurmquery.Reply(True), slurmquery.Reply(True))
+    st = slurm_answer(tmp_path, JobRecord("slurm", "9", "", 1_700_000_000.0, None), view)
+    assert st.state == "COMPLETING" and not st.final
+    assert says in st.detail and not_says not in st.detail and "still stopping its processes" in st.detail, st
