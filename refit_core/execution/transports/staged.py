@@ -25,7 +25,7 @@ import torch.distributed as dist
 from refit_core.execution.transports.blocks import Block, Chunk, RankBlocks, ShardLayouts, chunk_bytes_for, rank_blocks
 from refit_core.errors import ConfigError
 from refit_core.execution.storage import aligned
-from refit_core.execution.transports.base import IterationStats, RankContext, allocate, whole, TransportReport
+from refit_core.execution.transports.base import IterationStats, RankContext, TransportReport, allocate, shard_buffer, whole
 from refit_core.execution.transports.copy import CudaBlockCopy, absolute, copy_blocks_torch, cuda_copy_available
 
 DIRECT_MIN_BYTES = 4 << 20
@@ -67,6 +67,8 @@ class _Step:
 class StagedTransport(TransportReport):
     """nccl / gloo: long runs zero-copy, the rest packed into buckets; batched isend/irecv."""
 
+    accepts_caller_buffers = True  # refit_core/library hands it a model's own bytes (RankContext.source_buffer)
+
     def __init__(self, name: str) -> None:
         super().__init__()
         self.name = name
@@ -78,14 +80,14 @@ class StagedTransport(TransportReport):
         self.ctx = ctx
         dev = ctx.device
         self.cuda = dev.type == "cuda" and cuda_copy_available()
-        self.src_buf = allocate(ctx.source.nbytes, dev) if ctx.source else None
-        self.dst_buf = allocate(ctx.destination.nbytes, dev) if ctx.destination else None
+        self.src_buf = shard_buffer(ctx, "source")
+        self.dst_buf = shard_buffer(ctx, "destination")
         self.source_parts = whole(self.src_buf, ctx.source)
         self.destination_parts = whole(self.dst_buf, ctx.destination)
         chunk = chunk_bytes_for(ctx.plan, ctx.config.bucket_bytes)
         threshold = direct_min_bytes()
         rb: RankBlocks = rank_blocks(ctx.plan, ctx.rank_plan, ctx.source, ctx.destination, chunk,
-                                     threshold, ShardLayouts(ctx.plan))
+                                     threshold, ctx.layouts or ShardLayouts(ctx.plan))
         # zero-copy messages: views of the shard buffers, sends then receives, each peer's in stream order
         self.direct = [(dist.isend, self.src_buf[d.src: d.src + d.nbytes], d.peer) for d in rb.direct_sends] + \
                       [(dist.irecv, self.dst_buf[d.dst: d.dst + d.nbytes], d.peer) for d in rb.direct_recvs]

@@ -1,0 +1,161 @@
+"""A refit built once, then called every step on the caller's own tensors.
+
+    refit = Refit.build(config, source={name: tensor, ...}, destination={name: tensor, ...})
+    for step in training:
+        ...                       # the optimizer updates the source tensors in place
+        refit()                   # the destination tensors now hold the source's weights
+
+`build` is collective (every rank of the default process group calls it, a rank without a role
+with `None`): it validates the config, plans once (refit_core/planning), binds the caller's
+tensors as the shard buffers (refit_core/library/tensors.py: in place, or adopted once), and
+prepares the method's transport over them (its staging buffers, bounded by the bucket size, and
+its block lists). Each call then only moves bytes: one `transport.iteration()`, plus the
+transfer-digest check of refit_core/library/verify.py unless `verify=False`.
+
+Methods whose transport takes the caller's buffers (`accepts_caller_buffers`: gloo and nccl) run
+here. NVSHMEM needs the shards in its symmetric heap: staging the caller's tensors through a
+bounded heap buffer is not built yet, so it is refused in one line (docs/library.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+import torch.distributed as dist
+
+from refit_core.config import RunConfig
+from refit_core.errors import ConfigError
+from refit_core.execution.storage import Storage
+from refit_core.execution.transports.base import IterationStats, RankContext, Transport
+from refit_core.execution.transports.registry import make_transport
+from refit_core.execution.wire import rank_storages
+from refit_core.library.tensors import BoundShards, bind_shards
+from refit_core.library.verify import TransferDigests
+from refit_core.planning.plan import Plan
+from refit_core.planning.validate import check_plan
+
+log = logging.getLogger(__name__)
+Tensors = Mapping[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class RefitStats:
+    """One call: the refit's time (the transport's iteration), and the check's if it ran."""
+
+    time_ms: float
+    verify_ms: float | None  # None: verification off
+    transfers_checked: int
+    phases_ms: dict[str, float]
+
+
+class Refit:
+    """A planned refit bound to this rank's tensors; call it to move the source's bytes."""
+
+    def __init__(self, config: RunConfig, plan: Plan, rank: int, transport: Transport,
+                 source: BoundShards | None, destination: BoundShards | None, verify: bool, build_ms: float) -> None:
+        self.config, self.plan, self.rank, self.transport = config, plan, rank, transport
+        self.source, self.destination = source, destination
+        self.verify = verify
+        self.build_ms = build_ms
+        self.calls = 0
+        self._digests = TransferDigests(plan, rank, source.storage if source else None,
+                                        destination.storage if destination else None)
+
+    @classmethod
+    def build(cls, config: RunConfig, source: Tensors | None, destination: Tensors | None, *,
+              verify: bool = True, plan: Plan | None = None, transport: Transport | None = None,
+              group: object = None) -> "Refit":
+        """Plan `config`'s refit and bind this rank's tensors (refitctl names -> local shards) to it.
+
+        Collective over the default process group, whose size must be `config.gpus`. `plan` and
+        `transport` default to the config's own (the engine passes what it has built)."""
+        t0 = time.perf_counter()
+        rank, device = _check_world(config, source, destination)
+        plan = plan or config.plan()
+        check_plan(plan)
+        src_layout, dst_layout = rank_storages(plan, rank)
+        src = _bind(source, src_layout, plan, "source")
+        dst = _bind(destination, dst_layout, plan, "destination")
+        layouts = _every_rank_layouts(src, dst, group)
+        transport = transport or make_transport(config.method)
+        if not getattr(transport, "accepts_caller_buffers", False):
+            raise ConfigError(f"--refit-method {config.method} cannot refit the caller's tensors yet (its transport "
+                              "needs buffers of its own kind): use gloo on CPU or nccl on GPUs")
+        ctx = RankContext(config=config, plan=plan, rank=rank, world_size=dist.get_world_size(), device=device,
+                          rank_plan=plan.for_rank(rank), source=src.storage if src else None,
+                          destination=dst.storage if dst else None, active_group=group,
+                          source_buffer=src.buffer if src else None,
+                          destination_buffer=dst.buffer if dst else None, layouts=layouts)
+        transport.prepare(ctx)
+        build_ms = (time.perf_counter() - t0) * 1e3
+        log.info("rank %d: refit built in %.1f ms (%s, source %s, destination %s)", rank, build_ms, config.method,
+                 _how(src), _how(dst))
+        return cls(config, plan, rank, transport, src, dst, verify, build_ms)
+
+    def __call__(self) -> RefitStats:
+        """Move every source byte this rank sends or receives; check them unless verification is off."""
+        stats: IterationStats = self.transport.iteration()
+        self.calls += 1
+        if not self.verify:
+            return RefitStats(stats.time_ms, None, 0, stats.phases_ms)
+        t0 = time.perf_counter()
+        n = self._digests.check(self.source.buffer if self.source else None,
+                                self.destination.buffer if self.destination else None)
+        return RefitStats(stats.time_ms, (time.perf_counter() - t0) * 1e3, n, stats.phases_ms)
+
+    @property
+    def extra_bytes(self) -> int:
+        """Memory the transport holds beyond the caller's tensors (staging buffers, descriptors)."""
+        return self.transport.extra_bytes
+
+    def close(self) -> None:
+        """Free the transport's buffers; the caller's tensors stay as they are."""
+        self.transport.close()
+
+
+def _check_world(config: RunConfig, source: Tensors | None, destination: Tensors | None) -> tuple[int, torch.device]:
+    """This rank and its tensors' device, after the one-line checks a caller can act on."""
+    if not dist.is_initialized():
+        raise ConfigError("refit_core.library needs torch.distributed initialised (one process per rank): "
+                          "call torch.distributed.init_process_group first")
+    if dist.get_world_size() != config.gpus:
+        raise ConfigError(f"the process group has {dist.get_world_size()} ranks but the refit's config says "
+                          f"{config.gpus}: build the config with gpus = the world size")
+    config.validate(gpu_memory=False)
+    if config.inference_precision != "bf16":
+        raise ConfigError("refit_core.library refits BF16 destinations only: drop --rl-inference-precision fp8")
+    tensors = [t for ts in (source, destination) if ts for t in ts.values()]
+    return dist.get_rank(), tensors[0].device if tensors else torch.device("cpu")
+
+
+def _bind(tensors: Tensors | None, layout: Storage | None, plan: Plan, role: str) -> BoundShards | None:
+    if layout is None:
+        if tensors:
+            raise ConfigError(f"rank {dist.get_rank()} holds no {role} shards in this layout but was given "
+                              f"{len(tensors)} {role} tensors: pass None on ranks without the role")
+        return None
+    if tensors is None:
+        raise ConfigError(f"rank {dist.get_rank()} holds {role} shards in this layout but was given no {role} tensors")
+    return bind_shards(tensors, layout, plan.inventory, role)
+
+
+def _every_rank_layouts(src: BoundShards | None, dst: BoundShards | None, group: object):
+    """Every rank's (source, destination) storages: where each rank's shards sit in its buffer, which a
+    two-sided transport needs for its peers too (one all_gather_object, at build time)."""
+    every: list[tuple[Storage | None, Storage | None]] = [None] * dist.get_world_size(group)  # type: ignore[list-item]
+    dist.all_gather_object(every, (src.storage if src else None, dst.storage if dst else None), group=group)
+
+    def layouts(role: str, rank: int) -> Storage | None:
+        return every[rank][0 if role == "source" else 1]
+
+    return layouts
+
+
+def _how(b: BoundShards | None) -> str:
+    if b is None:
+        return "none"
+    return "in place" if b.in_place else f"adopted ({b.cast} cast)"
