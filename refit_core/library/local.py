@@ -17,13 +17,15 @@ import torch
 from refit_core.taskenv import free_port
 
 
-def _rank_main(rank: int, world: int, port: int, fn: Callable[..., Any], args: tuple, q: Any) -> None:
+def _rank_main(rank: int, world: int, port: int, backend: str, fn: Callable[..., Any], args: tuple, q: Any) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     try:
-        dist.init_process_group("gloo", rank=rank, world_size=world)
+        if backend == "nccl":  # one rank per GPU
+            torch.cuda.set_device(rank)
+        dist.init_process_group(backend, rank=rank, world_size=world)
         result = fn(*args)
         dist.barrier()
         q.put((rank, True, result))
@@ -34,13 +36,15 @@ def _rank_main(rank: int, world: int, port: int, fn: Callable[..., Any], args: t
             dist.destroy_process_group()
 
 
-def run_local(world: int, fn: Callable[..., Any], *args: Any, timeout_s: float = 300) -> list[Any]:
+def run_local(world: int, fn: Callable[..., Any], *args: Any, timeout_s: float = 300,
+              backend: str = "gloo") -> list[Any]:
     """`fn(*args)` on `world` forked processes (rank = dist.get_rank()); their results by rank.
+    `backend` "nccl" puts rank r on GPU r (the parent must not have initialised CUDA).
     Raises RuntimeError with the first failing rank's traceback, or naming the ranks that hung."""
     ctx = mp.get_context("fork")
     q = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_rank_main, args=(r, world, port, fn, args, q), daemon=True) for r in range(world)]
+    procs = [ctx.Process(target=_rank_main, args=(r, world, port, backend, fn, args, q), daemon=True) for r in range(world)]
     for p in procs:
         p.start()
     results: dict[int, tuple[bool, Any]] = {}

@@ -468,10 +468,11 @@ def swap(models: RankModels, service: Any) -> None:
 # ---------------------------------------------------------------------------------------------
 # the process harness
 # ---------------------------------------------------------------------------------------------
-def run_ranks(world: int, fn: Callable[..., Any], *args: Any, timeout_s: float = 300) -> list[Any]:
+def run_ranks(world: int, fn: Callable[..., Any], *args: Any, timeout_s: float = 300,
+              backend: str = "gloo") -> list[Any]:
     """Run `fn(*args)` on `world` forked processes under one gloo process group; their results
     by rank. Megatron is imported here first so the children inherit it (one import, not one per
     rank). Raises RuntimeError with the first failing rank's traceback."""
     if megatron_core() is None:
         raise ConfigError("megatron-core is not installed: pip install 'refitctl[megatron]'")
-    return run_local(world, fn, *args, timeout_s=timeout_s)
+    return run_local(world, fn, *args, timeout_s=timeout_s, backend=backend)

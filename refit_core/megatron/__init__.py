@@ -1,0 +1,83 @@
+"""Megatron-Core's `swap_model_weights`, done by refitctl: change one import in an RL loop.
+
+    from refit_core.megatron import swap_model_weights   # was: from megatron.core.resharding import ...
+    swap_model_weights(train_model, inference_model, "gloo")   # or "nccl"; a model or a list of chunks
+
+The first call on a pair of models reads their description (refit_core/megatron/describe.py),
+plans, and binds both models' parameters to a `refit_core.library.Refit` (names through
+refit_core/peers/megatron_names.py); the refit is cached on the target model, so every later call
+only moves the bytes (and checks them, unless `verify=False`). Megatron-Core's own planner and
+copy services are not used. What cannot be refit is refused in one line (ConfigError).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from refit_core.config import RunConfig
+from refit_core.errors import ConfigError
+from refit_core.library import Refit, RefitStats
+from refit_core.megatron.describe import run_config, unwrap
+from refit_core.planning.layout import Placement
+
+log = logging.getLogger(__name__)
+_CACHE_ATTR = "_refitctl_refit"
+_no_target: dict[tuple[int, int, str, bool], Refit] = {}  # refits of ranks that hold no target model
+
+
+def swap_model_weights(src_model: Any, target_model: Any, refit_method: Any = "nccl", *,
+                       verify: bool = True) -> RefitStats:
+    """Copy `src_model`'s weights into `target_model`, resharded; collective over the default group.
+
+    `refit_method`: a refitctl method name that refits caller tensors ("gloo" on CPU, "nccl" on
+    GPUs). Ranks holding no model of a role pass None (or a parameter-less stand-in)."""
+    if not isinstance(refit_method, str):
+        raise ConfigError(f"refit_method {type(refit_method).__name__}: refitctl takes a method name "
+                          "('gloo' or 'nccl'), not a Megatron-Core CopyService")
+    src, dst = unwrap(src_model), unwrap(target_model)
+    key = (id(src), id(dst), refit_method, verify)
+    refit = getattr(dst, _CACHE_ATTR, None) if dst is not None else _no_target.get(key)
+    if refit is None or refit.key != key:
+        refit = build(src, dst, refit_method, verify)
+        refit.key = key  # type: ignore[attr-defined]
+        if dst is not None:
+            setattr(dst, _CACHE_ATTR, refit)
+        else:
+            _no_target[key] = refit
+    return refit()
+
+
+def build(src: Any, dst: Any, method: str, verify: bool) -> Refit:
+    """The Refit of `src` -> `dst` (unwrapped GPTModels or None) on this rank, collective."""
+    import torch.distributed as dist
+
+    cfg = run_config(src, dst, method)
+    world, rank = cfg.world(), dist.get_rank()
+    source = named_shards(src, world.source, rank, cfg) if src is not None else None
+    target = named_shards(dst, world.destination, rank, cfg) if dst is not None else None
+    return Refit.build(cfg, source, target, verify=verify)
+
+
+def named_shards(model: Any, place: Placement, rank: int, cfg: RunConfig) -> dict[str, torch.Tensor]:
+    """{refitctl name: parameter} of `model` on this rank (local layer / expert indices made global)."""
+    from refit_core.peers.megatron_names import megatron_to_refitctl
+
+    spec = cfg.model
+    coords = place.layout.coords(place.local(rank))
+    layer_offset = place.layout.stage_starts(spec.num_layers)[coords.pp]
+    expert_offset = coords.ep * ((spec.num_experts or 1) // place.layout.ep)
+    out: dict[str, torch.Tensor] = {}
+    for name, p in model.named_parameters():
+        rname = megatron_to_refitctl(name, layer_offset=layer_offset, expert_offset=expert_offset,
+                                     is_moe_layer=spec.is_moe_layer)
+        if rname in out:
+            raise ConfigError(f"rank {rank}: {name} and another parameter are both {rname}: tied copies are not "
+                              "refit; untie the embeddings and output weights")
+        out[rname] = p
+    return out
+
+
+__all__ = ["swap_model_weights", "build", "named_shards"]
