@@ -14,12 +14,12 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from refit_core.config import RunConfig
+from refit_core.config import PAYLOADS, RunConfig
 from refit_core.planning.plan import Plan, plan_transfers
 from refit_core.execution.reference import destination_check
 from refit_core.execution.sender import for_precision
 from refit_core.execution.wire import rank_storages
-from refit_core.execution.transports.base import RankContext
+from refit_core.execution.transports.base import RankContext, Transport
 from refit_core.execution.transports.registry import make_transport
 from refit_core.execution.watchdog import Watchdog
 from refit_core.execution import weights
@@ -56,7 +56,7 @@ def run_rank(cfg: RunConfig, rank: int, world_size: int, device: torch.device,
     if watchdog is None:
         watchdog = Watchdog(cfg.timeout_s, rank, lambda e: on_record(replace(record, error=record.error or e)),
                             watch_parent=False)
-    transport = for_precision(make_transport(cfg.method), plan.precision)  # FP8: the sender quantises first
+    transport = run_transport(cfg, plan)
     try:
         watchdog.arm(getattr(transport, "setup_phase", f"{cfg.method} transport set-up"))
         hooks.before("setup")
@@ -112,6 +112,18 @@ def run_rank(cfg: RunConfig, rank: int, world_size: int, device: torch.device,
                 watchdog.disarm()
     on_record(record)
     return record
+
+
+def run_transport(cfg: RunConfig, plan: Plan) -> Transport:
+    """The run's transport: the method's, FP8's quantising sender around it where the destination is
+    FP8, and for --payload megatron the wrapper that builds Megatron-Core models and refits their
+    parameters through refit_core/library (refit_core/megatron/payload.py)."""
+    transport = for_precision(make_transport(cfg.method), plan.precision)  # FP8: the sender quantises first
+    if cfg.payload != PAYLOADS[0]:  # anything but refitctl's synthetic shards: real models
+        from refit_core.megatron.payload import MegatronPayload
+
+        return MegatronPayload(transport)
+    return transport
 
 
 class _Log:

@@ -50,6 +50,7 @@ class RefitStats:
     verify_ms: float | None  # None: verification off
     transfers_checked: int
     phases_ms: dict[str, float]
+    launches: int = 0  # copy launches and batched sends the transport issued
 
 
 class Refit:
@@ -101,11 +102,11 @@ class Refit:
         stats: IterationStats = self.transport.iteration()
         self.calls += 1
         if not self.verify:
-            return RefitStats(stats.time_ms, None, 0, stats.phases_ms)
+            return RefitStats(stats.time_ms, None, 0, stats.phases_ms, stats.launches)
         t0 = time.perf_counter()
         n = self._digests.check(self.source.buffer if self.source else None,
                                 self.destination.buffer if self.destination else None)
-        return RefitStats(stats.time_ms, (time.perf_counter() - t0) * 1e3, n, stats.phases_ms)
+        return RefitStats(stats.time_ms, (time.perf_counter() - t0) * 1e3, n, stats.phases_ms, stats.launches)
 
     @property
     def extra_bytes(self) -> int:
@@ -122,10 +123,11 @@ def _check_world(config: RunConfig, source: Tensors | None, destination: Tensors
     if not dist.is_initialized():
         raise ConfigError("refit_core.library needs torch.distributed initialised (one process per rank): "
                           "call torch.distributed.init_process_group first")
-    if dist.get_world_size() != config.gpus:
-        raise ConfigError(f"the process group has {dist.get_world_size()} ranks but the refit's config says "
-                          f"{config.gpus}: build the config with gpus = the world size")
     config.validate(gpu_memory=False)
+    need = config.world().gpus_used
+    if not need <= dist.get_world_size() <= config.gpus:
+        raise ConfigError(f"the process group has {dist.get_world_size()} ranks but the layouts use {need} of a "
+                          f"world of {config.gpus}: build the config with gpus = the world size")
     if config.inference_precision != "bf16":
         raise ConfigError("refit_core.library refits BF16 destinations only: drop --rl-inference-precision fp8")
     tensors = [t for ts in (source, destination) if ts for t in ts.values()]
