@@ -47,6 +47,16 @@ def test_submit_collocated_4_payload_megatron_verifies_the_models(tmp_path: Path
     assert t["cast_to_bf16"] > 0  # its fp32 norms and position embedding, as Float16Module casts them
     plan = json.loads((run / "plan.json").read_text())
     assert res["delivered_bytes"] == plan["network_bytes"] + plan["local_bytes"] > 0
+    # Megatron-Core's own refit of the same models, and `compare` sets the two side by side
+    p = refitctl("submit", "collocated-4", "--refit-method", "megatron-gloo", "--cluster", "local", "--gpus", "4",
+                 "--num-benchmark-iterations", "2", "--poll", "0.5", *SMALL, runs=tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    (peer,) = set(tmp_path.iterdir()) - {run}
+    p = refitctl("compare", str(run), str(peer), runs=tmp_path)
+    assert p.returncode == 0, p.stderr
+    (row,) = [ln for ln in p.stdout.splitlines() if " payload " in ln]
+    assert "Megatron-Core GPTModels (refitctl's library)" in row and "Megatron-Core GPTModels (Megatron-Core's" in row
+    assert row.rstrip(" │|").endswith("same")  # the same parameters refit: a fair comparison
 
 
 def test_payload_is_synthetic_by_default_and_checked(capsys: pytest.CaptureFixture[str]) -> None:
