@@ -25,7 +25,7 @@ from refit_core.planning.layout import Placement
 
 log = logging.getLogger(__name__)
 _CACHE_ATTR = "_refitctl_refit"
-_no_target: dict[tuple[int, int, str, bool], Refit] = {}  # refits of ranks that hold no target model
+_no_target: dict[tuple[int, int, str], Refit] = {}  # refits of ranks that hold no target model
 
 
 def swap_model_weights(src_model: Any, target_model: Any, refit_method: Any = "nccl", *,
@@ -38,7 +38,7 @@ def swap_model_weights(src_model: Any, target_model: Any, refit_method: Any = "n
         raise ConfigError(f"refit_method {type(refit_method).__name__}: refitctl takes a method name "
                           "('gloo' or 'nccl'), not a Megatron-Core CopyService")
     src, dst = unwrap(src_model), unwrap(target_model)
-    key = (id(src), id(dst), refit_method, verify)
+    key = (id(src), id(dst), refit_method)
     refit = getattr(dst, _CACHE_ATTR, None) if dst is not None else _no_target.get(key)
     if refit is None or refit.key != key:
         refit = build(src, dst, refit_method, verify)
@@ -47,6 +47,7 @@ def swap_model_weights(src_model: Any, target_model: Any, refit_method: Any = "n
             setattr(dst, _CACHE_ATTR, refit)
         else:
             _no_target[key] = refit
+    refit.verify = verify  # per call: the check can be switched off without planning again
     return refit()
 
 
