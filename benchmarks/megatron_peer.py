@@ -90,10 +90,34 @@ def _timed(fn: Callable[[], Any], cuda: bool) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
-def row_rank(cfg: RunConfig, rounds: int, backend: str) -> dict[str, Any]:
-    """Build the row's models once, then A first, B first, and `rounds` x (A, B), each checked."""
+def floor_exchange(cfg: RunConfig, cuda: bool) -> Callable[[], None]:
+    """The least any two-sided refit of this plan can do on this backend: each (source, destination)
+    pair's network bytes as ONE message from a contiguous buffer, all in one batch, and each rank's
+    local bytes as one copy. Buffers allocated and touched here, untimed."""
     import torch
+    import torch.distributed as dist
 
+    rank = dist.get_rank()
+    dev = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+    pairs = cfg.plan().pair_bytes
+    sends = [(d, torch.ones(n, dtype=torch.uint8, device=dev)) for (s, d), n in pairs.items() if s == rank != d]
+    recvs = [(s, torch.zeros(n, dtype=torch.uint8, device=dev)) for (s, d), n in pairs.items() if d == rank != s]
+    n_local = pairs.get((rank, rank), 0)
+    local = (torch.ones(n_local, dtype=torch.uint8, device=dev), torch.zeros(n_local, dtype=torch.uint8, device=dev))
+
+    def run() -> None:
+        ops = [dist.P2POp(dist.isend, b, d) for d, b in sends] + [dist.P2POp(dist.irecv, b, s) for s, b in recvs]
+        works = dist.batch_isend_irecv(ops) if ops else []
+        local[1].copy_(local[0])
+        for w in works:
+            w.wait()
+
+    return run
+
+
+def row_rank(cfg: RunConfig, rounds: int, calls: int, backend: str) -> dict[str, Any]:
+    """Build the row's models once, then A first, B first, and `rounds` x (A, B, floor), `calls`
+    calls of each per round; every A and B call checked."""
     from refit_core.execution.transports.megatron import plan_traffic
     from refit_core.megatron import swap_model_weights
     from refit_core.peers import megatron_build as mb
@@ -104,10 +128,13 @@ def row_rank(cfg: RunConfig, rounds: int, backend: str) -> dict[str, Any]:
     for m in (models.source, models.destination):
         if m is not None and cuda:
             m.cuda()
+    if models.source is not None:  # the training model's parameters as DDP keeps them (untimed set-up)
+        mb.contiguous_like_ddp(models.source)
     patch = megatron_patch.patch_expert_metadata()
     service = mb.cpu_gloo_service() if not cuda else _nccl_service()
     mb.fill_source(cfg, models)
     src, dst = models.source_arg, models.destination_arg
+    floor = floor_exchange(cfg, cuda)
 
     def refitctl() -> None:
         swap_model_weights(src, dst, backend, verify=False)
@@ -126,18 +153,28 @@ def row_rank(cfg: RunConfig, rounds: int, backend: str) -> dict[str, Any]:
         ms = _timed(fn, cuda)
         return ms, not mb.destination_mismatches(cfg, models)
 
-    out: dict[str, Any] = {"first": checked(refitctl), "peer_first": checked(megatron_first), "a": [], "b": []}
+    def round_of(fn: Callable[[], Any], check: bool) -> tuple[float, bool]:
+        got = [checked(fn) if check else (_timed(fn, cuda), True) for _ in range(calls)]
+        return statistics.median(t for t, _ in got), all(ok for _, ok in got)
+
+    out: dict[str, Any] = {"first": checked(refitctl), "peer_first": checked(megatron_first), "a": [], "b": [], "f": []}
+    floor()  # gloo's first connections for the floor's pairs, untimed
     for _ in range(rounds):
-        out["a"].append(checked(refitctl))
-        out["b"].append(checked(megatron))
+        out["a"].append(round_of(refitctl, True))
+        out["b"].append(round_of(megatron, True))
+        out["f"].append(round_of(floor, False))
     t0 = time.perf_counter()  # one call with refitctl's own digest check, for its cost
     stats = swap_model_weights(src, dst, backend, verify=True)
     out["verify"] = ((time.perf_counter() - t0) * 1e3, stats.verify_ms, stats.time_ms)
     refit = getattr(models.destination_arg, "_refitctl_refit", None)
+    from refit_core.megatron import _no_target
+
+    refit = refit or next(iter(_no_target.values()), None)
     out["extra_bytes"] = refit.extra_bytes if refit is not None else None
+    out["build_phases_ms"] = refit.build_phases_ms if refit is not None else None
+    out["in_place"] = [b.in_place for b in (refit.source, refit.destination) if b is not None] if refit else None
     out["peer_traffic"] = plan_traffic(models)
     out["patched"] = patch.patched
-    del torch
     return out
 
 
@@ -156,6 +193,7 @@ def summarize(name: str, cfg: RunConfig, backend: str, ranks: list[dict[str, Any
     r0 = ranks[0]
     a_ms = [round(t, 3) for t, _ in r0["a"]]
     b_ms = [round(t, 3) for t, _ in r0["b"]]
+    f_ms = [round(t, 3) for t, _ in r0["f"]]
     speedups = [round(b / a, 3) for a, b in zip(a_ms, b_ms)]
     ok = lambda key: all(v for r in ranks for _, v in ([r["first"]] if key == "a" else [r["peer_first"]]) + r[key])  # noqa: E731
     first, peer_first = r0["first"][0], r0["peer_first"][0]
@@ -165,11 +203,15 @@ def summarize(name: str, cfg: RunConfig, backend: str, ranks: list[dict[str, Any
             "speedup_min": min(speedups), "speedup_max": max(speedups),
             "first_ms": round(first, 3), "peer_first_ms": round(peer_first, 3),
             "first_speedup": round(peer_first / first, 3),
-            "times_ms": a_ms, "peer_times_ms": b_ms,
+            "times_ms": a_ms, "peer_times_ms": b_ms, "floor_times_ms": f_ms,
+            "floor_median_ms": round(statistics.median(f_ms), 3),
+            "over_floor": round(statistics.median(a / f for a, f in zip(a_ms, f_ms)), 3),
+            "peer_over_floor": round(statistics.median(b / f for b, f in zip(b_ms, f_ms)), 3),
             "median_ms": round(statistics.median(a_ms), 3), "peer_median_ms": round(statistics.median(b_ms), 3),
             "verified": ok("a"), "peer_verified": ok("b"), "peer_patched": all(r["patched"] for r in ranks),
             "verify_call_ms": round(r0["verify"][0], 3), "verify_ms": round(r0["verify"][1], 3),
             "extra_bytes_max": max((r["extra_bytes"] or 0) for r in ranks),
+            "build_phases_ms": r0["build_phases_ms"], "in_place": r0["in_place"],
             "traffic": refitctl_traffic(cfg), "peer_traffic": r0["peer_traffic"],
             "wall_s": round(wall_s, 1), "load": os.getloadavg()}
 
@@ -195,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gpus", type=int, help="GPUs on this machine (nccl; default: all visible)")
     ap.add_argument("--size", choices=("reduced", "seed"), help="model: reduced (CPU default) or the seed's (GPU default)")
     ap.add_argument("--configs", default=",".join(SWEEPS["8gpu"]))
-    ap.add_argument("--rounds", type=int, default=7, help="rounds of (refitctl, Megatron-Core), at least 3")
+    ap.add_argument("--rounds", type=int, default=7, help="rounds of (refitctl, Megatron-Core, floor), at least 3")
+    ap.add_argument("--calls", type=int, default=3, help="calls of each per round; a round's time is their median")
     ap.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/<date>-<device>-megatron.json)")
     args = ap.parse_args(argv)
     if args.rounds < 3:
@@ -218,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         "device": device, "command": shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv),
         "megatron_core": _meta_version() or getattr(mc, "__version__", None), "backend": args.backend, "size": size,
         "model_flags": REDUCED if size == "reduced" else "the seed's (orchestrator/configs/__init__.py)",
-        "schedule": f"A first, B first, then {args.rounds} x (A, B), same processes, same models",
+        "schedule": f"A first, B first, then {args.rounds} rounds of ({args.calls} A, {args.calls} B, {args.calls} floor); "
+                    "a round's time: the median of its calls; same processes, same models",
         "started": datetime.datetime.now().isoformat(timespec="seconds"), "load_before": os.getloadavg(),
         "rows": [], "skipped": []}
     for name in args.configs.split(","):
@@ -228,11 +272,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skip {name}: needs {cfg.gpus} GPUs", flush=True)
             continue
         t0 = time.monotonic()
-        ranks = mb.run_ranks(cfg.gpus, row_rank, cfg, args.rounds, args.backend, timeout_s=1200, backend=args.backend)
+        ranks = mb.run_ranks(cfg.gpus, row_rank, cfg, args.rounds, args.calls, args.backend, timeout_s=1200,
+                             backend=args.backend)
         row = summarize(name, cfg, args.backend, ranks, time.monotonic() - t0)
         doc["rows"].append(row)
         print(json.dumps({k: row[k] for k in ("config", "speedup", "speedup_min", "speedup_max", "first_speedup",
-                                              "median_ms", "peer_median_ms", "verified", "peer_verified")}), flush=True)
+                                              "median_ms", "peer_median_ms", "floor_median_ms", "peer_over_floor",
+                                              "first_ms", "peer_first_ms", "verified", "peer_verified")}), flush=True)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(doc, indent=1))  # after every row: a stopped run keeps what it measured
     doc["load_after"] = os.getloadavg()

@@ -5,6 +5,7 @@ them unless `verify=False`). `refit_config(...)` makes the config from the two l
 refit_core/megatron wraps it with Megatron-Core's `swap_model_weights` signature. docs/library.md.
 """
 
+import refit_core.execution.transports.staged  # noqa: F401  (the transport of caller tensors: imported here, not in a first call)
 from refit_core.library.config import refit_config
 from refit_core.library.refit import Refit, RefitStats
 from refit_core.library.tensors import BoundShards

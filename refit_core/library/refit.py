@@ -7,10 +7,12 @@
 
 `build` is collective (every rank of the default process group calls it, a rank without a role
 with `None`): it validates the config, plans once (refit_core/planning), binds the caller's
-tensors as the shard buffers (refit_core/library/tensors.py: in place, or adopted once), and
+tensors as the shard buffers (refit_core/library/tensors.py: in place, or adopted once; adopted
+destination tensors hold undefined values until the first call), and
 prepares the method's transport over them (its staging buffers, bounded by the bucket size, and
 its block lists). Each call then only moves bytes: one `transport.iteration()`, plus the
-transfer-digest check of refit_core/library/verify.py unless `verify=False`.
+transfer-digest check of refit_core/library/verify.py unless `verify=False`. With verification on,
+`build` also checks the plan's coverage once (rank 0; refit_core/planning/validate.py).
 
 Methods whose transport takes the caller's buffers (`accepts_caller_buffers`: gloo and nccl) run
 here. NVSHMEM needs the shards in its symmetric heap: staging the caller's tensors through a
@@ -36,7 +38,7 @@ from refit_core.execution.wire import rank_storages
 from refit_core.library.tensors import BoundShards, bind_shards
 from refit_core.library.verify import TransferDigests
 from refit_core.planning.plan import Plan
-from refit_core.planning.validate import check_plan
+from refit_core.planning.validate import CoverageError, check_plan
 
 log = logging.getLogger(__name__)
 Tensors = Mapping[str, torch.Tensor]
@@ -57,11 +59,13 @@ class Refit:
     """A planned refit bound to this rank's tensors; call it to move the source's bytes."""
 
     def __init__(self, config: RunConfig, plan: Plan, rank: int, transport: Transport,
-                 source: BoundShards | None, destination: BoundShards | None, verify: bool, build_ms: float) -> None:
+                 source: BoundShards | None, destination: BoundShards | None, verify: bool,
+                 build_phases_ms: dict[str, float]) -> None:
         self.config, self.plan, self.rank, self.transport = config, plan, rank, transport
         self.source, self.destination = source, destination
         self.verify = verify
-        self.build_ms = build_ms
+        self.build_phases_ms = build_phases_ms  # plan, bind, layouts, prepare: what the first call costs first
+        self.build_ms = sum(build_phases_ms.values())
         self.calls = 0
         self._digests = TransferDigests(plan, rank, source.storage if source else None,
                                         destination.storage if destination else None)
@@ -74,28 +78,30 @@ class Refit:
 
         Collective over the default process group, whose size must be `config.gpus`. `plan` and
         `transport` default to the config's own (the engine passes what it has built)."""
-        t0 = time.perf_counter()
+        clock = _Laps()
         rank, device = _check_world(config, source, destination)
-        plan = plan or config.plan()
-        check_plan(plan)
-        src_layout, dst_layout = rank_storages(plan, rank)
-        src = _bind(source, src_layout, plan, "source")
-        dst = _bind(destination, dst_layout, plan, "destination")
-        layouts = _every_rank_layouts(src, dst, group)
         transport = transport or make_transport(config.method)
-        if not getattr(transport, "accepts_caller_buffers", False):
+        if not getattr(transport, "accepts_caller_buffers", False):  # before any tensor is touched
             raise ConfigError(f"--refit-method {config.method} cannot refit the caller's tensors yet (its transport "
                               "needs buffers of its own kind): use gloo on CPU or nccl on GPUs")
+        plan = plan or config.plan()
+        clock.lap("plan")
+        src_layout, dst_layout = rank_storages(plan, rank)
+        src = _bind(source, src_layout, plan, "source")
+        dst = _bind(destination, dst_layout, plan, "destination")  # values not kept: the refit writes them all
+        clock.lap("bind")
+        layouts = _every_rank_layouts(src, dst, group, _coverage(plan, rank) if verify else None)
+        clock.lap("layouts")
         ctx = RankContext(config=config, plan=plan, rank=rank, world_size=dist.get_world_size(), device=device,
                           rank_plan=plan.for_rank(rank), source=src.storage if src else None,
                           destination=dst.storage if dst else None, active_group=group,
                           source_buffer=src.buffer if src else None,
                           destination_buffer=dst.buffer if dst else None, layouts=layouts)
         transport.prepare(ctx)
-        build_ms = (time.perf_counter() - t0) * 1e3
-        log.info("rank %d: refit built in %.1f ms (%s, source %s, destination %s)", rank, build_ms, config.method,
-                 _how(src), _how(dst))
-        return cls(config, plan, rank, transport, src, dst, verify, build_ms)
+        clock.lap("prepare")
+        log.info("rank %d: refit built in %.1f ms (%s, source %s, destination %s)", rank, sum(clock.ms.values()),
+                 config.method, _how(src), _how(dst))
+        return cls(config, plan, rank, transport, src, dst, verify, clock.ms)
 
     def __call__(self) -> RefitStats:
         """Move every source byte this rank sends or receives; check them unless verification is off."""
@@ -142,19 +148,47 @@ def _bind(tensors: Tensors | None, layout: Storage | None, plan: Plan, role: str
         return None
     if tensors is None:
         raise ConfigError(f"rank {dist.get_rank()} holds {role} shards in this layout but was given no {role} tensors")
-    return bind_shards(tensors, layout, plan.inventory, role)
+    return bind_shards(tensors, layout, plan.inventory, role, keep_values=role == "source")
 
 
-def _every_rank_layouts(src: BoundShards | None, dst: BoundShards | None, group: object):
+def _coverage(plan: Plan, rank: int) -> str | None:
+    """The plan's coverage check (refit_core/planning/validate.py: every destination element exactly
+    once, from a holder), run by rank 0 alone (the plan is the same on every rank): its error or None."""
+    if rank != 0:
+        return None
+    try:
+        check_plan(plan)
+    except CoverageError as e:
+        return str(e)
+    return None
+
+
+def _every_rank_layouts(src: BoundShards | None, dst: BoundShards | None, group: object, coverage: str | None):
     """Every rank's (source, destination) storages: where each rank's shards sit in its buffer, which a
-    two-sided transport needs for its peers too (one all_gather_object, at build time)."""
-    every: list[tuple[Storage | None, Storage | None]] = [None] * dist.get_world_size(group)  # type: ignore[list-item]
-    dist.all_gather_object(every, (src.storage if src else None, dst.storage if dst else None), group=group)
+    two-sided transport needs for its peers too (one all_gather_object, at build time, which also
+    carries rank 0's coverage verdict: every rank raises it)."""
+    every: list[tuple[Storage | None, Storage | None, str | None]] = [None] * dist.get_world_size(group)  # type: ignore[list-item]
+    dist.all_gather_object(every, (src.storage if src else None, dst.storage if dst else None, coverage), group=group)
+    failed = next((e[2] for e in every if e[2]), None)
+    if failed:
+        raise CoverageError(failed)
 
     def layouts(role: str, rank: int) -> Storage | None:
         return every[rank][0 if role == "source" else 1]
 
     return layouts
+
+
+class _Laps:
+    """Milliseconds between successive laps, by name."""
+
+    def __init__(self) -> None:
+        self.t, self.ms = time.perf_counter(), {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.ms[name] = round((now - self.t) * 1e3, 3)
+        self.t = now
 
 
 def _how(b: BoundShards | None) -> str:

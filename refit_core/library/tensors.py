@@ -9,7 +9,10 @@ caller's parameters become such a buffer in one of two ways, decided once when a
   slots are where the tensors sit in it, whatever their order and padding. Nothing is copied.
 - adopted: otherwise one buffer in refitctl's own layout is allocated, each tensor is copied into
   its slot once and then made a view of it (`tensor.data = view`), so the old storage is freed
-  and the model keeps working on the same bytes the refit moves. No second copy is kept. A tensor
+  and the model keeps working on the same bytes the refit moves. No second copy is kept; during
+  the adoption the role's old tensors and the new buffer coexist, so the peak is twice the role's
+  shard bytes once, at build. Destination tensors are rebound without copying their old values:
+  the first refit writes every element (the plan covers each exactly once). A tensor
   held in another dtype (a bare GPTModel's fp32 norms) becomes the inventory's dtype, as
   Megatron-LM's Float16Module makes it anyway; `BoundShards.cast` counts them.
 """
@@ -37,15 +40,18 @@ class BoundShards:
     cast: int = 0  # tensors adopted from another dtype
 
 
-def bind_shards(tensors: Mapping[str, torch.Tensor], layout: Storage, inv: Inventory, role: str) -> BoundShards:
+def bind_shards(tensors: Mapping[str, torch.Tensor], layout: Storage, inv: Inventory, role: str,
+                keep_values: bool = True) -> BoundShards:
     """This rank's `role` tensors (by refitctl parameter name) as shards of `layout`'s parameters.
 
-    Raises ConfigError naming the first tensor that is missing, unknown or of the wrong shape."""
+    `keep_values=False` adopts without copying the old values (a destination: the refit writes every
+    element of it). Raises ConfigError naming the first tensor that is missing, unknown or of the
+    wrong shape."""
     named = _check_names(tensors, layout, inv, role)
     found = _in_place(named, layout, inv)
     if found is not None:
         return found
-    return _adopt(named, layout, inv)
+    return _adopt(named, layout, inv, keep_values)
 
 
 def _check_names(tensors: Mapping[str, torch.Tensor], layout: Storage, inv: Inventory,
@@ -89,8 +95,9 @@ def _in_place(named: dict[int, torch.Tensor], layout: Storage, inv: Inventory) -
     return BoundShards(buf, Storage(tuple(slots), base.nbytes()), True)
 
 
-def _adopt(named: dict[int, torch.Tensor], layout: Storage, inv: Inventory) -> BoundShards:
-    """Copy each tensor into a new buffer in refitctl's layout once, then make it a view of its slot."""
+def _adopt(named: dict[int, torch.Tensor], layout: Storage, inv: Inventory, keep_values: bool) -> BoundShards:
+    """Copy each tensor into a new buffer in refitctl's layout once (unless its values are not kept),
+    then make it a view of its slot."""
     device = next(iter(named.values())).device if named else torch.device("cpu")
     buf = torch.empty(max(layout.nbytes, 1), dtype=torch.uint8, device=device)
     cast = 0
@@ -98,7 +105,8 @@ def _adopt(named: dict[int, torch.Tensor], layout: Storage, inv: Inventory) -> B
         for slot in layout.slots:
             t = named[slot.param]
             view = param_view(buf, slot, inv.params[slot.param].dtype)
-            view.copy_(t)
+            if keep_values:
+                view.copy_(t)
             cast += t.dtype != view.dtype
             t.data = view
     return BoundShards(buf, layout, False, cast)

@@ -13,6 +13,7 @@ copy services are not used. What cannot be refit is refused in one line (ConfigE
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import torch
@@ -55,11 +56,16 @@ def build(src: Any, dst: Any, method: str, verify: bool) -> Refit:
     """The Refit of `src` -> `dst` (unwrapped GPTModels or None) on this rank, collective."""
     import torch.distributed as dist
 
+    t0 = time.perf_counter()
     cfg = run_config(src, dst, method)
     world, rank = cfg.world(), dist.get_rank()
     source = named_shards(src, world.source, rank, cfg) if src is not None else None
     target = named_shards(dst, world.destination, rank, cfg) if dst is not None else None
-    return Refit.build(cfg, source, target, verify=verify)
+    describe_ms = (time.perf_counter() - t0) * 1e3
+    refit = Refit.build(cfg, source, target, verify=verify)
+    refit.build_phases_ms = {"describe": round(describe_ms, 3), **refit.build_phases_ms}
+    refit.build_ms = sum(refit.build_phases_ms.values())
+    return refit
 
 
 def named_shards(model: Any, place: Placement, rank: int, cfg: RunConfig) -> dict[str, torch.Tensor]:

@@ -216,6 +216,24 @@ def build_models(cfg: RunConfig) -> RankModels:
     return RankModels(rank, models[0], models[1], args[0], args[1])
 
 
+def contiguous_like_ddp(model: Any) -> torch.Tensor:
+    """Lay `model`'s parameters in one buffer as a trained model has them: cast to bf16 as
+    Megatron-LM's Float16Module does, then views of one contiguous buffer as Megatron-Core's
+    DistributedDataParallel keeps them (its `param_data`: parameters in reverse order, each start
+    padded to a multiple of 64 elements). Returns the buffer (DDP itself needs CUDA to build)."""
+    params = list(model.parameters())[::-1]
+    sizes = [-(-p.numel() // 64) * 64 for p in params]
+    buf = torch.zeros(sum(sizes), dtype=torch.bfloat16, device=params[0].device)
+    at = 0
+    with torch.no_grad():
+        for p, n in zip(params, sizes):
+            view = buf[at: at + p.numel()].view(p.shape)
+            view.copy_(p)
+            p.data = view
+            at += n
+    return buf
+
+
 # ---------------------------------------------------------------------------------------------
 # global placement, from Megatron's own sharded_state_dict()
 # ---------------------------------------------------------------------------------------------

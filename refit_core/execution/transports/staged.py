@@ -11,7 +11,8 @@ round k is in flight; the chunk size keeps both sets within the bucket size. Loc
 after the first batches are issued, so on a GPU they overlap the link.
 
 REFITCTL_STAGED_ZERO_COPY=0 stages every byte (the path before zero-copy, for before/after
-measurements); REFITCTL_STAGED_DIRECT_MIN_BYTES sets the threshold (default 4 MiB).
+measurements); REFITCTL_STAGED_DIRECT_MIN_BYTES sets the threshold (default 4 MiB on GPUs, 64 KiB
+on CPU).
 """
 
 from __future__ import annotations
@@ -31,9 +32,14 @@ from refit_core.execution.transports.copy import CudaBlockCopy, absolute, copy_b
 DIRECT_MIN_BYTES = 4 << 20
 """Shortest run sent zero-copy. One NCCL p2p op costs a few microseconds whatever its size;
 4 MiB takes about 11 us at 370 GB/s, while packing + unpacking it costs about 4 us of device copy."""
+DIRECT_MIN_BYTES_CPU = 64 << 10
+"""The same on CPU (gloo over loopback TCP): a message costs tens of microseconds, while packing and
+unpacking cost two memory copies at a few GB/s shared by every rank of the host; with a training
+model's parameters laid out as DDP keeps them (reverse order: runs do not coalesce across
+parameters), 64 KiB made config-6 1.4x faster than 4 MiB (docs/benchmarks.md, issue 24)."""
 
 
-def direct_min_bytes(env: dict[str, str] | None = None) -> int | None:
+def direct_min_bytes(env: dict[str, str] | None = None, default: int = DIRECT_MIN_BYTES) -> int | None:
     """The zero-copy threshold from the environment, or None when zero-copy is switched off."""
     env = os.environ if env is None else env
     switch = env.get("REFITCTL_STAGED_ZERO_COPY", "1").strip().lower()
@@ -43,7 +49,7 @@ def direct_min_bytes(env: dict[str, str] | None = None) -> int | None:
         raise ConfigError(f"REFITCTL_STAGED_ZERO_COPY={switch!r}: use 1 (zero-copy, default) or 0 (stage every byte)")
     text = env.get("REFITCTL_STAGED_DIRECT_MIN_BYTES", "").strip()
     if not text:
-        return DIRECT_MIN_BYTES
+        return default
     if not text.isdigit():
         raise ConfigError(f"REFITCTL_STAGED_DIRECT_MIN_BYTES={text!r}: give a whole number of bytes, e.g. {DIRECT_MIN_BYTES}")
     return int(text)
@@ -85,7 +91,7 @@ class StagedTransport(TransportReport):
         self.source_parts = whole(self.src_buf, ctx.source)
         self.destination_parts = whole(self.dst_buf, ctx.destination)
         chunk = chunk_bytes_for(ctx.plan, ctx.config.bucket_bytes)
-        threshold = direct_min_bytes()
+        threshold = direct_min_bytes(default=DIRECT_MIN_BYTES if dev.type == "cuda" else DIRECT_MIN_BYTES_CPU)
         rb: RankBlocks = rank_blocks(ctx.plan, ctx.rank_plan, ctx.source, ctx.destination, chunk,
                                      threshold, ctx.layouts or ShardLayouts(ctx.plan))
         # zero-copy messages: views of the shard buffers, sends then receives, each peer's in stream order
