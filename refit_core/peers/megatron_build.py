@@ -348,6 +348,15 @@ def placement_mismatches(cfg: RunConfig, place: Placement, model: Any) -> list[s
         if tuple(params[sh.param].shape) != local_shape(p, lay):
             bad.append(f"{name}: local shape {tuple(params[sh.param].shape)} in Megatron, {local_shape(p, lay)} "
                        "in refitctl")
+    bad += _held_differently(inv, lay, local, runs)
+    return [f"rank {dist.get_rank()}: {b}" for b in bad]
+
+
+def _held_differently(inv: Inventory, lay: ParallelLayout, local: int,
+                      runs: dict[str, list[tuple[int, int, int]]]) -> list[str]:
+    """Parameters only one side places on this rank, and those both place but slice differently."""
+    spec = inv.spec
+    bad = []
     mine = {p.name for p in inv.params if rank_pieces(p, lay, local, spec.num_layers, spec.num_experts)}
     for name in sorted(mine - set(runs)):
         bad.append(f"{name}: refitctl places it on this rank, Megatron does not")
@@ -360,7 +369,7 @@ def placement_mismatches(cfg: RunConfig, place: Placement, model: Any) -> list[s
         got = _runs(runs[name])
         if got != want:
             bad.append(f"{name}: Megatron holds (global start, length, local start) {got}, refitctl {want}")
-    return [f"rank {dist.get_rank()}: {b}" for b in bad]
+    return bad
 
 
 # ---------------------------------------------------------------------------------------------
