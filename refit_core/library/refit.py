@@ -24,13 +24,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 import torch.distributed as dist
 
 from refit_core.config import RunConfig
-from refit_core.errors import ConfigError
+from refit_core.errors import ConfigError, TransportError
 from refit_core.execution.storage import Storage
 from refit_core.execution.transports.base import IterationStats, RankContext, Transport
 from refit_core.execution.transports.registry import make_transport
@@ -42,6 +42,7 @@ from refit_core.planning.validate import CoverageError, check_plan
 
 log = logging.getLogger(__name__)
 Tensors = Mapping[str, torch.Tensor]
+Layouts = Callable[[str, int], "Storage | None"]
 
 
 @dataclass(frozen=True)
@@ -73,11 +74,13 @@ class Refit:
     @classmethod
     def build(cls, config: RunConfig, source: Tensors | None, destination: Tensors | None, *,
               verify: bool = True, plan: Plan | None = None, transport: Transport | None = None,
-              group: object = None) -> "Refit":
+              group: object = None, layouts: Layouts | None = None) -> "Refit":
         """Plan `config`'s refit and bind this rank's tensors (refitctl names -> local shards) to it.
 
-        Collective over the default process group, whose size must be `config.gpus`. `plan` and
-        `transport` default to the config's own (the engine passes what it has built)."""
+        Collective over the default process group. `plan` and `transport` default to the config's own
+        (the engine passes what it has built); `layouts` (every rank's storage by role) to one gather
+        of them here, which also carries the coverage check's verdict (skipped when `layouts` is
+        given and `verify` is off: refit_core/megatron gathers them with the models' descriptions)."""
         clock = _Laps()
         rank, device = _check_world(config, source, destination)
         transport = transport or make_transport(config.method)
@@ -90,7 +93,9 @@ class Refit:
         src = _bind(source, src_layout, plan, "source")
         dst = _bind(destination, dst_layout, plan, "destination")  # values not kept: the refit writes them all
         clock.lap("bind")
-        layouts = _every_rank_layouts(src, dst, group, _coverage(plan, rank) if verify else None)
+        if layouts is None or verify:
+            layouts = _every_rank_layouts(src, dst, group, _coverage(plan, rank) if verify else None, layouts)
+        _agree(layouts, rank, src, dst)
         clock.lap("layouts")
         ctx = RankContext(config=config, plan=plan, rank=rank, world_size=dist.get_world_size(), device=device,
                           rank_plan=plan.for_rank(rank), source=src.storage if src else None,
@@ -163,15 +168,19 @@ def _coverage(plan: Plan, rank: int) -> str | None:
     return None
 
 
-def _every_rank_layouts(src: BoundShards | None, dst: BoundShards | None, group: object, coverage: str | None):
+def _every_rank_layouts(src: BoundShards | None, dst: BoundShards | None, group: object, coverage: str | None,
+                        known: Layouts | None) -> Layouts:
     """Every rank's (source, destination) storages: where each rank's shards sit in its buffer, which a
     two-sided transport needs for its peers too (one all_gather_object, at build time, which also
-    carries rank 0's coverage verdict: every rank raises it)."""
+    carries rank 0's coverage verdict: every rank raises it). With `known` layouts only the verdict travels."""
+    mine = (None, None) if known else (src.storage if src else None, dst.storage if dst else None)
     every: list[tuple[Storage | None, Storage | None, str | None]] = [None] * dist.get_world_size(group)  # type: ignore[list-item]
-    dist.all_gather_object(every, (src.storage if src else None, dst.storage if dst else None, coverage), group=group)
+    dist.all_gather_object(every, (*mine, coverage), group=group)
     failed = next((e[2] for e in every if e[2]), None)
     if failed:
         raise CoverageError(failed)
+    if known is not None:
+        return known
 
     def layouts(role: str, rank: int) -> Storage | None:
         return every[rank][0 if role == "source" else 1]
@@ -189,6 +198,15 @@ class _Laps:
         now = time.perf_counter()
         self.ms[name] = round((now - self.t) * 1e3, 3)
         self.t = now
+
+
+def _agree(layouts: Layouts, rank: int, src: BoundShards | None, dst: BoundShards | None) -> None:
+    """This rank's bound storages are what its peers were told (else their messages would not match)."""
+    for role, bound in (("source", src), ("destination", dst)):
+        told = layouts(role, rank)
+        if (told.slots if told else None) != (bound.storage.slots if bound else None):
+            raise TransportError(f"rank {rank}: its {role} shards are not laid out as its peers were told: "
+                                 "the tensors changed between the description and the bind")
 
 
 def _how(b: BoundShards | None) -> str:

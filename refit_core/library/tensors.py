@@ -20,7 +20,7 @@ caller's parameters become such a buffer in one of two ways, decided once when a
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 
@@ -76,23 +76,42 @@ def _check_names(tensors: Mapping[str, torch.Tensor], layout: Storage, inv: Inve
     return out
 
 
-def _in_place(named: dict[int, torch.Tensor], layout: Storage, inv: Inventory) -> BoundShards | None:
-    """The caller's one storage as the buffer, or None if the tensors do not share one (or overlap)."""
-    first = next(iter(named.values()), None)
+def shared_offsets(tensors: Mapping[Any, torch.Tensor], dtype: torch.dtype) -> tuple[dict[Any, int], int] | None:
+    """({key: byte offset}, storage bytes) when every tensor is a contiguous `dtype` view of ONE storage
+    and no two overlap (a parameter buffer such as DDP's `param_data`), else None. Pure: what binding
+    in place uses, and what a rank can tell its peers before anything is planned."""
+    first = next(iter(tensors.values()), None)
     if first is None:
         return None
     base = first.untyped_storage()
-    for i, t in named.items():
-        if (t.dtype != torch_dtype(inv.params[i].dtype) or not t.is_contiguous()
-                or t.untyped_storage().data_ptr() != base.data_ptr() or t.device != first.device):
+    for t in tensors.values():
+        if (t.dtype != dtype or not t.is_contiguous() or t.untyped_storage().data_ptr() != base.data_ptr()
+                or t.device != first.device):
             return None
-    slots = sorted((replace(s, offset=named[s.param].storage_offset() * s.itemsize) for s in layout.slots),
-                   key=lambda s: s.offset)
-    for a, b in zip(slots, slots[1:]):
-        if a.offset + a.nbytes > b.offset:
+    spans = sorted((t.storage_offset() * t.element_size(), t.numel() * t.element_size(), k)
+                   for k, t in tensors.items())
+    for (a, n, _), (b, _, _) in zip(spans, spans[1:]):
+        if a + n > b:
             return None  # tensors overlap: not a parameter buffer
-    buf = torch.empty(0, dtype=torch.uint8, device=first.device).set_(base)
-    return BoundShards(buf, Storage(tuple(slots), base.nbytes()), True)
+    return {k: off for off, _, k in spans}, base.nbytes()
+
+
+def _in_place(named: dict[int, torch.Tensor], layout: Storage, inv: Inventory) -> BoundShards | None:
+    """The caller's one storage as the buffer, or None if the tensors do not share one (or overlap)."""
+    dtypes = {inv.params[i].dtype for i in named}
+    found = shared_offsets(named, torch_dtype(dtypes.pop())) if len(dtypes) == 1 else None
+    if found is None:
+        return None
+    offsets, nbytes = found
+    first = next(iter(named.values()))
+    buf = torch.empty(0, dtype=torch.uint8, device=first.device).set_(first.untyped_storage())
+    return BoundShards(buf, at_offsets(layout, offsets, nbytes), True)
+
+
+def at_offsets(layout: Storage, offsets: Mapping[int, int], nbytes: int) -> Storage:
+    """`layout`'s slots at the given byte offsets (by parameter index), in offset order, in a buffer of `nbytes`."""
+    slots = sorted((replace(s, offset=offsets[s.param]) for s in layout.slots), key=lambda s: s.offset)
+    return Storage(tuple(slots), nbytes)
 
 
 def _adopt(named: dict[int, torch.Tensor], layout: Storage, inv: Inventory, keep_values: bool) -> BoundShards:

@@ -18,6 +18,7 @@ import torch
 from refit_core.config import RunConfig
 from refit_core.errors import ConfigError
 from refit_core.planning.layout import ParallelLayout, Placement, RefitMode
+from refit_core.library.tensors import shared_offsets
 from refit_core.planning.model import ModelSpec
 
 
@@ -28,6 +29,9 @@ class Side:
     spec: tuple[tuple[str, Any], ...]  # ModelSpec fields, sorted
     layout: ParallelLayout
     coords: tuple[int, int, int]  # this rank's (tp, ep, pp) in the model's groups
+    buffer: tuple[tuple[tuple[str, int], ...], int] | None = None
+    """((parameter name, byte offset), ...), storage bytes) when the parameters are views of one
+    buffer (DDP's `param_data`): where they sit, which the peers' transports need; None otherwise."""
 
 
 def unwrap(model: Any) -> Any:
@@ -85,7 +89,9 @@ def side(model: Any) -> Side | None:
                          first_stage_layers=c.num_layers_in_first_pipeline_stage,
                          last_stage_layers=c.num_layers_in_last_pipeline_stage)
     coords = tuple(dist.get_rank(g) for g in (pgc.tp, pgc.ep, pgc.pp))
-    return Side(tuple(sorted(_spec(model).items())), lay, coords)  # type: ignore[arg-type]
+    found = shared_offsets(dict(model.named_parameters()), c.params_dtype)
+    buffer = (tuple(sorted(found[0].items())), found[1]) if found else None
+    return Side(tuple(sorted(_spec(model).items())), lay, coords, buffer)  # type: ignore[arg-type]
 
 
 def _one(sides: list[Side | None], role: str) -> tuple[Side, list[int]]:
@@ -112,8 +118,9 @@ def _check_ranks(place: Placement, ranks: list[int], sides: list[Side | None], r
                               f"order gives {(c.tp, c.ep, c.pp)}: build the groups tp fastest, then ep, then pp")
 
 
-def run_config(src: Any, dst: Any, method: str) -> RunConfig:
-    """The RunConfig of refitting `src` into `dst` (unwrapped models or None), collective."""
+def run_config(src: Any, dst: Any, method: str) -> tuple[RunConfig, list[tuple[Side | None, Side | None]]]:
+    """The RunConfig of refitting `src` into `dst` (unwrapped models or None), and every rank's
+    (source, target) descriptions; collective."""
     import torch.distributed as dist
 
     mine = (side(src), side(dst))
@@ -131,4 +138,4 @@ def run_config(src: Any, dst: Any, method: str) -> RunConfig:
     world = cfg.world()
     _check_ranks(world.source, s_ranks, [e[0] for e in every], "source")
     _check_ranks(world.destination, d_ranks, [e[1] for e in every], "target")
-    return cfg
+    return cfg, every

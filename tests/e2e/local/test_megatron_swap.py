@@ -32,10 +32,11 @@ def case(src: ParallelLayout, dst: ParallelLayout, mode: str = "collocated", **m
     return cfg.with_changes(gpus=cfg.world().gpus_used)
 
 
-def swap_rank(cfg: RunConfig, chunks: bool) -> dict:
+def swap_rank(cfg: RunConfig, chunks: bool, ddp: bool = False) -> dict:
     from refit_core.megatron import swap_model_weights
 
     models = mb.build_models(cfg)
+    buffers = [mb.contiguous_like_ddp(m) for m in (models.source, models.destination) if ddp and m is not None]
     mb.fill_source(cfg, models)
     src, dst = models.source_arg, models.destination_arg
     if chunks:
@@ -48,11 +49,15 @@ def swap_rank(cfg: RunConfig, chunks: bool) -> dict:
         out["checked"].append(stats.transfers_checked)
     refit = getattr(models.destination_arg, "_refitctl_refit", None)
     out["calls"] = refit.calls if refit is not None else None
+    out["in_place"] = [b.in_place for b in (refit.source, refit.destination) if b is not None] if refit else None
+    out["still_ddp"] = all(p.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+                           for m, b in zip([m for m in (models.source, models.destination) if m is not None], buffers)
+                           for p in m.parameters())
     return out
 
 
-def run(cfg: RunConfig, chunks: bool = False) -> list[dict]:
-    res = mb.run_ranks(cfg.gpus, swap_rank, cfg, chunks)
+def run(cfg: RunConfig, chunks: bool = False, ddp: bool = False) -> list[dict]:
+    res = mb.run_ranks(cfg.gpus, swap_rank, cfg, chunks, ddp)
     for r in res:
         assert r["mismatches"] == [{}, {}]
     dst = cfg.world().destination
@@ -82,6 +87,15 @@ def test_collocated_1_tp_ep_swap() -> None:
 def test_pipeline_parallel_source() -> None:
     run(case(ParallelLayout(ep=2, pp=2), ParallelLayout(tp=2, ep=2), swiglu=True,
              untie_embeddings_and_output_weights=True))
+
+
+def test_models_in_ddp_buffers_are_refit_in_place() -> None:
+    """Both models' parameters in one buffer each, in DDP's order (reverse, padded): refit where they
+    live (no adoption, the buffers stay theirs), every peer told the layout in the one describe gather."""
+    res = run(case(ParallelLayout(tp=2), ParallelLayout(ep=2), swiglu=True), ddp=True)
+    assert [r["in_place"] for r in res] == [[True, True]] * 2 and all(r["still_ddp"] for r in res)
+    res = run(case(ParallelLayout(ep=2), ParallelLayout(tp=1), mode="non-collocated"), ddp=True)
+    assert [r["in_place"] for r in res] == [None, None, [True]] and all(r["still_ddp"] for r in res)
 
 
 def refusals_rank(cfg: RunConfig) -> list[str]:
