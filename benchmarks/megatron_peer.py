@@ -115,9 +115,9 @@ def floor_exchange(cfg: RunConfig, cuda: bool) -> Callable[[], None]:
     return run
 
 
-def row_rank(cfg: RunConfig, rounds: int, calls: int, backend: str) -> dict[str, Any]:
-    """Build the row's models once, then A first, B first, and `rounds` x (A, B, floor), `calls`
-    calls of each per round; every A and B call checked."""
+def row_rank(cfg: RunConfig, rounds: int, calls: int, first_rounds: int, backend: str) -> dict[str, Any]:
+    """Build the row's models once, then `first_rounds` x (A first, B first: both plan again each
+    time), and `rounds` x (A, B, floor), `calls` calls of each per round; every A and B call checked."""
     from refit_core.execution.transports.megatron import plan_traffic
     from refit_core.megatron import swap_model_weights
     from refit_core.peers import megatron_build as mb
@@ -136,8 +136,16 @@ def row_rank(cfg: RunConfig, rounds: int, calls: int, backend: str) -> dict[str,
     src, dst = models.source_arg, models.destination_arg
     floor = floor_exchange(cfg, cuda)
 
+    transfers: list[float] = []
+
     def refitctl() -> None:
-        swap_model_weights(src, dst, backend, verify=False)
+        transfers.append(swap_model_weights(src, dst, backend, verify=False).time_ms)
+
+    def phases() -> dict[str, float] | None:
+        from refit_core import megatron as rm
+
+        refit = getattr(models.destination_arg, "_refitctl_refit", None) or next(iter(rm._no_target.values()), None)
+        return {**refit.build_phases_ms, "first_transfer": round(transfers[-1], 3)} if refit else None
 
     def megatron_first() -> None:
         err = mb.plan_or_error(models, cfg.model.num_experts)
@@ -157,7 +165,23 @@ def row_rank(cfg: RunConfig, rounds: int, calls: int, backend: str) -> dict[str,
         got = [checked(fn) if check else (_timed(fn, cuda), True) for _ in range(calls)]
         return statistics.median(t for t, _ in got), all(ok for _, ok in got)
 
-    out: dict[str, Any] = {"first": checked(refitctl), "peer_first": checked(megatron_first), "a": [], "b": [], "f": []}
+    def forget() -> None:  # both refits plan again at their next call (refitctl: build again, binding in place)
+        from refit_core import megatron as rm
+
+        for refit in [getattr(models.destination_arg, "_refitctl_refit", None), *rm._no_target.values()]:
+            if refit is not None:
+                refit.close()
+        models.destination_arg.__dict__.pop("_refitctl_refit", None)
+        rm._no_target.clear()
+        models.destination_arg.__dict__.pop("_cached_reshard_plan", None)
+
+    out: dict[str, Any] = {"first": [], "peer_first": [], "a": [], "b": [], "f": []}
+    for k in range(first_rounds):
+        if k:
+            forget()
+        out["first"].append(checked(refitctl))
+        out.setdefault("first_phases_ms", []).append(phases())
+        out["peer_first"].append(checked(megatron_first))
     floor()  # gloo's first connections for the floor's pairs, untimed
     for _ in range(rounds):
         out["a"].append(round_of(refitctl, True))
@@ -171,7 +195,7 @@ def row_rank(cfg: RunConfig, rounds: int, calls: int, backend: str) -> dict[str,
 
     refit = refit or next(iter(_no_target.values()), None)
     out["extra_bytes"] = refit.extra_bytes if refit is not None else None
-    out["build_phases_ms"] = refit.build_phases_ms if refit is not None else None
+    out["build_phases_ms"] = out["first_phases_ms"]
     out["in_place"] = [b.in_place for b in (refit.source, refit.destination) if b is not None] if refit else None
     out["peer_traffic"] = plan_traffic(models)
     out["patched"] = patch.patched
@@ -195,14 +219,17 @@ def summarize(name: str, cfg: RunConfig, backend: str, ranks: list[dict[str, Any
     b_ms = [round(t, 3) for t, _ in r0["b"]]
     f_ms = [round(t, 3) for t, _ in r0["f"]]
     speedups = [round(b / a, 3) for a, b in zip(a_ms, b_ms)]
-    ok = lambda key: all(v for r in ranks for _, v in ([r["first"]] if key == "a" else [r["peer_first"]]) + r[key])  # noqa: E731
-    first, peer_first = r0["first"][0], r0["peer_first"][0]
+    ok = lambda key: all(v for r in ranks for _, v in (r["first"] if key == "a" else r["peer_first"]) + r[key])  # noqa: E731
+    firsts = [round(b / a, 3) for (a, _), (b, _) in zip(r0["first"], r0["peer_first"])]
+    first, peer_first = statistics.median(t for t, _ in r0["first"]), statistics.median(t for t, _ in r0["peer_first"])
     return {"config": name, "mode": cfg.mode.value, "layouts": f"{_short(cfg.source)} -> {_short(cfg.destination)}",
             "world": cfg.gpus, "payload": "megatron", "method": backend, "peer_method": f"megatron-{backend}",
             "rounds": len(speedups), "speedups": speedups, "speedup": round(statistics.median(speedups), 3),
             "speedup_min": min(speedups), "speedup_max": max(speedups),
             "first_ms": round(first, 3), "peer_first_ms": round(peer_first, 3),
-            "first_speedup": round(peer_first / first, 3),
+            "first_speedups": firsts, "first_speedup": round(statistics.median(firsts), 3),
+            "cold_first_ms": round(r0["first"][0][0], 3), "cold_peer_first_ms": round(r0["peer_first"][0][0], 3),
+            "cold_first_speedup": firsts[0],
             "times_ms": a_ms, "peer_times_ms": b_ms, "floor_times_ms": f_ms,
             "floor_median_ms": round(statistics.median(f_ms), 3),
             "over_floor": round(statistics.median(a / f for a, f in zip(a_ms, f_ms)), 3),
@@ -239,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--configs", default=",".join(SWEEPS["8gpu"]))
     ap.add_argument("--rounds", type=int, default=7, help="rounds of (refitctl, Megatron-Core, floor), at least 3")
     ap.add_argument("--calls", type=int, default=3, help="calls of each per round; a round's time is their median")
+    ap.add_argument("--first-rounds", type=int, default=3, help="rounds of (refitctl's first call, Megatron's first "
+                    "call), both planning again each round; the first round is cold (gloo's first connections)")
     ap.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/<date>-<device>-megatron.json)")
     args = ap.parse_args(argv)
     if args.rounds < 3:
@@ -261,8 +290,9 @@ def main(argv: list[str] | None = None) -> int:
         "device": device, "command": shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv),
         "megatron_core": _meta_version() or getattr(mc, "__version__", None), "backend": args.backend, "size": size,
         "model_flags": REDUCED if size == "reduced" else "the seed's (orchestrator/configs/__init__.py)",
-        "schedule": f"A first, B first, then {args.rounds} rounds of ({args.calls} A, {args.calls} B, {args.calls} floor); "
-                    "a round's time: the median of its calls; same processes, same models",
+        "schedule": f"{args.first_rounds} rounds of (A first call, B first call; both plan again each round), then "
+                    f"{args.rounds} rounds of ({args.calls} A, {args.calls} B, {args.calls} floor); a round's time: the "
+                    "median of its calls; same processes, same models",
         "started": datetime.datetime.now().isoformat(timespec="seconds"), "load_before": os.getloadavg(),
         "rows": [], "skipped": []}
     for name in args.configs.split(","):
@@ -272,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skip {name}: needs {cfg.gpus} GPUs", flush=True)
             continue
         t0 = time.monotonic()
-        ranks = mb.run_ranks(cfg.gpus, row_rank, cfg, args.rounds, args.calls, args.backend, timeout_s=1200,
+        ranks = mb.run_ranks(cfg.gpus, row_rank, cfg, args.rounds, args.calls, args.first_rounds, args.backend, timeout_s=1200,
                              backend=args.backend)
         row = summarize(name, cfg, args.backend, ranks, time.monotonic() - t0)
         doc["rows"].append(row)
