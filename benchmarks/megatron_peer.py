@@ -118,7 +118,7 @@ def floor_exchange(cfg: RunConfig, cuda: bool) -> Callable[[], None]:
 def row_rank(cfg: RunConfig, rounds: int, calls: int, first_rounds: int, backend: str) -> dict[str, Any]:
     """Build the row's models once, then `first_rounds` x (A first, B first: both plan again each
     time), and `rounds` x (A, B, floor), `calls` calls of each per round; every A and B call checked."""
-    from refit_core.execution.transports.megatron import plan_traffic
+    from refit_core.peers.megatron_transport import plan_traffic
     from refit_core.megatron import swap_model_weights
     from refit_core.peers import megatron_build as mb
     from refit_core.peers import megatron_patch

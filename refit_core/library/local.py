@@ -7,25 +7,23 @@ parent imported what the ranks need (torch, megatron-core) costs one import, not
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import queue
 import traceback
 from typing import Any, Callable
 
 import torch
 
-from refit_core.taskenv import free_port
+from refit_core.environment import free_port
 
 
 def _rank_main(rank: int, world: int, port: int, backend: str, fn: Callable[..., Any], args: tuple, q: Any) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     try:
         if backend == "nccl":  # one rank per GPU
             torch.cuda.set_device(rank)
-        dist.init_process_group(backend, rank=rank, world_size=world)
+        dist.init_process_group(backend, rank=rank, world_size=world, init_method=f"tcp://127.0.0.1:{port}")
         result = fn(*args)
         dist.barrier()
         q.put((rank, True, result))

@@ -31,10 +31,10 @@ import torch.distributed as dist
 
 from refit_core.config import RunConfig
 from refit_core.errors import ConfigError, TransportError
-from refit_core.execution.storage import Storage
+from refit_core.planning.storage import Storage
 from refit_core.execution.transports.base import IterationStats, RankContext, Transport
 from refit_core.execution.transports.registry import make_transport
-from refit_core.execution.wire import rank_storages
+from refit_core.planning.wire import rank_storages
 from refit_core.library.tensors import BoundShards, bind_shards
 from refit_core.library.verify import TransferDigests
 from refit_core.planning.plan import Plan

@@ -25,7 +25,7 @@ from typing import Any, Mapping
 import torch
 
 from refit_core.errors import ConfigError
-from refit_core.execution.storage import Storage
+from refit_core.planning.storage import Storage
 from refit_core.execution.weights import param_view, torch_dtype
 from refit_core.planning.model import Inventory
 

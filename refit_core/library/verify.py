@@ -23,8 +23,8 @@ import torch
 import torch.distributed as dist
 
 from refit_core.errors import VerificationError
-from refit_core.execution.storage import Storage
-from refit_core.execution.transports.blocks import transfer_block
+from refit_core.planning.storage import Storage
+from refit_core.planning.blocks import transfer_block
 from refit_core.planning.plan import Plan, Transfer
 
 _CHUNK_BYTES = 64 << 20  # bytes digested at once: bounds the temporary copy of a strided block

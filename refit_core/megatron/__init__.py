@@ -21,8 +21,8 @@ import torch
 from refit_core.config import RunConfig
 from refit_core.errors import ConfigError
 from refit_core.library import Refit, RefitStats
-from refit_core.execution.storage import Storage
-from refit_core.execution.wire import shard_storage
+from refit_core.planning.storage import Storage
+from refit_core.planning.wire import shard_storage
 from refit_core.library.tensors import at_offsets
 from refit_core.megatron.describe import Side, run_config, unwrap
 from refit_core.planning.layout import Placement

@@ -18,6 +18,7 @@ import torch
 from refit_core.config import RunConfig
 from refit_core.errors import ConfigError
 from refit_core.planning.layout import ParallelLayout, Placement, RefitMode
+from refit_core.library.config import library_settings
 from refit_core.library.tensors import shared_offsets
 from refit_core.planning.model import ModelSpec
 
@@ -132,8 +133,8 @@ def run_config(src: Any, dst: Any, method: str) -> tuple[RunConfig, list[tuple[S
         diff = next(k for (k, v), (_, w) in zip(s.spec, d.spec) if v != w)
         raise ConfigError(f"source and target models differ in {diff}: a refit moves the weights of one network")
     mode = RefitMode.COLLOCATED if d_ranks[0] == s_ranks[0] else RefitMode.NON_COLLOCATED  # both from rank 0
-    cfg = RunConfig("megatron-swap", ModelSpec(**dict(s.spec)), s.layout, d.layout, mode, method=method,
-                    iterations=1, warmup=0, gpus=dist.get_world_size())
+    cfg = library_settings(RunConfig("megatron-swap", ModelSpec(**dict(s.spec)), s.layout, d.layout, mode,
+                                     method=method, iterations=1, warmup=0, gpus=dist.get_world_size()))
     cfg.validate(gpu_memory=False)
     world = cfg.world()
     _check_ranks(world.source, s_ranks, [e[0] for e in every], "source")

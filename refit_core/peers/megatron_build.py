@@ -29,7 +29,7 @@ from refit_core.planning.layout import ParallelLayout, Placement
 from refit_core.peers.megatron_names import megatron_to_refitctl, to_refitctl
 from refit_core.planning.model import Inventory, ModelSpec
 from refit_core.planning.sharding import local_shape, rank_pieces
-from refit_core.execution.storage import rank_storage
+from refit_core.planning.storage import rank_storage
 from refit_core.execution.weights import fill, param_view
 from refit_core.library.local import run_local
 

@@ -13,8 +13,9 @@ from typing import Callable, Protocol
 import torch
 
 from refit_core.config import RunConfig
+from refit_core.planning.devices import DeviceMap
 from refit_core.planning.plan import Plan, RankPlan
-from refit_core.execution.storage import Storage
+from refit_core.planning.storage import Storage
 
 
 @dataclass
@@ -31,6 +32,7 @@ class RankContext:
     source_buffer: torch.Tensor | None = None  # the caller's bytes holding `source` (None: the transport allocates)
     destination_buffer: torch.Tensor | None = None  # the same for `destination` (refit_core/library)
     layouts: Callable[[str, int], Storage | None] | None = None  # every rank's storages (None: derived from the plan)
+    devices: DeviceMap | None = None  # each rank's GPU as placed before launch (None: not placed)
 
 
 @dataclass

@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from refit_core.errors import ConfigError, VerificationError
 from refit_core.execution import weights
-from refit_core.execution.storage import rank_storage
+from refit_core.planning.storage import rank_storage
 from refit_core.library import Refit, refit_config
 from refit_core.library.local import run_local
 from refit_core.planning.layout import ParallelLayout
