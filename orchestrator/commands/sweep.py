@@ -13,28 +13,28 @@ and by refit kind (TP refit vs EP refit).
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import io
-import json
 import shutil
 from pathlib import Path
 from typing import Any, Callable
 
 from orchestrator import configs, safety
-from orchestrator.submission import executor
-from orchestrator.commands.common import (add_cluster_args, add_runs_dir, add_watch_args, cluster_options, command,
-                                          command_line, config_file, detach_hint, emit, follow, interrupts_deferred,
-                                          plan_where_it_fits, poll_seconds, runs_root, submit_runs, wide_console)
+from orchestrator.submission import clusters
+from orchestrator.actions.args import add_cluster_args, add_runs_dir, add_watch_args, command, config_file
+from orchestrator.actions.launch import detach_hint, follow, interrupts_deferred, poll_seconds, prepare_where_it_fits, submit_runs
+from orchestrator.actions.comparison import write_comparison
+from orchestrator.actions.output import command_line, wide_console
+from orchestrator.actions.resolve import cluster_options, run_settings, runs_root
 from orchestrator.configs.flags import add_flags, apply_overrides, overrides_from_args
-from orchestrator.views.liveview import comparison_view, layout_label, method_label, refit_kind
-from orchestrator.state.rundir import (SWEEP_FILE, is_sweep, list_runs, load_config, now_iso, stamp, sweep_run_dirs, sweep_title,
+from orchestrator.views.liveview import comparison_view, method_label
+from orchestrator.submission.prepared import now_iso
+from orchestrator.state.rundir import (SWEEP_FILE, is_sweep, list_runs, load_config, stamp, sweep_run_dirs, sweep_title,
                                  unique_dir, write_run)
 from orchestrator.state.runfiles import (SweepInfo, locked, read_run_info, read_sweep_info, update_sweep_file,
                                          write_sweep_file)
 from orchestrator.submission.runspec import RunSpec
 from orchestrator.safety import styled
-from orchestrator.state.tracking import Snapshot, finalize_over, snapshot, snapshots
+from orchestrator.state.tracking import finalize_over, snapshot
 from refit_core.errors import ConfigError
 from refit_core.results import write_json_atomic
 
@@ -57,18 +57,15 @@ def sweep_configs(name: str, config_file: Path | None) -> list[str]:
 
 
 def launch(specs: list[RunSpec], dirs: list[Path], sweep_dir: Path) -> list[str]:
-    """Submit: on SLURM one job array per shape; the local runs (all, or those SLURM cannot hold) one controller
-    runs in order. Returns job ids."""
-    local = [i for i, s in enumerate(specs) if s.cluster == "local"]
-    by_shape: dict[Any, list[int]] = {}
-    for i, s in enumerate(specs):
-        if s.cluster != "local":
-            by_shape.setdefault(executor.shape(s), []).append(i)
-    groups = list(by_shape.values()) + ([local] if local else [])
+    """Submit each run to its own cluster (a run SLURM cannot hold goes local beside the others): locally one
+    controller runs its runs in order; on SLURM one job array per shape. Returns job ids."""
     ids = []
-    for idx in groups:
-        refs = submit_runs([specs[i] for i in idx], [dirs[i] for i in idx], sweep_dir / "submitit")
-        ids.append(refs[0].job_id.split("_")[0] if len(refs) > 1 else refs[0].job_id)
+    for name in dict.fromkeys(s.cluster for s in specs):
+        mine = [i for i, s in enumerate(specs) if s.cluster == name]
+        for batch in clusters.get(name).batches([specs[i] for i in mine]):
+            idx = [mine[b] for b in batch]
+            refs = submit_runs([specs[i] for i in idx], [dirs[i] for i in idx], sweep_dir / "submitit")
+            ids.append(refs[0].job_id.split("_")[0] if len(refs) > 1 else refs[0].job_id)
     return ids
 
 
@@ -101,7 +98,7 @@ def _sweep(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
         if args.detach and specs:
             detach_hint(console, sweep_dir)
             return 0
-        poll = poll_seconds(args, specs[0].cluster if specs else "local")
+        poll = poll_seconds(args, clusters.get(specs[0].cluster) if specs else clusters.LOCAL)
         snaps = follow(sweep_run_dirs(sweep_dir), console, poll, sweep_title(sweep_dir), sweep_dir)
         if snaps is None:
             console.print(f"Resume later (reruns what did not verify): refitctl sweep --resume {sweep_dir}",
@@ -116,13 +113,14 @@ def _sweep(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
     return run
 
 
-def _launch_and_record(console: Any, specs: list[RunSpec], dirs: list[Path], sweep_dir: Path, where: tuple[str, str],
+def _launch_and_record(console: Any, specs: list[RunSpec], dirs: list[Path], sweep_dir: Path,
+                       where: tuple["clusters.Cluster", str],
                        holding_lock: bool) -> None:
     """Submit the prepared runs and add their job ids to sweep.json (read-modify-write under the lock)."""
     if not specs:
         console.print(f"every config of {sweep_dir} verified already: nothing to rerun", highlight=False)
         return
-    cluster = specs[0].cluster
+    cluster = clusters.get(specs[0].cluster)
     for line in executor_lines(specs, where):
         console.print(line, highlight=False, soft_wrap=True)
     with interrupts_deferred():  # the ids reach sweep.json before a Ctrl-C is let through
@@ -130,44 +128,41 @@ def _launch_and_record(console: Any, specs: list[RunSpec], dirs: list[Path], swe
         record = write_sweep_file if holding_lock else update_sweep_file
         record(sweep_dir, lambda data: data.__setitem__("jobs", [*data.get("jobs", []), *ids]))
     console.print(styled("Submitted {n} runs ({cluster} job{s} {ids}): [bold]{sweep_dir}[/]", n=len(specs),
-                         cluster=cluster, s="s" if len(ids) > 1 else "", ids=", ".join(ids), sweep_dir=sweep_dir),
+                         cluster=cluster.name, s="s" if len(ids) > 1 else "", ids=", ".join(ids), sweep_dir=sweep_dir),
                   highlight=False)
 
 
-def executor_lines(specs: list[RunSpec], where: tuple[str, str]) -> list[str]:
+def executor_lines(specs: list[RunSpec], where: tuple["clusters.Cluster", str]) -> list[str]:
     """Where the sweep's runs go, and why. `where`: the cluster --cluster chose and its reason; runs that
-    plan_where_it_fits moved off that cluster (SLURM cannot hold them) say so instead."""
+    prepare_where_it_fits moved off it (SLURM cannot hold them) say that instead."""
     chosen, why = where
     lines = []
-    for cluster in ("slurm", "local"):
-        group = [s for s in specs if s.cluster == cluster]
-        if not group:
-            continue
-        reason = why if cluster == chosen else "the SLURM cluster cannot hold them"
+    for name in dict.fromkeys(s.cluster for s in specs):
+        cluster = clusters.get(name)
+        group = [s for s in specs if s.cluster == name]
+        reason = why if cluster is chosen else f"the {chosen.label} cluster cannot hold them"
         names = "" if len(group) == len(specs) else f" for {', '.join(s.name for s in group)}"
-        how = "one job array" if cluster == "slurm" else "one run after another"
-        lines.append(f"Executor: {'SLURM' if cluster == 'slurm' else 'local processes'}{names} ({reason}); "
-                     f"{group[0].resources.describe()}; {how}")
+        lines.append(f"Executor: {cluster.label}{names} ({reason}); {group[0].resources.describe()}{cluster.grouping}")
     return lines
 
 
 def _prepare_new(args: argparse.Namespace, root: Path, console: Any) -> tuple[Path, list[RunSpec], list[Path],
-                                                                              tuple[str, str]]:
+                                                                              tuple["clusters.Cluster", str]]:
     names = sweep_configs(args.sweep, args.config_file)
     opts = cluster_options(args)
-    cluster, why = executor.detect_cluster(opts.cluster)
+    cluster, why = clusters.detect(opts.cluster)
     overrides = overrides_from_args(args)
     explicit = args.flag_refit_method is not None
-    specs, plans, bad = [], [], []
+    settings = run_settings(args)
+    runs, bad = [], []
     for name in names:
         try:
-            cfg = apply_overrides(configs.resolve(name, args.config_file), overrides)
-            spec, plan = plan_where_it_fits(name, cfg, opts, cluster, explicit)
+            cfg = apply_overrides(configs.resolve(name, args.config_file), overrides).with_environment(settings)
+            runs.append(prepare_where_it_fits(name, cfg, opts, cluster, explicit))
         except ConfigError as e:
             bad.append(f"{name}: {e}")
             continue
-        specs.append(spec)
-        plans.append(plan)
+    specs = [r.spec for r in runs]
     if bad and not args.skip_invalid:
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
         raise ConfigError(f"{bad[0]}{more}; --skip-invalid leaves such configs out")
@@ -183,15 +178,16 @@ def _prepare_new(args: argparse.Namespace, root: Path, console: Any) -> tuple[Pa
     sweep_dir = unique_dir(root, f"sweep-{label}-{stamp()}")
     try:
         dirs = []
-        for spec, plan in zip(specs, plans):
+        for run in runs:
+            spec, plan = run.spec, run.plan
             d = unique_dir(sweep_dir, spec.name)
-            write_run(d, spec, plan, command_line(), sweep=sweep_dir)
+            write_run(d, run, command_line(), sweep=sweep_dir)
             dirs.append(d)
             w = plan.world
             console.print(f"  {spec.name}: world {w.world_size} ({w.gpus_used} active), {spec.config.mode.value}, "
                           f"method {method_label(read_run_info(d))}", highlight=False)
         data = {"version": 1, "name": label, "created": now_iso(), "command": command_line(),
-                "configs": [s.name for s in specs], "cluster": cluster, "options": specs[0].options.to_json(),
+                "configs": [s.name for s in specs], "cluster": cluster.name, "options": specs[0].options.to_json(),
                 "runs": {s.name: [d.name] for s, d in zip(specs, dirs)}, "jobs": []}
         write_json_atomic(sweep_dir / SWEEP_FILE, data)
     except BaseException:  # a full disk, Ctrl-C: nothing was submitted, no half-made sweep is left
@@ -215,11 +211,12 @@ def _resume_target(args: argparse.Namespace, root: Path) -> Path:
     return sweep_dir
 
 
-def _prepare_resume(args: argparse.Namespace, sweep_dir: Path) -> tuple[list[RunSpec], list[Path], tuple[str, str]]:
+def _prepare_resume(args: argparse.Namespace, sweep_dir: Path) -> tuple[list[RunSpec], list[Path],
+                                                                         tuple["clusters.Cluster", str]]:
     """The runs to do again (the latest run of a config did not verify); the caller holds the sweep's lock."""
     data: SweepInfo = read_sweep_info(sweep_dir)
     opts = cluster_options(args, base=data.options)
-    cluster, why = executor.detect_cluster(opts.cluster)
+    cluster, why = clusters.detect(opts.cluster)
     specs, dirs = [], []
     for name in data.configs:
         if not data.runs.get(name):
@@ -232,10 +229,10 @@ def _prepare_resume(args: argparse.Namespace, sweep_dir: Path) -> tuple[list[Run
         if not snap.state.final:
             raise ConfigError(f"{name} ({last}) is still {snap.state.state}: wait for it or cancel it first")
         old = read_run_info(last).requested_method
-        spec, plan = plan_where_it_fits(name, load_config(last), opts, cluster, True)
-        spec = dataclasses.replace(spec, requested_method=spec.requested_method if old is None else old)
+        run = prepare_where_it_fits(name, load_config(last), opts, cluster, True)
+        spec = dataclasses.replace(run.spec, requested_method=run.spec.requested_method if old is None else old)
         d = unique_dir(sweep_dir, name)
-        write_run(d, spec, plan, command_line(), sweep=sweep_dir)
+        write_run(d, dataclasses.replace(run, spec=spec), command_line(), sweep=sweep_dir)
         specs.append(spec)
         dirs.append(d)
 
@@ -247,54 +244,6 @@ def _prepare_resume(args: argparse.Namespace, sweep_dir: Path) -> tuple[list[Run
 
     write_sweep_file(sweep_dir, change)
     return specs, dirs, (cluster, why)
-
-
-# ----------------------------------------------------------------------------- comparison
-
-_COLUMNS = ("config", "mode", "method", "requested_method", "source", "destination", "refit", "gpus_used", "state",
-            "verified", "median_ms", "min_ms", "GBps", "delivered_bytes", "run_dir")
-
-
-def comparison_rows(snaps: list[Snapshot]) -> list[dict[str, Any]]:
-    rows = []
-    for s in snaps:
-        res = s.results or {}
-        rows.append({
-            "config": s.info.config, "mode": s.info.mode, "method": s.info.method,
-            "requested_method": s.info.requested_method, "source": layout_label(s.info.source),
-            "destination": layout_label(s.info.destination), "refit": refit_kind(s.info),
-            "gpus_used": s.info.active_ranks, "state": s.state.state, "verified": s.verified,
-            "median_ms": res.get("median_ms"), "min_ms": res.get("min_ms"), "GBps": res.get("GBps"),
-            "delivered_bytes": s.info.delivered_bytes, "run_dir": str(s.run_dir),
-        })
-    return rows
-
-
-def comparison_csv(rows: list[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(_COLUMNS), lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: ("" if r[k] is None else r[k]) for k in _COLUMNS})
-    return buf.getvalue()
-
-
-def write_comparison(sweep_dir: Path, snaps: list[Snapshot]) -> None:
-    rows = comparison_rows(snaps)
-    (sweep_dir / "comparison.csv").write_text(comparison_csv(rows))
-    write_json_atomic(sweep_dir / "comparison.json", rows)
-
-
-def print_sweep_results(sweep_dir: Path, as_csv: bool, as_json: bool) -> int:
-    snaps = snapshots(sweep_run_dirs(sweep_dir))  # reading only: comparison.csv is the sweep's
-    rows = comparison_rows(snaps)
-    if as_csv:
-        emit(comparison_csv(rows))
-    elif as_json:
-        emit(json.dumps(rows, indent=1) + "\n")
-    else:
-        wide_console().print(comparison_view(snaps, sweep_title(sweep_dir)))
-    return 0 if all(s.verified for s in snaps) else 1
 
 
 COMMANDS = (_sweep,)

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 def has_link_model(method: object) -> bool:
     """Whether the link model (NVLink, network adapters) describes this method's transfers: not gloo on the CPU."""
-    from refit_core.execution.transports.registry import METHODS
+    from refit_core.planning.methods import METHODS
 
     m = METHODS.get(method) if isinstance(method, str) else None
     return m is not None and m.ceiling is not None
@@ -81,6 +81,16 @@ class RunData:
     @property
     def timed_ms(self) -> list[float]:
         return [i["time_ms"] for i in self.results.get("iterations", []) if not i.get("warmup")]
+
+    @property
+    def payload(self) -> str:
+        """What was refit: refitctl's synthetic shards, or Megatron-Core GPTModels built on the ranks
+        (--payload megatron through refitctl's library, or a megatron-* method's own refit): two
+        runs on models refit the same parameters, so compare sets them side by side fairly."""
+        t = self.results.get("transport") or {}
+        if t.get("peer") or t.get("payload"):
+            return "Megatron-Core GPTModels" + (" (Megatron-Core's refit)" if t.get("peer") else " (refitctl's library)")
+        return "synthetic shards"
 
     @property
     def bound_ms(self) -> float | None:
@@ -377,6 +387,7 @@ def summary_fields(run: RunData) -> list[tuple[str, str, Any, str]]:
         ("mode", "mode", run.mode, run.mode),
         ("method", "method", run.method, run.method),
         ("layouts", "source -> destination", run.layouts, run.layouts),
+        ("payload", "payload", run.payload.split(" (")[0], run.payload),
         ("state", "state", run.state, run.state),
         ("verified", "verified", run.verified, "yes" if run.verified else "no"),
         ("timed_iterations", "timed iterations", res.get("timed_iterations"), str(res.get("timed_iterations", "-"))),
