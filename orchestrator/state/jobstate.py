@@ -64,7 +64,7 @@ class JobState:
 def job_state(run_dir: Path, job: JobRecord | None, final: FinalState | None = None,
               slurm: Look | None = None) -> JobState:
     """The run's state from its scheduler (run.json's `job`); never submitted: run.json's `final`, else UNKNOWN.
-    `slurm`: SLURM's answer for many runs at once (slurmquery.ask), instead of asking for this one."""
+    `slurm`: one look at many runs at once (tracking.slurm_look), instead of asking for this one."""
     if job is None:
         if final is not None:
             return JobState(final.state, final.detail, "run.json")
@@ -150,8 +150,9 @@ def pending_reason(reason: str) -> str:
 
 
 def _slurm_state(run_dir: Path, job: JobRecord, look: Look | None) -> JobState:
-    """A SLURM job's state: remembered (slurmcache), else from `view` (one batched look at many runs) or,
-    without one, from a look at this job alone. A final state read from accounting is remembered."""
+    """A SLURM job's state: remembered (slurmcache), else from `look` (one batched look at many runs,
+    tracking.slurm_look) or, without one, from a look at this job alone. A final state read from
+    accounting is remembered."""
     kept = slurmcache.cached(run_dir, job)
     if kept is not None:
         return JobState(kept[0], kept[1], "sacct (remembered)")
