@@ -122,3 +122,25 @@ def test_fp8_bench_runs_each_row_in_bf16_then_fp8() -> None:
         ("collocated-4", "nvshmem", "bf16"), ("collocated-4-fp8", "nvshmem", "fp8"),
         ("world-1", "nccl", "bf16"), ("world-1-fp8", "nccl", "fp8")]
     assert not any(c.skip for c in rows)
+
+
+def test_fp8_two_sided_sender_has_no_send_image_and_stays_within_the_bucket(tmp_path: Path) -> None:
+    """Issue 22: a gloo/nccl sender quantises each staging bucket as it packs it (and each local copy
+    inside the copy), so no FP8 send image exists. Beyond its shards a rank holds the staging, within
+    --refit-bucket-size as in BF16, plus its scales and scale-index tables (`fp8_source_bytes`), a few
+    percent of the FP8 shard at this small model's narrow weights. At a 1 MiB bucket each source's wire
+    shards (4.9 MB) are several buckets, so the old send image would not fit the bound."""
+    bucket = 1 << 20
+    cfg = small("config-4", rl_inference_precision="fp8", refit_bucket_size=bucket)
+    codes, res = _run(cfg, tmp_path)
+    assert codes == [0] * cfg.gpus and res["verified"], (tmp_path / "logs" / "rank-0.log").read_text()
+    recs = ranks(tmp_path)
+    sources = cfg.world().source.ranks
+    assert {r: recs[r].transport["rounds"] > 1 for r in sources} == {r: True for r in sources}
+    for r, rec in recs.items():
+        info = rec.transport
+        assert info["send_image_bytes"] == 0 and info["direct_ops"] == 0
+        staging = rec.extra_bytes - info["fp8_source_bytes"]
+        assert 0 < staging <= bucket, (r, rec.extra_bytes, info)
+        if r in sources:  # source_bytes: its wire shards (FP8), what a send image would have held
+            assert 0 < info["fp8_source_bytes"] < 0.05 * rec.source_bytes and rec.source_bytes > 4 * bucket, info
