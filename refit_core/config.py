@@ -25,7 +25,8 @@ from refit_core.planning.nodes import NodeMap
 from refit_core.planning.precision import check_precision, destination_slot_sizes
 from refit_core.planning.sharding import check_divisible
 from refit_core.planning.ceilings import LinkFigures
-from refit_core.planning.timemodel import DEFAULT_SOURCE, LOCAL_COPY_GBPS, NETWORK_GBPS, NVLINK_GBPS, LinkModel
+from refit_core.planning.timemodel import (AMAX_GBPS, DEFAULT_SOURCE, LOCAL_COPY_GBPS, NETWORK_GBPS, NVLINK_GBPS,
+                                          QUANTISE_GBPS, LinkModel)
 
 METHODS = tuple(registry.METHODS)  # every --refit-method (refit_core/execution/transports/registry.py)
 SYNC_MODES = ("auto", "host", "device")  # --nvshmem-sync
@@ -64,6 +65,10 @@ class RunConfig:
     """Device-to-device copy on one GPU, GB/s delivered."""
     link_source: str = ""
     """Where the link figures come from (a ceilings file, flags); empty: the defaults."""
+    quantise_gbps: float = QUANTISE_GBPS
+    """FP8 senders: the fused quantiser's quantise pass, GB/s of BF16 read (time model only)."""
+    amax_gbps: float = AMAX_GBPS
+    """FP8 senders: the scale pass (block maxima), GB/s of BF16 read (time model only)."""
     devices: tuple[int | None, ...] = ()
     """Each rank's GPU (index on its node; None: no GPU), decided before launch by refit_core/planning/devices.py;
     empty: the job places its rank itself, by the same rules."""
@@ -114,7 +119,8 @@ class RunConfig:
         if not 0 < self.gpu_memory_gb <= MAX_GIB:
             raise ConfigError(f"--gpu-memory-gb must be more than 0 and at most {MAX_GIB:,} GiB, got {self.gpu_memory_gb}")
         for flag, value in (("--intra-node-gbps", self.intra_node_gbps), ("--inter-node-gbps", self.inter_node_gbps),
-                            ("--local-copy-gbps", self.local_copy_gbps),
+                            ("--local-copy-gbps", self.local_copy_gbps), ("--quantise-gbps", self.quantise_gbps),
+                            ("--amax-gbps", self.amax_gbps),
                             ("--intra-node-both-gbps", 1.0 if self.intra_node_both_gbps is None
                              else self.intra_node_both_gbps)):
             if not 0 < value <= MAX_GBPS:
@@ -167,7 +173,8 @@ class RunConfig:
 
     def link_model(self) -> LinkModel:
         return LinkModel(self.gpus_per_node, self.intra_node_gbps, self.inter_node_gbps, self.local_copy_gbps,
-                         self.intra_node_both_gbps, self.link_source or DEFAULT_SOURCE)
+                         self.intra_node_both_gbps, self.link_source or DEFAULT_SOURCE, self.quantise_gbps,
+                         self.amax_gbps, registry.method(self.method).two_sided)
 
     def with_ceilings(self, figures: LinkFigures, keep: Iterable[str] = ()) -> "RunConfig":
         """The link figures of measured ceilings, except the fields in `keep` (given as flags)."""
@@ -175,7 +182,8 @@ class RunConfig:
         changes: dict[str, Any] = {}
         for field, value in (("intra_node_gbps", figures.intra_node_gbps),
                              ("intra_node_both_gbps", figures.intra_node_both_gbps),
-                             ("local_copy_gbps", figures.local_copy_gbps)):
+                             ("local_copy_gbps", figures.local_copy_gbps),
+                             ("quantise_gbps", figures.quantise_gbps), ("amax_gbps", figures.amax_gbps)):
             if value is not None and field not in keep:
                 changes[field] = value
         return self.with_changes(**changes, link_source=figures.source)
