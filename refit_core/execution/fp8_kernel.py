@@ -186,3 +186,43 @@ def quantise_rects_torch(rects: Sequence[QuantRect], x: torch.Tensor, out: torch
             src.clamp_(-E4M3_MAX, E4M3_MAX)
             out.as_strided((n, r.cols), (r.o_stride, 1), r.o_off + i * r.o_stride).copy_(src.to(FP8).view(torch.uint8))
     return len(rects)
+
+
+# -- a whole tensor (the benchmark's ceiling and the GPU tests) ---------------------------------------
+def whole_tensor_work(rows: int, cols: int) -> tuple[list[AmaxRect], QuantRect, list[int]]:
+    """Descriptors quantising a contiguous [rows, cols] tensor whole: its block pieces (maxima into a
+    [ceil(rows/128), ceil(cols/128)] scale tensor), one rectangle, and its scale-index table."""
+    nb, cb = -(-rows // BLOCK), -(-cols // BLOCK)
+    amax = [AmaxRect(b * BLOCK * cols + c * BLOCK, cols, min(BLOCK, rows - b * BLOCK), min(BLOCK, cols - c * BLOCK),
+                     b * cb + c) for b in range(nb) for c in range(cb)]
+    index = [i // BLOCK for i in range(rows)] + [j // BLOCK for j in range(cols)]
+    return amax, QuantRect(0, cols, 0, cols, 0, cb, 0, rows, rows, cols), index
+
+
+class TensorQuantiser:
+    """The fused quantiser on one contiguous 2-D tensor shape, prepared once: `(w)` -> (fp8, scale_inv)
+    as quantize.quantise defines them, through the two Triton kernels."""
+
+    def __init__(self, rows: int, cols: int, device: torch.device) -> None:
+        amax, rect, index = whole_tensor_work(rows, cols)
+        self.shape, self.scale_shape = (rows, cols), (-(-rows // BLOCK), -(-cols // BLOCK))
+        self.amax = TritonAmax(amax, device)
+        self.quantise = TritonQuantise([rect], device)
+        self.index = torch.tensor(index, dtype=torch.int32, device=device)
+
+    def scales(self, w: torch.Tensor) -> torch.Tensor:
+        """The scale pass: float32 scale_inv per block."""
+        s = torch.empty(self.scale_shape, dtype=torch.float32, device=w.device)
+        self.amax(w.reshape(-1), s.view(-1))
+        return torch.where(s == 0, torch.ones_like(s), s / E4M3_MAX)
+
+    def values(self, w: torch.Tensor, scale_inv: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """The quantise pass into `out` (float8 e4m3fn, w's shape)."""
+        self.quantise(w.reshape(-1), out.view(torch.uint8).view(-1), scale_inv.reshape(-1), self.index)
+        return out
+
+    def __call__(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if tuple(w.shape) != self.shape or not w.is_contiguous():
+            raise ValueError(f"prepared for a contiguous {self.shape} tensor, got {tuple(w.shape)}")
+        s = self.scales(w)
+        return self.values(w, s, torch.empty(self.shape, dtype=FP8, device=w.device)), s

@@ -181,7 +181,7 @@ class TimePrediction:
         }
 
 
-def _quantised(plan: Plan) -> tuple[dict[int, int], dict[int, int]]:
+def quantised_bytes(plan: Plan) -> tuple[dict[int, int], dict[int, int]]:
     """FP8: per source rank, BF16 bytes of the quantised weight rows it holds, and of the quantised
     elements it sends or copies (its transfers of FP8 weights: one byte an element on the wire)."""
     held: dict[int, int] = {}
@@ -218,7 +218,7 @@ def gpu_loads(plan: Plan, link: LinkModel) -> tuple[GpuLoad, ...]:
         else:
             acc[d][2] += b
             acc[s][3] += b
-    held, moved = _quantised(plan)
+    held, moved = quantised_bytes(plan)
     return tuple(GpuLoad(r, *v, held.get(r, 0), moved.get(r, 0)) for r, v in acc.items())
 
 

@@ -81,3 +81,18 @@ def send_image_config_4() -> None:
 
 def send_image_collocated_4() -> None:
     _send_image("collocated-4")
+
+
+def whole_tensors() -> None:
+    """TensorQuantiser (what gpu_bench times) on ragged shapes, with zero blocks and outliers."""
+    from refit_core.execution.fp8_kernel import TensorQuantiser
+
+    g = torch.Generator().manual_seed(5)
+    for rows, cols in ((1, 1), (130, 260), (257, 129), (128, 384)):
+        w = (torch.randn(rows, cols, generator=g) * 10).bfloat16()
+        w[:, :1] = 0
+        w[-1, -1] = 1e4
+        q, s = TensorQuantiser(rows, cols, CPU)(w)
+        want_q, want_s = quantise(w)
+        assert torch.equal(s.view(torch.int32), want_s.view(torch.int32)), (rows, cols)
+        assert torch.equal(q.view(torch.uint8), want_q.view(torch.uint8)), (rows, cols)

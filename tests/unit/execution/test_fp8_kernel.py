@@ -65,6 +65,11 @@ def test_triton_kernels_match_the_reference_on_cut_and_transposed_pieces() -> No
     _interpreted("cut_and_transposed_pieces")
 
 
+def test_triton_whole_tensor_quantiser_matches_the_reference() -> None:
+    """The quantiser gpu_bench.py times (TensorQuantiser): ragged shapes, zero blocks, outliers."""
+    _interpreted("whole_tensors")
+
+
 @pytest.mark.parametrize("name", ["config-4", "collocated-4"])
 def test_triton_path_writes_the_torch_paths_send_image_bitwise(name: str) -> None:
     """A real plan's source shards (SwiGLU fc1 halves, row-parallel fc2 and attention projections,
