@@ -28,10 +28,11 @@ Importing this module needs neither triton nor a GPU; the kernels are compiled o
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import torch
 
+from refit_core.execution.fp8_layout import AmaxRect, QuantRect
 from refit_core.execution.quantize import BLOCK, E4M3_MAX, FP8
 
 TILE_ROWS = 16  # rows a quantise program handles per step (registers: TILE_ROWS x TILE_COLS elements)
@@ -39,35 +40,6 @@ TILE_COLS = 256  # columns of a quantise tile
 TILE_STEPS = 8  # steps per program: one descriptor covers TILE_ROWS * TILE_STEPS rows x TILE_COLS columns
 AMAX_STEP = 32  # rows of a 128-column block an amax program loads at once
 TORCH_STEP_ELEMENTS = 1 << 20  # elements the torch path quantises at once (bounds its float32 temporaries)
-
-
-class AmaxRect(NamedTuple):
-    """A block piece: `rows` x `cols` (each <= 128) elements at element `x_off` (row stride `x_stride`)
-    of the BF16 buffer; its max |w| goes to float32 element `out` of the amax buffer."""
-
-    x_off: int
-    x_stride: int
-    rows: int
-    cols: int
-    out: int
-
-
-class QuantRect(NamedTuple):
-    """`rows` x `cols` elements of a weight shard to quantise. Offsets in elements: `x_off` in the BF16
-    buffer, `o_off` (bytes) in the output, `s_off` in the float32 scale buffer where the shard's
-    scale tensor starts (row stride `s_stride`); the element at (i, j) takes the scale at
-    s_off + rows_idx[srow + i] * s_stride + cols_idx[scol + j] of the int32 index table."""
-
-    x_off: int
-    x_stride: int
-    o_off: int
-    o_stride: int
-    s_off: int
-    s_stride: int
-    srow: int
-    scol: int
-    rows: int
-    cols: int
 
 
 def e4m3_bits(y: torch.Tensor) -> torch.Tensor:

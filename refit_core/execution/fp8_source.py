@@ -24,93 +24,18 @@ the kernels' descriptor tables.
 
 from __future__ import annotations
 
-import bisect
-from dataclasses import dataclass
-
 import torch
 import torch.distributed as dist
 
-from refit_core.execution.fp8_kernel import (AmaxRect, QuantRect, TritonAmax, TritonQuantise, quantise_rects_torch,
-                                             triton_available)
+from refit_core.execution.fp8_kernel import TritonAmax, TritonQuantise, quantise_rects_torch, triton_available
+from refit_core.execution.fp8_layout import Fp8Layout
 from refit_core.execution.quantize import block_amax, scales_from_amax
-from refit_core.execution.storage import ALIGN, Slot, Storage, rank_storage
+from refit_core.execution.storage import Storage
 from refit_core.execution.transports.base import allocate
 from refit_core.execution.transports.blocks import Block
 from refit_core.execution.transports.copy import CudaBlockCopy, absolute, copy_blocks_torch, cuda_copy_available
 from refit_core.execution.weights import torch_dtype
-from refit_core.execution.wire import scale_weights, wire_storage
 from refit_core.planning.plan import Plan
-from refit_core.planning.precision import FP8_BLOCK
-
-
-@dataclass(frozen=True)
-class Piece:
-    """One piece of a quantised weight this rank holds, along its split dimension: global indices
-    [row0, row0+rows) at local [local, local+rows); its scale rows sit at [scale_local, +blocks) of
-    the local scale tensor; `gathered`: (block offset in this piece, offset in the all-reduced vector)."""
-
-    row0: int
-    rows: int
-    local: int
-    scale_local: int
-    gathered: tuple[tuple[int, int], ...]
-
-    @property
-    def blocks(self) -> tuple[int, int]:
-        return self.row0 // FP8_BLOCK, -(-(self.row0 + self.rows) // FP8_BLOCK)
-
-
-@dataclass(frozen=True)
-class Weight:
-    """A quantised weight's shard: BF16 in `train`, FP8 in `wire`, its scales at float `scale_off` of
-    the scale buffer (`scale_shape`, as the wire storage lays them out); `index` the (rows, columns)
-    offsets of its scale-index tables; `transposed`: split along columns (row-parallel)."""
-
-    param: int
-    scale: int
-    transposed: bool
-    train: Slot
-    wire: Slot
-    scale_off: int
-    scale_shape: tuple[int, int]
-    index: tuple[int, int]
-    pieces: tuple[Piece, ...]
-    other_blocks: int
-
-
-def gather_layout(plan: Plan) -> tuple[dict[tuple[int, int], int], int]:
-    """Offsets of each gathered (scale param, block row) in the all-reduced vector, and its length:
-    every rank derives the same from the plan."""
-    offsets: dict[tuple[int, int], int] = {}
-    n = 0
-    for g in plan.gathers:
-        p = plan.params[g.param]
-        other = p.shape[1 - p.split_dim]
-        for b in range(g.start, g.start + g.length):
-            offsets[(g.param, b)] = n
-            n += other
-    return offsets, n
-
-
-def _pieces(slot: Slot, si: int, offsets: dict[tuple[int, int], int]) -> tuple[Piece, ...]:
-    out = []
-    scale_local = 0
-    for pc in slot.pieces:
-        b0, b1 = pc.start // FP8_BLOCK, -(-pc.stop // FP8_BLOCK)
-        gathered = tuple((b - b0, offsets[(si, b)]) for b in range(b0, b1) if (si, b) in offsets)
-        out.append(Piece(pc.start, pc.length, pc.local_start, scale_local, gathered))
-        scale_local += b1 - b0
-    return tuple(out)
-
-
-def _split_index(pieces: tuple[Piece, ...], length: int) -> list[int]:
-    """Scale index (along the split dimension) of each local index along it."""
-    out = [0] * length
-    for pc in pieces:
-        b0 = pc.row0 // FP8_BLOCK
-        for k in range(pc.rows):
-            out[pc.local + k] = pc.scale_local + (pc.row0 + k) // FP8_BLOCK - b0
-    return out
 
 
 class Fp8Source:
@@ -121,92 +46,23 @@ class Fp8Source:
         """`use_triton`: None picks the Triton kernels on a GPU where triton imports (the tests force
         them on CPU tensors under Triton's interpreter)."""
         self.plan, self.device, self.group = plan, device, group
-        local = plan.world.source.local(rank)
-        layout = plan.world.source.layout
-        self.train = rank_storage(plan.inventory, layout, local)
-        self.wire = wire_storage(plan, layout, local)
+        self.layout = lay = Fp8Layout.of(plan, rank)
+        self.train, self.wire, self.weights, self.scale_at = lay.train, lay.wire, lay.weights, lay.scale_at
+        self.vector_len = lay.vector_len
         self.train_buf = allocate(self.train.nbytes + self.train.nbytes % 2, device)
+        self.scale_buf = allocate(lay.scale_bytes, device)
+        self.index = torch.tensor(lay.index or (0,), dtype=torch.int32, device=device)
         self.cuda = device.type == "cuda"
         self.triton = (self.cuda and triton_available()) if use_triton is None else use_triton
-        offsets, self.vector_len = gather_layout(plan)
-        weight_of = scale_weights(plan)
-        scale_of = {wi: si for si, wi in weight_of.items()}
-        self.scale_at: dict[int, int] = {}  # scale param -> byte offset in the scale buffer
-        floats = 0
-        for slot in self.wire.slots:
-            if slot.param in weight_of:
-                self.scale_at[slot.param] = floats * 4
-                floats += -(-slot.nbytes // ALIGN) * ALIGN // 4
-        self.scale_buf = allocate(floats * 4, device)
-        index: list[int] = []
-        self.weights: list[Weight] = []
-        for slot in self.train.slots:
-            if slot.param in scale_of:
-                self.weights.append(self._weight(slot, scale_of[slot.param], offsets, index))
-        self.index = torch.tensor(index or [0], dtype=torch.int32, device=device)
-        dtypes = {self.train.by_param[w.param].itemsize for w in self.weights}
-        self.dtype = torch_dtype(plan.inventory.params[self.weights[0].param].dtype) if self.weights else torch.bfloat16
-        if len(dtypes) > 1:
+        if len({w.train.itemsize for w in self.weights}) > 1:
             raise AssertionError("quantised weights of several dtypes in one shard")
-        self._gather_maps(device)
-        self.amax_kernel = TritonAmax(self._amax_rects(), device) if self.triton else None
-        self._wire_offsets = [s.offset for s in self.wire.slots]
-
-    def _weight(self, slot: Slot, si: int, offsets: dict[tuple[int, int], int], index: list[int]) -> Weight:
-        p = self.plan.inventory.params[slot.param]
-        transposed = p.split_dim == 1
-        pieces = _pieces(slot, si, offsets)
-        sslot = self.wire.by_param[si]
-        rows, cols = slot.shape
-        split = _split_index(pieces, cols if transposed else rows)
-        whole = [i // FP8_BLOCK for i in range(rows if transposed else cols)]
-        at = (len(index), len(index) + rows)
-        index += (whole + split) if transposed else (split + whole)
-        other = -(-p.shape[0 if transposed else 1] // FP8_BLOCK)
-        return Weight(slot.param, si, transposed, slot, self.wire.by_param[slot.param], self.scale_at[si] // 4,
-                      (sslot.shape[0], sslot.shape[1]), at, pieces, other)
-
-    def _scale_pos(self, w: Weight, block_row: int, col: int) -> int:
-        """Float offset in the scale buffer of scale (split-dim block row, other-dim block) of `w`."""
-        if w.transposed:
-            return w.scale_off + col * w.scale_shape[1] + block_row
-        return w.scale_off + block_row * w.scale_shape[1] + col
-
-    def _gather_maps(self, device: torch.device) -> None:
-        """Which scale-buffer floats feed which entries of the all-reduced vector."""
-        src: list[int] = []
-        dst: list[int] = []
-        for w in self.weights:
-            for pc in w.pieces:
-                for k, off in pc.gathered:
-                    for c in range(w.other_blocks):
-                        src.append(self._scale_pos(w, pc.scale_local + k, c))
-                        dst.append(off + c)
-        backend = dist.get_backend(self.group) if self.vector_len and dist.is_initialized() else None
+        self.dtype = torch_dtype(plan.inventory.params[self.weights[0].param].dtype) if self.weights else torch.bfloat16
+        src, dst = lay.gather_maps()
+        backend = dist.get_backend(group) if self.vector_len and dist.is_initialized() else None
         self.vector_device = device if backend == "nccl" else torch.device("cpu")
         self.gather_src = torch.tensor(src, dtype=torch.int64, device=device)
         self.gather_dst = torch.tensor(dst, dtype=torch.int64, device=self.vector_device)
-
-    def _amax_rects(self) -> list[AmaxRect]:
-        """Every block piece of every weight, in memory order of the BF16 shard (for the Triton pass)."""
-        out = []
-        for w in self.weights:
-            rows, cols = w.train.shape
-            base = w.train.offset // w.train.itemsize
-            full = rows if w.transposed else cols  # the dimension held whole
-            for pc in w.pieces:
-                b0, b1 = pc.blocks
-                for b in range(b0, b1):
-                    lo, hi = max(b * FP8_BLOCK, pc.row0), min((b + 1) * FP8_BLOCK, pc.row0 + pc.rows)
-                    first = pc.local + lo - pc.row0
-                    for c in range(-(-full // FP8_BLOCK)):
-                        n = min(FP8_BLOCK, full - c * FP8_BLOCK)
-                        pos = self._scale_pos(w, pc.scale_local + b - b0, c)
-                        if w.transposed:
-                            out.append(AmaxRect(base + c * FP8_BLOCK * cols + first, cols, n, hi - lo, pos))
-                        else:
-                            out.append(AmaxRect(base + first * cols + c * FP8_BLOCK, cols, hi - lo, n, pos))
-        return out
+        self.amax_kernel = TritonAmax(lay.amax_rects(), device) if self.triton else None
 
     @property
     def extra_bytes(self) -> int:
@@ -254,24 +110,8 @@ class Fp8Source:
         """A prepared producer of wire-source `blocks` (src: wire offsets) into `dst` (dst offsets)."""
         return FillStep(self, blocks, dst)
 
-    def locate(self, b: Block) -> Slot:
-        """The wire slot block `b` reads from (a block never spans two)."""
-        i = bisect.bisect_right(self._wire_offsets, b.src) - 1
-        slot = self.wire.slots[max(i, 0)]
-        last = b.src + (b.rows - 1) * b.src_stride + b.row_bytes
-        if i < 0 or last > slot.offset + slot.nbytes:
-            raise AssertionError(f"block {b} is not inside one wire slot")
-        return slot
-
     def image_blocks(self, storage: Storage) -> list[Block]:
-        """Blocks that write every slot of `storage` (a send image laid out its own way) whole."""
-        out = []
-        for s in storage.slots:
-            w = self.wire.by_param[s.param]
-            row = s.nbytes // s.shape[0] if len(s.shape) == 2 else s.nbytes
-            rows = s.shape[0] if len(s.shape) == 2 else 1
-            out.append(Block(w.offset, row, s.offset, row, rows, row))
-        return out
+        return self.layout.image_blocks(storage)
 
 
 class FillStep:
@@ -280,19 +120,7 @@ class FillStep:
 
     def __init__(self, source: Fp8Source, blocks: list[Block], dst: torch.Tensor) -> None:
         self.source, self.dst = source, dst
-        weights = {w.param: w for w in source.weights}
-        plain: list[Block] = []
-        scales: list[Block] = []
-        self.rects: list[QuantRect] = []
-        for b in blocks:
-            slot = source.locate(b)
-            delta = b.src - slot.offset
-            if slot.param in weights:
-                self.rects.append(_rect(weights[slot.param], b, delta))
-            elif slot.param in source.scale_at:
-                scales.append(b._replace(src=source.scale_at[slot.param] + delta))
-            else:
-                plain.append(b._replace(src=source.train.by_param[slot.param].offset + delta))
+        plain, scales, self.rects = source.layout.split(blocks)
         self.plain, self.scales = plain, scales
         cuda = source.cuda and cuda_copy_available()
         self.copies = [CudaBlockCopy(absolute(bs, buf.data_ptr(), dst.data_ptr()), dst.device)
@@ -323,14 +151,3 @@ class FillStep:
             else:
                 n += quantise_rects_torch(self.rects, x, self.dst, s, src.index)
         return n
-
-
-def _rect(w: Weight, b: Block, delta: int) -> QuantRect:
-    """The FP8 bytes of block `b` (at `delta` bytes into the weight's wire slot) as a rectangle."""
-    cols = w.wire.shape[1]
-    i0, j0 = divmod(delta, cols)
-    if (b.rows > 1 and b.src_stride != cols) or j0 + b.row_bytes > cols:
-        raise AssertionError(f"block {b} of an FP8 weight is not a rectangle of its rows")
-    base = w.train.offset // w.train.itemsize
-    return QuantRect(base + i0 * cols + j0, cols, b.dst, b.dst_stride, w.scale_off, w.scale_shape[1],
-                     w.index[0] + i0, w.index[1] + j0, b.rows, b.row_bytes)

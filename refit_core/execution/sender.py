@@ -26,7 +26,8 @@ import time
 import torch
 import torch.distributed as dist
 
-from refit_core.execution.fp8_source import Fp8Source, FillStep, gather_layout
+from refit_core.execution.fp8_layout import gather_layout
+from refit_core.execution.fp8_source import Fp8Source, FillStep
 from refit_core.execution.transports.base import IterationStats, RankContext, Transport, TransportReport
 from refit_core.execution.transports import registry
 
