@@ -150,6 +150,9 @@ class RunConfig:
                           int(self.gpu_memory_gb * GIB), self.gpus_per_node,
                           destination_slot_sizes(inv, self.destination, self.inference_precision),
                           self.nvshmem_placement,
+                          # FP8: a one-sided sender writes a whole send image; a two-sided one quantises
+                          # each bucket as it packs it (refit_core/execution/fp8_source.py): none
+                          None if registry.method(self.method).two_sided else
                           destination_slot_sizes(inv, self.source, self.inference_precision))
 
     def device_map(self) -> "DeviceMap | None":
