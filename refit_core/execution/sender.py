@@ -47,13 +47,21 @@ class QuantisingSender(TransportReport):
         self.one_sided = not registry.method(self.inner.name).two_sided
         self.cuda = ctx.device.type == "cuda"
         holds = plan.world.source.local(ctx.rank) is not None
+        allocated = (lambda: torch.cuda.memory_allocated(ctx.device)) if self.cuda else (lambda: 0)
+        m0 = allocated()
         self.source = Fp8Source(plan, ctx.rank, ctx.device, ctx.active_group) if holds else None
+        own = allocated() - m0 - (self.source.train_buf.numel() if self.source is not None else 0)
         if self.source is not None and not self.one_sided:
             self.inner.wire_source = self.source  # type: ignore[attr-defined]
         self.inner.prepare(ctx)
+        m1 = allocated()
         self.image = list(self.inner.source_parts) if self.one_sided else []
         self.fills: list[FillStep] = [self.source.step(self.source.image_blocks(st), buf) for buf, st in self.image] \
             if self.source is not None else []
+        inner_measured = self.inner.measured_extra_bytes
+        # GPU: the transport's own measure plus what the quantiser allocated (scales, tables, descriptors)
+        self.measured_extra_bytes = None if inner_measured is None or not self.cuda else \
+            inner_measured + own + allocated() - m1
         self.destination_parts = self.inner.destination_parts
         self.source_parts = [(self.source.train_buf, self.source.train)] if self.source is not None else []
         _, self.vector_len = gather_layout(plan)
@@ -61,7 +69,6 @@ class QuantisingSender(TransportReport):
         own = self.source.extra_bytes + sum(f.desc_bytes for f in self.fills) if self.source is not None \
             else 4 * self.vector_len
         self.extra_bytes = self.inner.extra_bytes + image_bytes + own
-        self.measured_extra_bytes = self.inner.measured_extra_bytes
         src = self.source
         self.info = {**self.inner.info, "precision": plan.precision, "send_image_bytes": image_bytes,
                      "scale_bytes": src.scale_buf.numel() if src is not None else 0,
