@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.gpu_bench import (Case, _case, gpu_of, local_copy, nccl_ceilings, peer_copy, pick,  # noqa: E402
                                   probe_size, quantise_ceilings, run_case, slug, table, traffic)
 from orchestrator.configs.flags import apply_overrides  # noqa: E402
-from refit_core.taskenv import SAFE_ENV  # noqa: E402
+from refit_core.environment import SAFE_ENV  # noqa: E402
 from refit_core.planning.plan import Plan, plan_transfers  # noqa: E402
 from refit_core.planning.timemodel import quantised_bytes  # noqa: E402
 
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update(SAFE_ENV)
     import torch
 
-    from refit_core.execution.transports import registry
+    from refit_core.planning import methods
 
     gpus = torch.cuda.device_count()
     if gpus < 1 and not args.cpu_smoke:
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(run_case(c, max(gpus, 1), work, by_size))
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "transport"}), flush=True)
         path.write_text(json.dumps({**head, "partial": True, "rows": rows}, indent=1))  # a run cut short keeps its rows
-    pair_up(rows, plans, max(gpus, 1), by_size, [registry.method(c.config.method).two_sided for c in todo])
+    pair_up(rows, plans, max(gpus, 1), by_size, [methods.method(c.config.method).two_sided for c in todo])
     out = {**head, "env": {k: os.environ.get(k) for k in SAFE_ENV}, "ceilings_by_size": by_size, "rows": rows,
            "wall_s": round(time.time() - t_start, 1)}
     path.write_text(json.dumps(out, indent=1))

@@ -85,10 +85,15 @@ class Fields:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write, then rename: a reader sees the old file or the new one, never half of one."""
+    write_bytes_atomic(path, json.dumps(data, indent=1).encode())
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write, then rename: a reader sees the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(json.dumps(data, indent=1))
+        tmp.write_bytes(data)
         os.replace(tmp, path)
     except BaseException:  # e.g. SIGTERM mid-write: the old file stays whole, no half-written temporary is left
         tmp.unlink(missing_ok=True)

@@ -88,7 +88,7 @@ def _controller_alive(pid: int | None) -> bool:
             return True  # no /proc (macOS): trust the pid
         except OSError:
             return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z" and b"orchestrator.submission.executor" in cmd
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z" and b"orchestrator.controller" in cmd
 
 
 # ----------------------------------------------------------------------------- SLURM

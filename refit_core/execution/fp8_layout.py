@@ -15,9 +15,9 @@ import bisect
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from refit_core.execution.storage import ALIGN, Slot, Storage, rank_storage
-from refit_core.execution.transports.blocks import Block
-from refit_core.execution.wire import scale_weights, wire_storage
+from refit_core.planning.storage import ALIGN, Slot, Storage, rank_storage
+from refit_core.planning.blocks import Block
+from refit_core.planning.wire import scale_weights, wire_storage
 from refit_core.planning.plan import Plan
 from refit_core.planning.precision import FP8_BLOCK
 

@@ -30,9 +30,9 @@ import torch.distributed as dist
 from refit_core.execution.fp8_kernel import TritonAmax, TritonQuantise, quantise_rects_torch, triton_available
 from refit_core.execution.fp8_layout import Fp8Layout
 from refit_core.execution.quantize import block_amax, scales_from_amax
-from refit_core.execution.storage import Storage
+from refit_core.planning.storage import Storage
 from refit_core.execution.transports.base import allocate
-from refit_core.execution.transports.blocks import Block
+from refit_core.planning.blocks import Block
 from refit_core.execution.transports.copy import CudaBlockCopy, absolute, copy_blocks_torch, cuda_copy_available
 from refit_core.execution.weights import torch_dtype
 from refit_core.planning.plan import Plan

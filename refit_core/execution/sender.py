@@ -29,7 +29,7 @@ import torch.distributed as dist
 from refit_core.execution.fp8_layout import gather_layout
 from refit_core.execution.fp8_source import Fp8Source, FillStep
 from refit_core.execution.transports.base import IterationStats, RankContext, Transport, TransportReport
-from refit_core.execution.transports import registry
+from refit_core.planning import methods
 
 
 class QuantisingSender(TransportReport):
@@ -44,7 +44,7 @@ class QuantisingSender(TransportReport):
     def prepare(self, ctx: RankContext) -> None:
         self.ctx = ctx
         plan = ctx.plan
-        self.one_sided = not registry.method(self.inner.name).two_sided
+        self.one_sided = not methods.method(self.inner.name).two_sided
         self.cuda = ctx.device.type == "cuda"
         holds = plan.world.source.local(ctx.rank) is not None
         allocated = (lambda: torch.cuda.memory_allocated(ctx.device)) if self.cuda else (lambda: 0)

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import torch
 
+from refit_core import environment
 from refit_core.planning.sharding import shard_groups
 from refit_core.planning.memory import NVSHMEM_RESERVE_BYTES
-from refit_core.execution.storage import aligned
-from refit_core.execution.wire import rank_storages
+from refit_core.planning.storage import aligned
+from refit_core.planning.wire import rank_storages
 from refit_core.execution.transports.base import IterationStats, RankContext, whole, TransportReport
 from refit_core.execution.transports.nvshmem import init_nvshmem
 from refit_core.execution.weights import torch_dtype
@@ -47,9 +48,7 @@ class NaiveTransport(TransportReport):
         biggest = aligned(max(p.nbytes for p in inv.params))
         stor = aligned(max(own.values()))
         size = stor + 2 * biggest
-        import os
-
-        os.environ.setdefault("NVSHMEM_SYMMETRIC_SIZE", str(size + NVSHMEM_RESERVE_BYTES))
+        environment.export({"NVSHMEM_SYMMETRIC_SIZE": str(size + NVSHMEM_RESERVE_BYTES)}, overwrite=False)
         init_nvshmem(ctx.rank, len(active), ctx.device, ctx.active_group)
         self._sym = nv.bytetensor((size,))
         me = ctx.rank

@@ -16,18 +16,18 @@ unique id.
 from __future__ import annotations
 
 import ctypes
-import os
+from refit_core import environment
 
 import torch
 import torch.distributed as dist
 
-from refit_core.execution.transports.blocks import Block, Where, one_sided_blocks
+from refit_core.planning.blocks import Block, Where, one_sided_blocks
 from refit_core.planning.devices import shares_gpus
 from refit_core.errors import TransportError
 from refit_core.config import SYNC_MODES
 from refit_core.planning.memory import NVSHMEM_GRANULARITY_BYTES, NVSHMEM_RESERVE_BYTES
-from refit_core.execution.transports.placement import Part, nvshmem_direction, place
-from refit_core.execution.wire import rank_storages
+from refit_core.planning.placement import Part, nvshmem_direction, place
+from refit_core.planning.wire import rank_storages
 from refit_core.execution.transports.base import IterationStats, RankContext, ShardPart, allocate, TransportReport
 from refit_core.execution.transports.copy import CudaBlockCopy
 
@@ -53,7 +53,6 @@ def init_nvshmem(rank: int, nranks: int, device: torch.device, group: object) ->
         from cuda.core import Device
     except ImportError:  # older cuda-python
         from cuda.core.experimental import Device
-    os.environ.setdefault("NVSHMEM_DISABLE_NVLS", "1")
     uid = nv.get_unique_id(empty=rank != 0)
     raw = [ctypes.string_at(uid.ptr, uid._data.itemsize) if rank == 0 else None]
     dist.broadcast_object_list(raw, src=0, group=group)
@@ -85,10 +84,10 @@ class NvshmemTransport(TransportReport):
         direction = nvshmem_direction(w, ctx.config.nvshmem_placement, ctx.config.gpus_per_node)
         self.placement = placement = place(storages, direction)
         me = placement.ranks[ctx.rank]
-        os.environ.setdefault("NVSHMEM_SYMMETRIC_SIZE", str(placement.heap_bytes + NVSHMEM_RESERVE_BYTES))
-        # Physical heap memory comes in chunks of this size; NVSHMEM's default (512 MiB) left up to
-        # that much unused per PE (measured 849 -> 214 MB per PE beyond the shards, docs/benchmarks.md).
-        os.environ.setdefault("NVSHMEM_CUMEM_GRANULARITY", str(NVSHMEM_GRANULARITY_BYTES))
+        # Physical heap memory comes in chunks of NVSHMEM_GRANULARITY_BYTES; NVSHMEM's default (512 MiB) left up
+        # to that much unused per PE (measured 849 -> 214 MB per PE beyond the shards, docs/benchmarks.md).
+        environment.export({"NVSHMEM_SYMMETRIC_SIZE": str(placement.heap_bytes + NVSHMEM_RESERVE_BYTES),
+                            "NVSHMEM_CUMEM_GRANULARITY": str(NVSHMEM_GRANULARITY_BYTES)}, overwrite=False)
 
         free_before = self._free_memory(ctx)
         init_nvshmem(ctx.rank, len(active), ctx.device, ctx.active_group)
@@ -140,7 +139,7 @@ class NvshmemTransport(TransportReport):
             placement.heap_bytes + me.private_bytes - shards
         self.measured_extra_bytes = self._measure(ctx, free_before, shards)
         self.stream = torch.cuda.current_stream(ctx.device)
-        placed = ctx.config.device_map()
+        placed = ctx.devices
         self.sync = sync_mode(ctx.config.nvshmem_sync, len(active), None if placed is None else
                               shares_gpus(placed.devices, active, placed.ranks_per_node))
         self.info = {"placement": placement.direction, "heap_bytes": placement.heap_bytes,

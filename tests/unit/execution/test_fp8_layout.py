@@ -14,8 +14,8 @@ from conftest import SMALL_FLAGS
 from orchestrator.configs import resolve
 from orchestrator.configs.flags import apply_overrides
 from refit_core.execution.fp8_layout import Fp8Layout
-from refit_core.execution.transports.blocks import rank_blocks
-from refit_core.execution.wire import rank_storages
+from refit_core.planning.blocks import rank_blocks
+from refit_core.planning.wire import rank_storages
 from refit_core.planning.precision import FP8_BLOCK
 
 CUT = {"first_dense_layers": 2, "ffn_hidden_size": 2688}  # 10.5 blocks per source TP rank: cut blocks

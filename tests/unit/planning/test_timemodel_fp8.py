@@ -9,7 +9,7 @@ import pytest
 from conftest import SMALL_FLAGS
 from orchestrator.configs import resolve
 from orchestrator.configs.flags import apply_overrides
-from refit_core.execution.storage import rank_storage
+from refit_core.planning.storage import rank_storage
 from refit_core.planning.ceilings import link_figures
 from refit_core.planning.precision import destination_inventory
 from refit_core.planning.timemodel import AMAX_GBPS, QUANTISE_GBPS, LinkModel, gpu_loads, predict
