@@ -75,10 +75,6 @@ def _send_image(name: str) -> None:
     assert torch.equal(images[0][1], images[1][1]), "wire bytes differ"
 
 
-def send_image_config_4() -> None:
-    _send_image("config-4")
-
-
 def send_image_collocated_4() -> None:
     _send_image("collocated-4")
 

@@ -70,8 +70,8 @@ def test_triton_whole_tensor_quantiser_matches_the_reference() -> None:
     _interpreted("whole_tensors")
 
 
-@pytest.mark.parametrize("name", ["config-4", "collocated-4"])
-def test_triton_path_writes_the_torch_paths_send_image_bitwise(name: str) -> None:
-    """A real plan's source shards (SwiGLU fc1 halves, row-parallel fc2 and attention projections,
-    experts): scales and every wire byte of the Triton path equal the torch path's."""
-    _interpreted(f"send_image_{name.replace('-', '_')}")
+def test_triton_path_writes_the_torch_paths_send_image_bitwise() -> None:
+    """A real plan's source shards (collocated-4: source TP 2 x EP 2; SwiGLU fc1 halves, row-parallel
+    fc2 and attention projections, experts): scales and every wire byte of the Triton path equal the
+    torch path's (which tests/e2e/local/test_fp8_execution.py verifies against the reference)."""
+    _interpreted("send_image_collocated_4")
