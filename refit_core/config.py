@@ -35,6 +35,7 @@ from refit_core.planning.timemodel import (AMAX_GBPS, DEFAULT_SOURCE, LOCAL_COPY
 
 METHODS = tuple(methods.METHODS)  # every --refit-method (refit_core/execution/transports/registry.py)
 SYNC_MODES = ("auto", "host", "device")  # --nvshmem-sync
+PAYLOADS = ("synthetic", "megatron")  # --payload: refitctl's deterministic shards, or real Megatron-Core models
 # Run settings a variable may override (refit_core/environment.py SETTINGS): read once, where a run is resolved
 ENV_OVERRIDES = {"nvshmem_placement": "REFITCTL_NVSHMEM_PLACEMENT", "nvshmem_sync": "REFITCTL_NVSHMEM_SYNC",
                  "staged_zero_copy": "REFITCTL_STAGED_ZERO_COPY",
@@ -98,6 +99,10 @@ class RunConfig:
     """--staged-direct-min-bytes: the shortest run sent zero-copy (default 4 MiB)."""
     megatron_unpatched: bool = False
     """--megatron-unpatched: run Megatron-Core's refit as shipped, without refit_core/peers/megatron_patch.py."""
+    payload: str = "synthetic"
+    """--payload: what is refit. synthetic (default): refitctl's deterministic values in its own shard
+    buffers; megatron: Megatron-Core GPTModels of both layouts built on the ranks
+    (refit_core/peers/megatron_build.py), their parameters refit through refit_core/library."""
 
     def validate(self, gpu_memory: bool = True) -> None:
         """Raise ConfigError for anything the seed says cannot work, before submission.
@@ -144,6 +149,7 @@ class RunConfig:
                 raise ConfigError(f"{flag} must be more than 0 and at most {MAX_GBPS:,} GB/s (per GPU per direction), "
                                   f"got {value}")
         check_precision(self.inference_precision)
+        check_payload(self)
         world = self.world()
         inv = self.inventory()
         if inv.numel > MAX_PARAMETERS:
@@ -249,3 +255,27 @@ class RunConfig:
         d["mode"] = RefitMode(d["mode"])
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def check_payload(cfg: RunConfig) -> None:
+    """--payload: one of PAYLOADS; real models need a refitctl method that is two-sided (it refits the
+    models' own tensors, refit_core/library) and the BF16 models Megatron-Core builds on the ranks."""
+    if cfg.payload not in PAYLOADS:
+        raise ConfigError(f"--payload must be one of {', '.join(PAYLOADS)}, got {cfg.payload!r}")
+    if cfg.payload == PAYLOADS[0]:
+        return
+    m = methods.method(cfg.method)
+    if m.peer or not m.two_sided:
+        raise ConfigError(f"--payload {cfg.payload} refits the models through refitctl's library, which "
+                          f"--refit-method {cfg.method} does not serve: use gloo on CPU or nccl on GPUs "
+                          "(megatron-* methods build their own models)")
+    if cfg.inference_precision != "bf16":
+        raise ConfigError(f"--payload {cfg.payload} refits BF16 models: drop --rl-inference-precision "
+                          f"{cfg.inference_precision}")
+    spec = cfg.model
+    if spec.multi_latent_attention or spec.first_dense_layers or spec.moe_router_enable_expert_bias:
+        raise ConfigError(f"--payload {cfg.payload} builds GQA models with MoE in every layer: drop "
+                          "--multi-latent-attention / --first-dense-layers / --moe-router-enable-expert-bias")
+    if max(cfg.source.pp, cfg.destination.pp) > 1 and not spec.untie_embeddings_and_output_weights:
+        raise ConfigError(f"--payload {cfg.payload} with PP > 1 needs --untie-embeddings-and-output-weights "
+                          "(Megatron-Core cannot build tied embeddings across stages on CPU)")

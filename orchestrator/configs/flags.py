@@ -61,6 +61,9 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--rl-inference-precision", "run", "inference_precision", str,
          "destination weights: bf16 (default) or fp8 (128x128 blocks, float32 scales, quantised by the sender)"),
     Flag("--refit-method", "run", "method", str, methods.method_help()),
+    Flag("--payload", "run", "payload", str,
+         "what is refit: synthetic (default: refitctl's deterministic shards) or megatron (Megatron-Core "
+         "GPTModels of both layouts built on the ranks, refit in place through refit_core/library)"),
     Flag("--num-benchmark-iterations", "run", "iterations", int, "timed iterations"),
     Flag("--num-warmup-iterations", "run", "warmup", int, "untimed warm-up iterations (default 1)"),
     Flag("--refit-bucket-size", "run", "bucket_bytes", _size, "staging bucket per rank, e.g. 1GiB"),

@@ -27,6 +27,7 @@ from refit_core.errors import TransportError
 from refit_core.config import SYNC_MODES
 from refit_core.planning.memory import NVSHMEM_GRANULARITY_BYTES, NVSHMEM_RESERVE_BYTES
 from refit_core.planning.placement import Part, nvshmem_direction, place
+from refit_core.planning.storage import Storage
 from refit_core.planning.wire import rank_storages
 from refit_core.execution.transports.base import IterationStats, RankContext, ShardPart, allocate, TransportReport
 from refit_core.execution.transports.copy import CudaBlockCopy
@@ -96,43 +97,9 @@ class NvshmemTransport(TransportReport):
         free_heap = self._free_memory(ctx)
         if me.private_bytes:
             self._private = allocate(me.private_bytes, ctx.device)
-        bases = {True: self._sym.data_ptr(), False: self._private.data_ptr() if self._private is not None else 0}
-
-        def parts(ps: tuple[Part, ...]) -> list[ShardPart]:
-            out = []
-            for part in ps:
-                buf = self._sym if part.in_heap else self._private
-                out.append((buf[part.start: part.start + max(part.storage.nbytes, 1)], part.storage))
-            return out
-
-        self.source_parts = parts(me.source)
-        self.destination_parts = parts(me.destination)
-
-        # The copying rank reaches its peers' heaps: sources write (push, all), destinations read (pull).
-        copies = one_sided_blocks(ctx.plan, ctx.rank_plan, placement, storages)
-        mapped: dict[int, int] = {}
-        for p in sorted({x.rank for s, d, _ in copies for x in (s, d)} - {ctx.rank}):
-            try:
-                t = nv.get_peer_tensor(self._sym, p)
-                mapped[p] = t.data_ptr() if t is not None else 0
-            except Exception:  # noqa: BLE001 - not mappable: put fallback (layout `all` only)
-                mapped[p] = 0
-        unmapped = [p for p, ptr in mapped.items() if not ptr]
-        if unmapped and placement.direction != "all":
-            raise TransportError(
-                f"rank {ctx.rank}: PEs {unmapped} cannot be mapped (no NVLink/P2P path); "
-                "use --nvshmem-placement all (or REFITCTL_NVSHMEM_PLACEMENT=all) to use NVSHMEM put for them")
-
-        def base(w: Where) -> int:
-            return bases[w.in_heap] if w.rank == ctx.rank else mapped[w.rank]
-
-        blocks: list[Block] = []
-        self.puts: list[tuple[int, Block]] = []
-        for s, d, b in copies:
-            if d.rank != ctx.rank and not mapped[d.rank]:  # layout `all`: heap offsets on both sides
-                self.puts.append((d.rank, b))
-            else:
-                blocks.append(b._replace(src=b.src + base(s), dst=b.dst + base(d)))
+        self.source_parts = self._parts(me.source)
+        self.destination_parts = self._parts(me.destination)
+        blocks = self._copy_blocks(storages)
         self.copy = CudaBlockCopy(blocks, ctx.device)
         shards = sum(st.nbytes for _, st in self.source_parts + self.destination_parts)
         self.extra_bytes = (self.copy.desc.numel() * 8 if self.copy.desc is not None else 0) + \
@@ -147,6 +114,47 @@ class NvshmemTransport(TransportReport):
                      "sync": self.sync, "puts": len(self.puts),
                      # drops in free GPU memory (whole GPU: all PEs sharing it) across init and heap allocation
                      "gpu_init_bytes": free_before - free_init, "gpu_heap_bytes": free_init - free_heap}
+
+    def _parts(self, ps: tuple[Part, ...]) -> list[ShardPart]:
+        """Where a role's shards live: slices of the symmetric heap, or of this PE's private memory."""
+        out = []
+        for part in ps:
+            buf = self._sym if part.in_heap else self._private
+            assert buf is not None
+            out.append((buf[part.start: part.start + max(part.storage.nbytes, 1)], part.storage))
+        return out
+
+    def _copy_blocks(self, storages: list[tuple[Storage | None, Storage | None]]) -> list[Block]:
+        """This PE's copies as absolute addresses; the copying rank reaches its peers' heaps (sources write:
+        push, all; destinations read: pull). A peer that cannot be mapped gets NVSHMEM puts (`all` only)."""
+        ctx, placement = self.ctx, self.placement
+        assert self._sym is not None
+        bases = {True: self._sym.data_ptr(), False: self._private.data_ptr() if self._private is not None else 0}
+        copies = one_sided_blocks(ctx.plan, ctx.rank_plan, placement, storages)
+        mapped: dict[int, int] = {}
+        for p in sorted({x.rank for s, d, _ in copies for x in (s, d)} - {ctx.rank}):
+            try:
+                t = self.nv.get_peer_tensor(self._sym, p)
+                mapped[p] = t.data_ptr() if t is not None else 0
+            except Exception:  # noqa: BLE001 - not mappable: put fallback (layout `all` only)
+                mapped[p] = 0
+        unmapped = [p for p, ptr in mapped.items() if not ptr]
+        if unmapped and placement.direction != "all":
+            raise TransportError(
+                f"rank {ctx.rank}: PEs {unmapped} cannot be mapped (no NVLink/P2P path); "
+                "use --nvshmem-placement all to use NVSHMEM put for them")
+
+        def base(w: Where) -> int:
+            return bases[w.in_heap] if w.rank == ctx.rank else mapped[w.rank]
+
+        blocks: list[Block] = []
+        self.puts: list[tuple[int, Block]] = []
+        for s, d, b in copies:
+            if d.rank != ctx.rank and not mapped[d.rank]:  # layout `all`: heap offsets on both sides
+                self.puts.append((d.rank, b))
+            else:
+                blocks.append(b._replace(src=b.src + base(s), dst=b.dst + base(d)))
+        return blocks
 
     @staticmethod
     def _free_memory(ctx: RankContext) -> int:

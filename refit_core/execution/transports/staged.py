@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from refit_core.planning.blocks import Block, Chunk, RankBlocks, ShardLayouts, chunk_bytes_for, rank_blocks
 from refit_core.planning.storage import aligned
-from refit_core.execution.transports.base import IterationStats, RankContext, allocate, whole, TransportReport
+from refit_core.execution.transports.base import IterationStats, RankContext, TransportReport, allocate, shard_buffer, whole
 from refit_core.execution.transports.copy import CudaBlockCopy, absolute, copy_blocks_torch, cuda_copy_available
 
 class _Step:
@@ -49,6 +49,8 @@ class _Step:
 class StagedTransport(TransportReport):
     """nccl / gloo: long runs zero-copy, the rest packed into buckets; batched isend/irecv."""
 
+    accepts_caller_buffers = True  # refit_core/library hands it a model's own bytes (RankContext.source_buffer)
+
     def __init__(self, name: str) -> None:
         super().__init__()
         self.name = name
@@ -62,9 +64,8 @@ class StagedTransport(TransportReport):
         dev = ctx.device
         self.cuda = dev.type == "cuda" and cuda_copy_available()
         before = torch.cuda.memory_allocated(dev) if dev.type == "cuda" else None
-        source = self.wire_source
-        self.src_buf = allocate(ctx.source.nbytes, dev) if ctx.source and source is None else None
-        self.dst_buf = allocate(ctx.destination.nbytes, dev) if ctx.destination else None
+        self.src_buf = shard_buffer(ctx, "source") if self.wire_source is None else None
+        self.dst_buf = shard_buffer(ctx, "destination")
         self.source_parts = whole(self.src_buf, ctx.source)
         self.destination_parts = whole(self.dst_buf, ctx.destination)
         chunk = chunk_bytes_for(ctx.plan, ctx.config.bucket_bytes)
@@ -73,7 +74,7 @@ class StagedTransport(TransportReport):
         cfg = ctx.config
         threshold = cfg.staged_direct_min_bytes if cfg.staged_zero_copy and ctx.plan.destination is None else None
         rb: RankBlocks = rank_blocks(ctx.plan, ctx.rank_plan, ctx.source, ctx.destination, chunk,
-                                     threshold, ShardLayouts(ctx.plan))
+                                     threshold, ctx.layouts or ShardLayouts(ctx.plan))
         # zero-copy messages: views of the shard buffers, sends then receives, each peer's in stream order
         self.direct = [(dist.isend, self.src_buf[d.src: d.src + d.nbytes], d.peer) for d in rb.direct_sends] + \
                       [(dist.irecv, self.dst_buf[d.dst: d.dst + d.nbytes], d.peer) for d in rb.direct_recvs]
@@ -102,7 +103,8 @@ class StagedTransport(TransportReport):
         self.extra_bytes += sum(s.desc_bytes for s in (self.local, *(x for r in self.rounds for x in (r[0], r[3])))
                                 if s is not None)
         if before is not None:
-            shards = sum(b.numel() for b in (self.src_buf, self.dst_buf) if b is not None)
+            shards = sum(b.numel() for b, given in ((self.src_buf, ctx.source_buffer), (self.dst_buf, ctx.destination_buffer))
+                         if b is not None and given is None)  # the shard buffers this transport allocated
             self.measured_extra_bytes = torch.cuda.memory_allocated(dev) - before - shards
 
     def _reader(self, blocks: list[Block], dst: torch.Tensor) -> "_Step":
