@@ -30,7 +30,8 @@ from refit_core.planning.placement import DIRECTIONS
 from refit_core.planning.plan import Plan, plan_transfers
 from refit_core.planning.precision import check_precision, destination_slot_sizes
 from refit_core.planning.sharding import check_divisible
-from refit_core.planning.timemodel import DEFAULT_SOURCE, LOCAL_COPY_GBPS, NETWORK_GBPS, NVLINK_GBPS, LinkModel
+from refit_core.planning.timemodel import (AMAX_GBPS, DEFAULT_SOURCE, LOCAL_COPY_GBPS, NETWORK_GBPS, NVLINK_GBPS,
+                                          QUANTISE_GBPS, LinkModel)
 
 METHODS = tuple(methods.METHODS)  # every --refit-method (refit_core/execution/transports/registry.py)
 SYNC_MODES = ("auto", "host", "device")  # --nvshmem-sync
@@ -78,6 +79,10 @@ class RunConfig:
     """Device-to-device copy on one GPU, GB/s delivered."""
     link_source: str = ""
     """Where the link figures come from (a ceilings file, flags); empty: the defaults."""
+    quantise_gbps: float = QUANTISE_GBPS
+    """FP8 senders: the fused quantiser's quantise pass, GB/s of BF16 read (time model only)."""
+    amax_gbps: float = AMAX_GBPS
+    """FP8 senders: the scale pass (block maxima), GB/s of BF16 read (time model only)."""
     inference_precision: str = "bf16"
     """--rl-inference-precision: the destination's weights, bf16 or fp8 (128x128 blocks, float32
     scales; refit_core/planning/precision.py), quantised by the sender and verified bitwise."""
@@ -141,7 +146,8 @@ class RunConfig:
         if not 0 < self.gpu_memory_gb <= MAX_GIB:
             raise ConfigError(f"--gpu-memory-gb must be more than 0 and at most {MAX_GIB:,} GiB, got {self.gpu_memory_gb}")
         for flag, value in (("--intra-node-gbps", self.intra_node_gbps), ("--inter-node-gbps", self.inter_node_gbps),
-                            ("--local-copy-gbps", self.local_copy_gbps),
+                            ("--local-copy-gbps", self.local_copy_gbps), ("--quantise-gbps", self.quantise_gbps),
+                            ("--amax-gbps", self.amax_gbps),
                             ("--intra-node-both-gbps", 1.0 if self.intra_node_both_gbps is None
                              else self.intra_node_both_gbps)):
             if not 0 < value <= MAX_GBPS:
@@ -172,6 +178,9 @@ class RunConfig:
                           int(self.gpu_memory_gb * GIB), self.gpus_per_node,
                           destination_slot_sizes(inv, self.destination, self.inference_precision),
                           self.nvshmem_placement,
+                          # FP8: a one-sided sender writes a whole send image; a two-sided one quantises
+                          # each bucket as it packs it (refit_core/execution/fp8_source.py): none
+                          None if methods.method(self.method).two_sided else
                           destination_slot_sizes(inv, self.source, self.inference_precision))
 
     def node_map(self) -> NodeMap:
@@ -185,7 +194,8 @@ class RunConfig:
 
     def link_model(self) -> LinkModel:
         return LinkModel(self.gpus_per_node, self.intra_node_gbps, self.inter_node_gbps, self.local_copy_gbps,
-                         self.intra_node_both_gbps, self.link_source or DEFAULT_SOURCE)
+                         self.intra_node_both_gbps, self.link_source or DEFAULT_SOURCE, self.quantise_gbps,
+                         self.amax_gbps, methods.method(self.method).two_sided)
 
     def with_ceilings(self, figures: LinkFigures, keep: Iterable[str] = ()) -> "RunConfig":
         """The link figures of measured ceilings, except the fields in `keep` (given as flags)."""
@@ -193,7 +203,8 @@ class RunConfig:
         changes: dict[str, Any] = {}
         for field, value in (("intra_node_gbps", figures.intra_node_gbps),
                              ("intra_node_both_gbps", figures.intra_node_both_gbps),
-                             ("local_copy_gbps", figures.local_copy_gbps)):
+                             ("local_copy_gbps", figures.local_copy_gbps),
+                             ("quantise_gbps", figures.quantise_gbps), ("amax_gbps", figures.amax_gbps)):
             if value is not None and field not in keep:
                 changes[field] = value
         return self.with_changes(**changes, link_source=figures.source)
