@@ -71,19 +71,15 @@ def _solve(demand: dict[tuple[int, ...], int], sources: list[int], limit: int
     si = {s: 1 + len(groups) + i for i, s in enumerate(sources)}
     sink = 1 + len(groups) + len(sources)
     graph = _FlowGraph(sink + 1)
-    edges: list[tuple[tuple[int, ...], int, int]] = []
-    for g in groups:
-        graph.add(0, gi[g], demand[g])
-        for s in g:
-            edges.append((g, s, graph.add(gi[g], si[s], demand[g])))
+    edges: list[list[tuple[int, int]]] = []  # per group: (holder, edge); a holder set is hashed once per group,
+    for g in groups:                             # not once per holder (that is quadratic in its size)
+        node, need = gi[g], demand[g]
+        graph.add(0, node, need)
+        edges.append([(s, graph.add(node, si[s], need)) for s in g])
     for s in sources:
         graph.add(si[s], sink, limit)
     flow = graph.max_flow(0, sink)
-    shares: dict[tuple[int, ...], dict[int, int]] = {g: {} for g in groups}
-    for g, s, e in edges:
-        sent = graph.cap[e ^ 1]
-        if sent:
-            shares[g][s] = sent
+    shares = {g: {s: graph.cap[e ^ 1] for s, e in ge if graph.cap[e ^ 1]} for g, ge in zip(groups, edges)}
     return flow, shares
 
 

@@ -9,6 +9,7 @@ any holder; the replicas it may choose among are `nearest_holders`.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 LOCAL = "local"
@@ -36,7 +37,10 @@ class NodeMap:
         """The link class and the holders a node-aware plan may send from to `dst` (not a holder).
 
         Holders on `dst`'s node when there are any (NVLink), else every holder (the network).
+        `holders` are in ascending order (as sharding makes them): found by bisection, not a scan, so a
+        plan asking this once per node stays linear in the rank count.
         """
         node = self.node(dst)
-        near = tuple(h for h in holders if self.node(h) == node)
+        lo, hi = node * self.gpus_per_node, (node + 1) * self.gpus_per_node
+        near = holders[bisect.bisect_left(holders, lo):bisect.bisect_left(holders, hi)]
         return (INTRA, near) if near else (INTER, holders)

@@ -196,19 +196,13 @@ def plan_transfers(inv: Inventory, world: WorldLayout, nodes: NodeMap | None = N
     src0, dst0 = world.source.first_rank, world.destination.first_rank
     collocated = world.mode is RefitMode.COLLOCATED
     local: list[Transfer] = []
-    groups: dict[tuple[str, tuple[int, ...]], list[_Atom]] = defaultdict(list)
-    nearest: dict[tuple[tuple[int, ...], int], tuple[str, tuple[int, ...]]] = {}
+    groups = _Groups(nodes)
 
     def place(holders: tuple[int, ...], dst: int, atom: _Atom) -> None:
-        if collocated and dst in holders:
+        if collocated and groups.holds(holders, dst):
             local.append(Transfer(atom.param, dst, dst, atom.start, atom.length, atom.src_offset, atom.dst_offset))
-        elif nodes is None:
-            groups[("", holders)].append(atom)
         else:
-            key = (holders, nodes.node(dst))
-            if key not in nearest:
-                nearest[key] = nodes.nearest_holders(holders, dst)
-            groups[nearest[key]].append(atom)
+            groups.add(holders, dst, atom)
 
     for pi, p in enumerate(inv.params):
         sgs = [ShardGroup(g.pieces, tuple(src0 + h for h in g.holders))
@@ -244,7 +238,8 @@ def plan_transfers(inv: Inventory, world: WorldLayout, nodes: NodeMap | None = N
                         place(holders, dst0 + dl, _Atom(dst0 + dl, si, b0, n, so, do))
 
     unit = [p.index_bytes for p in dinv.inventory.params]
-    demand = {k: sum(a.length * unit[a.param] for a in atoms) for k, atoms in groups.items()}
+    by_holders = groups.by_holders()
+    demand = {k: sum(a.length * unit[a.param] for a in atoms) for k, atoms in by_holders.items()}
     shares: dict[tuple[str, tuple[int, ...]], dict[int, int]] = {}
     class_bounds: list[tuple[str, int]] = []
     bound = 0
@@ -256,13 +251,58 @@ def plan_transfers(inv: Inventory, world: WorldLayout, nodes: NodeMap | None = N
     if nodes is not None:
         bound = min_max_shares(_merge(demand))[1]
     network: list[Transfer] = []
-    for (cls, holders), atoms in groups.items():
+    for (cls, holders), atoms in by_holders.items():
         atoms.sort()
         got = shares.get((cls, holders), {})
         network.extend(_cut_stream(atoms, [(s, got.get(s, 0)) for s in holders], unit))
     transfers = _coalesce(sorted(local + network, key=lambda t: (t.src, t.dst, t.param, t.start)))
     return Plan(world, inv, tuple(transfers), bound, nodes, tuple(class_bounds), precision,
                 dinv.inventory if dinv.scales else None, tuple(gathers[k] for k in sorted(gathers)))
+
+
+class _Groups:
+    """Atoms by the replicas that may serve them, (link class, holders) -> atoms, with each holder set
+    known by identity. The same holder tuples recur for every atom of a parameter; hashing or scanning
+    one per atom costs its length, which for a dense weight (held by every source rank) made the plan
+    quadratic in the rank count. Here each distinct tuple object is hashed, scanned and placed once."""
+
+    def __init__(self, nodes: NodeMap | None) -> None:
+        self.nodes = nodes
+        self.seen: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {}  # id -> (object kept alive, its canonical)
+        self.canonical: dict[tuple[int, ...], tuple[int, ...]] = {}
+        self.sets: dict[int, frozenset[int]] = {}
+        self.nearest: dict[tuple[int, int], tuple[str, int]] = {}
+        self.atoms: dict[tuple[str, int], list[_Atom]] = defaultdict(list)
+
+    def _canon(self, holders: tuple[int, ...]) -> tuple[int, ...]:
+        hit = self.seen.get(id(holders))
+        if hit is None:
+            one = self.canonical.setdefault(holders, holders)
+            hit = self.seen[id(holders)] = (holders, one)
+        return hit[1]
+
+    def holds(self, holders: tuple[int, ...], rank: int) -> bool:
+        one = self._canon(holders)
+        s = self.sets.get(id(one))
+        if s is None:
+            s = self.sets[id(one)] = frozenset(one)
+        return rank in s
+
+    def add(self, holders: tuple[int, ...], dst: int, atom: _Atom) -> None:
+        one = self._canon(holders)
+        if self.nodes is None:
+            self.atoms[("", id(one))].append(atom)
+            return
+        key = (id(one), self.nodes.node(dst))
+        where = self.nearest.get(key)
+        if where is None:
+            cls, near = self.nodes.nearest_holders(one, dst)
+            where = self.nearest[key] = (cls, id(self._canon(near)))
+        self.atoms[where].append(atom)
+
+    def by_holders(self) -> dict[tuple[str, tuple[int, ...]], list[_Atom]]:
+        tuples = {id(one): one for one in self.canonical.values()}
+        return {(cls, tuples[i]): atoms for (cls, i), atoms in self.atoms.items()}
 
 
 def _block_offset(pieces: tuple[Piece, ...], start: int, length: int) -> int:

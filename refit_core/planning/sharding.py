@@ -113,15 +113,19 @@ def shard_groups(param: ParamSpec, layout: ParallelLayout, num_layers: int, num_
     if param.expert is not None:
         per_rank = (num_experts or 1) // layout.ep
         owner = param.expert // per_rank
-        holders = tuple(base + i for i in range(layout.stage_size) if i % layout.ep == owner)
-        return [ShardGroup(tp_pieces(param, 1, 0), holders)]
+        return [ShardGroup(tp_pieces(param, 1, 0), _every(base + owner, base + layout.stage_size, layout.ep))]
     if param.tp_dim is None:
-        return [ShardGroup(tp_pieces(param, 1, 0), tuple(range(base, base + layout.stage_size)))]
-    return [
-        ShardGroup(tp_pieces(param, layout.tp, t),
-                   tuple(base + i for i in range(layout.stage_size) if i % layout.tp == t))
-        for t in range(layout.tp)
-    ]
+        return [ShardGroup(tp_pieces(param, 1, 0), _every(base, base + layout.stage_size, 1))]
+    return [ShardGroup(tp_pieces(param, layout.tp, t), _every(base + t, base + layout.stage_size, layout.tp))
+            for t in range(layout.tp)]
+
+
+@functools.lru_cache(maxsize=4096)
+def _every(start: int, stop: int, step: int) -> tuple[int, ...]:
+    """The ranks start, start+step, ... below stop: a shard's holders, made in time linear in their number
+    (not by scanning the stage: that made planning quadratic in the rank count) and shared, not rebuilt,
+    by every parameter with the same holders."""
+    return tuple(range(start, stop, step))
 
 
 def rank_pieces(param: ParamSpec, layout: ParallelLayout, local: int, num_layers: int,
