@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from refit_core.jsonfile import write_file
+
 PROCS_DIR = "procs"
 
 
@@ -63,7 +65,8 @@ def record_process(run_dir: Path, rank: int) -> None:
     data = {"rank": rank, "host": socket.gethostname(), "pid": pid, "start_ticks": start_ticks(pid),
             "boot_id": boot_id()}
     tmp = d / f".rank-{rank:05d}.json.tmp"
-    tmp.write_text(json.dumps(data))
+    tmp.unlink(missing_ok=True)
+    write_file(tmp, json.dumps(data), exclusive=True)
     os.replace(tmp, d / f"rank-{rank:05d}.json")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from typing import NoReturn
@@ -46,7 +47,18 @@ def _quiet_stdout() -> None:
         pass
 
 
+def _tolerant_output() -> None:
+    """stdout and stderr that write any text: on an ASCII-only terminal (LANG=C, PYTHONIOENCODING=ascii) a
+    character it cannot show becomes an escape (\\xfc), never a UnicodeEncodeError after the work is done."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)  # a test's StringIO has none (and needs none)
+        if reconfigure is not None and (getattr(stream, "encoding", "") or "").lower().replace("-", "") != "utf8":
+            with contextlib.suppress(ValueError, OSError):
+                reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _tolerant_output()
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(argv)

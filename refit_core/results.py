@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from refit_core.errors import RunDirError
-from refit_core.jsonfile import Fields, read_json, write_json_atomic
+from refit_core.jsonfile import NOFOLLOW, Fields, open_regular, read_json, write_file, write_json_atomic
 
 FIRST_PHASE = "starting Python"  # the phase a rank's header says: from the process's start to its first record
 
@@ -192,7 +192,7 @@ class RankRecordWriter:
                 changed: dict[str, Any] = {}
             else:
                 if self._fd is None:  # saved again after close(): append, never start over
-                    self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+                    self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | NOFOLLOW)
                 changed = {k: v for k, v in fields.items() if k not in self._fields or self._fields[k] != v}
             lines = [json.dumps({"kind": "iteration", **i.to_json()}) for i in its[self._written:]]
             if changed:
@@ -231,13 +231,14 @@ class RankRecordWriter:
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
             fields = {**fields, **self.phase_fields()}
-            tmp.write_text(json.dumps({"kind": "header", "format": RECORD_FORMAT, **fields}) + "\n")
+            tmp.unlink(missing_ok=True)
+            write_file(tmp, json.dumps({"kind": "header", "format": RECORD_FORMAT, **fields}) + "\n", exclusive=True)
             os.replace(tmp, self.path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         self.path.with_suffix(".json").unlink(missing_ok=True)  # an earlier format's record of this rank
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | NOFOLLOW)
         self._fields = copy.deepcopy(fields)
         self._started = True
 
@@ -277,7 +278,7 @@ class RankFileReader:
     def read(self) -> RankRecord | None:
         """The record as far as it is written; None with `problem` set when the file is damaged."""
         try:
-            with open(self.path, "rb") as fh:
+            with os.fdopen(open_regular(self.path), "rb") as fh:
                 st = os.fstat(fh.fileno())
                 if st.st_ino != self._ino or st.st_size < self._offset:
                     self._reset(st.st_ino)

@@ -32,6 +32,7 @@ from orchestrator.state.tracking import snapshot
 from refit_core.config import RunConfig
 from refit_core.errors import ConfigError
 from refit_core.results import aggregate, read_results
+from refit_core.jsonfile import read_regular
 
 # ----------------------------------------------------------------------------- reading run directories
 
@@ -50,7 +51,7 @@ def resolve_target(root: Path, text: str) -> Path:
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_regular(path))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path} is not valid JSON ({e.__class__.__name__}): the run directory is damaged") from None
     except OSError as e:

@@ -37,6 +37,7 @@ from orchestrator.safety import styled
 from orchestrator.state.tracking import Snapshot, finalize_over, snapshot
 from refit_core.errors import ConfigError
 from refit_core.results import write_json_atomic
+from refit_core.jsonfile import write_file
 
 
 def sweep_configs(name: str, config_file: Path | None) -> list[str]:
@@ -265,7 +266,7 @@ def comparison_csv(rows: list[dict[str, Any]]) -> str:
 
 def write_comparison(sweep_dir: Path, snaps: list[Snapshot]) -> None:
     rows = comparison_rows(snaps)
-    (sweep_dir / "comparison.csv").write_text(comparison_csv(rows))
+    write_file(sweep_dir / "comparison.csv", comparison_csv(rows))
     write_json_atomic(sweep_dir / "comparison.json", rows)
 
 

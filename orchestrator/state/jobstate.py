@@ -18,6 +18,7 @@ from jobs.procs import recorded_processes, stop_processes
 from orchestrator.state.rundir import CANCEL_FILE, STATE_FILE
 from orchestrator.state.runfiles import FinalState, JobRecord, RunInfo, read_job_state
 from refit_core.errors import RunDirError
+from refit_core.jsonfile import SymlinkRefused, write_file
 from refit_core.results import read_results, write_json_atomic
 
 QUEUED = {"PENDING", "REQUEUED", "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SUBMITTED"}
@@ -197,7 +198,11 @@ def cancel(run_dir: Path, info: RunInfo) -> str:
     if job.cluster == "local":
         if not _controller_alive(job.controller_pid):
             return _stop_orphans(run_dir, job)
-        (run_dir / CANCEL_FILE).write_text(f"{time.time()}\n")
+        try:
+            write_file(run_dir / CANCEL_FILE, f"{time.time()}\n")
+        except SymlinkRefused as e:
+            raise RunDirError(Path(e.filename), "is a symbolic link, not refitctl's cancel request",
+                              "remove it and cancel again") from None
         return f"{run_dir.name}: cancel requested from the local controller (pid {job.controller_pid})"
     rc, out, err = _run(["scancel", job.job_id])
     if rc != 0:

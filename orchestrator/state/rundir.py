@@ -36,7 +36,7 @@ from refit_core.config import RunConfig
 from orchestrator.state.runfiles import (RUN_FILE, STATE_FILE, SWEEP_FILE, RunInfo, read_run_info, read_sweep_info,
                                    update_run_file)
 from refit_core.errors import ConfigError, RunDirError
-from refit_core.jsonfile import read_json
+from refit_core.jsonfile import read_json, write_file
 from refit_core.planning.plan import Plan
 from refit_core.results import (aggregate, rank_files, read_rank_file, read_rank_records, read_results,
                                 write_json_atomic)
@@ -79,7 +79,7 @@ def write_run(run_dir: Path, spec: RunSpec, plan: Plan, command: str, sweep: Pat
     cfg = spec.config
     try:
         write_json_atomic(run_dir / "config.json", cfg.to_json())
-        (run_dir / "layout.txt").write_text(plan.world.describe() + "\n")
+        write_file(run_dir / "layout.txt", plan.world.describe() + "\n")
         write_json_atomic(run_dir / "plan.json", plan_json(cfg, plan))
         (run_dir / "logs").mkdir(exist_ok=True)
         info = run_info(spec, plan, command, str(run_dir.resolve()))
@@ -158,7 +158,7 @@ def find_run(root: Path, text: str | None) -> Path:
             raise ConfigError(f"no runs under {root}: submit one with `refitctl submit config-1`")
         return runs[-1]
     p = Path(text)
-    for cand in (p, root / text):
+    for cand in (root / text, p):  # a name under --runs-dir first: a same-named folder here must not shadow it
         if cand.is_dir() and (is_run(cand) or is_sweep(cand)):
             return cand
     matches = [d for d in runs if d.name.startswith(text)]
@@ -293,8 +293,8 @@ def finalize(run_dir: Path, info: RunInfo, final: dict[str, Any]) -> dict[str, A
     res = results(run_dir, info)
     if not (run_dir / "results.json").is_file():
         write_json_atomic(run_dir / "results.json", res)
-    (run_dir / "iterations.csv").write_text(iterations_csv(res, info))
-    (run_dir / "rank-iterations.csv").write_text(rank_iterations_csv(run_dir))
+    write_file(run_dir / "iterations.csv", iterations_csv(res, info))
+    write_file(run_dir / "rank-iterations.csv", rank_iterations_csv(run_dir))
     update_run(run_dir, final=final)
     return res
 

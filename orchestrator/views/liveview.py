@@ -24,6 +24,7 @@ from orchestrator.submission.runspec import format_time
 from orchestrator.state.runfiles import ParallelDims, RunInfo
 from orchestrator.state.tracking import Snapshot, snapshot
 from refit_core.taskenv import rank_log_name
+from refit_core.jsonfile import read_regular
 
 _ELAPSED = re.compile(r" \d+\.\d s\b")  # "importing torch 2.1 s": the seconds a rank has been in its phase
 _UNKNOWN_POLLS = 3  # an UNKNOWN state must persist this many polls before the watch gives up
@@ -191,7 +192,7 @@ def error_lines(s: Snapshot) -> list[Text]:
 
 def log_tail(run_dir: Path, rank: int, n: int = 5) -> list[str]:
     try:
-        lines = (run_dir / "logs" / rank_log_name(rank)).read_text(errors="replace").splitlines()
+        lines = read_regular(run_dir / "logs" / rank_log_name(rank)).decode(errors="replace").splitlines()
     except OSError:
         return []
     return [ln for ln in lines if ln.strip()][-n:]
@@ -269,7 +270,7 @@ def predicted_line(run_dir: Path, res: dict[str, Any]) -> Text | None:
     from orchestrator.views.report import has_link_model
 
     try:
-        plan = json.loads((run_dir / "plan.json").read_text())
+        plan = json.loads(read_regular(run_dir / "plan.json"))
         pred = plan.get("predicted") or {}
     except (OSError, ValueError, AttributeError):
         return None
