@@ -46,6 +46,17 @@ def _stat(pid: int) -> list[str] | None:
     return text.rsplit(")", 1)[-1].split()
 
 
+def environ_of(pid: int) -> dict[str, str] | None:
+    """The environment process `pid` was started with (/proc/PID/environ: readable for one's own
+    processes only), or None when it cannot be read."""
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return None
+    pairs = (item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
+    return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in pairs}
+
+
 def start_ticks(pid: int) -> int | None:
     stat = _stat(pid)
     return int(stat[19]) if stat else None

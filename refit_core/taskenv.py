@@ -14,6 +14,11 @@ import socket
 
 SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "NVSHMEM_DISABLE_NVLS": "1", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1"}
 
+LOCAL_RUNS = "REFITCTL_LOCAL_RUNS"
+"""The local controller's runs ([[run_dir, tasks], ...] as JSON), in its environment and so in every rank's
+it starts: what tells `refitctl cancel` that a recorded process really is a rank of the run (jobstate.py)."""
+LOCAL_RANK_ID = "SUBMITIT_LOCAL_GLOBALID"  # submitit's local rank number, set by the controller for each task
+
 DEFAULT_MASTER_PORT = 29500  # torch.distributed's default, when there is no job id to derive one from
 
 

@@ -25,7 +25,8 @@ from orchestrator.safety import styled
 from orchestrator.state.rundir import STATE_FILE, update_run
 from orchestrator.state.tracking import Snapshot
 from orchestrator.submission import executor, slurm_fit
-from orchestrator.submission.runspec import CLUSTERS, DEFAULT_TIME, ClusterOptions, RunSpec, make_spec, parse_env
+from orchestrator.submission.runspec import (CLUSTERS, DEFAULT_TIME, FORWARD_NAMES, FORWARD_PREFIXES, ClusterOptions,
+                                             RunSpec, make_spec, parse_env)
 from orchestrator.views.liveview import watch
 from refit_core.config import RunConfig
 from refit_core.errors import ConfigError, RunDirError
@@ -138,9 +139,14 @@ def add_cluster_args(p: argparse.ArgumentParser) -> None:
                    help="extra sbatch option, repeatable: --sbatch-arg=--constraint=h100")
     g.add_argument("--srun-arg", dest="srun_args", action="append", metavar="ARG",
                    help="extra srun option, repeatable: --srun-arg=--cpu-bind=none")
-    g.add_argument("--env", action="append", metavar="KEY=VALUE",
-                   help="environment variable for every task, repeatable (NCCL_*, NVSHMEM_*, REFITCTL_* of "
-                        "your environment are carried already)")
+    g.add_argument("--env", action="append", metavar="KEY=VALUE", help=env_help())
+
+
+def env_help() -> str:
+    """--env's help, made from what `runspec.job_env` carries, so the two never disagree."""
+    prefixes = ", ".join(p + "*" if p.endswith("_") else p for p in FORWARD_PREFIXES)
+    return (f"environment variable for every task, repeatable; carried from your environment already: {prefixes} "
+            f"and, of refitctl's own, only {', '.join(FORWARD_NAMES)} (no other REFITCTL_* variable)")
 
 
 def add_runs_dir(p: argparse.ArgumentParser) -> None:
@@ -270,9 +276,25 @@ def submit_runs(specs: Sequence[RunSpec], run_dirs: Sequence[Path], folder: Path
                                   "free some space or point --runs-dir at a writable disk; nothing was submitted") \
                     from None
             raise
+        record_jobs(run_dirs, refs)
+    return refs
+
+
+def record_jobs(run_dirs: Sequence[Path], refs: Sequence[executor.JobRef]) -> None:
+    """Write each job id into its run.json. When that fails (a disk full right after the controller or
+    sbatch started), a job refitctl cannot follow must not run on: it is withdrawn (the controller stopped,
+    the SLURM job cancelled), the run directories removed, and the error says so (issue 25, item 1)."""
+    try:
         for d, ref in zip(run_dirs, refs):
             update_run(d, job=ref.to_json())
-    return refs
+    except (OSError, RunDirError) as e:
+        gone = executor.withdraw(refs)
+        for d in run_dirs:
+            shutil.rmtree(d, ignore_errors=True)
+        why = e.strerror if isinstance(e, OSError) and e.strerror else (e.short() if isinstance(e, RunDirError)
+                                                                        else str(e))
+        raise RunDirError(run_dirs[0], f"cannot record its job ({why})",
+                          f"{gone}; free some space and submit again") from None
 
 
 def job_started(run_dir: Path) -> bool:

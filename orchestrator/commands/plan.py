@@ -22,6 +22,8 @@ from refit_core.planning.plan import plan_transfers
 def _plan(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
     add_config_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    p.add_argument("--detail", action="store_true", default=None,
+                   help="also each rank's GPU and bytes (shown anyway for worlds of at most 16 ranks)")
     p.add_argument("--check", action="store_true", help="also verify the plan's coverage (every element once)")
     p.add_argument("--png", type=output_path("--png", parents=True), metavar="FILE",
                    help="also write the transfer matrix as a heatmap PNG (needs matplotlib: refitctl[report])")
@@ -45,7 +47,7 @@ def _plan(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
             print(json.dumps(plan_json(cfg, plan, gpus), indent=1))
         else:
             console = wide_console()
-            print_plan(console, cfg, plan, gpus)
+            print_plan(console, cfg, plan, gpus, args.detail)
             if args.check:
                 console.print(Text.assemble("Coverage: every destination element exactly once ", ("OK", "green")))
             if args.png:

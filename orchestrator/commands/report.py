@@ -76,7 +76,10 @@ def _load_run_data(run_dir: Path) -> RunData:
     if is_run(run_dir):
         snap = snapshot(run_dir)  # reads only: a run over but not finalized is aggregated in memory
         info = snap.info
-        res = results(run_dir, info)  # results.json checked (refit_core.results.read_results), else the ranks
+        # a finished run's summary (sampled iterations: bounded memory); else results.json checked
+        # (refit_core.results.read_results), else the ranks
+        res = snap.results if snap.results is not None and "iterations_recorded" in snap.results \
+            else results(run_dir, info)
         return RunData(info.name, str(run_dir), info.config, info.mode or plan["mode"],
                        method_label(info), snap.state.state, snap.verified, res, plan)
     if res_path.is_file():

@@ -155,7 +155,7 @@ def _results(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
         target = find_run(runs_root(args), args.target)
         if is_sweep(target):
             return print_sweep_results(target, args.csv, args.json)
-        s = snapshot(target)
+        s = snapshot(target, records=True)
         if s.progress.problems:
             more = f" (and {len(s.progress.problems) - 1} more)" if len(s.progress.problems) > 1 else ""
             raise ConfigError(f"{s.name}: rank file {s.progress.problems[0]}{more}: its iterations cannot be shown; "

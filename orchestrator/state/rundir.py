@@ -229,7 +229,11 @@ class Progress:
         k = self.done
         if k == 0:
             return None
-        return max(r.times_ms[k - 1] for r in self.ranks if r.rank < self.active)
+        # a rank's times_ms are its last len(times_ms) iterations (all of them, read from the records; the
+        # last one, from a finished run's summary)
+        times = [r.times_ms[k - 1 - (r.done - len(r.times_ms))] for r in self.ranks
+                 if r.rank < self.active and 0 <= k - 1 - (r.done - len(r.times_ms)) < len(r.times_ms)]
+        return max(times, default=None)
 
     @property
     def errors(self) -> list[RankProgress]:
@@ -294,7 +298,10 @@ def finalize(run_dir: Path, info: RunInfo, final: dict[str, Any]) -> dict[str, A
     if not (run_dir / "results.json").is_file():
         write_json_atomic(run_dir / "results.json", res)
     write_file(run_dir / "iterations.csv", iterations_csv(res, info))
-    write_file(run_dir / "rank-iterations.csv", rank_iterations_csv(run_dir))
+    write_file(run_dir / "rank-iterations.csv", rank_iterations_csv(run_dir, res))
+    from orchestrator.state.summary import write_summary
+
+    write_summary(run_dir, res, progress(run_dir, info.active_ranks, info.warmup, info.iterations))
     update_run(run_dir, final=final)
     return res
 
@@ -313,9 +320,14 @@ def iterations_csv(res: dict[str, Any], info: RunInfo) -> str:
     return buf.getvalue()
 
 
-def rank_iterations_csv(run_dir: Path) -> str:
+def rank_iterations_csv(run_dir: Path, res: dict[str, Any] | None = None) -> str:
+    """Every rank's row of every iteration the run counts: with `res` (the run's results), only the
+    iterations in it, as iterations.csv has them. An iteration that failed on one rank (a verification
+    error, a crash) is dropped from both, never kept in one (issue 25, item 13)."""
     records, _ = read_rank_records(run_dir)
-    rows = [(r.rank, r.role, i) for r in records for i in r.iterations]
+    counted = None if res is None else {(bool(i["warmup"]), i["iteration"]) for i in res.get("iterations", [])}
+    rows = [(r.rank, r.role, i) for r in records for i in r.iterations
+            if counted is None or (i.warmup, i.iteration) in counted]
     phases = sorted({k for _, _, i in rows for k in i.phases_ms})
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")

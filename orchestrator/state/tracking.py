@@ -19,6 +19,7 @@ from orchestrator.state.jobstate import JobState, job_state
 from refit_core.errors import RunDirError
 from orchestrator.state.rundir import Progress, progress, results
 from orchestrator.state.runfiles import RunInfo, read_run_info
+from orchestrator.state.summary import read_summary
 
 
 @dataclass(frozen=True)
@@ -49,10 +50,15 @@ class Snapshot:
         return f"{job.cluster} job {job.job_id}" if job else "not submitted"
 
 
-def snapshot(run_dir: Path) -> Snapshot:
+def snapshot(run_dir: Path, records: bool = False) -> Snapshot:
+    """The run now. A finished run is read from its summary (orchestrator/state/summary.py: the same cost
+    at any number of iterations); `records`: from its rank files and results.json (`refitctl results`)."""
     info = read_run_info(run_dir)
     if info.final is not None:
         state = JobState(info.final.state, info.final.detail, info.final.source)
+        summary = None if records else read_summary(run_dir, info.active_ranks, info.warmup, info.iterations)
+        if summary is not None:
+            return Snapshot(run_dir, info, state, summary[1], summary[0])
     else:
         state = job_state(run_dir, info.job)
     prog = progress(run_dir, info.active_ranks, info.warmup, info.iterations)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import io
 import json
 import math
@@ -50,8 +51,9 @@ from submitit.local.local import Controller, LocalExecutor, LocalJob
 from orchestrator.state.rundir import CANCEL_FILE, STATE_FILE
 from orchestrator.submission.runspec import HostMemory, RunSpec, format_time, sbatch_extras
 from refit_core.errors import ConfigError, RefitError
+from refit_core.jsonfile import NOFOLLOW
 from refit_core.results import write_json_atomic
-from refit_core.taskenv import DEFAULT_MASTER_PORT, free_port, master_port, rank_log_name
+from refit_core.taskenv import DEFAULT_MASTER_PORT, LOCAL_RUNS, free_port, master_port, rank_log_name
 
 KILL_GRACE_S = 5.0  # local: how long the other ranks get after one fails (srun --kill-on-bad-exit kills at once)
 
@@ -149,6 +151,38 @@ def submit(specs: Sequence[RunSpec], run_dirs: Sequence[Path], folder: Path) -> 
     return [JobRef("slurm", str(j.job_id), str(folder.resolve()), t) for j in jobs]
 
 
+def withdraw(refs: Sequence[JobRef], wait_s: float = 15.0) -> str:
+    """Stop jobs just submitted whose ids could not be recorded (nobody could follow or cancel them):
+    the local controller by SIGTERM (it stops its ranks), SLURM jobs by scancel. Returns what was done."""
+    pids = {r.controller_pid for r in refs if r.cluster == "local" and r.controller_pid}
+    ids = [r.job_id for r in refs if r.cluster != "local"]
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    if ids:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(["scancel", *ids], capture_output=True, timeout=30)
+    deadline = time.monotonic() + wait_s
+    while pids and time.monotonic() < deadline:
+        pids = {p for p in pids if not _reaped(p)}
+        time.sleep(0.05)
+    what = ", ".join(f"{r.cluster} job {r.job_id}" for r in refs)
+    return f"{what} was stopped, nothing runs" if not pids else f"{what} was sent SIGTERM"
+
+
+def _reaped(pid: int) -> bool:
+    """The process has exited (reaped here when it is this process's child)."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == pid
+    except ChildProcessError:
+        try:
+            os.kill(pid, 0)
+            return False
+        except OSError:
+            return True
+
+
 def shape(spec: RunSpec) -> tuple[Any, ...]:
     """Runs with equal shapes can share one SLURM job array."""
     o = spec.options
@@ -229,7 +263,7 @@ class _LocalArrayExecutor(LocalExecutor):
             SUBMITIT_STDERR_TO_STDOUT="1",
             SUBMITIT_EXECUTOR="local",
             SUBMITIT_LOCAL_WITH_SHELL="",
-            REFITCTL_LOCAL_RUNS=json.dumps([[str(d), n] for d, n in zip(self.run_dirs, self.tasks)]),
+            **{LOCAL_RUNS: json.dumps([[str(d), n] for d, n in zip(self.run_dirs, self.tasks)])},
         )
         for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
             env.pop(k, None)
@@ -308,13 +342,15 @@ class _RunController(Controller):  # pragma: no cover - runs in its own process
 
     def __init__(self, folder: Path) -> None:
         super().__init__(folder)
-        self.runs = [(Path(d), int(n)) for d, n in json.loads(os.environ["REFITCTL_LOCAL_RUNS"])]
+        self.runs = [(held_dir(Path(d)), int(n)) for d, n in json.loads(os.environ[LOCAL_RUNS])]
         self.stop_all = False
+        self.stop_signal = 0
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
 
     def _stop(self, signum: int, frame: Any) -> None:
         self.stop_all = True
+        self.stop_signal = signum
 
     def run_all(self) -> None:
         base = self.pid
@@ -323,20 +359,20 @@ class _RunController(Controller):  # pragma: no cover - runs in its own process
             self.ntasks = ntasks
             state = run_dir / STATE_FILE
             if self.stop_all or (run_dir / CANCEL_FILE).exists():
-                write_json_atomic(state, {"state": "CANCELLED", "detail": "cancelled before it started",
-                                          "ended": time.time(), "job_id": self.pid})
+                write_state(state, {"state": "CANCELLED", "ended": time.time(), "job_id": self.pid,
+                                    "detail": self._stopped_by() + " before it started"})
                 continue
             os.environ["REFITCTL_MASTER_PORT"] = str(free_port())
             started = time.time()
-            write_json_atomic(state, {"state": "RUNNING", "started": started, "job_id": self.pid,
-                                      "controller_pid": os.getpid()})
+            reserve_state(state, {"state": "RUNNING", "started": started, "job_id": self.pid,
+                                  "controller_pid": os.getpid()}, ntasks)
             try:
                 self.start_tasks()
                 outcome, detail, codes, failed = self._wait(run_dir)
             finally:
                 self.kill_tasks()
-            write_json_atomic(state, {"state": outcome, "detail": detail, "exit_codes": codes, "failed_ranks": failed,
-                                      "started": started, "ended": time.time(), "job_id": self.pid})
+            write_state(state, {"state": outcome, "detail": detail, "exit_codes": codes, "failed_ranks": failed,
+                                "started": started, "ended": time.time(), "job_id": self.pid})
             _finalize(run_dir, outcome, detail)
 
     def _wait(self, run_dir: Path) -> tuple[str, str, list[int | None], list[int]]:
@@ -350,17 +386,24 @@ class _RunController(Controller):  # pragma: no cover - runs in its own process
             if new and not failed:
                 first_fail = time.monotonic()
             failed += new
-            if self.stop_all or (run_dir / CANCEL_FILE).exists():
-                return "CANCELLED", "cancelled by the user", codes, failed
-            if all(c is not None for c in codes):
+            if all(c is not None for c in codes):  # before a cancel: one that comes after the end changes nothing
                 if not failed:
                     return "COMPLETED", "", codes, failed
                 return "FAILED", _failure(failed, codes), codes, failed
+            if self.stop_all or ((run_dir / CANCEL_FILE).exists() and not _refit_done(run_dir)):
+                return "CANCELLED", self._stopped_by(), codes, failed
             if failed and time.monotonic() - first_fail > KILL_GRACE_S:
                 return "FAILED", _failure(failed, codes) + "; the other ranks were stopped", codes, failed
             if time.monotonic() - start > self.timeout_s:
                 return "TIMEOUT", f"time limit of {format_time(self.timeout_s)} reached", codes, failed
             time.sleep(0.1)
+
+    def _stopped_by(self) -> str:
+        """Who stopped the run, in words: `refitctl cancel` (its request file) or a signal to the controller."""
+        if self.stop_signal:
+            return (f"the local controller received {_signal_name(self.stop_signal)} (not `refitctl cancel`: "
+                    "a shutdown, a kill or a logout?)")
+        return "cancelled by the user (refitctl cancel)"
 
     def start_tasks(self) -> None:
         """submitit's, but each task leads its own process group, so stopping a task stops whatever it
@@ -402,6 +445,74 @@ class _RunController(Controller):  # pragma: no cover - runs in its own process
             f.close()
 
 
+def _refit_done(run_dir: Path) -> bool:
+    """Rank 0 wrote a verified results.json: the refit is over, its ranks are only exiting. A cancel that
+    arrives now must not turn a verified run into CANCELLED (issue 25, item 8)."""
+    from refit_core.results import read_results
+
+    try:
+        return bool(read_results(run_dir / "results.json")["verified"])
+    except (OSError, RefitError, KeyError, TypeError):
+        return False
+
+
+def held_dir(run_dir: Path) -> Path:
+    """The run directory by an open descriptor (/proc/self/fd/N): a directory moved while its run goes on is
+    still the one the controller watches for a cancel and writes its state into, and the old path is never
+    made again (issue 25, item 9). Where /proc is missing, or the directory is, the path itself."""
+    try:
+        fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return run_dir
+    held = Path(f"/proc/self/fd/{fd}")
+    if not held.is_dir():
+        os.close(fd)
+        return run_dir
+    return held
+
+
+STATE_RESERVE = 4096  # bytes job-state.json keeps, at least, for its final state on a full disk
+
+
+def reserve_state(path: Path, data: dict[str, Any], ntasks: int) -> None:
+    """The RUNNING state, written padded to the size the final state will need (exit codes and failed ranks
+    of every task): the final write can then overwrite it in place when the disk is full (`write_state`)."""
+    text = json.dumps(data, indent=1)
+    size = max(STATE_RESERVE, len(text) + 24 * ntasks + 2048)
+    write_json_atomic(path, data)
+    with contextlib.suppress(OSError):
+        with open(path, "r+b") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.write(b" " * max(0, size - fh.tell() - 1) + b"\n")  # JSON ignores the trailing spaces
+
+
+def write_state(path: Path, data: dict[str, Any]) -> None:
+    """Write job-state.json: atomically (write, rename) when the disk has room; on a full disk (ENOSPC,
+    EDQUOT) over the bytes `reserve_state` kept, in place and padded, so the final state is recorded even
+    then (issue 25, item 3). A state that does not fit them keeps its first failed ranks and exit codes."""
+    try:
+        write_json_atomic(path, data)
+        return
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        full = e
+    try:
+        size = path.stat().st_size
+        text = json.dumps(data, separators=(",", ":")).encode()
+        if len(text) >= size:
+            text = json.dumps({**data, "exit_codes": [], "failed_ranks": data.get("failed_ranks", [])[:16]},
+                              separators=(",", ":")).encode()[:max(0, size - 1)]
+        fd = os.open(path, os.O_WRONLY | NOFOLLOW)
+        try:
+            os.pwrite(fd, text + b" " * (size - len(text) - 1) + b"\n", 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        raise full from None
+
+
 def _finalize(run_dir: Path, state: str, detail: str) -> None:
     """The run is over: results.json (if rank 0 wrote none), the CSVs, the final state in run.json, written
     here so a detached run is complete without anyone reading it (reading commands never write)."""
@@ -412,7 +523,8 @@ def _finalize(run_dir: Path, state: str, detail: str) -> None:
         finalize(run_dir, read_run_info(run_dir), {"state": state, "detail": detail, "source": "local controller",
                                               "ended": now_iso()})
     except (OSError, RefitError) as e:  # a full disk or a damaged run.json: job-state.json still says it
-        print(f"refitctl controller: {run_dir}: results not finalized: {e}", flush=True)
+        with contextlib.suppress(OSError):  # its log may sit on the same full disk
+            print(f"refitctl controller: {run_dir}: results not finalized: {e}", flush=True)
 
 
 def _failure(failed: list[int], codes: list[int | None]) -> str:

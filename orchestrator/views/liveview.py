@@ -206,10 +206,11 @@ def results_view(s: Snapshot) -> Group:
     for col in ("iteration", "time ms", "GB/s", *(f"{p} ms" for p in phases), "launches"):
         t.add_column(col, justify="right")
     its = res.get("iterations", [])
-    shown = its if len(its) <= 25 else [*its[:6], None, *its[-10:]]
+    total = res.get("iterations_recorded", len(its))  # a summary's iterations are a sample of them
+    shown = its if total <= 25 else [*its[:6], None, *its[-10:]]
     for i in shown:
         if i is None:
-            t.add_row(f"... {len(its) - 16} more", *[""] * (len(t.columns) - 1))
+            t.add_row(f"... {total - 16} more", *[""] * (len(t.columns) - 1))
             continue
         label = "warm-up" if i.get("warmup") else str(i["iteration"])
         t.add_row(label, ms_short(i["time_ms"]), gbps_short(i.get("GBps")),
@@ -222,7 +223,7 @@ def results_view(s: Snapshot) -> Group:
         f" · {gbps_short(res.get('GBps'))} GB/s · {delivered_text(res)}"
         f" · method {method_label(s.info)}",
     )
-    done = sum(1 for i in res.get("iterations", []) if not i.get("warmup"))
+    done = res.get("timed_recorded", sum(1 for i in res.get("iterations", []) if not i.get("warmup")))
     planned = s.info.iterations
     if done < planned or not res.get("complete", s.verified):
         summary.append(f" · incomplete: {done} of {planned} timed iterations recorded", style="bold yellow")

@@ -14,6 +14,7 @@ from refit_core.numbers import human_bytes
 from refit_core.execution.transports import registry
 from refit_core.execution.transports.placement import nvshmem_direction
 from refit_core.planning.devices import DeviceMap, assign_devices
+from refit_core.planning.layout import WorldLayout
 from refit_core.planning.memory import MemoryFit
 from refit_core.numbers import GIB
 from refit_core.planning.plan import Plan
@@ -141,14 +142,38 @@ def memory_lines(fit: MemoryFit) -> list[str | Text]:
     ]
 
 
-def print_plan(console: Console, cfg: RunConfig, plan: Plan, gpus: DeviceMap | None = None) -> None:
+DETAIL_RANKS = 16
+"""Worlds up to this many ranks print every rank (the seed's configs); larger ones (Kimi K2: 384 ranks, a GPU
+line of 4,500 characters, a 384-row table) print the summary and say how to get the rest (`--detail`)."""
+
+
+def gpus_summary(dmap: DeviceMap, w: WorldLayout) -> str:
+    """The GPU placement in one short line: how many ranks on how many GPUs of how many nodes."""
+    active = range(w.gpus_used)
+    used = {(dmap.node(r), dmap.devices[r]) for r in active if dmap.devices[r] is not None}
+    if not used:
+        text = f"no GPU: {w.gpus_used} ranks run on the CPU"
+    else:
+        nodes = len({n for n, _ in used})
+        text = f"{w.gpus_used} ranks on {len(used)} GPUs of {nodes} node{'s' if nodes > 1 else ''}"
+    if len(w.idle_ranks):
+        text += f", {len(w.idle_ranks)} idle (no GPU)"
+    return text + " (each: --detail)"
+
+
+def print_plan(console: Console, cfg: RunConfig, plan: Plan, gpus: DeviceMap | None = None,
+               detail: bool | None = None) -> None:
+    """The plan as text: the summary first; each rank's GPU and bytes too when `detail` (default: for worlds
+    of at most DETAIL_RANKS ranks)."""
     w = plan.world
     inv = plan.inventory
+    detail = w.world_size <= DETAIL_RANKS if detail is None else detail
     console.print(w.describe())
     dmap = gpus or device_map(cfg, plan)
     where = (f" (as SLURM places them on nodes of {cfg.gpus_per_node}; --local-gpus N: a local run)"
              if gpus is None and cfg.device_map() is None else "")
-    console.print(f"GPUs{where}: {dmap.describe(w)}", highlight=False, soft_wrap=True)
+    console.print(f"GPUs{where}: {dmap.describe(w) if detail else gpus_summary(dmap, w)}", highlight=False,
+                  soft_wrap=True)
     if dmap.note:
         console.print(f"note: {dmap.note}", highlight=False, soft_wrap=True)
     console.print(
@@ -172,6 +197,10 @@ def print_plan(console: Console, cfg: RunConfig, plan: Plan, gpus: DeviceMap | N
         console.print(line)
     for line in (*memory_lines(fit), *predicted_lines(pred)):
         console.print(line)
+    if not detail:
+        console.print(f"(each rank's GPU and bytes, {w.world_size} rows: --detail; everything: --json)",
+                      highlight=False)
+        return
     t = Table(title="Per-rank bytes", show_lines=False)
     for col in ("rank", "role", "in (network)", "out (network)", "local copy", "memory"):
         t.add_column(col, justify="right" if col != "role" else "left")
