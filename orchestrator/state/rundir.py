@@ -8,6 +8,7 @@
       ranks/rank-NNNNN.jsonl  each rank's record, a line appended per iteration (refit_core.results)
       results.json      the aggregate: by rank 0 at the end, else by refitctl from the rank files
       iterations.csv    per-iteration timings (slowest rank), rank-iterations.csv per rank
+      summary.json      once finished: what status, runs and report read (orchestrator/state/summary.py)
       logs/rank-NNNNN.log     each task's output
       job-state.json    local runs: the controller's RUNNING / COMPLETED / FAILED / TIMEOUT / CANCELLED
       submitit/         submitit's pickles and first log lines
@@ -31,12 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orchestrator.state.summary import SUMMARY_FILE, summary_json
 from orchestrator.submission.runspec import RunSpec
 from refit_core.config import RunConfig
 from orchestrator.state.runfiles import (RUN_FILE, STATE_FILE, SWEEP_FILE, RunInfo, read_run_info, read_sweep_info,
                                    update_run_file)
 from refit_core.errors import ConfigError, RunDirError
-from refit_core.jsonfile import read_json, write_file
+from refit_core.jsonfile import Fields, read_json, write_file
 from refit_core.planning.plan import Plan
 from refit_core.results import (aggregate, rank_files, read_rank_file, read_rank_records, read_results,
                                 write_json_atomic)
@@ -255,6 +257,20 @@ class Progress:
         return text if text.startswith("warm-up") else f"iteration {text}"
 
 
+def progress_from_summary(ranks: list[Fields], problems: list[str], active: int, warmup: int,
+                          iterations: int) -> Progress:
+    """A finished run's progress from its summary's ranks (orchestrator/state/summary.py): each rank's last
+    time only, so reading it costs the same at any number of iterations. A damaged field: RunDirError."""
+    out = []
+    for f in ranks:
+        last = f.get("last_ms", float, type(None))
+        out.append(RankProgress(f.get("rank", int), f.get("role", str), f.get("done", int),
+                                () if last is None else (float(last),), f.get("verified", bool),
+                                f.get("complete", bool), f.get("error", str, type(None)), f.get("mtime", float),
+                                f.get("phase", str, type(None)), f.get("phase_since", float, type(None))))
+    return Progress(tuple(sorted(out, key=lambda x: x.rank)), active, warmup, iterations, tuple(problems))
+
+
 def progress(run_dir: Path, active: int, warmup: int, iterations: int) -> Progress:
     """What the rank files say now (ranks 0..active-1 take part; run.json's counts): read incrementally
     (refit_core.results.RankFileReader), nothing written."""
@@ -299,9 +315,8 @@ def finalize(run_dir: Path, info: RunInfo, final: dict[str, Any]) -> dict[str, A
         write_json_atomic(run_dir / "results.json", res)
     write_file(run_dir / "iterations.csv", iterations_csv(res, info))
     write_file(run_dir / "rank-iterations.csv", rank_iterations_csv(run_dir, res))
-    from orchestrator.state.summary import write_summary
-
-    write_summary(run_dir, res, progress(run_dir, info.active_ranks, info.warmup, info.iterations))
+    write_json_atomic(run_dir / SUMMARY_FILE, summary_json(res, progress(run_dir, info.active_ranks, info.warmup,
+                                                                          info.iterations)))
     update_run(run_dir, final=final)
     return res
 

@@ -20,9 +20,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from orchestrator.state.rundir import Progress, RankProgress
 from refit_core.errors import RunDirError
-from refit_core.jsonfile import Fields, read_json, write_json_atomic
+from refit_core.jsonfile import Fields, read_json
 
 SUMMARY_FILE = "summary.json"
 FORMAT = 1
@@ -38,8 +37,8 @@ def sample(its: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [*its[:HEAD], *(middle[int(k * step)] for k in range(SAMPLE - HEAD - TAIL)), *its[-TAIL:]]
 
 
-def summary_json(res: dict[str, Any], prog: Progress) -> dict[str, Any]:
-    """summary.json's content from the run's results and its ranks' progress (pure)."""
+def summary_json(res: dict[str, Any], prog: Any) -> dict[str, Any]:
+    """summary.json's content from the run's results and its ranks' progress (`rundir.Progress`; pure)."""
     its = res.get("iterations", [])
     small = {**res, "iterations": sample(its), "iterations_recorded": len(its),
              "timed_recorded": sum(1 for i in its if not i.get("warmup"))}
@@ -49,13 +48,10 @@ def summary_json(res: dict[str, Any], prog: Progress) -> dict[str, Any]:
     return {"format": FORMAT, "results": small, "ranks": ranks, "problems": list(prog.problems)}
 
 
-def write_summary(run_dir: Path, res: dict[str, Any], prog: Progress) -> None:
-    write_json_atomic(run_dir / SUMMARY_FILE, summary_json(res, prog))
-
-
-def read_summary(run_dir: Path, active: int, warmup: int, iterations: int) -> tuple[dict[str, Any], Progress] | None:
-    """(results, progress) of a finished run from its summary; None when it has none or it is damaged (the
-    records then decide, as for a run finalized before summaries existed)."""
+def read_summary(run_dir: Path) -> tuple[dict[str, Any], list[Fields], list[str]] | None:
+    """(results, each rank's fields, problems) of a finished run from its summary (rundir.progress_from_summary
+    makes them a Progress); None when it has none or it is damaged (the records then decide, as for a run
+    finalized before summaries existed)."""
     path = run_dir / SUMMARY_FILE
     try:
         f = Fields(read_json(path), path)
@@ -63,16 +59,7 @@ def read_summary(run_dir: Path, active: int, warmup: int, iterations: int) -> tu
             return None
         res = f.get("results", dict)
         Fields(res, path, " in 'results'").list_of("iterations", dict)
-        ranks = tuple(_rank(Fields(r, path, " in 'ranks'")) for r in f.list_of("ranks", dict))
-        problems = tuple(f.list_of("problems", str))
+        ranks = [Fields(r, path, " in 'ranks'") for r in f.list_of("ranks", dict)]
+        return res, ranks, f.list_of("problems", str)
     except (FileNotFoundError, RunDirError):
         return None
-    return res, Progress(tuple(sorted(ranks, key=lambda r: r.rank)), active, warmup, iterations, problems)
-
-
-def _rank(f: Fields) -> RankProgress:
-    last = f.get("last_ms", float, type(None))
-    return RankProgress(f.get("rank", int), f.get("role", str), f.get("done", int),
-                        () if last is None else (float(last),), f.get("verified", bool), f.get("complete", bool),
-                        f.get("error", str, type(None)), f.get("mtime", float), f.get("phase", str, type(None)),
-                        f.get("phase_since", float, type(None)))

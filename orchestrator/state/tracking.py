@@ -8,6 +8,7 @@ Finalizing (`rundir.finalize`) is the controller's and the submitting refitctl's
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from dataclasses import dataclass
 from functools import cached_property
@@ -17,7 +18,7 @@ from typing import Any
 from orchestrator.state.failures import Diagnosis, diagnose, process_ends
 from orchestrator.state.jobstate import JobState, job_state
 from refit_core.errors import RunDirError
-from orchestrator.state.rundir import Progress, progress, results
+from orchestrator.state.rundir import Progress, progress, progress_from_summary, results
 from orchestrator.state.runfiles import RunInfo, read_run_info
 from orchestrator.state.summary import read_summary
 
@@ -56,9 +57,12 @@ def snapshot(run_dir: Path, records: bool = False) -> Snapshot:
     info = read_run_info(run_dir)
     if info.final is not None:
         state = JobState(info.final.state, info.final.detail, info.final.source)
-        summary = None if records else read_summary(run_dir, info.active_ranks, info.warmup, info.iterations)
+        summary = None if records else read_summary(run_dir)
         if summary is not None:
-            return Snapshot(run_dir, info, state, summary[1], summary[0])
+            with contextlib.suppress(RunDirError):  # a damaged summary: the records decide
+                prog = progress_from_summary(summary[1], summary[2], info.active_ranks, info.warmup,
+                                             info.iterations)
+                return Snapshot(run_dir, info, state, prog, summary[0])
     else:
         state = job_state(run_dir, info.job)
     prog = progress(run_dir, info.active_ranks, info.warmup, info.iterations)

@@ -201,6 +201,12 @@ def print_plan(console: Console, cfg: RunConfig, plan: Plan, gpus: DeviceMap | N
         console.print(f"(each rank's GPU and bytes, {w.world_size} rows: --detail; everything: --json)",
                       highlight=False)
         return
+    print_rank_tables(console, plan, fit)
+
+
+def print_rank_tables(console: Console, plan: Plan, fit: MemoryFit) -> None:
+    """Each rank's bytes and memory, and the source -> destination byte matrix (small worlds only)."""
+    w = plan.world
     t = Table(title="Per-rank bytes", show_lines=False)
     for col in ("rank", "role", "in (network)", "out (network)", "local copy", "memory"):
         t.add_column(col, justify="right" if col != "role" else "left")
