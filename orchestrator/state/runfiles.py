@@ -206,7 +206,7 @@ def locked(directory: Path) -> Iterator[None]:
     """Hold `directory/.lock` exclusively (fcntl.flock; released when the block ends or the process dies)."""
     path = directory / LOCK_FILE
     try:
-        fh = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | NOFOLLOW, 0o644), "a")
+        fh = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | NOFOLLOW | os.O_NONBLOCK, 0o644), "a")
     except OSError as e:
         raise RunDirError(path, f"cannot be created ({e.strerror or e})", "check the directory's permissions") from None
     with fh:
