@@ -499,10 +499,12 @@ def write_state(path: Path, data: dict[str, Any]) -> None:
         full = e
     try:
         size = path.stat().st_size
-        text = json.dumps(data, separators=(",", ":")).encode()
-        if len(text) >= size:
-            text = json.dumps({**data, "exit_codes": [], "failed_ranks": data.get("failed_ranks", [])[:16]},
-                              separators=(",", ":")).encode()[:max(0, size - 1)]
+        short = {**data, "exit_codes": [], "failed_ranks": data.get("failed_ranks", [])[:16],
+                 "detail": str(data.get("detail", ""))[:200]}
+        text = next((t for t in (json.dumps(d, separators=(",", ":")).encode() for d in (data, short))
+                     if len(t) < size), None)
+        if text is None:
+            raise full
         fd = os.open(path, os.O_WRONLY | NOFOLLOW)
         try:
             os.pwrite(fd, text + b" " * (size - len(text) - 1) + b"\n", 0)
