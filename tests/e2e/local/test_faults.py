@@ -191,6 +191,8 @@ def test_damaged_results_are_reported_and_other_runs_still_list(finished_run: Pa
     (bad_rank / "ranks" / "rank-00001.jsonl").write_bytes(b"\x00\xff{\"rank\": 1, \"iter\n")
     no_run_json = _copy(finished_run, tmp_path, "bad-run-json")
     (no_run_json / "run.json").write_text("{")
+    for d in (good, truncated, not_results, bad_rank, no_run_json):  # as runs finalized before summary.json:
+        (d / "summary.json").unlink()  # `runs` reads their records (with one, it reads only the summary)
 
     for d, says in ((truncated, "results.json is damaged (truncated or corrupt"),
                     (not_results, "results.json is damaged (not a results file"),
