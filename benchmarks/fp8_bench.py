@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.gpu_bench import (Case, _case, local_copy, nccl_ceilings, peer_copy, probe_size, run_case,  # noqa: E402
                                   slug, table, traffic)
-from jobs.refit_job import SAFE_ENV  # noqa: E402
+from refit_core.environment import SAFE_ENV  # noqa: E402
 from refit_core.planning.plan import plan_transfers  # noqa: E402
 
 GIB = 1 << 30

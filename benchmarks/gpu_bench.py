@@ -44,7 +44,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from refit_core.taskenv import SAFE_ENV  # noqa: E402
+from refit_core.environment import SAFE_ENV  # noqa: E402
 from orchestrator.configs import SWEEPS, resolve  # noqa: E402
 from orchestrator.configs.flags import apply_overrides  # noqa: E402
 from refit_core.config import RunConfig  # noqa: E402
@@ -321,9 +321,8 @@ def run_case(case: Case, gpus: int, work: Path, by_size: dict[str, dict[str, flo
     if case.skip:
         return {**row, "verified": None, "skipped": case.skip}
     run_dir = work / f"{cfg.name}-{cfg.method}-{'zc' if case.zero_copy else 'staged'}"
-    env = {} if case.zero_copy else {"REFITCTL_STAGED_ZERO_COPY": "0"}
     t0 = time.monotonic()
-    codes, res = run_locally(cfg, run_dir, timeout_s=300, grace_s=20, extra_env=env)
+    codes, res = run_locally(cfg.with_changes(staged_zero_copy=case.zero_copy), run_dir, timeout_s=300, grace_s=20)
     row["wall_s"] = round(time.monotonic() - t0, 1)
     t = traffic(plan, gpus, placement_of(run_dir, cfg.gpus, gpus))
     row.update(network_bytes_max_rank=t.network_bytes_max, both_ways=t.both_ways, local_bytes_max_gpu=t.local_bytes_max,

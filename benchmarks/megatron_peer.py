@@ -5,7 +5,7 @@
                                                              # one rank per GPU, rows needing more skipped
 
 Per seed row (configs 1-6, collocated-1..4) refitctl's method runs, then Megatron-Core's
-(`megatron-<backend>`, refit_core/execution/transports/megatron.py), one after the other, each as one local
+(`megatron-<backend>`, refit_core/peers/megatron_transport.py), one after the other, each as one local
 process per rank (jobs/local.py, world = the GPUs the row uses), with the same warm-up and timed
 iterations and the same bitwise verification (refit_core/execution/engine.py). Written to
 benchmarks/results/<date>-cpu-megatron.json (or <date>-<gpu>-<N>gpu-megatron.json): per row both
@@ -71,9 +71,9 @@ def refitctl_traffic(cfg: RunConfig) -> dict[str, int]:
 
 def refitctl_plan_ms(cfg: RunConfig) -> float:
     """refitctl's planning, which runs before its first iteration (Megatron's runs inside it)."""
-    from refit_core.execution.transports.blocks import chunk_bytes_for, rank_blocks
+    from refit_core.planning.blocks import chunk_bytes_for, rank_blocks
     from refit_core.planning.plan import plan_transfers
-    from refit_core.execution.storage import rank_storage
+    from refit_core.planning.storage import rank_storage
 
     t0 = time.perf_counter()
     plan = plan_transfers(cfg.inventory(), cfg.world())
@@ -91,10 +91,10 @@ def refitctl_plan_ms(cfg: RunConfig) -> float:
     return (t_plan + slowest) * 1e3
 
 
-def run_one(cfg: RunConfig, workdir: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
-    run_dir = workdir / f"{cfg.name}-{cfg.method}{'-unpatched' if env else ''}"
+def run_one(cfg: RunConfig, workdir: Path) -> dict[str, Any]:
+    run_dir = workdir / f"{cfg.name}-{cfg.method}{'-unpatched' if cfg.megatron_unpatched else ''}"
     t0 = time.monotonic()
-    codes, res = run_locally(cfg, run_dir, timeout_s=1200, extra_env=env)
+    codes, res = run_locally(cfg, run_dir, timeout_s=1200)
     res = res or {}
     out: dict[str, Any] = {"method": cfg.method, "bytes": res.get("delivered_bytes"), "first_ms": res.get("first_ms"),
                            "median_ms": res.get("median_ms"), "min_ms": res.get("min_ms"),
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                    "refitctl": a, "peer": b,
                    "load": os.getloadavg()}
             if args.also_unpatched:
-                u = run_one(peer, Path(tmp), env={"REFITCTL_MEGATRON_UNPATCHED": "1"})
+                u = run_one(peer.with_changes(megatron_unpatched=True), Path(tmp))
                 row["peer_unpatched"] = {k: u.get(k) for k in ("verified", "median_ms", "error")}
             doc["rows"].append(row)
             print(json.dumps({k: v for k, v in row.items() if k not in ("refitctl", "peer")}), flush=True)

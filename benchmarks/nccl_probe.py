@@ -22,8 +22,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from jobs.refit_job import task_env  # noqa: E402
-from refit_core.taskenv import SAFE_ENV  # noqa: E402
+from refit_core.environment import SAFE_ENV, task_env  # noqa: E402
 
 
 def _time(ops: list[tuple], iters: int) -> float:

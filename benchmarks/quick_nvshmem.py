@@ -31,8 +31,7 @@ def main() -> int:
     ok = True
     for name in args.configs.split(","):
         for placement in args.placements.split(","):
-            os.environ["REFITCTL_NVSHMEM_PLACEMENT"] = placement
-            cfg = config_for(name, "nvshmem", args.iterations, args.large)
+            cfg = config_for(name, "nvshmem", args.iterations, args.large).with_changes(nvshmem_placement=placement)
             r = refit(cfg, work, f"{cfg.name}-{placement}")
             ok &= bool(r.get("verified"))
             print(json.dumps({"config": cfg.name, "placement": placement, **r}), flush=True)

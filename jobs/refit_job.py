@@ -1,208 +1,261 @@
 """What each task of a refit job runs, wherever it was launched (srun, submitit, torchrun, local).
 
-`run(run_dir)` reads `run_dir/config.json`, joins the process group, runs this rank's share of
-the refit and appends to `run_dir/ranks/rank-NNNNN.jsonl` after every iteration (what changed only:
-refit_core.results.RankRecordWriter). Rank 0 writes `run_dir/results.json` at the end.
+`run(run_dir, task)` reads the run's config (RUN_DIR/config.json) and its plan (RUN_DIR/plan.bin, made once
+before submission: refit_core/planning/planfile.py), joins the process group, runs this rank's share of
+the refit and appends to `RUN_DIR/ranks/rank-NNNNN.jsonl` after every iteration (what changed only:
+refit_core.results.RankRecordWriter). Rank 0 writes `RUN_DIR/results.json` at the end. A rank reads no
+setting from the environment: `task` (its rank, world and master address) comes from its launcher, or, for
+`python -m jobs.refit_job RUN_DIR` under srun or torchrun, from refit_core/environment.py's `task_env()`.
 
-Rank, world size and local rank come from the first of: RANK / WORLD_SIZE / LOCAL_RANK
-(torchrun, or submitit's TorchDistributedEnvironment export), then SLURM_PROCID / SLURM_NTASKS /
-SLURM_LOCALID (srun). MASTER_ADDR defaults to the first host of SLURM_JOB_NODELIST, else
-127.0.0.1; MASTER_PORT to 20000 + SLURM_JOB_ID % 20000, else 29500.
-
-Command line: `python -m jobs.refit_job RUN_DIR`.
+Command line: `python -m jobs.refit_job RUN_DIR` (a task), `python -m jobs.refit_job --prepare RUN_DIR` (write
+the plan file from config.json once, before the tasks start: what a hand-submitted sbatch script does).
 """
 
 from __future__ import annotations
 
 import datetime
-import json
-import os
-import subprocess
+import logging
 import sys
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from refit_core.taskenv import SAFE_ENV, master_port
+from refit_core import environment
+from refit_core.environment import TaskEnv
+from refit_core.paths import CONFIG_FILE, DEVICES_FILE, PLAN_FILE, RESULTS_FILE
 
 if TYPE_CHECKING:
+    from refit_core.config import RunConfig
+    from refit_core.execution.watchdog import Watchdog
+    from refit_core.planning.devices import DeviceMap
+    from refit_core.planning.plan import Plan
     from refit_core.results import RankRecord
 
-
-@dataclass(frozen=True)
-class TaskEnv:
-    rank: int
-    world_size: int
-    local_rank: int
-    master_addr: str
-    master_port: int
+log = logging.getLogger(__name__)
 
 
-def _first(*names: str) -> str | None:
-    for n in names:
-        v = os.environ.get(n)
-        if v not in (None, ""):
-            return v
-    return None
+def load_config(run_dir: Path) -> "RunConfig":
+    """The run's config as the orchestrator resolved it (a damaged file is one RunDirError)."""
+    from refit_core.config import RunConfig
+
+    return RunConfig.read(run_dir / CONFIG_FILE)
 
 
-def task_env() -> TaskEnv:
-    rank = _first("RANK", "SLURM_PROCID")
-    world = _first("WORLD_SIZE", "SLURM_NTASKS")
-    local = _first("LOCAL_RANK", "SLURM_LOCALID")
-    addr = _first("MASTER_ADDR")
-    if addr is None:
-        nodes = os.environ.get("SLURM_JOB_NODELIST")
-        addr = "127.0.0.1"
-        if nodes:
-            try:
-                out = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True, timeout=10)
-                addr = out.stdout.split()[0] if out.returncode == 0 and out.stdout.split() else addr
-            except (OSError, subprocess.TimeoutExpired):
-                pass
-    port = _first("MASTER_PORT")
-    return TaskEnv(int(rank or 0), int(world or 1), int(local or 0), addr,
-                   int(port) if port is not None else master_port(os.environ.get("SLURM_JOB_ID", "")))
+def load_devices(run_dir: Path) -> "DeviceMap | None":
+    """Each rank's GPU as the run placed them before launch (devices.json), or None where none was written."""
+    from refit_core.errors import RunDirError
+    from refit_core.jsonfile import DAMAGED, read_json
+    from refit_core.planning.devices import DeviceMap
 
-
-def run(run_dir: str | os.PathLike[str]) -> "RankRecord":
-    """Run this task's part of the refit described by run_dir/config.json; returns its record.
-
-    Every error from here on, wherever it is raised, lands in the rank's record (`error`), and every
-    wait is a phase of the rank's watchdog (refit_core/execution/watchdog.py), bounded by --refit-timeout.
-    Idle ranks take no GPU and join no process group: they record themselves done and return."""
-    from refit_core.results import RankRecord, RankRecordWriter, rank_path, write_json_atomic
-
-    t0 = time.monotonic()
-    env = task_env()
-
-    def log(msg: str) -> None:
-        print(f"[rank {env.rank} +{time.monotonic() - t0:7.2f}s] {msg}", flush=True)
-
-    run_path = Path(run_dir)
-    # A requeued job (preempted, node lost) starts again from scratch: its records replace the last attempt's.
-    restarts = int(_first("SLURM_RESTART_COUNT") or 0)
-    from refit_core.execution.watchdog import process_start_time
-
-    writer = RankRecordWriter(rank_path(run_path, env.rank), started=process_start_time())  # "starting Python" since then
-    record = RankRecord(env.rank, restarts=restarts)  # the rank's one record: the engine fills it in
-    save = writer.save  # appends the new iterations and the changed fields: constant cost per iteration
-
-    def record_error(error: str, tb: str | None = None) -> None:
-        """Put `error` in the rank's record (its iterations stay), unless it has one already; safe from
-        the watchdog's thread while the main thread writes."""
-        writer.add_error(error, tb)
-
-    save(record)
-    from jobs.procs import record_process
-
-    watchdog = None
-    dist = None
+    path = run_dir / DEVICES_FILE
     try:
-        record_process(run_path, env.rank)
-        for k, v in SAFE_ENV.items():
-            os.environ.setdefault(k, v)
-        from refit_core.config import RunConfig
+        data = read_json(path)
+    except FileNotFoundError:
+        return None
+    try:
+        return None if data is None else DeviceMap.from_json(data)
+    except (KeyError, TypeError, ValueError) as e:
+        raise RunDirError(path, f"is not a device map ({e})", DAMAGED) from None
+
+
+def load_plan(run_dir: Path) -> "Plan":
+    """The plan made before submission: a rank never plans again."""
+    from refit_core.planning.planfile import plan_from_bytes
+
+    path = run_dir / PLAN_FILE
+    return plan_from_bytes(path.read_bytes(), path)
+
+
+def prepare(run_dir: Path) -> "Plan":
+    """Write RUN_DIR/plan.bin from RUN_DIR/config.json (once per run, before its tasks start)."""
+    from refit_core.jsonfile import write_bytes_atomic
+    from refit_core.planning.planfile import plan_to_bytes
+
+    plan = load_config(run_dir).plan()
+    write_bytes_atomic(run_dir / PLAN_FILE, plan_to_bytes(plan))
+    return plan
+
+
+class _RankFormatter(logging.Formatter):
+    """`[rank 3 +  12.05s] message`: the rank's log lines, with seconds since its job code started."""
+
+    def __init__(self, rank: int, t0: float) -> None:
+        super().__init__()
+        self.rank, self.t0 = rank, t0
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"[rank {self.rank} +{time.monotonic() - self.t0:7.2f}s] {record.getMessage()}"
+
+
+def _configure_logging(rank: int, t0: float) -> None:
+    """Every module's logger (logging.getLogger(__name__)) writes to this task's stdout, its log file."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(_RankFormatter(rank, t0))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+
+
+class _Rank:
+    """One task's run, as named steps: record, load, join, refit, finish. Every error from the first step
+    on lands in the rank's record (`error`), and every wait is a phase of the rank's watchdog
+    (refit_core/execution/watchdog.py), bounded by --refit-timeout."""
+
+    def __init__(self, run_dir: Path, task: TaskEnv) -> None:
+        from refit_core.execution.watchdog import process_start_time
+        from refit_core.results import RankRecord, RankRecordWriter, rank_path
+
+        self.run_dir, self.task = run_dir, task
+        _configure_logging(task.rank, time.monotonic())
+        # "starting Python" since the process started; a requeued job's records replace the last attempt's
+        self.writer: RankRecordWriter = RankRecordWriter(rank_path(run_dir, task.rank), started=process_start_time())
+        self.record: RankRecord = RankRecord(task.rank, restarts=task.restarts)
+        self.watchdog: Watchdog | None = None
+        self.dist: Any = None
+        self.hooks: Any = None  # the fault hooks (tests only), made with the process group
+        self.devices: DeviceMap | None = None  # each rank's GPU, as placed before launch
+        self.save(self.record)
+
+    def save(self, record: "RankRecord") -> None:
+        self.writer.save(record)  # appends the new iterations and the changed fields: constant cost per iteration
+
+    def say(self, msg: str) -> None:
+        log.info(msg)
+
+    def record_error(self, error: str, tb: str | None = None) -> None:
+        """Put `error` in the rank's record unless it has one already; safe from the watchdog's thread."""
+        self.writer.add_error(error, tb)
+
+    def load(self) -> tuple["RunConfig", list[int]]:
+        """The config, the watchdog, this rank's role; the ranks that take part (the layouts' ranks, or the
+        whole world for a method that needs every rank)."""
+        from jobs.procs import record_process
         from refit_core.execution.watchdog import Watchdog
+        from refit_core.planning.methods import method
 
-        cfg = RunConfig.from_json(json.loads((run_path / "config.json").read_text())).with_environment(os.environ)
-        watchdog = Watchdog(cfg.timeout_s, env.rank, record_error, on_phase=writer.enter_phase)  # phases in the record
-        watchdog.arm("start-up (imports, plan)")
+        record_process(self.run_dir, self.task.rank)
+        environment.apply_safe_defaults()
+        cfg = load_config(self.run_dir)
+        self.devices = load_devices(self.run_dir)
+        self.watchdog = Watchdog(cfg.timeout_s, self.task.rank, self.record_error, on_phase=self.writer.enter_phase)
+        self.watchdog.arm("start-up (imports, config)")
         world = cfg.world()
-        record.role = world.role(env.rank) if env.rank < cfg.gpus else "?"
-        save(record)
-        if env.rank == 0:
-            (run_path / "results.json").unlink(missing_ok=True)
-        if restarts:
-            log(f"attempt {restarts + 1}: the job was requeued {restarts} time(s); the refit starts again")
-        if env.world_size != cfg.gpus:
-            raise RuntimeError(f"job has {env.world_size} tasks but config {cfg.name} needs a world of {cfg.gpus}")
-        from refit_core.execution.transports.registry import method
+        self.record.role = world.role(self.task.rank) if self.task.rank < cfg.gpus else "?"
+        self.save(self.record)
+        if self.task.rank == 0:
+            (self.run_dir / RESULTS_FILE).unlink(missing_ok=True)
+        if self.task.restarts:
+            self.say(f"attempt {self.task.restarts + 1}: the job was requeued {self.task.restarts} time(s); "
+                     "the refit starts again")
+        if self.task.world_size != cfg.gpus:
+            raise RuntimeError(f"job has {self.task.world_size} tasks but config {cfg.name} needs a world of {cfg.gpus}")
+        return cfg, list(range(self.task.world_size if method(cfg.method).all_ranks else world.gpus_used))
 
-        m = method(cfg.method)
-        # ranks that take part: the layouts' ranks, or the whole world for a method that needs every rank
-        active = list(range(env.world_size if m.all_ranks else world.gpus_used))
-        if env.rank not in active:
-            record.verified = record.complete = True
-            save(record)
-            log("idle rank: no GPU, no process group; done")
-            return record
-
-        watchdog.arm("importing torch")
+    def join(self, cfg: "RunConfig", active: list[int]) -> tuple[Any, Any]:
+        """This rank's device and its process group (gloo beside nccl for set-up and the end)."""
+        assert self.watchdog is not None
+        self.watchdog.arm("importing torch")
         import torch
         import torch.distributed as dist
 
-        from refit_core.execution.engine import run_rank
-        from refit_core.execution.faults import hooks_from_env
-        from refit_core.planning.plan import plan_transfers
-        from refit_core.results import aggregate
+        from refit_core.planning.methods import method
 
-        watchdog.arm("CUDA device set-up")
-        device = rank_device(cfg, env.rank, torch)
-        backend = m.backend
+        self.dist = dist
+        self.watchdog.arm("CUDA device set-up")
+        device = rank_device(cfg, self.devices, self.task, torch)
+        backend, task = method(cfg.method).backend, self.task
         timeout = datetime.timedelta(seconds=cfg.timeout_s)
-        os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = env.master_addr, str(env.master_port)
-        hooks = hooks_from_env(env.rank, log)
-        watchdog.arm(f"process-group init ({backend}" + (", NCCL communicator" if backend == "nccl" else "") + ")")
-        hooks.before("init")
+        self.watchdog.arm(f"process-group init ({backend}" + (", NCCL communicator" if backend == "nccl" else "") + ")")
+        self.hooks.before("init")
         kwargs: dict[str, Any] = {"device_id": device} if backend == "nccl" else {}
-        dist.init_process_group(backend, rank=env.rank, world_size=len(active), timeout=timeout,
-                                init_method=f"tcp://{env.master_addr}:{env.master_port}", **kwargs)
-        # set-up and the end wait on the CPU: gloo, with the same timeout
+        dist.init_process_group(backend, rank=task.rank, world_size=len(active), timeout=timeout,
+                                init_method=f"tcp://{task.master_addr}:{task.master_port}", **kwargs)
         cpu_group = dist.new_group(backend="gloo", timeout=timeout) if backend == "nccl" else dist.group.WORLD
-        log(f"process group ready: {backend}, rank {env.rank} of {len(active)} active ranks "
-            f"({env.world_size - len(active)} idle), device {device}")
-        watchdog.arm("plan")
-        plan = cfg.plan(world=world)
-        log(f"plan ready: {len(plan.transfers)} transfers; role {world.role(env.rank)}")
-        record = run_rank(cfg, env.rank, len(active), device, dist.group.WORLD, record, save, plan=plan,
-                          setup_group=cpu_group, watchdog=watchdog, hooks=hooks)
-        watchdog.arm("final barrier (every active rank done)")
-        dist.barrier(group=cpu_group)
-        log("all ranks done")
-        if env.rank == 0:
-            watchdog.arm("results")
-            summary = aggregate(run_path, active, plan.delivered_bytes, plan.precision, plan.network_bytes)
-            write_json_atomic(run_path / "results.json", summary)
-        return record
-    except BaseException as e:
-        record_error(f"{e.__class__.__name__}: {e}", traceback.format_exc())
-        raise
-    finally:
-        if watchdog is not None and dist is not None:
-            watchdog.arm("process-group teardown")
-        if dist is not None:
+        self.say(f"process group ready: {backend}, rank {task.rank} of {len(active)} active ranks "
+                 f"({task.world_size - len(active)} idle), device {device}")
+        return device, cpu_group
+
+    def refit(self, cfg: "RunConfig", active: list[int]) -> "Plan":
+        """Join, load the plan, run the rank's iterations, wait for every active rank."""
+        from refit_core.execution.engine import run_rank
+        from refit_core.execution.faults import fault_hooks
+
+        assert self.watchdog is not None
+        self.hooks = fault_hooks(self.task.fault, self.task.rank, self.say)
+        device, cpu_group = self.join(cfg, active)
+        self.watchdog.arm("loading the plan")
+        plan = load_plan(self.run_dir)
+        self.say(f"plan loaded: {len(plan.transfers)} transfers; role {plan.world.role(self.task.rank)}")
+        self.record = run_rank(cfg, plan, self.task.rank, len(active), device, self.dist.group.WORLD, self.record,
+                               self.save, setup_group=cpu_group, watchdog=self.watchdog, hooks=self.hooks,
+                               devices=self.devices)
+        self.watchdog.arm("final barrier (every active rank done)")
+        self.dist.barrier(group=cpu_group)
+        self.say("all ranks done")
+        return plan
+
+    def finish(self, plan: "Plan", active: list[int]) -> None:
+        """Rank 0: the run's results.json from every rank's record."""
+        from refit_core.results import aggregate, write_json_atomic
+
+        if self.task.rank != 0:
+            return
+        assert self.watchdog is not None
+        self.watchdog.arm("results")
+        summary = aggregate(self.run_dir, active, plan.delivered_bytes, plan.precision, plan.network_bytes)
+        write_json_atomic(self.run_dir / RESULTS_FILE, summary)
+
+    def close(self) -> None:
+        if self.watchdog is not None and self.dist is not None:
+            self.watchdog.arm("process-group teardown")
+        if self.dist is not None and self.dist.is_initialized():
             try:
-                dist.destroy_process_group()
+                self.dist.destroy_process_group()
             except Exception:  # noqa: BLE001 - best effort on the way out
                 pass
-        if watchdog is not None:
-            watchdog.stop()
-        writer.close()
+        if self.watchdog is not None:
+            self.watchdog.stop()
+        self.writer.close()
 
 
-def rank_device(cfg: Any, rank: int, torch: Any) -> Any:
-    """This rank's device: the GPU the run placed it on (config.json `devices`, refit_core/planning/devices.py), or the CPU."""
+def run(run_dir: str | Path, task: TaskEnv | None = None) -> "RankRecord":
+    """Run this task's part of the refit of `run_dir`; returns its record. Idle ranks take no GPU and join no
+    process group: they record themselves done and return."""
+    rank = _Rank(Path(run_dir), task or environment.task_env())
+    try:
+        cfg, active = rank.load()
+        if rank.task.rank not in active:
+            rank.record.verified = rank.record.complete = True
+            rank.save(rank.record)
+            rank.say("idle rank: no GPU, no process group; done")
+            return rank.record
+        plan = rank.refit(cfg, active)
+        rank.finish(plan, active)
+        return rank.record
+    except BaseException as e:
+        rank.record_error(f"{e.__class__.__name__}: {e}", traceback.format_exc())
+        raise
+    finally:
+        rank.close()
+
+
+def rank_device(cfg: "RunConfig", placed: "DeviceMap | None", task: TaskEnv, torch: Any) -> Any:
+    """This rank's device: the GPU the run placed it on (devices.json, refit_core/planning/devices.py), or the CPU."""
     from refit_core.planning.devices import assign_devices
-    from refit_core.execution.transports.registry import method
+    from refit_core.planning.methods import method
 
     if not method(cfg.method).uses_gpus:
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise RuntimeError(f"--refit-method {cfg.method} needs CUDA GPUs; use --refit-method gloo on CPU")
     count = torch.cuda.device_count()
-    placed = cfg.device_map()
-    if placed is None:  # a config.json written without a placement: the same rules, this node's GPUs
-        text = _first("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE") or ""
-        digits = text[: len(text) - len(text.lstrip("0123456789"))]  # SLURM may say "4(x2)"
-        per_node = int(digits) if digits else cfg.gpus
-        placed = assign_devices(cfg.world(), cfg.method, per_node, count)
-    index = placed.device(rank)
+    if placed is None:  # a run directory written without a placement: the same rules, this node's GPUs
+        placed = assign_devices(cfg.world(), cfg.method, task.local_world_size or cfg.gpus, count)
+    index = placed.device(task.rank)
     if index is None or index >= count:
-        raise RuntimeError(f"rank {rank} is placed on GPU {index} but this node shows {count} GPU(s) "
-                           f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): "
+        raise RuntimeError(f"rank {task.rank} is placed on GPU {index} but this node shows {count} GPU(s) "
+                           f"(CUDA_VISIBLE_DEVICES={task.visible_devices}): "
                            "submit again from where the job runs, or with --gpus-per-node set to the node's GPUs")
     torch.cuda.set_device(index)
     return torch.device("cuda", index)
@@ -210,8 +263,12 @@ def rank_device(cfg: Any, rank: int, torch: Any) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if len(args) == 2 and args[0] == "--prepare":
+        plan = prepare(Path(args[1]))
+        print(f"plan written: {len(plan.transfers)} transfers -> {Path(args[1]) / PLAN_FILE}")
+        return 0
     if len(args) != 1:
-        print("usage: python -m jobs.refit_job RUN_DIR", file=sys.stderr)
+        print("usage: python -m jobs.refit_job [--prepare] RUN_DIR", file=sys.stderr)
         return 2
     rec = run(args[0])
     return 0 if rec.verified else 1

@@ -12,7 +12,7 @@ from typing import NoReturn, Sequence
 
 from orchestrator import safety
 from orchestrator.commands import plan, render, report, run, sweep
-from orchestrator.commands.common import Command
+from orchestrator.actions.args import Command
 from refit_core.errors import ConfigError, RefitError
 
 # Every subcommand, in the order --help lists them: each command module says which commands it has.

@@ -1,35 +1,48 @@
-"""A refit run, fully resolved: model, both layouts, mode, method, iterations.
+"""A refit run, fully resolved: model, both layouts, mode, method, iterations, the run's settings and the
+hardware figures its prediction uses.
 
-`RunConfig` is what crosses every boundary (CLI -> orchestrator -> job), as a frozen value and
-as plain JSON. `validate()` raises the one-line errors users see before anything is submitted.
+`RunConfig` is what a user asked for: it crosses every boundary (CLI -> orchestrator -> job) as a frozen value
+and as plain JSON (config.json), and every setting of a run is one of its fields, with its flag
+(orchestrator/configs/flags.py); variables that override a setting are applied once, where the run is
+resolved (`with_environment`). What is decided at launch (each rank's GPU) is the run's spec, not its config
+(devices.json). It imports planning only: `validate()` raises the one-line errors users see before anything is
+submitted, and `inventory()`, `world()`, `plan()` and `memory_fit()` are the pure planning functions of its
+fields.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Iterable, Mapping
 
-from refit_core.errors import ConfigError
-from refit_core.execution.transports import registry
-from refit_core.execution.transports.placement import DIRECTIONS
-
-if TYPE_CHECKING:
-    from refit_core.planning.devices import DeviceMap
-    from refit_core.planning.plan import Plan
-from refit_core.planning.layout import MAX_WORLD, ParallelLayout, RefitMode, WorldLayout, world_layout
+from refit_core.errors import ConfigError, RunDirError
+from refit_core.jsonfile import read_json
 from refit_core.numbers import GIB
+from refit_core.planning import methods
+from refit_core.planning.ceilings import LinkFigures
+from refit_core.planning.layout import MAX_WORLD, ParallelLayout, RefitMode, WorldLayout, world_layout
 from refit_core.planning.memory import MemoryFit, check_memory, memory_fit
 from refit_core.planning.model import MAX_PARAMETERS, Inventory, ModelSpec, inventory
 from refit_core.planning.nodes import NodeMap
+from refit_core.planning.placement import DIRECTIONS
+from refit_core.planning.plan import Plan, plan_transfers
 from refit_core.planning.precision import check_precision, destination_slot_sizes
 from refit_core.planning.sharding import check_divisible
-from refit_core.planning.ceilings import LinkFigures
 from refit_core.planning.timemodel import DEFAULT_SOURCE, LOCAL_COPY_GBPS, NETWORK_GBPS, NVLINK_GBPS, LinkModel
 
-METHODS = tuple(registry.METHODS)  # every --refit-method (refit_core/execution/transports/registry.py)
+METHODS = tuple(methods.METHODS)  # every --refit-method (refit_core/execution/transports/registry.py)
 SYNC_MODES = ("auto", "host", "device")  # --nvshmem-sync
-ENV_OVERRIDES = {"nvshmem_placement": "REFITCTL_NVSHMEM_PLACEMENT", "nvshmem_sync": "REFITCTL_NVSHMEM_SYNC"}
+# Run settings a variable may override (refit_core/environment.py SETTINGS): read once, where a run is resolved
+ENV_OVERRIDES = {"nvshmem_placement": "REFITCTL_NVSHMEM_PLACEMENT", "nvshmem_sync": "REFITCTL_NVSHMEM_SYNC",
+                 "staged_zero_copy": "REFITCTL_STAGED_ZERO_COPY",
+                 "staged_direct_min_bytes": "REFITCTL_STAGED_DIRECT_MIN_BYTES",
+                 "megatron_unpatched": "REFITCTL_MEGATRON_UNPATCHED"}
+DIRECT_MIN_BYTES = 4 << 20
+"""Shortest run the staged transport sends zero-copy. One NCCL p2p op costs a few microseconds whatever its
+size; 4 MiB takes about 11 us at 370 GB/s, while packing + unpacking it costs about 4 us of device copy."""
+_SWITCH = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 MAX_ITERATIONS = 1_000_000
 MAX_BUCKET = 1 << 48  # bytes
 MAX_GIB = 1_000_000  # --gpu-memory-gb
@@ -64,20 +77,22 @@ class RunConfig:
     """Device-to-device copy on one GPU, GB/s delivered."""
     link_source: str = ""
     """Where the link figures come from (a ceilings file, flags); empty: the defaults."""
-    devices: tuple[int | None, ...] = ()
-    """Each rank's GPU (index on its node; None: no GPU), decided before launch by refit_core/planning/devices.py;
-    empty: the job places its rank itself, by the same rules."""
-    ranks_per_node: int = 0
-    """Tasks per node the devices were placed for (0: not placed)."""
     inference_precision: str = "bf16"
     """--rl-inference-precision: the destination's weights, bf16 or fp8 (128x128 blocks, float32
-    scales; refit_core/planning/precision.py). fp8 is planned and predicted, not yet executed."""
+    scales; refit_core/planning/precision.py), quantised by the sender and verified bitwise."""
     nvshmem_placement: str = "auto"
     """--nvshmem-placement: which role's shards live in NVSHMEM's symmetric heap (auto, push, pull, all;
-    refit_core/execution/transports/placement.py); env REFITCTL_NVSHMEM_PLACEMENT overrides it."""
+    refit_core/planning/placement.py); env REFITCTL_NVSHMEM_PLACEMENT overrides it."""
     nvshmem_sync: str = "auto"
     """--nvshmem-sync: how an NVSHMEM iteration completes (auto, host, device; transports/nvshmem.py);
     env REFITCTL_NVSHMEM_SYNC overrides it."""
+    staged_zero_copy: bool = True
+    """--staged-zero-copy on|off: nccl/gloo send long contiguous runs straight between shard buffers (off: every
+    byte is staged, the path before zero-copy, kept for before/after measurements)."""
+    staged_direct_min_bytes: int = DIRECT_MIN_BYTES
+    """--staged-direct-min-bytes: the shortest run sent zero-copy (default 4 MiB)."""
+    megatron_unpatched: bool = False
+    """--megatron-unpatched: run Megatron-Core's refit as shipped, without refit_core/peers/megatron_patch.py."""
 
     def validate(self, gpu_memory: bool = True) -> None:
         """Raise ConfigError for anything the seed says cannot work, before submission.
@@ -85,7 +100,7 @@ class RunConfig:
         Scalars first (cheap, and they bound what follows: the world's size, the model's), then the
         layouts against the model, then memory per GPU (`gpu_memory=False`: a run on the CPU, whose
         memory the orchestrator checks against the host's instead)."""
-        refusal = registry.method(self.method).refusal
+        refusal = methods.method(self.method).refusal
         if refusal:
             raise ConfigError(refusal)
         for flag, value, low, high in (("--num-benchmark-iterations", self.iterations, 1, MAX_ITERATIONS),
@@ -98,6 +113,8 @@ class RunConfig:
                                      ("--nvshmem-sync", self.nvshmem_sync, SYNC_MODES)):
             if value not in allowed:
                 raise ConfigError(f"{flag} must be one of {', '.join(allowed)}, got {value!r}")
+        if not isinstance(self.staged_direct_min_bytes, int) or not 0 <= self.staged_direct_min_bytes <= MAX_BUCKET:
+            raise ConfigError(f"--staged-direct-min-bytes must be 0..{MAX_BUCKET} bytes, got {self.staged_direct_min_bytes!r}")
         if not 1 <= self.timeout_s <= 86400:  # NaN fails too
             raise ConfigError(f"--refit-timeout must be 1..86400 seconds, got {self.timeout_s}")
         if not isinstance(self.bucket_bytes, int) or not 1 << 20 <= self.bucket_bytes <= MAX_BUCKET:
@@ -146,22 +163,12 @@ class RunConfig:
                           self.nvshmem_placement,
                           destination_slot_sizes(inv, self.source, self.inference_precision))
 
-    def device_map(self) -> "DeviceMap | None":
-        """The rank -> GPU placement written before launch, or None if none was."""
-        from refit_core.planning.devices import DeviceMap
-
-        if not self.devices:
-            return None
-        return DeviceMap(self.devices, self.ranks_per_node or len(self.devices), 0)
-
     def node_map(self) -> NodeMap:
         """Ranks on nodes of --gpus-per-node GPUs, in rank order: what node-aware plans are made for."""
         return NodeMap(self.gpus_per_node)
 
-    def plan(self, inv: Inventory | None = None, world: WorldLayout | None = None) -> "Plan":
+    def plan(self, inv: Inventory | None = None, world: WorldLayout | None = None) -> Plan:
         """The node-aware transfer plan of this refit (refit_core/planning/plan.py)."""
-        from refit_core.planning.plan import plan_transfers
-
         return plan_transfers(inv or self.inventory(), world or self.world(), self.node_map(),
                               self.inference_precision)
 
@@ -181,10 +188,25 @@ class RunConfig:
         return self.with_changes(**changes, link_source=figures.source)
 
     def with_environment(self, environ: Mapping[str, str]) -> "RunConfig":
-        """The config with the NVSHMEM settings that `environ` overrides (REFITCTL_NVSHMEM_PLACEMENT,
-        REFITCTL_NVSHMEM_SYNC; empty values do not count): applied where the config is resolved, so
-        `plan` shows them and config.json keeps them, and again in the job, where the variables still win."""
-        changes = {field: environ[name] for field, name in ENV_OVERRIDES.items() if environ.get(name)}
+        """The config with the run settings that `environ` overrides (ENV_OVERRIDES; empty values do not count).
+        Applied once, where the run is resolved (the process's variables and --env's), so `plan` shows them and
+        config.json carries them to the ranks, which read no variable."""
+        changes: dict[str, Any] = {}
+        for field, name in ENV_OVERRIDES.items():
+            text = environ.get(name, "").strip()
+            if not text:
+                continue
+            default = next(f.default for f in dataclasses.fields(self) if f.name == field)
+            if isinstance(default, bool):
+                if text.lower() not in _SWITCH:
+                    raise ConfigError(f"{name}={text!r}: use 1 or 0 (on or off)")
+                changes[field] = _SWITCH[text.lower()]
+            elif isinstance(default, int):
+                if not text.isdigit():
+                    raise ConfigError(f"{name}={text!r}: give a whole number of bytes, e.g. {default}")
+                changes[field] = int(text)
+            else:
+                changes[field] = text
         return self.with_changes(**changes) if changes else self
 
     def with_changes(self, **changes: Any) -> "RunConfig":
@@ -196,12 +218,23 @@ class RunConfig:
         return d
 
     @classmethod
+    def read(cls, path: Path) -> "RunConfig":
+        """The config a run directory keeps (its config.json): the one reader, where a damaged or missing file
+        becomes one RunDirError naming it."""
+        try:
+            return cls.from_json(read_json(path))
+        except FileNotFoundError:
+            raise RunDirError(path, "is missing", "the run directory is damaged") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise RunDirError(path, f"is not a run config ({e.__class__.__name__}: {e})",
+                              "the run directory is damaged") from None
+
+    @classmethod
     def from_json(cls, d: dict[str, Any]) -> "RunConfig":
         d = dict(d)
         d["model"] = ModelSpec(**d["model"])
         d["source"] = ParallelLayout(**d["source"])
         d["destination"] = ParallelLayout(**d["destination"])
         d["mode"] = RefitMode(d["mode"])
-        d["devices"] = tuple(d.get("devices") or ())
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})

@@ -134,6 +134,11 @@ def write_file(path: Path, data: bytes | str, *, append: bool = False, exclusive
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
+    """Write, then rename: a reader sees the old file or the new one, never half of one."""
+    write_bytes_atomic(path, json.dumps(data, indent=1).encode())
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write, then rename: a reader sees the old file or the new one, never half of one. The rename replaces
     a link planted at `path` (it is not followed), and the temporary file is never written through one."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -141,7 +146,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
     try:
         if os.path.islink(tmp):
             tmp.unlink()
-        write_file(tmp, json.dumps(data, indent=1), exclusive=False)
+        write_file(tmp, data)
         os.replace(tmp, path)
     except BaseException:  # e.g. SIGTERM mid-write: the old file stays whole, no half-written temporary is left
         tmp.unlink(missing_ok=True)

@@ -59,3 +59,11 @@ def ms_exact(v: float | None) -> str:
 def gbps_exact(v: float | None) -> str:
     """GB/s for reports: '12.3456'; '-' when unknown."""
     return "-" if v is None else f"{v:.4f}"
+
+
+def format_time(seconds: float) -> str:
+    """A duration as a clock shows it: `4:05`, `1:02:03` (a time limit, time since submission)."""
+    s = int(round(seconds))
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"

@@ -10,12 +10,14 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestrator import configs
-from orchestrator.commands.common import add_config_args, command, config_file, output_path, resolve_config, wide_console
-from orchestrator.views.planview import device_map, plan_json, print_plan
+from orchestrator.actions.args import add_config_args, command, config_file, output_path
+from orchestrator.actions.output import wide_console
+from orchestrator.actions.resolve import resolve_config
+from orchestrator.submission.prepared import device_map, plan_json
+from orchestrator.views.planview import print_plan
 from orchestrator.views.report import write_plan_png
 from refit_core.errors import ConfigError
 from refit_core.planning.layout import gpus_needed
-from refit_core.planning.plan import plan_transfers
 
 
 @command("plan", "print the layout and transfer plan of a config (no GPU, nothing runs)")

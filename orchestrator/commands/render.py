@@ -6,8 +6,11 @@ import argparse
 import sys
 from typing import Callable
 
-from orchestrator.commands.common import (add_cluster_args, add_config_args, cluster_options, command, command_line,
-                                          output_path, plan_and_spec, resolve_config)
+from orchestrator.actions.args import add_cluster_args, add_config_args, command, output_path
+from orchestrator.actions.launch import prepare_for
+from orchestrator.actions.output import command_line
+from orchestrator.actions.resolve import cluster_options, resolve_config
+from orchestrator.submission import clusters
 from orchestrator.submission.render import render_sbatch
 from refit_core.errors import ConfigError
 
@@ -28,8 +31,8 @@ def _render(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         cfg = resolve_config(args)
         opts = cluster_options(args)
-        spec, plan = plan_and_spec(cfg.name, cfg, opts, "slurm", args.flag_refit_method is not None)
-        text = render_sbatch(spec, plan, args.python or sys.executable, args.run_dir, command_line())
+        prepared = prepare_for(cfg.name, cfg, opts, clusters.SLURM, args.flag_refit_method is not None)
+        text = render_sbatch(prepared.spec, prepared.plan, args.python or sys.executable, args.run_dir, command_line())
         if args.output:
             try:
                 args.output.write_text(text)

@@ -21,9 +21,11 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestrator import safety
-from orchestrator.commands.common import add_runs_dir, command, run_target, runs_root, wide_console
+from orchestrator.actions.args import add_runs_dir, command, run_target
+from orchestrator.actions.output import wide_console
+from orchestrator.actions.resolve import runs_root
 from orchestrator.views.liveview import method_label
-from orchestrator.views.planview import plan_json
+from orchestrator.submission.prepared import plan_json
 from orchestrator.views.report import (RunData, need_matplotlib, png_bytes, report_html, run_images, summary_fields, write_file,
                                  sweep_figure)
 from orchestrator.state.rundir import find_run, is_run, is_sweep, results, stamp, sweep_run_dirs, sweep_title

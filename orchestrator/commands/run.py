@@ -18,17 +18,18 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestrator import safety
-from orchestrator.commands.sweep import print_sweep_results
-from orchestrator.commands.common import (add_cluster_args, add_config_args, add_runs_dir, add_watch_args, cluster_options,
-                                          command, command_line, detach_hint, emit, follow, plan_where_it_fits, poll_arg,
-                                          poll_seconds, resolve_config, run_target, runs_root, submit_runs, wide_console)
+from orchestrator.actions.comparison import print_sweep_results
+from orchestrator.actions.args import add_cluster_args, add_config_args, add_runs_dir, add_watch_args, command, poll_arg, run_target
+from orchestrator.actions.launch import detach_hint, follow, poll_seconds, prepare_where_it_fits, submit_runs
+from orchestrator.actions.output import command_line, emit, wide_console
+from orchestrator.actions.resolve import cluster_options, resolve_config, runs_root
 from orchestrator.safety import styled
 from orchestrator.state.jobstate import cancel
 from orchestrator.state.runfiles import read_run_info, read_sweep_info
 from orchestrator.state.rundir import (find_run, is_sweep, iterations_csv, list_runs, stamp, sweep_run_dirs,
                                        sweep_title, unique_dir, write_run)
 from orchestrator.state.tracking import finalize_over, snapshot
-from orchestrator.submission import executor
+from orchestrator.submission import clusters
 from orchestrator.submission.runspec import RunSpec
 from orchestrator.views.liveview import (comparison_view, method_label, results_view, run_header, run_view, state_style,
                                          sweep_table)
@@ -47,14 +48,13 @@ def print_intro(console: Console, spec: RunSpec, plan: Plan, why: str) -> None:
                          rest=f"{cfg.mode.value}, method {cfg.method}, {cfg.warmup} warm-up + {cfg.iterations} "
                               "timed iterations"), highlight=False)
     console.print(plan.world.describe(), highlight=False)
-    dmap = cfg.device_map()
+    dmap = spec.devices
     if dmap is not None:
         console.print(f"GPUs: {dmap.describe(plan.world)}", highlight=False, soft_wrap=True)
     inv = plan.inventory
     console.print(f"Model: {inv.numel:,} parameters, {human_bytes(inv.nbytes)}; plan: {len(plan.transfers)} transfers, "
                   f"{human_bytes(plan.delivered_bytes)} delivered", highlight=False)
-    where = "SLURM" if spec.cluster == "slurm" else "local processes"
-    console.print(f"Executor: {where} ({why}); {spec.resources.describe()}", highlight=False, soft_wrap=True)
+    console.print(f"Executor: {clusters.get(spec.cluster).label} ({why}); {spec.resources.describe()}", highlight=False, soft_wrap=True)
 
 
 @command("submit", "run a config (a name, or the seed's flags) as a job, watch it live, print its results")
@@ -73,13 +73,14 @@ def _submit(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
         root = runs_root(args)
         cfg = resolve_config(args, gpu_memory=False)  # make_spec checks memory: the host's for a local CPU run
         opts = cluster_options(args)
-        cluster, why = executor.detect_cluster(opts.cluster)
-        spec, plan = plan_where_it_fits(args.name or cfg.name, cfg, opts, cluster, args.flag_refit_method is not None)
-        if spec.cluster != cluster:
-            cluster, why = spec.cluster, "the SLURM cluster cannot hold it"
+        cluster, why = clusters.detect(opts.cluster)
+        prepared = prepare_where_it_fits(args.name or cfg.name, cfg, opts, cluster, args.flag_refit_method is not None)
+        spec, plan = prepared.spec, prepared.plan
+        if spec.cluster != cluster.name:
+            cluster, why = clusters.get(spec.cluster), "the SLURM cluster cannot hold it"
         print_intro(console, spec, plan, why)
         run_dir = unique_dir(root, f"{spec.name}-{stamp()}")
-        write_run(run_dir, spec, plan, command_line())
+        write_run(run_dir, prepared, command_line())
         try:
             ref = submit_runs([spec], [run_dir], run_dir / "submitit")[0]
         except KeyboardInterrupt:
@@ -123,7 +124,7 @@ def _status(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
             dirs, title = [target], None
         if args.watch:
             job = read_run_info(dirs[0]).job if dirs else None
-            cluster = job.cluster if job is not None else "local"
+            cluster = clusters.get(job.cluster) if job is not None else clusters.LOCAL
             snaps = follow(dirs, console, poll_seconds(args, cluster), title, target)
             if snaps is None:
                 return 130

@@ -13,31 +13,30 @@ and by refit kind (TP refit vs EP refit).
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import io
-import json
 import shutil
 from pathlib import Path
 from typing import Any, Callable
 
 from orchestrator import configs, safety
-from orchestrator.submission import executor
-from orchestrator.commands.common import (add_cluster_args, add_runs_dir, add_watch_args, cluster_options, command,
-                                          command_line, config_file, detach_hint, emit, follow, interrupts_deferred,
-                                          plan_where_it_fits, poll_seconds, runs_root, submit_runs, wide_console)
+from orchestrator.submission import clusters
+from orchestrator.actions.args import add_cluster_args, add_runs_dir, add_watch_args, command, config_file
+from orchestrator.actions.launch import detach_hint, follow, interrupts_deferred, poll_seconds, prepare_where_it_fits, submit_runs
+from orchestrator.actions.comparison import write_comparison
+from orchestrator.actions.output import command_line, wide_console
+from orchestrator.actions.resolve import cluster_options, run_settings, runs_root
 from orchestrator.configs.flags import add_flags, apply_overrides, overrides_from_args
-from orchestrator.views.liveview import comparison_view, layout_label, method_label, refit_kind
-from orchestrator.state.rundir import (SWEEP_FILE, is_sweep, list_runs, load_config, now_iso, stamp, sweep_run_dirs, sweep_title,
+from orchestrator.views.liveview import comparison_view, method_label
+from orchestrator.submission.prepared import now_iso
+from orchestrator.state.rundir import (SWEEP_FILE, is_sweep, list_runs, load_config, stamp, sweep_run_dirs, sweep_title,
                                  unique_dir, write_run)
 from orchestrator.state.runfiles import (SweepInfo, locked, read_run_info, read_sweep_info, update_sweep_file,
                                          write_sweep_file)
 from orchestrator.submission.runspec import RunSpec
 from orchestrator.safety import styled
-from orchestrator.state.tracking import Snapshot, finalize_over, snapshot
+from orchestrator.state.tracking import finalize_over, snapshot
 from refit_core.errors import ConfigError
 from refit_core.results import write_json_atomic
-from refit_core.jsonfile import write_file
 
 
 def sweep_configs(name: str, config_file: Path | None) -> list[str]:
@@ -59,15 +58,8 @@ def sweep_configs(name: str, config_file: Path | None) -> list[str]:
 
 def launch(specs: list[RunSpec], dirs: list[Path], sweep_dir: Path) -> list[str]:
     """Submit: locally one controller runs all, in order; on SLURM one job array per shape. Returns job ids."""
-    if specs[0].cluster == "local":
-        groups = [list(range(len(specs)))]
-    else:
-        by_shape: dict[Any, list[int]] = {}
-        for i, s in enumerate(specs):
-            by_shape.setdefault(executor.shape(s), []).append(i)
-        groups = list(by_shape.values())
     ids = []
-    for idx in groups:
+    for idx in clusters.get(specs[0].cluster).batches(specs):
         refs = submit_runs([specs[i] for i in idx], [dirs[i] for i in idx], sweep_dir / "submitit")
         ids.append(refs[0].job_id.split("_")[0] if len(refs) > 1 else refs[0].job_id)
     return ids
@@ -102,7 +94,7 @@ def _sweep(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
         if args.detach and specs:
             detach_hint(console, sweep_dir)
             return 0
-        poll = poll_seconds(args, specs[0].cluster if specs else "local")
+        poll = poll_seconds(args, clusters.get(specs[0].cluster) if specs else clusters.LOCAL)
         snaps = follow(sweep_run_dirs(sweep_dir), console, poll, sweep_title(sweep_dir), sweep_dir)
         if snaps is None:
             console.print(f"Resume later (reruns what did not verify): refitctl sweep --resume {sweep_dir}",
@@ -123,36 +115,34 @@ def _launch_and_record(console: Any, specs: list[RunSpec], dirs: list[Path], swe
     if not specs:
         console.print(f"every config of {sweep_dir} verified already: nothing to rerun", highlight=False)
         return
-    cluster = specs[0].cluster
-    console.print(f"Executor: {'SLURM' if cluster == 'slurm' else 'local processes'} ({why}); "
-                  f"{specs[0].resources.describe()}"
-                  + ("; one job array" if cluster == "slurm" else "; one run after another"), highlight=False,
-                  soft_wrap=True)
+    cluster = clusters.get(specs[0].cluster)
+    console.print(f"Executor: {cluster.label} ({why}); {specs[0].resources.describe()}{cluster.grouping}",
+                  highlight=False, soft_wrap=True)
     with interrupts_deferred():  # the ids reach sweep.json before a Ctrl-C is let through
         ids = launch(specs, dirs, sweep_dir)
         record = write_sweep_file if holding_lock else update_sweep_file
         record(sweep_dir, lambda data: data.__setitem__("jobs", [*data.get("jobs", []), *ids]))
     console.print(styled("Submitted {n} runs ({cluster} job{s} {ids}): [bold]{sweep_dir}[/]", n=len(specs),
-                         cluster=cluster, s="s" if len(ids) > 1 else "", ids=", ".join(ids), sweep_dir=sweep_dir),
+                         cluster=cluster.name, s="s" if len(ids) > 1 else "", ids=", ".join(ids), sweep_dir=sweep_dir),
                   highlight=False)
 
 
 def _prepare_new(args: argparse.Namespace, root: Path, console: Any) -> tuple[Path, list[RunSpec], list[Path], str]:
     names = sweep_configs(args.sweep, args.config_file)
     opts = cluster_options(args)
-    cluster, why = executor.detect_cluster(opts.cluster)
+    cluster, why = clusters.detect(opts.cluster)
     overrides = overrides_from_args(args)
     explicit = args.flag_refit_method is not None
-    specs, plans, bad = [], [], []
+    settings = run_settings(args)
+    runs, bad = [], []
     for name in names:
         try:
-            cfg = apply_overrides(configs.resolve(name, args.config_file), overrides)
-            spec, plan = plan_where_it_fits(name, cfg, opts, cluster, explicit)
+            cfg = apply_overrides(configs.resolve(name, args.config_file), overrides).with_environment(settings)
+            runs.append(prepare_where_it_fits(name, cfg, opts, cluster, explicit))
         except ConfigError as e:
             bad.append(f"{name}: {e}")
             continue
-        specs.append(spec)
-        plans.append(plan)
+    specs = [r.spec for r in runs]
     if bad and not args.skip_invalid:
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
         raise ConfigError(f"{bad[0]}{more}; --skip-invalid leaves such configs out")
@@ -168,15 +158,16 @@ def _prepare_new(args: argparse.Namespace, root: Path, console: Any) -> tuple[Pa
     sweep_dir = unique_dir(root, f"sweep-{label}-{stamp()}")
     try:
         dirs = []
-        for spec, plan in zip(specs, plans):
+        for run in runs:
+            spec, plan = run.spec, run.plan
             d = unique_dir(sweep_dir, spec.name)
-            write_run(d, spec, plan, command_line(), sweep=sweep_dir)
+            write_run(d, run, command_line(), sweep=sweep_dir)
             dirs.append(d)
             w = plan.world
             console.print(f"  {spec.name}: world {w.world_size} ({w.gpus_used} active), {spec.config.mode.value}, "
                           f"method {method_label(read_run_info(d))}", highlight=False)
         data = {"version": 1, "name": label, "created": now_iso(), "command": command_line(),
-                "configs": [s.name for s in specs], "cluster": cluster, "options": specs[0].options.to_json(),
+                "configs": [s.name for s in specs], "cluster": cluster.name, "options": specs[0].options.to_json(),
                 "runs": {s.name: [d.name] for s, d in zip(specs, dirs)}, "jobs": []}
         write_json_atomic(sweep_dir / SWEEP_FILE, data)
     except BaseException:  # a full disk, Ctrl-C: nothing was submitted, no half-made sweep is left
@@ -204,7 +195,7 @@ def _prepare_resume(args: argparse.Namespace, sweep_dir: Path) -> tuple[list[Run
     """The runs to do again (the latest run of a config did not verify); the caller holds the sweep's lock."""
     data: SweepInfo = read_sweep_info(sweep_dir)
     opts = cluster_options(args, base=data.options)
-    cluster, why = executor.detect_cluster(opts.cluster)
+    cluster, why = clusters.detect(opts.cluster)
     specs, dirs = [], []
     for name in data.configs:
         if not data.runs.get(name):
@@ -217,10 +208,10 @@ def _prepare_resume(args: argparse.Namespace, sweep_dir: Path) -> tuple[list[Run
         if not snap.state.final:
             raise ConfigError(f"{name} ({last}) is still {snap.state.state}: wait for it or cancel it first")
         old = read_run_info(last).requested_method
-        spec, plan = plan_where_it_fits(name, load_config(last), opts, cluster, True)
-        spec = dataclasses.replace(spec, requested_method=spec.requested_method if old is None else old)
+        run = prepare_where_it_fits(name, load_config(last), opts, cluster, True)
+        spec = dataclasses.replace(run.spec, requested_method=run.spec.requested_method if old is None else old)
         d = unique_dir(sweep_dir, name)
-        write_run(d, spec, plan, command_line(), sweep=sweep_dir)
+        write_run(d, dataclasses.replace(run, spec=spec), command_line(), sweep=sweep_dir)
         specs.append(spec)
         dirs.append(d)
 
@@ -232,54 +223,6 @@ def _prepare_resume(args: argparse.Namespace, sweep_dir: Path) -> tuple[list[Run
 
     write_sweep_file(sweep_dir, change)
     return specs, dirs, why
-
-
-# ----------------------------------------------------------------------------- comparison
-
-_COLUMNS = ("config", "mode", "method", "requested_method", "source", "destination", "refit", "gpus_used", "state",
-            "verified", "median_ms", "min_ms", "GBps", "delivered_bytes", "run_dir")
-
-
-def comparison_rows(snaps: list[Snapshot]) -> list[dict[str, Any]]:
-    rows = []
-    for s in snaps:
-        res = s.results or {}
-        rows.append({
-            "config": s.info.config, "mode": s.info.mode, "method": s.info.method,
-            "requested_method": s.info.requested_method, "source": layout_label(s.info.source),
-            "destination": layout_label(s.info.destination), "refit": refit_kind(s.info),
-            "gpus_used": s.info.active_ranks, "state": s.state.state, "verified": s.verified,
-            "median_ms": res.get("median_ms"), "min_ms": res.get("min_ms"), "GBps": res.get("GBps"),
-            "delivered_bytes": s.info.delivered_bytes, "run_dir": str(s.run_dir),
-        })
-    return rows
-
-
-def comparison_csv(rows: list[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(_COLUMNS), lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: ("" if r[k] is None else r[k]) for k in _COLUMNS})
-    return buf.getvalue()
-
-
-def write_comparison(sweep_dir: Path, snaps: list[Snapshot]) -> None:
-    rows = comparison_rows(snaps)
-    write_file(sweep_dir / "comparison.csv", comparison_csv(rows))
-    write_json_atomic(sweep_dir / "comparison.json", rows)
-
-
-def print_sweep_results(sweep_dir: Path, as_csv: bool, as_json: bool) -> int:
-    snaps = [snapshot(d) for d in sweep_run_dirs(sweep_dir)]  # reading only: comparison.csv is the sweep's
-    rows = comparison_rows(snaps)
-    if as_csv:
-        emit(comparison_csv(rows))
-    elif as_json:
-        emit(json.dumps(rows, indent=1) + "\n")
-    else:
-        wide_console().print(comparison_view(snaps, sweep_title(sweep_dir)))
-    return 0 if all(s.verified for s in snaps) else 1
 
 
 COMMANDS = (_sweep,)

@@ -15,7 +15,7 @@ from typing import Any, Callable
 from orchestrator import safety
 from refit_core.config import RunConfig
 from refit_core.errors import ConfigError
-from refit_core.execution.transports import registry
+from refit_core.planning import methods
 from refit_core.planning.layout import RefitMode
 
 
@@ -37,6 +37,15 @@ def _size(text: str) -> int:
     return int(t)
 
 
+def _on_off(text: str) -> bool:
+    """on/off (also 1/0, true/false, yes/no) as a bool."""
+    value = {"on": True, "1": True, "true": True, "yes": True, "off": False, "0": False, "false": False,
+             "no": False}.get(str(text).strip().lower())
+    if value is None:
+        raise ValueError(f"{text!r} is not on or off")
+    return value
+
+
 FLAGS: tuple[Flag, ...] = (
     Flag("--tensor-model-parallel-size", "source", "tp", int, "source (training) TP"),
     Flag("--expert-model-parallel-size", "source", "ep", int, "source EP"),
@@ -51,7 +60,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--refit-mode", "run", "mode", RefitMode, "non-collocated or collocated"),
     Flag("--rl-inference-precision", "run", "inference_precision", str,
          "destination weights: bf16 (default) or fp8 (128x128 blocks, float32 scales, quantised by the sender)"),
-    Flag("--refit-method", "run", "method", str, registry.method_help()),
+    Flag("--refit-method", "run", "method", str, methods.method_help()),
     Flag("--num-benchmark-iterations", "run", "iterations", int, "timed iterations"),
     Flag("--num-warmup-iterations", "run", "warmup", int, "untimed warm-up iterations (default 1)"),
     Flag("--refit-bucket-size", "run", "bucket_bytes", _size, "staging bucket per rank, e.g. 1GiB"),
@@ -63,6 +72,15 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--nvshmem-sync", "run", "nvshmem_sync", str,
          "NVSHMEM methods: how an iteration completes: auto (default: host when PEs share a GPU, else device), "
          "host, device; env REFITCTL_NVSHMEM_SYNC overrides it"),
+    Flag("--staged-zero-copy", "run", "staged_zero_copy", _on_off,
+         "nccl/gloo: on (default) sends long contiguous runs zero-copy; off stages every byte (before/after "
+         "measurements); env REFITCTL_STAGED_ZERO_COPY overrides it"),
+    Flag("--staged-direct-min-bytes", "run", "staged_direct_min_bytes", _size,
+         "nccl/gloo: the shortest run sent zero-copy, e.g. 4MiB (default); env REFITCTL_STAGED_DIRECT_MIN_BYTES "
+         "overrides it"),
+    Flag("--megatron-unpatched", "run", "megatron_unpatched", None,
+         "megatron-* methods: run Megatron-Core's refit as shipped, without refitctl's fix "
+         "(refit_core/peers/megatron_patch.py); env REFITCTL_MEGATRON_UNPATCHED=1 too"),
     Flag("--gpu-memory-gb", "run", "gpu_memory_gb", float, "memory per GPU in GiB (H100: 80, H200: 141); default 80"),
     Flag("--gpus-per-node", "run", "gpus_per_node", int, "GPUs per node (time model); default 8"),
     Flag("--intra-node-gbps", "run", "intra_node_gbps", float,
@@ -165,7 +183,8 @@ def _convert(f: Flag, key: str, value: Any, where: str) -> Any:
     except (ValueError, TypeError, OverflowError):
         if f.kind is RefitMode:
             raise ConfigError(f"{where}: {f.flag} {value!r} is not one of non-collocated, collocated") from None
-        want = "an integer" if f.kind in (int, _size) else "a number" if f.kind is float else "a value"
+        want = ("an integer" if f.kind in (int, _size) else "a number" if f.kind is float
+                else "on or off" if f.kind is _on_off else "a value")
         raise ConfigError(f"{where}: {f.flag} {value!r} is not {want}") from None
     if f.kind is float and not math.isfinite(out):
         raise ConfigError(f"{where}: {f.flag} {value!r} is not a finite number")

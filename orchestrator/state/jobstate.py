@@ -21,7 +21,7 @@ from orchestrator.state.runfiles import FinalState, JobRecord, RunInfo, read_job
 from refit_core.errors import RunDirError
 from refit_core.jsonfile import SymlinkRefused, write_file
 from refit_core.results import read_results, write_json_atomic
-from refit_core.taskenv import LOCAL_RANK_ID, LOCAL_RUNS
+from refit_core.environment import LOCAL_RANK_ID, LOCAL_RUNS
 
 QUEUED = {"PENDING", "REQUEUED", "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SUBMITTED"}
 ACTIVE = {"RUNNING", "CONFIGURING", "COMPLETING", "STAGE_OUT", "SIGNALING", "RESIZING", "STOPPED"}
@@ -111,7 +111,7 @@ def _controller_alive(pid: int | None) -> bool:
             return True  # no /proc (macOS): trust the pid
         except OSError:
             return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z" and b"orchestrator.submission.executor" in cmd
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z" and b"orchestrator.controller" in cmd
 
 
 # ----------------------------------------------------------------------------- SLURM

@@ -33,22 +33,19 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.state.summary import SUMMARY_FILE, summary_json
-from orchestrator.submission.runspec import RunSpec
+from orchestrator.submission.prepared import PreparedRun, run_info
 from refit_core.config import RunConfig
+from refit_core.paths import CANCEL_FILE, CONFIG_FILE, DEVICES_FILE, LAYOUT_FILE, LOGS_DIR, PLAN_FILE, PLAN_SUMMARY_FILE, RESULTS_FILE
+from refit_core.planning.planfile import plan_to_bytes
+from refit_core.jsonfile import write_bytes_atomic
 from orchestrator.state.runfiles import (RUN_FILE, STATE_FILE, SWEEP_FILE, RunInfo, read_run_info, read_sweep_info,
                                    update_run_file)
 from refit_core.errors import ConfigError, RunDirError
-from refit_core.jsonfile import Fields, read_json, write_file
-from refit_core.planning.plan import Plan
+from refit_core.jsonfile import Fields, write_file
 from refit_core.results import (aggregate, rank_files, read_rank_file, read_rank_records, read_results,
                                 write_json_atomic)
 
 __all__ = ["RUN_FILE", "SWEEP_FILE", "STATE_FILE", "CANCEL_FILE", "RunInfo"]
-CANCEL_FILE = "cancel-requested"
-
-
-def now_iso() -> str:
-    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
 def stamp() -> str:
@@ -73,18 +70,20 @@ def unique_dir(parent: Path, base: str) -> Path:
     raise ConfigError(f"cannot create a run directory under {parent}: too many named {safe}")
 
 
-def write_run(run_dir: Path, spec: RunSpec, plan: Plan, command: str, sweep: Path | None = None) -> dict[str, Any]:
-    """Write config, layout, plan summary and run.json (not yet submitted, run.json last); returns run.json's
-    content. Any failure (a full disk, Ctrl-C) removes the directory: no half-made run is left."""
-    from orchestrator.views.planview import plan_json
-
-    cfg = spec.config
+def write_run(run_dir: Path, run: PreparedRun, command: str, sweep: Path | None = None) -> dict[str, Any]:
+    """Write config, layout, the plan (plan.bin for the ranks, plan.json for people) and run.json (not yet
+    submitted, run.json last); returns run.json's content. Any failure (a full disk, Ctrl-C) removes the
+    directory: no half-made run is left."""
+    cfg = run.spec.config
     try:
-        write_json_atomic(run_dir / "config.json", cfg.to_json())
-        write_file(run_dir / "layout.txt", plan.world.describe() + "\n")
-        write_json_atomic(run_dir / "plan.json", plan_json(cfg, plan))
-        (run_dir / "logs").mkdir(exist_ok=True)
-        info = run_info(spec, plan, command, str(run_dir.resolve()))
+        write_json_atomic(run_dir / CONFIG_FILE, cfg.to_json())
+        write_file(run_dir / LAYOUT_FILE, run.plan.world.describe() + "\n")
+        write_bytes_atomic(run_dir / PLAN_FILE, plan_to_bytes(run.plan))
+        if run.spec.devices is not None:
+            write_json_atomic(run_dir / DEVICES_FILE, run.spec.devices.to_json())
+        write_json_atomic(run_dir / PLAN_SUMMARY_FILE, run.summary())
+        (run_dir / LOGS_DIR).mkdir(exist_ok=True)
+        info = run_info(run.spec, run.plan, command, str(run_dir.resolve()))
         if sweep is not None:
             info["sweep"] = str(sweep.resolve())
         write_json_atomic(run_dir / RUN_FILE, info)
@@ -97,35 +96,13 @@ def write_run(run_dir: Path, spec: RunSpec, plan: Plan, command: str, sweep: Pat
         raise
 
 
-def run_info(spec: RunSpec, plan: Plan, command: str, run_dir: str) -> dict[str, Any]:
-    """run.json's content before submission (pure)."""
-    cfg = spec.config
-    return {
-        "version": 1, "name": spec.name, "config": cfg.name, "run_dir": run_dir,
-        "created": now_iso(), "command": command, "spec": spec.to_json(),
-        "world_size": cfg.gpus, "active_ranks": plan.world.gpus_used, "delivered_bytes": plan.delivered_bytes,
-        "precision": plan.precision, "wire_bytes": plan.network_bytes,
-        "iterations": cfg.iterations, "warmup": cfg.warmup, "mode": cfg.mode.value,
-        "source": {"tp": cfg.source.tp, "ep": cfg.source.ep, "pp": cfg.source.pp},
-        "destination": {"tp": cfg.destination.tp, "ep": cfg.destination.ep, "pp": cfg.destination.pp},
-        "job": None, "final": None,
-    }
-
-
 def update_run(run_dir: Path, **fields: Any) -> RunInfo:
     """Set fields of run.json (under the run's lock: read, change, write); returns what was written."""
     return update_run_file(run_dir, lambda data: data.update(fields))
 
 
 def load_config(run_dir: Path) -> RunConfig:
-    path = run_dir / "config.json"
-    try:
-        return RunConfig.from_json(read_json(path))
-    except FileNotFoundError:
-        raise RunDirError(path, "is missing", "the run directory is damaged") from None
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise RunDirError(path, f"is not a run config ({e.__class__.__name__}: {e})",
-                          "the run directory is damaged") from None
+    return RunConfig.read(run_dir / CONFIG_FILE)
 
 
 def is_run(d: Path) -> bool:
@@ -293,7 +270,7 @@ def progress(run_dir: Path, active: int, warmup: int, iterations: int) -> Progre
 
 def results(run_dir: Path, info: RunInfo) -> dict[str, Any]:
     """results.json if rank 0 wrote it, else the aggregate of the rank files (nothing is lost)."""
-    path = run_dir / "results.json"
+    path = run_dir / RESULTS_FILE
     if path.is_file():
         return read_results_file(path)
     out = aggregate(run_dir, list(range(info.active_ranks)), info.delivered_bytes, info.precision, info.wire_bytes)
@@ -311,8 +288,8 @@ def finalize(run_dir: Path, info: RunInfo, final: dict[str, Any]) -> dict[str, A
 
     Only the controller and the submitting refitctl call it (a reading command never writes)."""
     res = results(run_dir, info)
-    if not (run_dir / "results.json").is_file():
-        write_json_atomic(run_dir / "results.json", res)
+    if not (run_dir / RESULTS_FILE).is_file():
+        write_json_atomic(run_dir / RESULTS_FILE, res)
     write_file(run_dir / "iterations.csv", iterations_csv(res, info))
     write_file(run_dir / "rank-iterations.csv", rank_iterations_csv(run_dir, res))
     write_json_atomic(run_dir / SUMMARY_FILE, summary_json(res, progress(run_dir, info.active_ranks, info.warmup,

@@ -22,10 +22,9 @@ from typing import Any, Callable, Iterator
 
 from refit_core.errors import RunDirError
 from refit_core.jsonfile import NOFOLLOW, Fields, read_json, write_json_atomic
+from refit_core.paths import RUN_FILE, STATE_FILE
 
-RUN_FILE = "run.json"
 SWEEP_FILE = "sweep.json"
-STATE_FILE = "job-state.json"
 LOCK_FILE = ".lock"
 
 

@@ -73,7 +73,8 @@ def snapshot(run_dir: Path, records: bool = False) -> Snapshot:
 def finalize_over(snaps: list[Snapshot]) -> list[Snapshot]:
     """For the refitctl that submitted and followed the runs: persist what is over (rundir.finalize);
     a run whose directory cannot be written keeps its files as they are (a warning, not an error)."""
-    from orchestrator.state.rundir import finalize, now_iso
+    from orchestrator.state.rundir import finalize
+    from orchestrator.submission.prepared import now_iso
 
     out = []
     for s in snaps:

@@ -1,7 +1,8 @@
 """`refitctl render NAME > job.sbatch`: a standalone sbatch script for users who submit by hand.
 
-The script (templates/refit.sbatch filled in) writes the resolved config and a run.json into its
-run directory, then `srun`s the job entry point `python -m jobs.refit_job RUN_DIR` on every task,
+The script (templates/refit.sbatch filled in) writes the resolved config, each rank's GPU and a run.json into
+its run directory, makes the plan once (a one-task step, `python -m jobs.refit_job --prepare RUN_DIR`), then `srun`s the job
+entry point `python -m jobs.refit_job RUN_DIR` on every task,
 so `refitctl status/results/cancel RUN_DIR` follow it like a job refitctl submitted.
 """
 
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import safety
-from orchestrator.state.rundir import run_info
+from orchestrator.submission.prepared import run_info
 from orchestrator.submission.runspec import RunSpec, sbatch_extras
 from refit_core.errors import ConfigError
 from refit_core.planning.plan import Plan
@@ -63,6 +64,7 @@ def render_sbatch(spec: RunSpec, plan: Plan, python: str, run_dir: str | None, c
         "python": safety.shell_word("--python", python),
         "run_dir": default_dir if run_dir is None else safety.shell_word("--run-dir", str(safety.path_text("--run-dir", run_dir))),
         "config_json": json.dumps(cfg.to_json(), indent=1),
+        "devices_json": json.dumps(None if spec.devices is None else spec.devices.to_json()),
         "layout": plan.world.describe(),
         "run_json": json.dumps(info, indent=1),
         "env_lines": "\n".join(env_lines),

@@ -11,22 +11,23 @@ process on this machine.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from orchestrator import safety
 from refit_core.config import RunConfig
-from refit_core.planning.devices import assign_devices
-from refit_core.execution.transports import registry
+from refit_core.planning.devices import DeviceMap, assign_devices
+from refit_core.planning import methods
 from refit_core.errors import ConfigError
 from refit_core.planning.layout import MAX_WORLD
-from refit_core.numbers import GIB
+from refit_core.numbers import GIB, format_time
 from refit_core.planning.precision import execution_refusal
-from refit_core.taskenv import SAFE_ENV
 
-CLUSTERS = ("auto", "slurm", "local")
+if TYPE_CHECKING:
+    from orchestrator.submission.clusters import Cluster, Facts
+
+CLUSTERS = ("auto", "slurm", "local")  # --cluster (orchestrator/submission/clusters.py)
 DEFAULT_TIME = "30"  # minutes, SLURM's --time syntax
 MAX_TIME_S = 366 * 86400
 
@@ -34,9 +35,10 @@ MAX_TIME_S = 366 * 86400
 # (NCCL_*, NVSHMEM_*, ...). They are recorded in run.json and rendered scripts.
 FORWARD_PREFIXES = ("NCCL_", "NVSHMEM_", "TORCH_NCCL_", "TORCH_SYMM_MEM_", "TORCH_DISTRIBUTED_", "GLOO_",
                     "UCX_", "CUDA_DEVICE_MAX_CONNECTIONS", "OMP_NUM_THREADS")
-# refitctl's own job-side settings, by name: an allow-list, since other REFITCTL_* variables (a site's,
-# a user's) may hold secrets and must not be copied into run.json or a script.
-FORWARD_NAMES = ("REFITCTL_FAULT", "REFITCTL_NVSHMEM_SYNC", "REFITCTL_NVSHMEM_PLACEMENT")
+# refitctl's own per-task variables, by name: an allow-list, since other REFITCTL_* variables (a site's,
+# a user's) may hold secrets and must not be copied into run.json or a script. Run settings given as variables
+# (REFITCTL_NVSHMEM_SYNC, ...) are not carried: they were resolved into the config (refit_core/config.py).
+FORWARD_NAMES = ("REFITCTL_FAULT",)
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -122,6 +124,7 @@ class RunSpec:
     env: tuple[tuple[str, str], ...]
     requested_method: str
     notes: tuple[str, ...] = field(default=())
+    devices: DeviceMap | None = None  # each rank's GPU, decided here before launch (refit_core/planning/devices.py)
 
     def __post_init__(self) -> None:
         # the run's name becomes a directory name, the SLURM job name and script text
@@ -140,6 +143,7 @@ class RunSpec:
             "name": self.name, "cluster": self.cluster, "resources": asdict(self.resources),
             "options": self.options.to_json(), "env": dict(self.env), "requested_method": self.requested_method,
             "method": self.config.method, "notes": list(self.notes),
+            "devices": None if self.devices is None else self.devices.to_json(),
         }
 
 
@@ -165,13 +169,6 @@ def parse_time(text: str) -> int:
     if secs > MAX_TIME_S:
         raise ConfigError(f"--time {text!r} is more than a year: give minutes (M), H:M:S or D-H:M:S")
     return secs
-
-
-def format_time(seconds: float) -> str:
-    s = int(round(seconds))
-    h, rem = divmod(s, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 def sbatch_parameters(args: Sequence[str]) -> dict[str, Any]:
@@ -206,38 +203,19 @@ def parse_env(items: Sequence[str]) -> tuple[tuple[str, str], ...]:
 
 def job_env(environ: Mapping[str, str], extra: Sequence[tuple[str, str]], cpus_per_task: int | None,
             local_threads: int | None = None) -> tuple[tuple[str, str], ...]:
-    """The environment every task gets: safe defaults, then the user's forwarded variables, then --env."""
-    env: dict[str, str] = dict(SAFE_ENV)
+    """The environment every task gets: the thread count, then the user's forwarded variables, then --env
+    (the safe defaults, refit_core/environment.py SAFE_ENV, are applied by each task itself)."""
+    env: dict[str, str] = {}
     env["OMP_NUM_THREADS"] = str(local_threads or cpus_per_task or 1)
     env.update({k: v for k, v in sorted(environ.items()) if k.startswith(FORWARD_PREFIXES) or k in FORWARD_NAMES})
     env.update(dict(extra))
     return tuple(sorted(env.items()))
 
 
-def plan_resources(world: int, cluster: str, gpus_per_node: int, opts: ClusterOptions) -> Resources:
-    """Nodes x tasks per node for a world of `world` ranks; raises ConfigError if they cannot match."""
-    limit = parse_time(opts.time)
-    if cluster == "local":
-        if opts.nodes not in (None, 1):
-            raise ConfigError(f"--nodes {opts.nodes}: the local executor runs every rank on this machine; "
-                              "use --cluster slurm for several nodes")
-        if opts.tasks_per_node not in (None, world):
-            raise ConfigError(f"--tasks-per-node {opts.tasks_per_node}: locally all {world} ranks run here; drop the option")
-        return Resources(1, world, 0, limit)
-    tpn = opts.tasks_per_node or (min(world, gpus_per_node) if opts.nodes is None else math.ceil(world / opts.nodes))
-    nodes = opts.nodes or math.ceil(world / tpn)
-    if nodes * tpn != world:
-        raise ConfigError(
-            f"{nodes} nodes x {tpn} tasks per node = {nodes * tpn} tasks, but the config's world is {world} ranks "
-            "(--gpus): choose --nodes/--tasks-per-node whose product is the world size"
-        )
-    return Resources(nodes, tpn, gpus_per_node if opts.request_gpus else 0, limit)
-
-
 def effective_config(cfg: RunConfig, method_explicit: bool, gpus_available: bool) -> tuple[RunConfig, str | None]:
     """Without GPUs, a GPU method the user did not ask for by flag runs on gloo (with one line saying so);
     one asked for by flag is an error."""
-    m = registry.method(cfg.method)
+    m = methods.method(cfg.method)
     if m.refusal:
         raise ConfigError(m.refusal)  # whatever the machine
     if not m.needs_cuda or gpus_available:
@@ -273,30 +251,28 @@ def check_host_memory(cfg: RunConfig, host: HostMemory) -> None:
         "or a cluster (--cluster slurm)")
 
 
-def make_spec(name: str, cfg: RunConfig, cluster: str, opts: ClusterOptions, environ: Mapping[str, str],
-              method_explicit: bool, gpus_available: bool, local_cpus: int = 1,
-              node_gpus: int | None = None, host: HostMemory | None = None) -> RunSpec:
-    """Decide everything about one run. `cluster` is already resolved to "slurm" or "local".
+def make_spec(name: str, cfg: RunConfig, cluster: "Cluster", opts: ClusterOptions, environ: Mapping[str, str],
+              method_explicit: bool, facts: "Facts") -> RunSpec:
+    """Decide everything about one run on `cluster` (orchestrator/submission/clusters.py), given the `facts` of
+    the machine it is decided for (pure: the same inputs give the same spec).
 
-    `node_gpus`: GPUs a node shows its tasks (local: this machine's); None: the GPUs requested per node.
-    The ranks are placed on them here (refit_core/planning/devices.py), so a layout the method cannot run
-    there is refused before anything is launched. A local run on the CPU (gloo) is checked against
-    `host`'s memory, every other run against --gpu-memory-gb."""
+    The ranks are placed on the GPUs a node shows its tasks (`facts.node_gpus`; None: the GPUs requested per
+    node) here (refit_core/planning/devices.py), so a layout the method cannot run there is refused before
+    anything is launched. A CPU run whose ranks all live on this host is checked against its memory
+    (`facts.host`), every other run against --gpu-memory-gb."""
     requested = cfg.method
-    cfg, note = effective_config(cfg, method_explicit, gpus_available)
-    cfg = cfg.with_environment(dict(job_env(environ, opts.env, None)))  # what the tasks will see overrides
-    on_host = cluster == "local" and not registry.method(cfg.method).needs_cuda
+    cfg, note = effective_config(cfg, method_explicit, facts.gpus_available)
+    on_host = cluster.on_this_host and not methods.method(cfg.method).needs_cuda
     cfg.validate(gpu_memory=not on_host)
     refusal = execution_refusal(cfg.inference_precision, cfg.method)
     if refusal:
         raise ConfigError(refusal)
-    if on_host and host is not None:
-        check_host_memory(cfg, host)
-    res = plan_resources(cfg.gpus, cluster, cfg.gpus_per_node, opts)
-    gpus = res.gpus_per_node if node_gpus is None else node_gpus
+    if on_host and facts.host is not None:
+        check_host_memory(cfg, facts.host)
+    res = cluster.resources(cfg.gpus, cfg.gpus_per_node, opts)
+    gpus = res.gpus_per_node if facts.node_gpus is None else facts.node_gpus
     dmap = assign_devices(cfg.world(), cfg.method, res.tasks_per_node, gpus)
-    cfg = cfg.with_changes(devices=dmap.devices, ranks_per_node=res.tasks_per_node)
-    threads = max(1, local_cpus // res.tasks) if cluster == "local" else None
+    threads = max(1, facts.cpus // res.tasks) if cluster.on_this_host else None
     env = job_env(environ, opts.env, opts.cpus_per_task, threads)
     notes = tuple(n for n in (note, dmap.note) if n)
-    return RunSpec(name, cfg, cluster, res, opts, env, requested, notes)
+    return RunSpec(name, cfg, cluster.name, res, opts, env, requested, notes, dmap)

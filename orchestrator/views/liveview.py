@@ -20,10 +20,10 @@ from rich.table import Table
 from rich.text import Text
 
 from refit_core.numbers import gbps_short, human_bytes, ms_short
-from orchestrator.submission.runspec import format_time
+from refit_core.numbers import format_time
 from orchestrator.state.runfiles import ParallelDims, RunInfo
 from orchestrator.state.tracking import Snapshot, snapshot
-from refit_core.taskenv import rank_log_name
+from refit_core.environment import rank_log_name
 from refit_core.jsonfile import read_regular
 
 _ELAPSED = re.compile(r" \d+\.\d s\b")  # "importing torch 2.1 s": the seconds a rank has been in its phase

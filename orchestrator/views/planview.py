@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -11,81 +9,16 @@ from rich.text import Text
 
 from refit_core.config import RunConfig
 from refit_core.numbers import human_bytes
-from refit_core.execution.transports import registry
-from refit_core.execution.transports.placement import nvshmem_direction
-from refit_core.planning.devices import DeviceMap, assign_devices
+from refit_core.planning import methods
+from refit_core.planning.placement import nvshmem_direction
+from refit_core.planning.devices import DeviceMap
 from refit_core.planning.layout import WorldLayout
 from refit_core.planning.memory import MemoryFit
 from refit_core.numbers import GIB
 from refit_core.planning.plan import Plan
 from refit_core.planning.timemodel import TimePrediction, predict
+from orchestrator.submission.prepared import device_map
 
-
-
-def memory_json(fit: MemoryFit) -> dict[str, Any]:
-    b = fit.busiest
-    return {
-        "per_gpu_max_bytes": fit.max_bytes, "limit_bytes": fit.limit_bytes, "fits": fit.fits,
-        "headroom_bytes": fit.headroom_bytes,
-        "busiest": {"rank": b.rank, "role": b.role, "source_bytes": b.source_bytes,
-                    "destination_bytes": b.destination_bytes, "buffer_bytes": b.buffer_bytes},
-    }
-
-
-def device_map(cfg: RunConfig, plan: Plan, local_gpus: int | None = None) -> DeviceMap:
-    """The rank -> GPU placement: of a local run on `local_gpus` GPUs if given, else the one the run
-    was given, else (`refitctl plan`) the one it gets on SLURM nodes of --gpus-per-node GPUs with the
-    default tasks per node."""
-    if local_gpus is not None:
-        return assign_devices(plan.world, cfg.method, plan.world.world_size, local_gpus)
-    placed = cfg.device_map()
-    if placed is not None:
-        return placed
-    per_node = min(plan.world.world_size, cfg.gpus_per_node)
-    return assign_devices(plan.world, cfg.method, per_node, cfg.gpus_per_node)
-
-
-def plan_json(cfg: RunConfig, plan: Plan, gpus: DeviceMap | None = None) -> dict[str, Any]:
-    w = plan.world
-    inv = plan.inventory
-    fit = cfg.memory_fit(inv, w)
-    pred = predict(plan, cfg.link_model())
-    return {
-        "config": cfg.name,
-        "mode": w.mode.value,
-        "method": cfg.method,
-        "nvshmem": {"placement": cfg.nvshmem_placement, "sync": cfg.nvshmem_sync},
-        "world_size": w.world_size,
-        "gpus_used": w.gpus_used,
-        "source_ranks": list(w.source.ranks),
-        "destination_ranks": list(w.destination.ranks),
-        "idle_ranks": list(w.idle_ranks),
-        "gpus": (gpus or device_map(cfg, plan)).to_json(),
-        "source_layout": {"tp": w.source.layout.tp, "ep": w.source.layout.ep, "pp": w.source.layout.pp},
-        "destination_layout": {"tp": w.destination.layout.tp, "ep": w.destination.layout.ep,
-                               "pp": w.destination.layout.pp},
-        "model": {"parameters": inv.numel, "bytes": inv.nbytes, "expert_bytes": inv.expert_nbytes,
-                  "tensors": len(inv.params), "dtype": inv.spec.dtype},
-        "precision": {"destination": plan.precision,
-                      "destination_bytes": (plan.destination or inv).nbytes,
-                      "gathers": [{"param": plan.params[g.param].name, "start": g.start, "length": g.length,
-                                   "parts": [list(h) for h in g.parts]} for g in plan.gathers]},
-        "transfers": len(plan.transfers),
-        "network_bytes": plan.network_bytes,
-        "local_bytes": plan.local_bytes,
-        "balance": {"max_source_bytes": plan.max_source_bytes, "bound_bytes": plan.balance_bound,
-                    "ratio": plan.balance, "node_aware": plan.nodes is not None,
-                    "by_link": {c: {"max_source_bytes": m, "bound_bytes": b}
-                                for c, (m, b) in plan.class_balance.items()} if plan.class_bounds else {}},
-        "predicted": pred.to_json(),
-        "memory": memory_json(fit),
-        "pairs": [{"src": s, "dst": d, "bytes": b, "local": s == d} for (s, d), b in plan.pair_bytes.items()],
-        "per_rank": {str(r): {"bytes_in": v.bytes_in, "bytes_out": v.bytes_out, "bytes_local": v.bytes_local,
-                              "intra_node_in": g.intra_in, "intra_node_out": g.intra_out,
-                              "inter_node_in": g.inter_in, "inter_node_out": g.inter_out,
-                              "memory_bytes": m.total}
-                     for (r, v), g, m in zip(plan.per_rank.items(), pred.loads, fit.per_rank)},
-    }
 
 
 def predicted_lines(pred: TimePrediction) -> list[str]:
@@ -171,7 +104,7 @@ def print_plan(console: Console, cfg: RunConfig, plan: Plan, gpus: DeviceMap | N
     console.print(w.describe())
     dmap = gpus or device_map(cfg, plan)
     where = (f" (as SLURM places them on nodes of {cfg.gpus_per_node}; --local-gpus N: a local run)"
-             if gpus is None and cfg.device_map() is None else "")
+             if gpus is None else "")
     console.print(f"GPUs{where}: {dmap.describe(w) if detail else gpus_summary(dmap, w)}", highlight=False,
                   soft_wrap=True)
     if dmap.note:
@@ -186,7 +119,7 @@ def print_plan(console: Console, cfg: RunConfig, plan: Plan, gpus: DeviceMap | N
     )
     if plan.destination is not None:
         console.print(precision_line(plan))
-    if registry.method(cfg.method).buffers == "nvshmem-heap":
+    if methods.method(cfg.method).buffers == "nvshmem-heap":
         direction = nvshmem_direction(w, cfg.nvshmem_placement, cfg.gpus_per_node)
         console.print(f"NVSHMEM: placement {cfg.nvshmem_placement}"
                       + (f" (as {direction} here)" if direction != cfg.nvshmem_placement else "")

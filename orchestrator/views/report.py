@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 def has_link_model(method: object) -> bool:
     """Whether the link model (NVLink, network adapters) describes this method's transfers: not gloo on the CPU."""
-    from refit_core.execution.transports.registry import METHODS
+    from refit_core.planning.methods import METHODS
 
     m = METHODS.get(method) if isinstance(method, str) else None
     return m is not None and m.ceiling is not None

@@ -6,97 +6,68 @@ hands it to the transport. Verification runs after every iteration and is not ti
 
 from __future__ import annotations
 
+import logging
 import socket
-import time
-from dataclasses import replace
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 
 from refit_core.config import RunConfig
-from refit_core.planning.plan import Plan, plan_transfers
+from refit_core.planning.devices import DeviceMap
+from refit_core.planning.plan import Plan
 from refit_core.execution.reference import destination_check
 from refit_core.execution.sender import for_precision
-from refit_core.execution.wire import rank_storages
-from refit_core.execution.transports.base import RankContext
+from refit_core.planning.wire import rank_storages
+from refit_core.execution.transports.base import RankContext, Transport
 from refit_core.execution.transports.registry import make_transport
 from refit_core.execution.watchdog import Watchdog
 from refit_core.execution import weights
 from refit_core.execution.hooks import NO_HOOKS, RankHooks
 from refit_core.results import IterationRecord, RankRecord
 
+log = logging.getLogger(__name__)
 
-def run_rank(cfg: RunConfig, rank: int, world_size: int, device: torch.device,
+
+@dataclass
+class _RankRun:
+    """What one rank's refit holds while it runs: the config and plan, its context and transport, its record."""
+
+    cfg: RunConfig
+    ctx: RankContext
+    transport: Transport
+    record: RankRecord
+    on_record: Callable[[RankRecord], None]
+    watchdog: Watchdog
+    hooks: RankHooks
+    check: Any = None  # verifies a destination part (reference.destination_check), made after the set-up
+
+
+def run_rank(cfg: RunConfig, plan: Plan, rank: int, world_size: int, device: torch.device,
              active_group: object, record: RankRecord, on_record: Callable[[RankRecord], None],
-             plan: Plan | None = None, setup_group: object = None, watchdog: Watchdog | None = None,
-             hooks: RankHooks = NO_HOOKS) -> RankRecord:
-    """Execute warm-up + timed iterations on this (active) rank; fills in `record` (made by the caller,
+             setup_group: object, watchdog: Watchdog, hooks: RankHooks = NO_HOOKS,
+             devices: DeviceMap | None = None) -> RankRecord:
+    """Execute warm-up + timed iterations of `plan` on this (active) rank; fills in `record` (made by the caller,
     jobs/refit_job.py), hands it to `on_record` after every change (RankRecordWriter.save) and returns it.
 
-    Every wait is a phase of `watchdog` (refit_core/execution/watchdog.py; one is made here if none is given).
-    `hooks` act before the set-up and each transfer and after each transfer (refit_core/execution/hooks.py)."""
-    plan = plan or plan_transfers(cfg.inventory(), cfg.world(), precision=cfg.inference_precision)
-    world = plan.world
-    inv = plan.inventory
+    Every wait is a phase of `watchdog` (refit_core/execution/watchdog.py). `hooks` act before the set-up and
+    each transfer and after each transfer (refit_core/execution/hooks.py)."""
     source, destination = rank_storages(plan, rank)  # in the destination's precision (wire.py)
-    ctx = RankContext(
-        config=cfg, plan=plan, rank=rank, world_size=world_size, device=device,
-        rank_plan=plan.for_rank(rank),
-        source=source, destination=destination,
-        active_group=active_group,
-    )
-    traffic = plan.per_rank[rank]
-    record.role, record.host, record.device, record.method = (world.role(rank), socket.gethostname(),
+    ctx = RankContext(config=cfg, plan=plan, rank=rank, world_size=world_size, device=device,
+                      rank_plan=plan.for_rank(rank), source=source, destination=destination,
+                      active_group=active_group, devices=devices)
+    record.role, record.host, record.device, record.method = (plan.world.role(rank), socket.gethostname(),
                                                               _device_name(device), cfg.method)
-    record.source_bytes = ctx.source.nbytes if ctx.source else 0
-    record.destination_bytes = ctx.destination.nbytes if ctx.destination else 0
-    log = _Log(rank)
-    own_watchdog = watchdog is None
-    if watchdog is None:
-        watchdog = Watchdog(cfg.timeout_s, rank, lambda e: on_record(replace(record, error=record.error or e)),
-                            watch_parent=False)
+    record.source_bytes = source.nbytes if source else 0
+    record.destination_bytes = destination.nbytes if destination else 0
     transport = for_precision(make_transport(cfg.method), plan.precision)  # FP8: the sender quantises first
+    r = _RankRun(cfg, ctx, transport, record, on_record, watchdog, hooks)
     try:
-        watchdog.arm(getattr(transport, "setup_phase", f"{cfg.method} transport set-up"))
-        hooks.before("setup")
-        transport.prepare(ctx)
-        record.extra_bytes = transport.extra_bytes
-        record.transport = transport.info
-        record.extra_bytes_measured = transport.measured_extra_bytes
-        log(f"{record.role} on {record.device}: {cfg.method} transport ready, "
-            f"{record.source_bytes + record.destination_bytes} shard bytes, {transport.extra_bytes} extra bytes")
-        watchdog.arm("weight fill")
-        check = destination_check(plan, rank, device)
-        for buf, storage in transport.source_parts:
-            weights.fill(buf, storage, inv)
-        if transport.source_parts:
-            log("source shards filled")
-        total = cfg.warmup + cfg.iterations
-        if setup_group is not None and dist.is_initialized():
-            watchdog.arm("set-up barrier (every rank's weights filled)")
-            dist.barrier(group=setup_group)  # sources have filled; setup time is not refit time
-        for k in range(total):
-            watchdog.arm(f"iteration {k - cfg.warmup}")
-            for buf, _ in transport.destination_parts:
-                weights.poison(buf)
-            _sync(device)
-            _barrier(active_group, device, cfg.method)
-            hooks.before("iteration", k)
-            stats = transport.iteration()
-            hooks.after_transfer(k, transport.destination_parts)
-            for buf, storage in transport.destination_parts:
-                check(buf, storage)
-            watchdog.disarm()
-            log(f"iteration {k - cfg.warmup}{' (warm-up)' if k < cfg.warmup else ''}: {stats.time_ms:.3f} ms"
-                + (", verified" if ctx.destination is not None else ""))
-            rec = IterationRecord(k - cfg.warmup if k >= cfg.warmup else -(cfg.warmup - k), k < cfg.warmup,
-                                  stats.time_ms, traffic.bytes_in, traffic.bytes_out, traffic.bytes_local,
-                                  stats.phases_ms, stats.launches)
-            record.iterations.append(rec)
-            on_record(record)
-        record.verified = True
-        record.complete = True
+        _set_up(r, setup_group)
+        for k in range(cfg.warmup + cfg.iterations):
+            _iteration(r, k)
+        record.verified = record.complete = True
     except BaseException as e:
         record.error = f"{e.__class__.__name__}: {e}"
         on_record(record)
@@ -106,22 +77,54 @@ def run_rank(cfg: RunConfig, rank: int, world_size: int, device: torch.device,
         try:
             transport.close()
         finally:
-            if own_watchdog:
-                watchdog.stop()
-            else:
-                watchdog.disarm()
+            watchdog.disarm()
     on_record(record)
     return record
 
 
-class _Log:
-    """Per-rank progress lines on stdout (they land in the rank's log), with seconds since start."""
+def _set_up(r: _RankRun, setup_group: object) -> None:
+    """The transport's buffers, then the sources' deterministic values; every rank's before the first iteration."""
+    cfg, record, transport = r.cfg, r.record, r.transport
+    r.watchdog.arm(getattr(transport, "setup_phase", f"{cfg.method} transport set-up"))
+    r.hooks.before("setup")
+    transport.prepare(r.ctx)
+    record.extra_bytes = transport.extra_bytes
+    record.transport = transport.info
+    record.extra_bytes_measured = transport.measured_extra_bytes
+    log.info(f"{record.role} on {record.device}: {cfg.method} transport ready, "
+             f"{record.source_bytes + record.destination_bytes} shard bytes, {transport.extra_bytes} extra bytes")
+    r.watchdog.arm("weight fill")
+    r.check = destination_check(r.ctx.plan, r.ctx.rank, r.ctx.device)
+    for buf, storage in transport.source_parts:
+        weights.fill(buf, storage, r.ctx.plan.inventory)
+    if transport.source_parts:
+        log.info("source shards filled")
+    if setup_group is not None and dist.is_initialized():
+        r.watchdog.arm("set-up barrier (every rank's weights filled)")
+        dist.barrier(group=setup_group)  # sources have filled; setup time is not refit time
 
-    def __init__(self, rank: int) -> None:
-        self.rank, self.t0 = rank, time.monotonic()
 
-    def __call__(self, msg: str) -> None:
-        print(f"[rank {self.rank} +{time.monotonic() - self.t0:7.2f}s] {msg}", flush=True)
+def _iteration(r: _RankRun, k: int) -> None:
+    """Iteration k (warm-up first): poison the destinations, line up, refit, verify every byte, record."""
+    cfg, ctx, transport = r.cfg, r.ctx, r.transport
+    r.watchdog.arm(f"iteration {k - cfg.warmup}")
+    for buf, _ in transport.destination_parts:
+        weights.poison(buf)
+    _sync(ctx.device)
+    _barrier(ctx.active_group, ctx.device)
+    r.hooks.before("iteration", k)
+    stats = transport.iteration()
+    r.hooks.after_transfer(k, transport.destination_parts)
+    for buf, storage in transport.destination_parts:
+        r.check(buf, storage)
+    r.watchdog.disarm()
+    log.info(f"iteration {k - cfg.warmup}{' (warm-up)' if k < cfg.warmup else ''}: {stats.time_ms:.3f} ms"
+             + (", verified" if ctx.destination is not None else ""))
+    traffic = ctx.plan.per_rank[ctx.rank]
+    r.record.iterations.append(IterationRecord(
+        k - cfg.warmup if k >= cfg.warmup else -(cfg.warmup - k), k < cfg.warmup, stats.time_ms,
+        traffic.bytes_in, traffic.bytes_out, traffic.bytes_local, stats.phases_ms, stats.launches))
+    r.on_record(r.record)
 
 
 def _sync(device: torch.device) -> None:
@@ -129,7 +132,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _barrier(group: object, device: torch.device, method: str) -> None:
+def _barrier(group: object, device: torch.device) -> None:
     if not dist.is_initialized():
         return
     if device.type == "cuda" and dist.get_backend(group) == "nccl":

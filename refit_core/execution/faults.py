@@ -11,12 +11,12 @@ import os
 import signal
 import time
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
 import torch
 
 from refit_core.execution.hooks import NO_HOOKS, RankHooks
-from refit_core.execution.storage import Storage
+from refit_core.planning.storage import Storage
 from refit_core.execution.transports.base import ShardPart
 
 
@@ -28,8 +28,8 @@ class Fault:
     phase: str = "iteration"
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Fault | None":
-        text = environ.get("REFITCTL_FAULT")
+    def parse(cls, text: str) -> "Fault | None":
+        """The fault REFITCTL_FAULT's text describes (the task's `TaskEnv.fault`), None for no text."""
         if not text:
             return None
         kind, *kv = text.split(":")
@@ -63,9 +63,9 @@ class FaultHooks(RankHooks):
             corrupt(*destination_parts[0])
 
 
-def hooks_from_env(rank: int, log: Callable[[str], None], environ: Mapping[str, str] = os.environ) -> RankHooks:
-    """FaultHooks when REFITCTL_FAULT is set, else the no-op hooks."""
-    fault = Fault.from_env(environ)
+def fault_hooks(text: str, rank: int, log: Callable[[str], None]) -> RankHooks:
+    """FaultHooks for the fault `text` describes (REFITCTL_FAULT, as the task's `TaskEnv.fault`), else the no-op hooks."""
+    fault = Fault.parse(text)
     return FaultHooks(fault, rank, log) if fault is not None else NO_HOOKS
 
 

@@ -18,8 +18,8 @@ import torch
 from refit_core.errors import VerificationError
 from refit_core.execution import weights
 from refit_core.execution.quantize import FP8, quantise
-from refit_core.execution.storage import Slot, Storage
-from refit_core.execution.wire import scale_weights, shard_storage
+from refit_core.planning.storage import Slot, Storage
+from refit_core.planning.wire import scale_weights, shard_storage
 from refit_core.planning.plan import Plan
 
 Check = Callable[[torch.Tensor, Storage], None]

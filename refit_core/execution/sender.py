@@ -28,11 +28,11 @@ import torch
 import torch.distributed as dist
 
 from refit_core.execution.quantize import FP8, block_amax, quantise_rows, scales_from_amax
-from refit_core.execution.storage import Slot, Storage, rank_storage
+from refit_core.planning.storage import Slot, Storage, rank_storage
 from refit_core.execution.transports.base import (IterationStats, RankContext, ShardPart, Transport, allocate, TransportReport)
 from refit_core.execution.weights import torch_dtype
-from refit_core.execution.transports import registry
-from refit_core.execution.wire import scale_weights
+from refit_core.planning import methods
+from refit_core.planning.wire import scale_weights
 from refit_core.planning.precision import FP8_BLOCK
 
 
@@ -98,7 +98,7 @@ class QuantisingSender(TransportReport):
         plan = ctx.plan
         self.inner.prepare(ctx)
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.one_sided = not registry.method(self.inner.name).two_sided
+        self.one_sided = not methods.method(self.inner.name).two_sided
         self.image = list(self.inner.source_parts)
         self.destination_parts = self.inner.destination_parts
         self.cuda = ctx.device.type == "cuda"

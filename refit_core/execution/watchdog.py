@@ -30,11 +30,13 @@ them. Iterations are one phase each for the watchdog but one phase in the record
 from __future__ import annotations
 
 import faulthandler
+import logging
 import os
-import sys
 import threading
 import time
 from typing import Callable
+
+log = logging.getLogger(__name__)
 
 GRACE_S = 2.0
 BACKSTOP_S = 10.0
@@ -119,5 +121,5 @@ class Watchdog:
         try:
             self._on_expire(error)
         finally:
-            print(f"[rank {self.rank}] {error}", file=sys.stderr, flush=True)
+            log.error(error)
             os._exit(EXIT_CODE)

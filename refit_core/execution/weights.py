@@ -15,7 +15,7 @@ import torch
 
 from refit_core.errors import VerificationError
 from refit_core.planning.model import Inventory, ParamSpec
-from refit_core.execution.storage import Slot, Storage
+from refit_core.planning.storage import Slot, Storage
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 _M1, _M2, _M3 = 0x9E3779B1, 0x85EBCA6B, 0x2C1B3C6D

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing as mp
-import os
 import queue
 import traceback
 import types
@@ -33,9 +32,9 @@ from refit_core.planning.layout import ParallelLayout, Placement
 from refit_core.peers.megatron_names import megatron_to_refitctl, to_refitctl
 from refit_core.planning.model import Inventory, ModelSpec
 from refit_core.planning.sharding import local_shape, rank_pieces
-from refit_core.execution.storage import rank_storage
+from refit_core.planning.storage import rank_storage
 from refit_core.execution.weights import fill, param_view
-from refit_core.taskenv import free_port
+from refit_core.environment import free_port
 
 MEGATRON_CORE_VERSION = "0.16.1"
 
@@ -476,9 +475,8 @@ def _rank_main(rank: int, world: int, port: int, fn: Callable[..., Any], args: t
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     try:
-        dist.init_process_group("gloo", rank=rank, world_size=world)
+        dist.init_process_group("gloo", rank=rank, world_size=world, init_method=f"tcp://127.0.0.1:{port}")
         result = fn(*args)
         dist.barrier()
         q.put((rank, True, result))

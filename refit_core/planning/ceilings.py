@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from refit_core.errors import ConfigError
+from refit_core.planning import methods
 
 NAMES = ("local_copy", "peer_copy_one_way", "peer_copy_both_ways", "nccl_one_way", "nccl_both_ways")
 
@@ -40,9 +41,7 @@ class LinkFigures:
 
 
 def _engine(method: str) -> str:
-    from refit_core.execution.transports.registry import method as lookup
-
-    return lookup(method).ceiling or "nccl"
+    return methods.method(method).ceiling or "nccl"
 
 
 def link_figures(data: Any, method: str, where: str) -> LinkFigures:

@@ -19,9 +19,10 @@ Rules, from what the GPUs were seen to do (issue 13):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from refit_core.errors import ConfigError
-from refit_core.execution.transports import registry
+from refit_core.planning import methods
 from refit_core.planning.layout import WorldLayout
 
 # How each refit method may share a GPU among its active ranks: None = no GPU at all.
@@ -66,6 +67,14 @@ class DeviceMap:
         return {"devices": list(self.devices), "ranks_per_node": self.ranks_per_node,
                 "gpus_per_node": self.gpus_per_node, "note": self.note}
 
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "DeviceMap":
+        """The map `to_json` wrote (a run directory's devices.json); a malformed one raises ValueError."""
+        devices = d["devices"]
+        if not isinstance(devices, list) or not all(v is None or (isinstance(v, int) and v >= 0) for v in devices):
+            raise ValueError("devices must be a list of GPU indices or null")
+        return cls(tuple(devices), int(d["ranks_per_node"]), int(d["gpus_per_node"]), str(d.get("note", "")))
+
 
 def _ranks(ranks: list[int]) -> str:
     """`0 2 4` for a few ranks, `3-7` for a run of more than two."""
@@ -79,7 +88,7 @@ def assign_devices(world: WorldLayout, method: str, ranks_per_node: int, gpus_pe
 
     `ranks_per_node`: tasks on each node (a local run: the whole world); `gpus_per_node`: GPUs each
     node shows to its tasks."""
-    m = registry.method(method)
+    m = methods.method(method)
     if ranks_per_node < 1:
         raise ConfigError(f"ranks per node must be at least 1, got {ranks_per_node}")
     devices: list[int | None] = [None] * world.world_size

@@ -26,10 +26,10 @@ from refit_core.errors import ConfigError
 from refit_core.numbers import gib
 from refit_core.planning.layout import ParallelLayout, WorldLayout
 from refit_core.planning.model import Inventory
-from refit_core.execution.transports.placement import layout_heap, nvshmem_direction
+from refit_core.planning.placement import layout_heap, nvshmem_direction
 from refit_core.planning.sharding import shard_groups
-from refit_core.execution.storage import aligned
-from refit_core.execution.transports import registry
+from refit_core.planning.storage import aligned
+from refit_core.planning import methods
 
 NVSHMEM_RESERVE_BYTES = 512 << 20
 """Added to the symmetric buffer's size in NVSHMEM_SYMMETRIC_SIZE by transports/nvshmem.py: address
@@ -113,7 +113,7 @@ def memory_fit(inv: Inventory, world: WorldLayout, method: str, bucket_bytes: in
         slots.append((src[sl] if sl is not None else None, dst[dl] if dl is not None else None))
     shards = [(sum(s or ()), sum(d or ())) for s, d in slots]
     active = range(world.gpus_used)
-    if registry.method(method).buffers == "nvshmem-heap":
+    if methods.method(method).buffers == "nvshmem-heap":
         hl = layout_heap([slots[r] for r in active], nvshmem_direction(world, nvshmem_placement, gpus_per_node))
         buffers = [hl.heap_bytes - hl.heap_used[r] + NVSHMEM_OVERHEAD_BYTES for r in active]
     else:
@@ -141,7 +141,7 @@ def check_memory(fit: MemoryFit, gpu_memory_gb: float, method: str) -> None:
     else:
         more = "--rl-inference-expert-model-parallel-size"
     fix = f"use more GPUs with a larger {more} so each GPU holds fewer experts"
-    if registry.method(method).buffers == "bucket":
+    if methods.method(method).buffers == "bucket":
         fix += (", or a smaller --refit-bucket-size" if m.buffer_bytes > over
                 else f" (a smaller --refit-bucket-size saves at most {gib(m.buffer_bytes)})")
     raise ConfigError(

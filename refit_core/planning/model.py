@@ -9,6 +9,8 @@ dist_checkpointing names them). Two attention kinds share one inventory: standar
 
 from __future__ import annotations
 
+import functools
+
 import math
 from dataclasses import dataclass
 from functools import cached_property
@@ -239,87 +241,99 @@ class Inventory:
         return sum(p.nbytes for p in self.params if p.expert is not None)
 
 
-def inventory(spec: ModelSpec, tp_sizes: tuple[int, ...] = (1,)) -> Inventory:
-    """List every parameter of `spec` (global shapes), for layouts with the given TP sizes."""
-    vocab = spec.padded_vocab(tp_sizes)
-    dt = spec.dtype
-    h = spec.hidden_size
-    bias = not spec.disable_bias_linear
-    params: list[ParamSpec] = []
+class _Params:
+    """Megatron-Core's parameters of one model, appended in its state dict's order (the inventory's builder)."""
 
-    def add(name: str, shape: tuple[int, ...], dtype: str | None = None, **kw: object) -> None:
-        params.append(ParamSpec(name, tuple(int(s) for s in shape), dtype or dt, **kw))  # type: ignore[arg-type]
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec, self.h, self.bias = spec, spec.hidden_size, not spec.disable_bias_linear
+        self.params: list[ParamSpec] = []
 
-    def norm(prefix: str, layer: int | None, stage: str | None = None) -> None:
-        add(f"{prefix}weight", (h,), layer=layer, stage=stage)
-        if spec.normalization == "LayerNorm":
-            add(f"{prefix}bias", (h,), layer=layer, stage=stage)
+    def add(self, name: str, shape: tuple[int, ...], dtype: str | None = None, **kw: object) -> None:
+        self.params.append(ParamSpec(name, tuple(int(s) for s in shape), dtype or self.spec.dtype, **kw))  # type: ignore[arg-type]
 
-    def fused_norm(prefix: str, layer: int, width: int) -> None:
-        add(f"{prefix}layer_norm_weight", (width,), layer=layer)
-        if spec.normalization == "LayerNorm":
-            add(f"{prefix}layer_norm_bias", (width,), layer=layer)
+    def norm(self, prefix: str, layer: int | None, stage: str | None = None) -> None:
+        self.add(f"{prefix}weight", (self.h,), layer=layer, stage=stage)
+        if self.spec.normalization == "LayerNorm":
+            self.add(f"{prefix}bias", (self.h,), layer=layer, stage=stage)
 
-    def mlp(prefix: str, layer: int, width: int, expert: int | None = None, fused_ln: bool = False) -> None:
-        gate = 2 if spec.swiglu else 1
+    def fused_norm(self, prefix: str, layer: int, width: int) -> None:
+        self.add(f"{prefix}layer_norm_weight", (width,), layer=layer)
+        if self.spec.normalization == "LayerNorm":
+            self.add(f"{prefix}layer_norm_bias", (width,), layer=layer)
+
+    def mlp(self, prefix: str, layer: int, width: int, expert: int | None = None, fused_ln: bool = False) -> None:
+        h, gate = self.h, 2 if self.spec.swiglu else 1
         split = {} if expert is not None else {"tp_dim": 0, "tp_blocks": gate}
         if fused_ln:
-            fused_norm(f"{prefix}linear_fc1.", layer, h)
-        add(f"{prefix}linear_fc1.weight", (gate * width, h), layer=layer, expert=expert, **split)
-        if bias:
-            add(f"{prefix}linear_fc1.bias", (gate * width,), layer=layer, expert=expert, **split)
-        add(f"{prefix}linear_fc2.weight", (h, width), layer=layer, expert=expert,
-            **({} if expert is not None else {"tp_dim": 1}))
-        if bias:
-            add(f"{prefix}linear_fc2.bias", (h,), layer=layer, expert=expert)
+            self.fused_norm(f"{prefix}linear_fc1.", layer, h)
+        self.add(f"{prefix}linear_fc1.weight", (gate * width, h), layer=layer, expert=expert, **split)
+        if self.bias:
+            self.add(f"{prefix}linear_fc1.bias", (gate * width,), layer=layer, expert=expert, **split)
+        self.add(f"{prefix}linear_fc2.weight", (h, width), layer=layer, expert=expert,
+                 **({} if expert is not None else {"tp_dim": 1}))
+        if self.bias:
+            self.add(f"{prefix}linear_fc2.bias", (h,), layer=layer, expert=expert)
 
-    add("embedding.word_embeddings.weight", (vocab, h), tp_dim=0, stage="first")
-    if spec.position_embedding_type == "learned_absolute":
-        add("embedding.position_embeddings.weight", (spec.max_positions, h), stage="first")
-
-    for i in range(spec.num_layers):
-        p = f"decoder.layers.{i}."
-        a = f"{p}self_attention."
-        if spec.multi_latent_attention:
-            n = spec.num_attention_heads
-            norm(f"{p}input_layernorm.", i)
-            if spec.q_lora_rank:
-                add(f"{a}linear_q_down_proj.weight", (spec.q_lora_rank, h), layer=i)
-                fused_norm(f"{a}linear_q_up_proj.", i, spec.q_lora_rank)
-                add(f"{a}linear_q_up_proj.weight", (n * (spec.qk_head_dim + spec.qk_pos_emb_head_dim), spec.q_lora_rank),
-                    layer=i, tp_dim=0)
-            else:
-                add(f"{a}linear_q_proj.weight", (n * (spec.qk_head_dim + spec.qk_pos_emb_head_dim), h), layer=i, tp_dim=0)
-            add(f"{a}linear_kv_down_proj.weight", (spec.kv_lora_rank + spec.qk_pos_emb_head_dim, h), layer=i)
-            fused_norm(f"{a}linear_kv_up_proj.", i, spec.kv_lora_rank)
-            add(f"{a}linear_kv_up_proj.weight", (n * (spec.qk_head_dim + spec.v_head_dim), spec.kv_lora_rank),
-                layer=i, tp_dim=0)
-            add(f"{a}linear_proj.weight", (h, n * spec.v_head_dim), layer=i, tp_dim=1)
+    def mla(self, p: str, a: str, i: int) -> None:
+        """Multi-latent attention (Kimi K2, DeepSeek-V3)."""
+        spec, h, n = self.spec, self.h, self.spec.num_attention_heads
+        qk = n * (spec.qk_head_dim + spec.qk_pos_emb_head_dim)
+        self.norm(f"{p}input_layernorm.", i)
+        if spec.q_lora_rank:
+            self.add(f"{a}linear_q_down_proj.weight", (spec.q_lora_rank, h), layer=i)
+            self.fused_norm(f"{a}linear_q_up_proj.", i, spec.q_lora_rank)
+            self.add(f"{a}linear_q_up_proj.weight", (qk, spec.q_lora_rank), layer=i, tp_dim=0)
         else:
-            qkv = (spec.num_attention_heads + 2 * spec.query_groups) * spec.head_dim
-            fused_norm(f"{a}linear_qkv.", i, h)
-            add(f"{a}linear_qkv.weight", (qkv, h), layer=i, tp_dim=0)
-            if bias:
-                add(f"{a}linear_qkv.bias", (qkv,), layer=i, tp_dim=0)
-            add(f"{a}linear_proj.weight", (h, spec.num_attention_heads * spec.head_dim), layer=i, tp_dim=1)
-        if bias:
-            add(f"{a}linear_proj.bias", (h,), layer=i)
+            self.add(f"{a}linear_q_proj.weight", (qk, h), layer=i, tp_dim=0)
+        self.add(f"{a}linear_kv_down_proj.weight", (spec.kv_lora_rank + spec.qk_pos_emb_head_dim, h), layer=i)
+        self.fused_norm(f"{a}linear_kv_up_proj.", i, spec.kv_lora_rank)
+        self.add(f"{a}linear_kv_up_proj.weight", (n * (spec.qk_head_dim + spec.v_head_dim), spec.kv_lora_rank),
+                 layer=i, tp_dim=0)
+        self.add(f"{a}linear_proj.weight", (h, n * spec.v_head_dim), layer=i, tp_dim=1)
 
+    def gqa(self, a: str, i: int) -> None:
+        """Fused QKV attention, query groups whole per TP rank (MHA when there is one group per head)."""
+        spec = self.spec
+        qkv = (spec.num_attention_heads + 2 * spec.query_groups) * spec.head_dim
+        self.fused_norm(f"{a}linear_qkv.", i, self.h)
+        self.add(f"{a}linear_qkv.weight", (qkv, self.h), layer=i, tp_dim=0)
+        if self.bias:
+            self.add(f"{a}linear_qkv.bias", (qkv,), layer=i, tp_dim=0)
+        self.add(f"{a}linear_proj.weight", (self.h, spec.num_attention_heads * spec.head_dim), layer=i, tp_dim=1)
+
+    def layer(self, i: int) -> None:
+        spec, p = self.spec, f"decoder.layers.{i}."
+        a = f"{p}self_attention."
+        self.mla(p, a, i) if spec.multi_latent_attention else self.gqa(a, i)
+        if self.bias:
+            self.add(f"{a}linear_proj.bias", (self.h,), layer=i)
         if spec.is_moe_layer(i):
-            norm(f"{p}pre_mlp_layernorm.", i)
-            add(f"{p}mlp.router.weight", (spec.num_experts, h), layer=i)
+            self.norm(f"{p}pre_mlp_layernorm.", i)
+            self.add(f"{p}mlp.router.weight", (spec.num_experts, self.h), layer=i)
             if spec.moe_router_enable_expert_bias:
-                add(f"{p}mlp.router.expert_bias", (spec.num_experts,), dtype="float32", layer=i)
+                self.add(f"{p}mlp.router.expert_bias", (spec.num_experts,), dtype="float32", layer=i)
             for e in range(spec.num_experts or 0):
-                mlp(f"{p}mlp.experts.local_experts.{e}.", i, spec.moe_ffn, expert=e)
+                self.mlp(f"{p}mlp.experts.local_experts.{e}.", i, spec.moe_ffn, expert=e)
             if spec.moe_shared_expert_intermediate_size:
-                mlp(f"{p}mlp.shared_experts.", i, spec.moe_shared_expert_intermediate_size)
+                self.mlp(f"{p}mlp.shared_experts.", i, spec.moe_shared_expert_intermediate_size)
         else:
             # Dense layers fuse the pre-MLP norm into linear_fc1 in both attention kinds: Megatron's
             # MLA layer spec has pre_mlp_layernorm=IdentityOp without experts, like the GQA one.
-            mlp(f"{p}mlp.", i, spec.ffn, fused_ln=True)
+            self.mlp(f"{p}mlp.", i, spec.ffn, fused_ln=True)
 
-    norm("decoder.final_layernorm.", None, stage="last")
+
+@functools.lru_cache(maxsize=8)
+def inventory(spec: ModelSpec, tp_sizes: tuple[int, ...] = (1,)) -> Inventory:
+    """List every parameter of `spec` (global shapes), for layouts with the given TP sizes. A pure function of
+    frozen values, kept for the last few models: validating, fitting and planning one run build it once."""
+    vocab = spec.padded_vocab(tp_sizes)
+    b = _Params(spec)
+    b.add("embedding.word_embeddings.weight", (vocab, spec.hidden_size), tp_dim=0, stage="first")
+    if spec.position_embedding_type == "learned_absolute":
+        b.add("embedding.position_embeddings.weight", (spec.max_positions, spec.hidden_size), stage="first")
+    for i in range(spec.num_layers):
+        b.layer(i)
+    b.norm("decoder.final_layernorm.", None, stage="last")
     if spec.untie_embeddings_and_output_weights:
-        add("output_layer.weight", (vocab, h), tp_dim=0, stage="last")
-    return Inventory(spec, tuple(params), vocab)
+        b.add("output_layer.weight", (vocab, spec.hidden_size), tp_dim=0, stage="last")
+    return Inventory(spec, tuple(b.params), vocab)

@@ -191,53 +191,82 @@ def plan_transfers(inv: Inventory, world: WorldLayout, nodes: NodeMap | None = N
     With `nodes`, node-aware (nearest replica first, each link class balanced on its own). With
     precision "fp8", bytes are the destination's (FP8 weights) and the scale tensors are planned
     too, each block from the source that holds it whole, or gathered (precision.py)."""
-    spec = inv.spec
-    src_l, dst_l = world.source.layout, world.destination.layout
-    src0, dst0 = world.source.first_rank, world.destination.first_rank
-    collocated = world.mode is RefitMode.COLLOCATED
-    local: list[Transfer] = []
-    groups = _Groups(nodes)
-
-    def place(holders: tuple[int, ...], dst: int, atom: _Atom) -> None:
-        if collocated and groups.holds(holders, dst):
-            local.append(Transfer(atom.param, dst, dst, atom.start, atom.length, atom.src_offset, atom.dst_offset))
-        else:
-            groups.add(holders, dst, atom)
-
+    placer = _Placer(world, nodes)
     for pi, p in enumerate(inv.params):
-        sgs = [ShardGroup(g.pieces, tuple(src0 + h for h in g.holders))
-               for g in shard_groups(p, src_l, spec.num_layers, spec.num_experts)]
-        for dg in shard_groups(p, dst_l, spec.num_layers, spec.num_experts):
-            for dpiece in dg.pieces:
-                for sg in sgs:
-                    for spiece in sg.pieces:
-                        cut = _intersect(dpiece, spiece)
-                        if cut is None:
-                            continue
-                        start, length = cut
-                        so = spiece.local_start + start - spiece.start
-                        do = dpiece.local_start + start - dpiece.start
-                        for dl in dg.holders:
-                            place(sg.holders, dst0 + dl, _Atom(dst0 + dl, pi, start, length, so, do))
-
+        _weight_atoms(placer, inv, pi, p)
     dinv = destination_inventory(inv, precision)
     gathers: dict[tuple[int, int], BlockGather] = {}
     for wi, si in dinv.scales:
-        p = inv.params[wi]
-        sgs = [(g.pieces, tuple(src0 + h for h in g.holders))
-               for g in shard_groups(p, src_l, spec.num_layers, spec.num_experts)]
-        held = {holders: block_pieces(pieces) for pieces, holders in sgs}  # the source's local scale rows
-        for dg in shard_groups(p, dst_l, spec.num_layers, spec.num_experts):
-            for bpiece in block_pieces(dg.pieces):
-                runs, cut = scale_runs(p, sgs, si, bpiece)
-                gathers.update({(g.param, g.start): g for g in cut})
-                for b0, n, holders in runs:
-                    do = bpiece.local_start + b0 - bpiece.start
-                    so = _block_offset(held[holders], b0, n)
-                    for dl in dg.holders:
-                        place(holders, dst0 + dl, _Atom(dst0 + dl, si, b0, n, so, do))
-
+        gathers.update(_scale_atoms(placer, inv, inv.params[wi], si))
     unit = [p.index_bytes for p in dinv.inventory.params]
+    network, bound, class_bounds = _balanced(placer.groups, nodes, unit)
+    transfers = _coalesce(sorted(placer.local + network, key=lambda t: (t.src, t.dst, t.param, t.start)))
+    return Plan(world, inv, tuple(transfers), bound, nodes, tuple(class_bounds), precision,
+                dinv.inventory if dinv.scales else None, tuple(gathers[k] for k in sorted(gathers)))
+
+
+class _Placer:
+    """Where each atom goes: a local copy (collocated, the destination holds it already) or the group of
+    replicas that may serve it."""
+
+    def __init__(self, world: WorldLayout, nodes: NodeMap | None) -> None:
+        self.world, self.groups = world, _Groups(nodes)
+        self.collocated = world.mode is RefitMode.COLLOCATED
+        self.src0, self.dst0 = world.source.first_rank, world.destination.first_rank
+        self.local: list[Transfer] = []
+
+    def place(self, holders: tuple[int, ...], dst: int, atom: _Atom) -> None:
+        if self.collocated and self.groups.holds(holders, dst):
+            self.local.append(Transfer(atom.param, dst, dst, atom.start, atom.length, atom.src_offset, atom.dst_offset))
+        else:
+            self.groups.add(holders, dst, atom)
+
+
+def _weight_atoms(placer: _Placer, inv: Inventory, pi: int, p: ParamSpec) -> None:
+    """Every destination piece of parameter `pi` cut against every source piece: one atom per overlap and holder."""
+    spec, w = inv.spec, placer.world
+    src0, dst0 = placer.src0, placer.dst0
+    sgs = [ShardGroup(g.pieces, tuple(src0 + h for h in g.holders))
+           for g in shard_groups(p, w.source.layout, spec.num_layers, spec.num_experts)]
+    for dg in shard_groups(p, w.destination.layout, spec.num_layers, spec.num_experts):
+        for dpiece in dg.pieces:
+            for sg in sgs:
+                for spiece in sg.pieces:
+                    cut = _intersect(dpiece, spiece)
+                    if cut is None:
+                        continue
+                    start, length = cut
+                    so = spiece.local_start + start - spiece.start
+                    do = dpiece.local_start + start - dpiece.start
+                    for dl in dg.holders:
+                        placer.place(sg.holders, dst0 + dl, _Atom(dst0 + dl, pi, start, length, so, do))
+
+
+def _scale_atoms(placer: _Placer, inv: Inventory, p: ParamSpec, si: int) -> dict[tuple[int, int], BlockGather]:
+    """FP8: the scale blocks of weight `p` (scale parameter `si`), each from a source holding the block whole;
+    the blocks none holds whole are returned as gathers."""
+    spec, w = inv.spec, placer.world
+    src0, dst0 = placer.src0, placer.dst0
+    gathers: dict[tuple[int, int], BlockGather] = {}
+    sgs = [(g.pieces, tuple(src0 + h for h in g.holders))
+           for g in shard_groups(p, w.source.layout, spec.num_layers, spec.num_experts)]
+    held = {holders: block_pieces(pieces) for pieces, holders in sgs}  # the source's local scale rows
+    for dg in shard_groups(p, w.destination.layout, spec.num_layers, spec.num_experts):
+        for bpiece in block_pieces(dg.pieces):
+            runs, cut = scale_runs(p, sgs, si, bpiece)
+            gathers.update({(g.param, g.start): g for g in cut})
+            for b0, n, holders in runs:
+                do = bpiece.local_start + b0 - bpiece.start
+                so = _block_offset(held[holders], b0, n)
+                for dl in dg.holders:
+                    placer.place(holders, dst0 + dl, _Atom(dst0 + dl, si, b0, n, so, do))
+    return gathers
+
+
+def _balanced(groups: "_Groups", nodes: NodeMap | None,
+              unit: list[int]) -> tuple[list[Transfer], int, list[tuple[str, int]]]:
+    """The network transfers, each replica group's bytes shared among its holders by the max-flow that minimises
+    the busiest source; the bound it reaches, and (node-aware) each link class's."""
     by_holders = groups.by_holders()
     demand = {k: sum(a.length * unit[a.param] for a in atoms) for k, atoms in by_holders.items()}
     shares: dict[tuple[str, tuple[int, ...]], dict[int, int]] = {}
@@ -255,9 +284,7 @@ def plan_transfers(inv: Inventory, world: WorldLayout, nodes: NodeMap | None = N
         atoms.sort()
         got = shares.get((cls, holders), {})
         network.extend(_cut_stream(atoms, [(s, got.get(s, 0)) for s in holders], unit))
-    transfers = _coalesce(sorted(local + network, key=lambda t: (t.src, t.dst, t.param, t.start)))
-    return Plan(world, inv, tuple(transfers), bound, nodes, tuple(class_bounds), precision,
-                dinv.inventory if dinv.scales else None, tuple(gathers[k] for k in sorted(gathers)))
+    return network, bound, class_bounds
 
 
 class _Groups:

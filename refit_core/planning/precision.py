@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 
 from refit_core.errors import ConfigError
 from refit_core.planning.layout import ParallelLayout
+from refit_core.planning import methods
 from refit_core.planning.model import Inventory, ParamSpec
 from refit_core.planning.sharding import Piece
 
@@ -44,10 +45,8 @@ def execution_refusal(precision: str, method: str) -> str | None:
     """Why a run (not a plan) with `method` cannot use `precision`, or None. FP8 runs on the methods
     that move the sender's quantised shards as plain bytes (the registry's `fp8`); the naive baseline
     gathers whole BF16 tensors and Megatron-Core's refit copies its own parameters, so neither can."""
-    from refit_core.execution.transports import registry
-
-    if precision == "fp8" and not registry.method(method).fp8:
-        able = ", ".join(m.name for m in registry.METHODS.values() if m.fp8)
+    if precision == "fp8" and not methods.method(method).fp8:
+        able = ", ".join(m.name for m in methods.METHODS.values() if m.fp8)
         return (f"--refit-method {method} moves BF16 destinations only: run --rl-inference-precision fp8 "
                 f"with --refit-method {able}, or use --rl-inference-precision bf16")
     return None
@@ -168,7 +167,7 @@ def destination_slot_sizes(inv: Inventory, layout: ParallelLayout, precision: st
     scales: the rows of blocks its weight rows touch); None for bf16 (the source's sizes)."""
     if precision == "bf16":
         return None
-    from refit_core.execution.storage import ALIGN
+    from refit_core.planning.storage import ALIGN
     from refit_core.planning.memory import slot_sizes
     from refit_core.planning.sharding import shard_groups
 

@@ -27,80 +27,92 @@ def _local_range(pieces: tuple[Piece, ...], start: int, length: int) -> int | No
     return None
 
 
+class _Coverage:
+    """What a plan must deliver, per parameter and rank: the slices each source holds and each destination needs."""
+
+    def __init__(self, plan: Plan) -> None:
+        inv = plan.inventory
+        self.plan, self.inv, self.spec, self.world = plan, inv, inv.spec, plan.world
+        self.weight_of = {si: wi for wi, si in destination_inventory(inv, plan.precision).scales}
+        self.gathered = {(g.param, g.start + k): g.owners for g in plan.gathers for k in range(g.length)}
+
+    def pieces(self, pi: int, layout: ParallelLayout, local: int) -> tuple[Piece, ...]:
+        spec = self.spec
+        if pi in self.weight_of:
+            return block_pieces(rank_pieces(self.inv.params[self.weight_of[pi]], layout, local, spec.num_layers,
+                                            spec.num_experts))
+        return rank_pieces(self.inv.params[pi], layout, local, spec.num_layers, spec.num_experts)
+
+    def sender_forms(self, t: Transfer, sl: int) -> bool:
+        """An FP8 scale transfer: its sender holds each block whole, or owns the block's gather."""
+        w = self.inv.params[self.weight_of[t.param]]
+        n = w.shape[w.split_dim]
+        held = rank_pieces(w, self.world.source.layout, sl, self.spec.num_layers, self.spec.num_experts)
+        for b in range(t.start, t.start + t.length):
+            whole = any(lo <= b < hi for lo, hi in (whole_blocks(pc, n) for pc in held))
+            if not whole and t.src not in self.gathered.get((t.param, b), ()):
+                return False
+        return True
+
+    def check_sender(self, t: Transfer) -> None:
+        if t.length <= 0:
+            raise CoverageError(f"empty transfer {t}")
+        p = self.plan.params[t.param]
+        sl = self.world.source.local(t.src)
+        if sl is None:
+            raise CoverageError(f"{p.name}: rank {t.src} sends but is not a source rank")
+        if t.param in self.weight_of:
+            if not self.sender_forms(t, sl):
+                raise CoverageError(f"{p.name}: source rank {t.src} cannot form scale blocks "
+                                    f"[{t.start}, {t.start + t.length})")
+            return
+        so = _local_range(rank_pieces(p, self.world.source.layout, sl, self.spec.num_layers, self.spec.num_experts),
+                          t.start, t.length)
+        if so != t.src_offset:
+            raise CoverageError(f"{p.name}: source rank {t.src} does not hold [{t.start}, {t.start + t.length}) "
+                                f"at local offset {t.src_offset}")
+
+    def check_destination(self, dst: int, pi: int, ts: list[Transfer]) -> None:
+        """Rank `dst` gets exactly its local slices of parameter `pi`, each once, at the right local offsets.
+        Compared in local positions: an FP8 scale block can sit twice in one shard (a SwiGLU fc1 whose gate ends
+        inside a block needs it for the gate part and the up part)."""
+        p = self.plan.params[pi]
+        held = self.pieces(pi, self.world.destination.layout, dst - self.world.destination.first_rank)
+        have: list[tuple[int, int]] = []
+        for t in sorted(ts, key=lambda t: t.dst_offset):
+            if not any(pc.start <= t.start and t.start + t.length <= pc.stop
+                       and pc.local_start + t.start - pc.start == t.dst_offset for pc in held):
+                raise CoverageError(f"{p.name}: destination rank {dst} gets [{t.start}, {t.start + t.length}) "
+                                    f"at wrong local offset {t.dst_offset}")
+            if have and have[-1][0] + have[-1][1] > t.dst_offset:
+                raise CoverageError(f"{p.name}: destination rank {dst} receives index {t.start} twice")
+            if have and have[-1][0] + have[-1][1] == t.dst_offset:
+                have[-1] = (have[-1][0], have[-1][1] + t.length)
+            else:
+                have.append((t.dst_offset, t.length))
+        merged: list[tuple[int, int]] = []
+        for s, n in sorted((pc.local_start, pc.length) for pc in held):
+            if merged and merged[-1][0] + merged[-1][1] == s:
+                merged[-1] = (merged[-1][0], merged[-1][1] + n)
+            else:
+                merged.append((s, n))
+        if have != merged:
+            raise CoverageError(f"{p.name}: destination rank {dst} needs local {merged} but the plan delivers {have}")
+
+
 def check_plan(plan: Plan) -> None:
     """Raise CoverageError naming the first parameter and rank whose coverage is wrong.
 
     FP8 scale tensors (indices after the weights): every destination gets the scale blocks of its
     weight rows exactly once, each from a source holding the block whole or owning its gather."""
-    inv, world = plan.inventory, plan.world
-    spec = inv.spec
-    src_l, dst_l = world.source.layout, world.destination.layout
-    weight_of = {si: wi for wi, si in destination_inventory(inv, plan.precision).scales}
-    gathered = {(g.param, g.start + k): g.owners for g in plan.gathers for k in range(g.length)}
-
-    def pieces(pi: int, layout: ParallelLayout, local: int) -> tuple[Piece, ...]:
-        if pi in weight_of:
-            return block_pieces(rank_pieces(inv.params[weight_of[pi]], layout, local, spec.num_layers,
-                                            spec.num_experts))
-        return rank_pieces(inv.params[pi], layout, local, spec.num_layers, spec.num_experts)
-
-    def sender_forms(t: Transfer, sl: int) -> bool:
-        w = inv.params[weight_of[t.param]]
-        n = w.shape[w.split_dim]
-        held = rank_pieces(w, src_l, sl, spec.num_layers, spec.num_experts)
-        for b in range(t.start, t.start + t.length):
-            whole = any(lo <= b < hi for lo, hi in (whole_blocks(pc, n) for pc in held))
-            if not whole and t.src not in gathered.get((t.param, b), ()):
-                return False
-        return True
-
+    cov = _Coverage(plan)
     got: dict[tuple[int, int], list[Transfer]] = defaultdict(list)
     for t in plan.transfers:
-        if t.length <= 0:
-            raise CoverageError(f"empty transfer {t}")
-        p = plan.params[t.param]
-        sl = world.source.local(t.src)
-        if sl is None:
-            raise CoverageError(f"{p.name}: rank {t.src} sends but is not a source rank")
-        if t.param in weight_of:
-            if not sender_forms(t, sl):
-                raise CoverageError(f"{p.name}: source rank {t.src} cannot form scale blocks "
-                                    f"[{t.start}, {t.start + t.length})")
-            got[(t.dst, t.param)].append(t)
-            continue
-        so = _local_range(rank_pieces(p, src_l, sl, spec.num_layers, spec.num_experts), t.start, t.length)
-        if so != t.src_offset:
-            raise CoverageError(f"{p.name}: source rank {t.src} does not hold [{t.start}, {t.start + t.length}) "
-                                f"at local offset {t.src_offset}")
+        cov.check_sender(t)
         got[(t.dst, t.param)].append(t)
-    for dst in world.destination.ranks:
-        dl = dst - world.destination.first_rank
-        for pi, p in enumerate(plan.params):
-            held = pieces(pi, dst_l, dl)
-            ts = sorted(got.pop((dst, pi), []), key=lambda t: t.start)
-            # compared in local positions: an FP8 scale block can sit twice in one shard (a SwiGLU
-            # fc1 whose gate ends inside a block needs it for the gate part and the up part)
-            have: list[tuple[int, int]] = []
-            for t in sorted(ts, key=lambda t: t.dst_offset):
-                if not any(pc.start <= t.start and t.start + t.length <= pc.stop
-                           and pc.local_start + t.start - pc.start == t.dst_offset for pc in held):
-                    raise CoverageError(f"{p.name}: destination rank {dst} gets [{t.start}, {t.start + t.length}) "
-                                        f"at wrong local offset {t.dst_offset}")
-                if have and have[-1][0] + have[-1][1] > t.dst_offset:
-                    raise CoverageError(f"{p.name}: destination rank {dst} receives index {t.start} twice")
-                if have and have[-1][0] + have[-1][1] == t.dst_offset:
-                    have[-1] = (have[-1][0], have[-1][1] + t.length)
-                else:
-                    have.append((t.dst_offset, t.length))
-            merged: list[tuple[int, int]] = []
-            for s, n in sorted((pc.local_start, pc.length) for pc in held):
-                if merged and merged[-1][0] + merged[-1][1] == s:
-                    merged[-1] = (merged[-1][0], merged[-1][1] + n)
-                else:
-                    merged.append((s, n))
-            if have != merged:
-                raise CoverageError(f"{p.name}: destination rank {dst} needs local {merged} but the plan "
-                                    f"delivers {have}")
+    for dst in plan.world.destination.ranks:
+        for pi in range(len(plan.params)):
+            cov.check_destination(dst, pi, got.pop((dst, pi), []))
     if got:
         (dst, pi), _ = next(iter(got.items()))
         raise CoverageError(f"{plan.params[pi].name}: rank {dst} receives a slice it does not hold")

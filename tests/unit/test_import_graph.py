@@ -101,9 +101,9 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def test_the_packages_import_one_way() -> None:
+def test_the_packages_import_one_way() -> None:  # no loops, whatever the layers
     graph = import_graph(ROOT)
-    assert "orchestrator.cli" in graph and "orchestrator.commands.common" in graph["orchestrator.commands.run"]
+    assert "orchestrator.cli" in graph and "orchestrator.actions.launch" in graph["orchestrator.commands.run"]
     cycle = find_cycle(graph)
     assert cycle is None, "import loop: " + " -> ".join(cycle or [])
 
@@ -121,3 +121,83 @@ def test_a_planted_loop_is_found(tmp_path: Path) -> None:
     assert find_cycle(import_graph(tmp_path)) == ["orchestrator.views.a", "orchestrator.views.b", "orchestrator.views.a"]
     (pkg / "b.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from orchestrator.views import a\n")
     assert find_cycle(import_graph(tmp_path)) is None
+
+
+# Layers, lowest first: a module may import its own layer and the layers below, never one above (imports
+# inside functions count too). refit_core: the base modules, pure planning, the config, execution, peers;
+# then jobs (what runs on the nodes); then the orchestrator's layers: what commands share (actions/) below the
+# command modules, the CLI and the local controller (a process of its own, which finalizes runs) last.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("refit_core", "refit_core.errors", "refit_core.numbers", "refit_core.jsonfile", "refit_core.environment",
+     "refit_core.paths",
+     "refit_core.results"),
+    ("refit_core.planning",),
+    ("refit_core.config",),
+    ("refit_core.execution",),
+    ("refit_core.peers",),
+    ("jobs",),
+    ("orchestrator", "orchestrator.safety"),
+    ("orchestrator.configs",),
+    ("orchestrator.submission",),
+    ("orchestrator.state",),
+    ("orchestrator.views",),
+    ("orchestrator.actions",),
+    ("orchestrator.commands",),
+    ("orchestrator.cli", "orchestrator.__main__", "orchestrator.controller"),
+)
+
+
+def layer_of(module: str) -> int:
+    """The index in LAYERS of the longest prefix naming `module` (a package names its submodules)."""
+    best, best_len = -1, -1
+    for i, names in enumerate(LAYERS):
+        for n in names:
+            if (module == n or module.startswith(n + ".")) and len(n) > best_len and \
+                    not (n in ("refit_core", "orchestrator") and module != n and "." in module):
+                best, best_len = i, len(n)
+    return best
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Every import of a module from a higher layer than its own, as 'a -> b'."""
+    out = []
+    for module, targets in graph.items():
+        here = layer_of(module)
+        out += [f"{module} -> {t}" for t in sorted(targets) if layer_of(t) > here]
+    return sorted(out)
+
+
+def command_to_command(graph: dict[str, set[str]]) -> list[str]:
+    """Imports between two command modules (orchestrator/commands/*: each a group of commands)."""
+    commands = {m for m in graph if m.startswith("orchestrator.commands.")}
+    return sorted(f"{a} -> {b}" for a in commands for b in graph[a] & commands)
+
+
+def test_every_module_has_a_layer() -> None:
+    assert [m for m in import_graph(ROOT) if layer_of(m) < 0] == []
+
+
+def test_layers_import_downwards_only() -> None:
+    """planning < config < execution < peers < jobs < orchestrator (configs < submission < state < views <
+    actions < commands < cli): what a folder may import can be told from its name."""
+    graph = import_graph(ROOT)
+    assert "refit_core.planning.methods" in graph and "refit_core.planning.blocks" in graph
+    assert upward_imports(graph) == []
+    assert command_to_command(graph) == []
+
+
+def test_an_upward_import_is_found(tmp_path: Path) -> None:
+    """planning importing execution, even inside a function, and one command module importing another, are named."""
+    for pkg in ("refit_core/planning", "refit_core/execution", "orchestrator/commands", "jobs"):
+        (tmp_path / pkg).mkdir(parents=True)
+        (tmp_path / pkg / "__init__.py").write_text("")
+    (tmp_path / "refit_core" / "__init__.py").write_text("")
+    (tmp_path / "orchestrator" / "__init__.py").write_text("")
+    (tmp_path / "refit_core/execution/engine.py").write_text("X = 1\n")
+    (tmp_path / "refit_core/planning/plan.py").write_text("def f():\n    from refit_core.execution.engine import X\n")
+    (tmp_path / "orchestrator/commands/a.py").write_text("")
+    (tmp_path / "orchestrator/commands/b.py").write_text("from orchestrator.commands import a\n")
+    graph = import_graph(tmp_path)
+    assert upward_imports(graph) == ["refit_core.planning.plan -> refit_core.execution",
+                                     "refit_core.planning.plan -> refit_core.execution.engine"]
+    assert command_to_command(graph) == ["orchestrator.commands.b -> orchestrator.commands.a"]

@@ -13,8 +13,9 @@ from typing import Protocol
 import torch
 
 from refit_core.config import RunConfig
+from refit_core.planning.devices import DeviceMap
 from refit_core.planning.plan import Plan, RankPlan
-from refit_core.execution.storage import Storage
+from refit_core.planning.storage import Storage
 
 
 @dataclass
@@ -28,6 +29,7 @@ class RankContext:
     source: Storage | None  # this rank's source shards (None: not a source rank)
     destination: Storage | None  # this rank's destination shards (None: not a destination)
     active_group: object = None  # torch.distributed group of source + destination ranks
+    devices: DeviceMap | None = None  # each rank's GPU as placed before launch (None: not placed)
 
 
 @dataclass

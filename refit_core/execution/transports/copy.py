@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 
-from refit_core.execution.transports.blocks import Block, split_for_ctas
+from refit_core.planning.blocks import Block, split_for_ctas
 
 
 def copy_blocks_torch(blocks: Sequence[Block], src: torch.Tensor, dst: torch.Tensor) -> None:

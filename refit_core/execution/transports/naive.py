@@ -9,12 +9,15 @@ batched transport gains (`--refit-method naive`); it is not meant for real use.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
+from refit_core import environment
 from refit_core.planning.sharding import shard_groups
 from refit_core.planning.memory import NVSHMEM_RESERVE_BYTES
-from refit_core.execution.storage import aligned
-from refit_core.execution.wire import rank_storages
+from refit_core.planning.storage import aligned
+from refit_core.planning.wire import rank_storages
 from refit_core.execution.transports.base import IterationStats, RankContext, whole, TransportReport
 from refit_core.execution.transports.nvshmem import init_nvshmem
 from refit_core.execution.weights import torch_dtype
@@ -33,10 +36,11 @@ class NaiveTransport(TransportReport):
         self._sym: torch.Tensor | None = None
 
     def prepare(self, ctx: RankContext) -> None:
+        """One symmetric heap per PE: every PE's shards, then room for one whole tensor gathered and one received."""
         import nvshmem.core as nv
 
         self.ctx, self.nv = ctx, nv
-        w, inv, spec = ctx.plan.world, ctx.plan.inventory, ctx.plan.inventory.spec
+        w, inv = ctx.plan.world, ctx.plan.inventory
         active = list(range(w.gpus_used))
         own = {}
         self.dst_offset = {}
@@ -47,9 +51,7 @@ class NaiveTransport(TransportReport):
         biggest = aligned(max(p.nbytes for p in inv.params))
         stor = aligned(max(own.values()))
         size = stor + 2 * biggest
-        import os
-
-        os.environ.setdefault("NVSHMEM_SYMMETRIC_SIZE", str(size + NVSHMEM_RESERVE_BYTES))
+        environment.export({"NVSHMEM_SYMMETRIC_SIZE": str(size + NVSHMEM_RESERVE_BYTES)}, overwrite=False)
         init_nvshmem(ctx.rank, len(active), ctx.device, ctx.active_group)
         self._sym = nv.bytetensor((size,))
         me = ctx.rank
@@ -58,43 +60,48 @@ class NaiveTransport(TransportReport):
             self._sym[self.dst_offset[me]: self.dst_offset[me] + ctx.destination.nbytes] if ctx.destination else None,
             ctx.destination)
         peers = {r: nv.get_peer_tensor(self._sym, r) for r in active}
-        gather_at, recv_at = stor, stor + biggest
-
-        def full(buf: torch.Tensor, at: int, p) -> torch.Tensor:
-            return buf[at: at + p.nbytes].view(torch_dtype(p.dtype)).view(p.shape)
-
-        def local(buf_off: int, slot, p) -> torch.Tensor:
-            return self._sym[buf_off + slot.offset: buf_off + slot.offset + slot.nbytes].view(
-                torch_dtype(p.dtype)).view(slot.shape)
-
-        self.steps: list[tuple[list, list, list]] = []
-        src0, dst0 = w.source.first_rank, w.destination.first_rank
-        for pi, p in enumerate(inv.params):
-            d = p.split_dim
-            sgroups = shard_groups(p, w.source.layout, spec.num_layers, spec.num_experts)
-            root = min(min(g.holders) for g in sgroups) + src0
-            gather, send, cut = [], [], []
-            for g in sgroups:
-                if min(g.holders) + src0 == me:
-                    slot = ctx.source.by_param[pi]
-                    mine = local(0, slot, p)
-                    for pc in g.pieces:
-                        gather.append((_along(full(peers[root], gather_at, p), d, pc.start, pc.length),
-                                       _along(mine, d, pc.local_start, pc.length)))
-            needing = sorted({h + dst0 for g in shard_groups(p, w.destination.layout, spec.num_layers, spec.num_experts)
-                              for h in g.holders})
-            if me == root:
-                for r in needing:
-                    send.append((full(peers[r], recv_at, p), full(self._sym, gather_at, p)))
-            if me in needing:
-                slot = ctx.destination.by_param[pi]
-                mine = local(self.dst_offset[me], slot, p)
-                for pc in slot.pieces:
-                    cut.append((_along(mine, d, pc.local_start, pc.length),
-                                _along(full(self._sym, recv_at, p), d, pc.start, pc.length)))
-            self.steps.append((gather, send, cut))
+        self.steps = [self._steps_of(pi, peers, stor, stor + biggest) for pi in range(len(inv.params))]
         self.extra_bytes = 2 * biggest
         self.stream = torch.cuda.current_stream(ctx.device)
+
+    def _full(self, buf: torch.Tensor, at: int, p: Any) -> torch.Tensor:
+        return buf[at: at + p.nbytes].view(torch_dtype(p.dtype)).view(p.shape)
+
+    def _local(self, buf_off: int, slot: Any, p: Any) -> torch.Tensor:
+        assert self._sym is not None
+        return self._sym[buf_off + slot.offset: buf_off + slot.offset + slot.nbytes].view(
+            torch_dtype(p.dtype)).view(slot.shape)
+
+    def _steps_of(self, pi: int, peers: dict[int, torch.Tensor], gather_at: int,
+                  recv_at: int) -> tuple[list[Any], list[Any], list[Any]]:
+        """Parameter `pi`'s copies on this PE: gather its pieces whole on the root, send the whole tensor to
+        every destination that needs some of it, cut each destination's slices out."""
+        ctx, w = self.ctx, self.ctx.plan.world
+        spec, p, me = ctx.plan.inventory.spec, ctx.plan.inventory.params[pi], ctx.rank
+        src0, dst0, d = w.source.first_rank, w.destination.first_rank, p.split_dim
+        sgroups = shard_groups(p, w.source.layout, spec.num_layers, spec.num_experts)
+        root = min(min(g.holders) for g in sgroups) + src0
+        gather: list[Any] = []
+        send: list[Any] = []
+        cut: list[Any] = []
+        for g in sgroups:
+            if min(g.holders) + src0 == me:
+                mine = self._local(0, ctx.source.by_param[pi], p)
+                for pc in g.pieces:
+                    gather.append((_along(self._full(peers[root], gather_at, p), d, pc.start, pc.length),
+                                   _along(mine, d, pc.local_start, pc.length)))
+        needing = sorted({h + dst0 for g in shard_groups(p, w.destination.layout, spec.num_layers, spec.num_experts)
+                          for h in g.holders})
+        if me == root:
+            for r in needing:
+                send.append((self._full(peers[r], recv_at, p), self._full(self._sym, gather_at, p)))
+        if me in needing:
+            slot = ctx.destination.by_param[pi]
+            mine = self._local(self.dst_offset[me], slot, p)
+            for pc in slot.pieces:
+                cut.append((_along(mine, d, pc.local_start, pc.length),
+                            _along(self._full(self._sym, recv_at, p), d, pc.start, pc.length)))
+        return gather, send, cut
 
     def iteration(self) -> IterationStats:
         start = torch.cuda.Event(enable_timing=True)

@@ -16,18 +16,19 @@ unique id.
 from __future__ import annotations
 
 import ctypes
-import os
+from refit_core import environment
 
 import torch
 import torch.distributed as dist
 
-from refit_core.execution.transports.blocks import Block, Where, one_sided_blocks
+from refit_core.planning.blocks import Block, Where, one_sided_blocks
 from refit_core.planning.devices import shares_gpus
 from refit_core.errors import TransportError
 from refit_core.config import SYNC_MODES
 from refit_core.planning.memory import NVSHMEM_GRANULARITY_BYTES, NVSHMEM_RESERVE_BYTES
-from refit_core.execution.transports.placement import Part, nvshmem_direction, place
-from refit_core.execution.wire import rank_storages
+from refit_core.planning.placement import Part, nvshmem_direction, place
+from refit_core.planning.storage import Storage
+from refit_core.planning.wire import rank_storages
 from refit_core.execution.transports.base import IterationStats, RankContext, ShardPart, allocate, TransportReport
 from refit_core.execution.transports.copy import CudaBlockCopy
 
@@ -53,7 +54,6 @@ def init_nvshmem(rank: int, nranks: int, device: torch.device, group: object) ->
         from cuda.core import Device
     except ImportError:  # older cuda-python
         from cuda.core.experimental import Device
-    os.environ.setdefault("NVSHMEM_DISABLE_NVLS", "1")
     uid = nv.get_unique_id(empty=rank != 0)
     raw = [ctypes.string_at(uid.ptr, uid._data.itemsize) if rank == 0 else None]
     dist.broadcast_object_list(raw, src=0, group=group)
@@ -85,10 +85,10 @@ class NvshmemTransport(TransportReport):
         direction = nvshmem_direction(w, ctx.config.nvshmem_placement, ctx.config.gpus_per_node)
         self.placement = placement = place(storages, direction)
         me = placement.ranks[ctx.rank]
-        os.environ.setdefault("NVSHMEM_SYMMETRIC_SIZE", str(placement.heap_bytes + NVSHMEM_RESERVE_BYTES))
-        # Physical heap memory comes in chunks of this size; NVSHMEM's default (512 MiB) left up to
-        # that much unused per PE (measured 849 -> 214 MB per PE beyond the shards, docs/benchmarks.md).
-        os.environ.setdefault("NVSHMEM_CUMEM_GRANULARITY", str(NVSHMEM_GRANULARITY_BYTES))
+        # Physical heap memory comes in chunks of NVSHMEM_GRANULARITY_BYTES; NVSHMEM's default (512 MiB) left up
+        # to that much unused per PE (measured 849 -> 214 MB per PE beyond the shards, docs/benchmarks.md).
+        environment.export({"NVSHMEM_SYMMETRIC_SIZE": str(placement.heap_bytes + NVSHMEM_RESERVE_BYTES),
+                            "NVSHMEM_CUMEM_GRANULARITY": str(NVSHMEM_GRANULARITY_BYTES)}, overwrite=False)
 
         free_before = self._free_memory(ctx)
         init_nvshmem(ctx.rank, len(active), ctx.device, ctx.active_group)
@@ -97,24 +97,44 @@ class NvshmemTransport(TransportReport):
         free_heap = self._free_memory(ctx)
         if me.private_bytes:
             self._private = allocate(me.private_bytes, ctx.device)
+        self.source_parts = self._parts(me.source)
+        self.destination_parts = self._parts(me.destination)
+        blocks = self._copy_blocks(storages)
+        self.copy = CudaBlockCopy(blocks, ctx.device)
+        shards = sum(st.nbytes for _, st in self.source_parts + self.destination_parts)
+        self.extra_bytes = (self.copy.desc.numel() * 8 if self.copy.desc is not None else 0) + \
+            placement.heap_bytes + me.private_bytes - shards
+        self.measured_extra_bytes = self._measure(ctx, free_before, shards)
+        self.stream = torch.cuda.current_stream(ctx.device)
+        placed = ctx.devices
+        self.sync = sync_mode(ctx.config.nvshmem_sync, len(active), None if placed is None else
+                              shares_gpus(placed.devices, active, placed.ranks_per_node))
+        self.info = {"placement": placement.direction, "heap_bytes": placement.heap_bytes,
+                     "private_bytes": me.private_bytes, "unused_heap_bytes": placement.unused_heap(ctx.rank),
+                     "sync": self.sync, "puts": len(self.puts),
+                     # drops in free GPU memory (whole GPU: all PEs sharing it) across init and heap allocation
+                     "gpu_init_bytes": free_before - free_init, "gpu_heap_bytes": free_init - free_heap}
+
+    def _parts(self, ps: tuple[Part, ...]) -> list[ShardPart]:
+        """Where a role's shards live: slices of the symmetric heap, or of this PE's private memory."""
+        out = []
+        for part in ps:
+            buf = self._sym if part.in_heap else self._private
+            assert buf is not None
+            out.append((buf[part.start: part.start + max(part.storage.nbytes, 1)], part.storage))
+        return out
+
+    def _copy_blocks(self, storages: list[tuple[Storage | None, Storage | None]]) -> list[Block]:
+        """This PE's copies as absolute addresses; the copying rank reaches its peers' heaps (sources write:
+        push, all; destinations read: pull). A peer that cannot be mapped gets NVSHMEM puts (`all` only)."""
+        ctx, placement = self.ctx, self.placement
+        assert self._sym is not None
         bases = {True: self._sym.data_ptr(), False: self._private.data_ptr() if self._private is not None else 0}
-
-        def parts(ps: tuple[Part, ...]) -> list[ShardPart]:
-            out = []
-            for part in ps:
-                buf = self._sym if part.in_heap else self._private
-                out.append((buf[part.start: part.start + max(part.storage.nbytes, 1)], part.storage))
-            return out
-
-        self.source_parts = parts(me.source)
-        self.destination_parts = parts(me.destination)
-
-        # The copying rank reaches its peers' heaps: sources write (push, all), destinations read (pull).
         copies = one_sided_blocks(ctx.plan, ctx.rank_plan, placement, storages)
         mapped: dict[int, int] = {}
         for p in sorted({x.rank for s, d, _ in copies for x in (s, d)} - {ctx.rank}):
             try:
-                t = nv.get_peer_tensor(self._sym, p)
+                t = self.nv.get_peer_tensor(self._sym, p)
                 mapped[p] = t.data_ptr() if t is not None else 0
             except Exception:  # noqa: BLE001 - not mappable: put fallback (layout `all` only)
                 mapped[p] = 0
@@ -122,7 +142,7 @@ class NvshmemTransport(TransportReport):
         if unmapped and placement.direction != "all":
             raise TransportError(
                 f"rank {ctx.rank}: PEs {unmapped} cannot be mapped (no NVLink/P2P path); "
-                "use --nvshmem-placement all (or REFITCTL_NVSHMEM_PLACEMENT=all) to use NVSHMEM put for them")
+                "use --nvshmem-placement all to use NVSHMEM put for them")
 
         def base(w: Where) -> int:
             return bases[w.in_heap] if w.rank == ctx.rank else mapped[w.rank]
@@ -134,20 +154,7 @@ class NvshmemTransport(TransportReport):
                 self.puts.append((d.rank, b))
             else:
                 blocks.append(b._replace(src=b.src + base(s), dst=b.dst + base(d)))
-        self.copy = CudaBlockCopy(blocks, ctx.device)
-        shards = sum(st.nbytes for _, st in self.source_parts + self.destination_parts)
-        self.extra_bytes = (self.copy.desc.numel() * 8 if self.copy.desc is not None else 0) + \
-            placement.heap_bytes + me.private_bytes - shards
-        self.measured_extra_bytes = self._measure(ctx, free_before, shards)
-        self.stream = torch.cuda.current_stream(ctx.device)
-        placed = ctx.config.device_map()
-        self.sync = sync_mode(ctx.config.nvshmem_sync, len(active), None if placed is None else
-                              shares_gpus(placed.devices, active, placed.ranks_per_node))
-        self.info = {"placement": placement.direction, "heap_bytes": placement.heap_bytes,
-                     "private_bytes": me.private_bytes, "unused_heap_bytes": placement.unused_heap(ctx.rank),
-                     "sync": self.sync, "puts": len(self.puts),
-                     # drops in free GPU memory (whole GPU: all PEs sharing it) across init and heap allocation
-                     "gpu_init_bytes": free_before - free_init, "gpu_heap_bytes": free_init - free_heap}
+        return blocks
 
     @staticmethod
     def _free_memory(ctx: RankContext) -> int:

@@ -1,7 +1,7 @@
 """Two-sided refit through torch.distributed point-to-point (NCCL on GPUs, gloo on CPU).
 
 Zero-copy first (blocks.py says which bytes): every contiguous run of at least
-`direct_min_bytes()` travels straight from the source shard buffer into the destination shard
+`--staged-direct-min-bytes` (RunConfig.staged_direct_min_bytes) travels straight from the source shard buffer into the destination shard
 buffer, one isend/irecv on views of the two flat buffers, all of them in ONE batch issued at the
 start of the iteration, so the link starts at once and no byte of them is packed or unpacked.
 The rest (short runs, strided blocks of row-parallel weights) is staged: per round, pack every
@@ -10,44 +10,21 @@ isend/irecv, unpack (one kernel). Two staging sets alternate so that round k+1 i
 round k is in flight; the chunk size keeps both sets within the bucket size. Local copies run
 after the first batches are issued, so on a GPU they overlap the link.
 
-REFITCTL_STAGED_ZERO_COPY=0 stages every byte (the path before zero-copy, for before/after
-measurements); REFITCTL_STAGED_DIRECT_MIN_BYTES sets the threshold (default 4 MiB).
+`--staged-zero-copy off` stages every byte (the path before zero-copy, for before/after
+measurements); `--staged-direct-min-bytes` sets the threshold (default 4 MiB).
 """
 
 from __future__ import annotations
 
-import os
 import time
 
 import torch
 import torch.distributed as dist
 
-from refit_core.execution.transports.blocks import Block, Chunk, RankBlocks, ShardLayouts, chunk_bytes_for, rank_blocks
-from refit_core.errors import ConfigError
-from refit_core.execution.storage import aligned
+from refit_core.planning.blocks import Block, Chunk, RankBlocks, ShardLayouts, chunk_bytes_for, rank_blocks
+from refit_core.planning.storage import aligned
 from refit_core.execution.transports.base import IterationStats, RankContext, allocate, whole, TransportReport
 from refit_core.execution.transports.copy import CudaBlockCopy, absolute, copy_blocks_torch, cuda_copy_available
-
-DIRECT_MIN_BYTES = 4 << 20
-"""Shortest run sent zero-copy. One NCCL p2p op costs a few microseconds whatever its size;
-4 MiB takes about 11 us at 370 GB/s, while packing + unpacking it costs about 4 us of device copy."""
-
-
-def direct_min_bytes(env: dict[str, str] | None = None) -> int | None:
-    """The zero-copy threshold from the environment, or None when zero-copy is switched off."""
-    env = os.environ if env is None else env
-    switch = env.get("REFITCTL_STAGED_ZERO_COPY", "1").strip().lower()
-    if switch in ("0", "false", "no", "off"):
-        return None
-    if switch not in ("1", "true", "yes", "on", ""):
-        raise ConfigError(f"REFITCTL_STAGED_ZERO_COPY={switch!r}: use 1 (zero-copy, default) or 0 (stage every byte)")
-    text = env.get("REFITCTL_STAGED_DIRECT_MIN_BYTES", "").strip()
-    if not text:
-        return DIRECT_MIN_BYTES
-    if not text.isdigit():
-        raise ConfigError(f"REFITCTL_STAGED_DIRECT_MIN_BYTES={text!r}: give a whole number of bytes, e.g. {DIRECT_MIN_BYTES}")
-    return int(text)
-
 
 class _Step:
     """One copy step (local, a round's pack or unpack) bound to its buffers."""
@@ -83,7 +60,8 @@ class StagedTransport(TransportReport):
         self.source_parts = whole(self.src_buf, ctx.source)
         self.destination_parts = whole(self.dst_buf, ctx.destination)
         chunk = chunk_bytes_for(ctx.plan, ctx.config.bucket_bytes)
-        threshold = direct_min_bytes()
+        cfg = ctx.config
+        threshold = cfg.staged_direct_min_bytes if cfg.staged_zero_copy else None
         rb: RankBlocks = rank_blocks(ctx.plan, ctx.rank_plan, ctx.source, ctx.destination, chunk,
                                      threshold, ShardLayouts(ctx.plan))
         # zero-copy messages: views of the shard buffers, sends then receives, each peer's in stream order

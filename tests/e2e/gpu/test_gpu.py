@@ -16,7 +16,7 @@ from conftest import SMALL_FLAGS
 from jobs.local import run_locally
 from orchestrator.configs import resolve
 from orchestrator.configs.flags import apply_overrides
-from refit_core.execution.transports.blocks import Block
+from refit_core.planning.blocks import Block
 from refit_core.execution.transports.copy import CudaBlockCopy, absolute, copy_blocks_torch, cuda_copy_available
 
 needs_cuda = pytest.mark.skipif(not cuda_copy_available(), reason="needs a CUDA GPU and cupy")

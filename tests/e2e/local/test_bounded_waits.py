@@ -23,7 +23,7 @@ import pytest
 from refit_core.results import load_rank_record, rank_path
 
 from jobs.procs import boot_id, recorded_processes, start_ticks
-from orchestrator.submission.executor import KILL_GRACE_S
+from jobs.supervisor import KILL_GRACE_S
 from refit_core.execution.watchdog import GRACE_S
 from helpers import FAULT_AT, SMALL, only_run, refitctl, run_json
 
@@ -92,16 +92,17 @@ def test_cancel_stops_the_ranks_of_a_run_whose_controller_is_gone(tmp_path: Path
     """Three recorded processes: one is the rank (pid and start time match, started for this run as rank 0),
     one a reused pid (start time differs), one a stranger whose pid, start time, host and boot id match (all
     readable from /proc) but that no controller of this run started (issue 25, item 7)."""
-    from refit_core.taskenv import LOCAL_RANK_ID, LOCAL_RUNS
+    from refit_core.environment import LOCAL_RANK_ID, LOCAL_RUNS
     from orchestrator.configs import resolve
     from orchestrator.state.rundir import update_run, write_run
+    from orchestrator.submission.clusters import LOCAL, Facts
+    from orchestrator.submission.prepared import PreparedRun
     from orchestrator.submission.runspec import ClusterOptions, make_spec
-    from refit_core.planning.plan import plan_transfers
 
     d = tmp_path / "orphan-run"
     cfg = resolve("config-4").with_changes(method="gloo", gpus=3)
-    spec = make_spec("orphan-run", cfg, "local", ClusterOptions(cluster="local"), {}, True, False)
-    write_run(d, spec, plan_transfers(spec.config.inventory(), spec.config.world()), "refitctl submit config-4")
+    spec = make_spec("orphan-run", cfg, LOCAL, ClusterOptions(cluster="local"), {}, True, Facts(0, False, None, 1))
+    write_run(d, PreparedRun.of(spec), "refitctl submit config-4")
     (d / "procs").mkdir(parents=True)
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
@@ -153,11 +154,13 @@ def test_verified_results_read_as_verified_without_the_controller(tmp_path: Path
 
 @pytest.mark.parametrize("phase", ["init", "setup"])
 def test_fault_phases_parse(phase: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """REFITCTL_FAULT reaches a task as its TaskEnv.fault (refit_core/environment.py), parsed by Fault.parse."""
+    from refit_core.environment import task_env
     from refit_core.execution.faults import Fault
 
     monkeypatch.setenv("REFITCTL_FAULT", f"hang:rank=2:phase={phase}")
-    f = Fault.from_env()
+    f = Fault.parse(task_env().fault)
     assert f is not None and f.hits(2, phase) and not f.hits(1, phase) and not f.hits(2, "iteration", 0)
     monkeypatch.setenv("REFITCTL_FAULT", "hang:rank=2:iteration=1")
-    f = Fault.from_env()
+    f = Fault.parse(task_env().fault)
     assert f is not None and f.hits(2, "iteration", 1) and not f.hits(2, "iteration", 0) and not f.hits(2, phase)

@@ -86,9 +86,10 @@ def test_fp32_router_expert_bias_moves_with_the_bf16_weights(tmp_path: Path) -> 
 def test_zero_copy_and_all_staged_paths_verify(name: str, env: dict[str, str], tmp_path: Path) -> None:
     """The staged transport with zero-copy runs (direct isend/irecv on shard buffer views, ordered
     per pair on both ends) and with it switched off: every destination byte verified, and each
-    rank's record says which path ran and where its time went."""
-    cfg = small(name)
-    codes, res = run_locally(cfg, tmp_path, timeout_s=240, extra_env=env)
+    rank's record says which path ran and where its time went. The variables are read where the run is
+    resolved (RunConfig.with_environment) and reach the ranks as config fields."""
+    cfg = small(name).with_environment(env)
+    codes, res = run_locally(cfg, tmp_path, timeout_s=240)
     assert codes == [0] * cfg.gpus, (tmp_path / "logs" / "rank-0.log").read_text()
     assert res["verified"] and res["complete"]
     recs = ranks(tmp_path)

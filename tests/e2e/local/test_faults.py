@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.submission.executor import KILL_GRACE_S
+from jobs.supervisor import KILL_GRACE_S
 from orchestrator.state.failures import ProcessEnd, diagnose, short_error, srun_ends
 from orchestrator.state.rundir import Progress, RankProgress
 from refit_core.results import load_rank_record, rank_files

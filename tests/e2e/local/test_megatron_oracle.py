@@ -92,7 +92,7 @@ def shipped(res: list[dict]) -> list[tuple]:
 
 def expert_params_on(cfg: RunConfig, rank: int) -> set[str]:
     """refitctl names of the routed-expert parameters destination rank `rank` holds."""
-    from refit_core.execution.storage import rank_storage
+    from refit_core.planning.storage import rank_storage
 
     inv = cfg.inventory()
     place = cfg.world().destination

@@ -1,4 +1,4 @@
-"""Megatron-Core's own refit as a refitctl method (refit_core/execution/transports/megatron.py).
+"""Megatron-Core's own refit as a refitctl method (refit_core/peers/megatron_transport.py).
 
 What a user relies on: `refitctl submit X --refit-method megatron-gloo` runs Megatron-Core's
 `swap_model_weights` under refitctl's timing and bitwise verification, says it patched Megatron,

@@ -23,7 +23,8 @@ from orchestrator.state.jobstate import job_state
 from orchestrator.state.runfiles import JobRecord, read_run_info
 from refit_core.numbers import human_bytes
 from refit_core.results import load_rank_record, rank_files
-from orchestrator.submission.runspec import ClusterOptions, effective_config, job_env, parse_env, parse_time, plan_resources
+from orchestrator.submission.clusters import LOCAL, SLURM
+from orchestrator.submission.runspec import ClusterOptions, effective_config, job_env, parse_env, parse_time
 from refit_core.errors import ConfigError
 
 NO_GPU = executor.local_gpu_count() == 0
@@ -50,25 +51,25 @@ def test_time_limits_use_slurm_syntax() -> None:
 
 def test_resources_follow_gpus_per_node() -> None:
     opts = ClusterOptions(cluster="slurm")
-    assert plan_resources(8, "slurm", 8, opts).nodes == 1
-    r = plan_resources(8, "slurm", 4, opts)
+    assert SLURM.resources(8, 8, opts).nodes == 1
+    r = SLURM.resources(8, 4, opts)
     assert (r.nodes, r.tasks_per_node, r.gpus_per_node) == (2, 4, 4)
-    assert plan_resources(128, "slurm", 8, opts).nodes == 16
-    assert plan_resources(3, "slurm", 4, opts).tasks_per_node == 3
-    assert plan_resources(8, "slurm", 8, ClusterOptions(nodes=2)).tasks_per_node == 4
-    assert plan_resources(8, "slurm", 8, ClusterOptions(request_gpus=False)).gpus_per_node == 0
+    assert SLURM.resources(128, 8, opts).nodes == 16
+    assert SLURM.resources(3, 4, opts).tasks_per_node == 3
+    assert SLURM.resources(8, 8, ClusterOptions(nodes=2)).tasks_per_node == 4
+    assert SLURM.resources(8, 8, ClusterOptions(request_gpus=False)).gpus_per_node == 0
     with pytest.raises(ConfigError, match="world is 8 ranks"):
-        plan_resources(8, "slurm", 8, ClusterOptions(nodes=3, tasks_per_node=2))
+        SLURM.resources(8, 8, ClusterOptions(nodes=3, tasks_per_node=2))
     with pytest.raises(ConfigError, match="local executor"):
-        plan_resources(8, "local", 8, ClusterOptions(nodes=2))
-    assert plan_resources(8, "local", 4, ClusterOptions()).tasks_per_node == 8
+        LOCAL.resources(8, 8, ClusterOptions(nodes=2))
+    assert LOCAL.resources(8, 4, ClusterOptions()).tasks_per_node == 8
 
 
 def test_job_environment_keeps_the_users_transport_settings() -> None:
     env = dict(job_env({"NCCL_NVLS_ENABLE": "1", "NVSHMEM_DEBUG": "INFO", "HOME": "/root", "REFITCTL_CLUSTER": "x"},
                        parse_env(["REFITCTL_FAULT=raise:rank=1:iteration=0"]), cpus_per_task=4))
-    assert env["NCCL_NVLS_ENABLE"] == "1"  # the user's value wins over the safe default
-    assert env["NVSHMEM_DISABLE_NVLS"] == "1" and env["TORCH_SYMM_MEM_DISABLE_MULTICAST"] == "1"
+    assert env["NCCL_NVLS_ENABLE"] == "1"  # the user's value is carried (and wins over the task's safe default)
+    assert "NVSHMEM_DISABLE_NVLS" not in env  # the safe defaults are applied by each task, in one place
     assert env["NVSHMEM_DEBUG"] == "INFO" and env["OMP_NUM_THREADS"] == "4"
     assert env["REFITCTL_FAULT"] == "raise:rank=1:iteration=0"
     assert "HOME" not in env and "REFITCTL_CLUSTER" not in env
@@ -120,7 +121,7 @@ def test_render_writes_a_standalone_sbatch_script(tmp_path: Path) -> None:
     for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4",
                  "#SBATCH --partition=debug", "#SBATCH --account=acct", "#SBATCH --qos=high", "#SBATCH --time=10",
                  "#SBATCH --exclusive", "#SBATCH --constraint=h100", "export NCCL_DEBUG=${NCCL_DEBUG:-WARN}",
-                 "export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0}", "PYTHON=python3", "RUN_DIR=\"$SLURM_SUBMIT_DIR\"/runs/config-1-\"$SLURM_JOB_ID\""):
+                 "PYTHON=python3", "RUN_DIR=\"$SLURM_SUBMIT_DIR\"/runs/config-1-\"$SLURM_JOB_ID\""):
         assert line in text, line
     assert 'srun --kill-on-bad-exit=1 --output="$RUN_DIR/logs/rank-%5t.log" --cpu-bind=none "$PYTHON" ' \
            '-m jobs.refit_job "$RUN_DIR"' in text

@@ -15,13 +15,13 @@ from orchestrator.configs.flags import apply_overrides
 from orchestrator.state.rundir import Progress, RankProgress
 from orchestrator.views.liveview import rank_status, starting_phases
 from refit_core.execution import weights
-from refit_core.execution.storage import rank_storage
+from refit_core.planning.storage import rank_storage
 from refit_core.execution.watchdog import process_start_time, record_phase
 from refit_core.results import RankRecord, RankRecordWriter, load_rank_record, rank_path
 
 # What an active gloo rank goes through, in order (the transport's set-up phase is named by the transport).
-ACTIVE_PHASES = ["starting Python", "start-up (imports, plan)", "importing torch", "CUDA device set-up",
-                 "process-group init (gloo)", "plan", "weight fill", "set-up barrier (every rank's weights filled)",
+ACTIVE_PHASES = ["starting Python", "start-up (imports, config)", "importing torch", "CUDA device set-up",
+                 "process-group init (gloo)", "loading the plan", "weight fill", "set-up barrier (every rank's weights filled)",
                  "warm-up", "iterations", "final barrier (every active rank done)", "process-group teardown"]
 
 
@@ -39,7 +39,7 @@ def test_every_rank_record_carries_its_phases_with_their_wall_times(tmp_path: Pa
         assert times == sorted(times) and rec.phase == names[-1] and rec.phase_since == times[-1]
         assert 0 <= times[names.index("iterations")] - times[0] < 240
     idle = load_rank_record(rank_path(tmp_path, 3))
-    assert [n for n, _ in idle.phases] == ["starting Python", "start-up (imports, plan)"]  # no torch, no group
+    assert [n for n, _ in idle.phases] == ["starting Python", "start-up (imports, config)"]  # no torch, no group
 
 
 def test_a_phase_is_one_appended_line_and_a_repeated_phase_none(tmp_path: Path) -> None:
@@ -72,7 +72,7 @@ def _rank(r: int, phase: str | None, since: float | None, complete: bool = False
 
 def test_live_view_says_where_the_ranks_are_while_starting() -> None:
     p = Progress((_rank(0, "importing torch", 97.9), _rank(1, "weight fill", 99.0), _rank(2, "weight fill", 98.5),
-                  _rank(3, "start-up (imports, plan)", 99.5, complete=True)), active=3, warmup=1, iterations=3)
+                  _rank(3, "start-up (imports, config)", 99.5, complete=True)), active=3, warmup=1, iterations=3)
     assert starting_phases(p, now=100.0) == "1 in importing torch 2.1 s, 2 in weight fill 1.5 s, 1 idle"
     assert rank_status(p.ranks[1], 3, now=100.0).plain == "weight fill 1.0 s"
     assert rank_status(_rank(0, "iterations", 90.0), 3, now=100.0).plain == "running"  # the done column counts these

@@ -13,7 +13,7 @@ from orchestrator.configs import resolve
 from orchestrator.configs.flags import apply_overrides
 from refit_core.errors import VerificationError
 from refit_core.execution import weights
-from refit_core.execution.storage import rank_storage
+from refit_core.planning.storage import rank_storage
 
 _M1, _M2, _M3 = 0x9E3779B1, 0x85EBCA6B, 0x2C1B3C6D
 

@@ -12,7 +12,6 @@ import contextlib
 import errno
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,6 +22,8 @@ import pytest
 
 from conftest import ROOT
 from helpers import SMALL
+from jobs.supervisor import RankSupervisor
+from orchestrator import controller
 from orchestrator.state import jobstate, rundir
 from orchestrator.state.runfiles import read_job_state
 from orchestrator.submission import executor
@@ -42,12 +43,12 @@ def _enospc(*_: Any, **__: Any) -> None:
 def test_a_job_whose_id_cannot_be_saved_is_stopped_and_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The controller starts for real; saving its job id in run.json fails (ENOSPC injected at update_run,
     the write that failed in the issue): nothing may run that refitctl says was never submitted."""
-    from orchestrator.commands import common
+    from orchestrator.actions import launch
 
     refs: list[executor.JobRef] = []
-    real_submit = executor.submit
-    monkeypatch.setattr(executor, "submit", lambda *a: refs.extend(real_submit(*a)) or refs)
-    monkeypatch.setattr(common, "update_run", _enospc)
+    real_submit = executor.submit_local
+    monkeypatch.setattr(executor, "submit_local", lambda *a: refs.extend(real_submit(*a)) or refs)
+    monkeypatch.setattr(launch, "update_run", _enospc)
     code, _, err = cli("submit", "config-4", "--cluster", "local", "--gpus", "3", "--refit-method", "gloo",
                        "--detach", "--runs-dir", str(tmp_path), *SMALL)
     line = one_line(code, err)
@@ -62,7 +63,7 @@ def test_a_job_whose_id_cannot_be_saved_is_stopped_and_removed(tmp_path: Path, m
 
 def _full_disk_state(d: Path, monkeypatch: pytest.MonkeyPatch, real_fs: bool) -> None:
     """The controller's RUNNING state, then a full disk, then its final state."""
-    executor.reserve_state(d / "job-state.json", {"state": "RUNNING", "started": 1.0, "job_id": "7",
+    controller.reserve_state(d / "job-state.json", {"state": "RUNNING", "started": 1.0, "job_id": "7",
                                                   "controller_pid": 1}, 3)
     if real_fs:
         with contextlib.suppress(OSError), open(d / "filler", "wb") as fh:
@@ -70,8 +71,8 @@ def _full_disk_state(d: Path, monkeypatch: pytest.MonkeyPatch, real_fs: bool) ->
                 fh.write(b"x" * 65536)
                 fh.flush()
     else:
-        monkeypatch.setattr(executor, "write_json_atomic", _enospc)
-    executor.write_state(d / "job-state.json", {"state": "FAILED", "detail": "rank 2 failed first, exit code 1",
+        monkeypatch.setattr(controller, "write_json_atomic", _enospc)
+    controller.write_state(d / "job-state.json", {"state": "FAILED", "detail": "rank 2 failed first, exit code 1",
                                                 "exit_codes": [0, 0, 1], "failed_ranks": [2], "started": 1.0,
                                                 "ended": 2.0, "job_id": "7"})
 
@@ -162,27 +163,28 @@ class _Task:
         return self.code if self.polls < 0 else None
 
 
-def _controller(tasks: list[_Task]) -> Any:
-    c = executor._RunController.__new__(executor._RunController)
-    c.tasks, c.stop_all, c.stop_signal, c.timeout_s = tasks, False, 0, 60
-    return c
+def _outcome(d: Path, tasks: list[_Task]) -> tuple[str, str]:
+    """What the local controller's supervisor decides for these ranks, with its cancel test for run `d`."""
+    sup = RankSupervisor(tasks, 60, poll_s=0.01, cancelled=lambda: (d / "cancel-requested").exists()
+                         and not controller._refit_done(d))  # as orchestrator/controller.py asks it
+    out = sup.wait()
+    return out.state, controller.stopped_detail(out.state, out.detail, None)
 
 
 def test_a_cancel_after_the_last_rank_finished_keeps_the_run_completed(tmp_path: Path) -> None:
     d = craft_run(tmp_path, "done", final=None, job=LOCAL_JOB)  # rank 0's verified results.json is there
     (d / "cancel-requested").write_text("1\n")
-    assert _controller([_Task(0), _Task(0), _Task(0)])._wait(d)[:2] == ("COMPLETED", "")
+    assert _outcome(d, [_Task(0), _Task(0), _Task(0)]) == ("COMPLETED", "")
     # the ranks still exiting after the refit verified: waited for, not stopped
-    assert _controller([_Task(0, polls=3), _Task(0), _Task(0)])._wait(d)[:2] == ("COMPLETED", "")
+    assert _outcome(d, [_Task(0, polls=3), _Task(0), _Task(0)]) == ("COMPLETED", "")
     (d / "results.json").unlink()  # not over yet: the cancel stops it
-    assert _controller([_Task(0, polls=10**6)])._wait(d)[:2] == ("CANCELLED", "cancelled by the user (refitctl cancel)")
+    assert _outcome(d, [_Task(0, polls=10**6)]) == ("CANCELLED", "cancelled by the user (refitctl cancel)")
 
 
-def test_sigterm_to_the_controller_is_not_called_a_user_cancel(tmp_path: Path) -> None:
-    c = _controller([_Task(0, polls=10**6)])
-    c._stop(signal.SIGTERM, None)
-    state, detail = c._wait(tmp_path)[:2]
-    assert state == "CANCELLED" and detail.startswith("the local controller received SIGTERM (not `refitctl cancel`")
+def test_sigterm_to_the_controller_is_not_called_a_user_cancel() -> None:
+    detail = controller.stopped_detail("CANCELLED", "cancelled by the user", "SIGTERM")
+    assert detail.startswith("the local controller received SIGTERM (not `refitctl cancel`")
+    assert controller.stopped_detail("FAILED", "rank 1 failed first", "SIGTERM") == "rank 1 failed first"
 
 
 # ----------------------------------------------------------------------------- item 10: --runs-dir first
@@ -257,13 +259,13 @@ def test_rank_iterations_csv_drops_what_iterations_csv_drops(tmp_path: Path) -> 
 # ----------------------------------------------------------------------------- what a newcomer meets
 
 def test_env_help_says_what_is_carried() -> None:
-    from orchestrator.commands.common import env_help
+    from orchestrator.actions.args import env_help
     from orchestrator.submission.runspec import FORWARD_NAMES, job_env
 
     text = env_help()
-    carried = dict(job_env({"NCCL_DEBUG": "INFO", "NVSHMEM_X": "1", "GLOO_Y": "1", "REFITCTL_NVSHMEM_SYNC": "host",
+    carried = dict(job_env({"NCCL_DEBUG": "INFO", "NVSHMEM_X": "1", "GLOO_Y": "1", "REFITCTL_FAULT": "raise",
                             "REFITCTL_SECRET": "s", "REFITCTL_RUNS_DIR": "/r"}, (), None))
-    assert {"NCCL_DEBUG", "NVSHMEM_X", "GLOO_Y", "REFITCTL_NVSHMEM_SYNC"} <= set(carried)
+    assert {"NCCL_DEBUG", "NVSHMEM_X", "GLOO_Y", "REFITCTL_FAULT"} <= set(carried)
     assert "REFITCTL_SECRET" not in carried and "REFITCTL_RUNS_DIR" not in carried
     assert "NCCL_*" in text and "NVSHMEM_*" in text and "GLOO_*" in text and "REFITCTL_*" not in text.split("(")[0]
     assert all(n in text for n in FORWARD_NAMES) and "no other REFITCTL_* variable" in text

@@ -21,6 +21,7 @@ import pytest
 from conftest import ROOT
 from orchestrator.submission import executor
 from orchestrator.configs import resolve
+from orchestrator.submission.clusters import LOCAL, SLURM, Facts
 from orchestrator.submission.runspec import ClusterOptions, HostMemory, job_env, make_spec
 from refit_core.errors import ConfigError
 from refit_core.numbers import GIB
@@ -151,7 +152,7 @@ def test_submit_writes_hostile_values_as_data(sandbox: dict[str, Path]) -> None:
 @pytest.mark.parametrize("case", ["quoted-python", "braces", "command-substitution", "sed-and-json", "default"])
 def test_render_writes_hostile_values_as_data(sandbox: dict[str, Path], case: str) -> None:
     """render (item 2): --python and --run-dir with shell syntax, env values with quotes and braces; the script
-    passes `bash -n`, and run with bash it calls srun once with the literal values and writes a valid run.json
+    passes `bash -n`, and run with bash it calls srun twice (the plan, then the tasks) with the literal values and writes a valid run.json
     naming its run directory (escaped for sed and JSON). $PYTHON/$RUN_DIR of the job's environment are ignored
     (item 14)."""
     root, mark = sandbox["root"], sandbox["mark"]
@@ -170,8 +171,10 @@ def test_render_writes_hostile_values_as_data(sandbox: dict[str, Path], case: st
     text = out.read_text()
     assert subprocess.run(["bash", "-n", str(out)], capture_output=True).returncode == 0
     assert SECRET not in text and "REFITCTL_SECRET" not in text
-    (call,) = run_script(sandbox, out, submit_dir)
+    (prepare, call) = run_script(sandbox, out, submit_dir)
     expect_dir = run_dir if run_dir is not None else f"{submit_dir}/runs/hostile-4242"
+    assert prepare == ["--nodes=1", "--ntasks=1", "--kill-on-bad-exit=1", f"--comment=`touch {mark}`",
+                       python, "-m", "jobs.refit_job", "--prepare", expect_dir]  # the plan, once
     assert call == ["--kill-on-bad-exit=1", f"--output={expect_dir}/logs/rank-%5t.log", f"--comment=`touch {mark}`",
                     python, "-m", "jobs.refit_job", expect_dir]
     task_env = dict(kv.split("=", 1) for kv in (root / "srun.log.env").read_text().split("\0") if "=" in kv)
@@ -259,7 +262,7 @@ def test_plan_into_a_closed_pipe_exits_quietly(sandbox: dict[str, Path]) -> None
 def test_refitctl_variables_are_forwarded_by_allow_list_only() -> None:
     env = dict(job_env({"REFITCTL_SECRET": SECRET, "REFITCTL_TOKEN": "t", "REFITCTL_FAULT": "raise:rank=0:iteration=0",
                         "REFITCTL_NVSHMEM_SYNC": "host", "NCCL_DEBUG": "INFO", "PYTHON": "/evil"}, (), None))
-    assert {k for k in env if k.startswith("REFITCTL_")} == {"REFITCTL_FAULT", "REFITCTL_NVSHMEM_SYNC"}
+    assert {k for k in env if k.startswith("REFITCTL_")} == {"REFITCTL_FAULT"}  # run settings travel in config.json
     assert env["NCCL_DEBUG"] == "INFO" and "PYTHON" not in env
 
 
@@ -270,12 +273,12 @@ def test_local_cpu_runs_are_checked_against_the_host_memory() -> None:
     opts = ClusterOptions(cluster="local")
     with pytest.raises(ConfigError, match=r"the 3 ranks of this local gloo run need 60\.\d\d GiB .* this machine has "
                                           r"23\.00 GiB available \(24\.00 GiB in all\)"):
-        make_spec("c", cfg, "local", opts, {}, True, False, 1, host=HostMemory(23 * GIB, 24 * GIB))
-    make_spec("c", cfg, "local", opts, {}, True, False, 1, host=HostMemory(100 * GIB, 128 * GIB))
+        make_spec("c", cfg, LOCAL, opts, {}, True, Facts(0, False, HostMemory(23 * GIB, 24 * GIB), 1))
+    make_spec("c", cfg, LOCAL, opts, {}, True, Facts(0, False, HostMemory(100 * GIB, 128 * GIB), 1))
     big = cfg.with_changes(bucket_bytes=90 * GIB)  # more than an 80 GiB "GPU", less than this host
-    make_spec("c", big, "local", opts, {}, True, False, 1, host=HostMemory(400 * GIB, 512 * GIB))
+    make_spec("c", big, LOCAL, opts, {}, True, Facts(0, False, HostMemory(400 * GIB, 512 * GIB), 1))
     with pytest.raises(ConfigError, match="--gpu-memory-gb is 80 GiB"):  # on SLURM the GPU's memory counts
-        make_spec("c", big, "slurm", opts, {}, True, True)
+        make_spec("c", big, SLURM, opts, {}, True, Facts(None, True, None, 1))
 
 
 def test_submit_refuses_a_local_run_larger_than_this_machine(sandbox: dict[str, Path]) -> None:

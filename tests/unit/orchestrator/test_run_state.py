@@ -262,7 +262,7 @@ def test_a_failed_write_removes_the_half_made_run(tmp_path: Path, monkeypatch: p
 # ----------------------------------------------------------------------------- item 7: Ctrl-C during submit
 
 def _fake_submit(monkeypatch: pytest.MonkeyPatch, start: bool, then: str) -> None:
-    """executor.submit that (maybe) starts the job (the controller's first file), then gets a Ctrl-C."""
+    """The local cluster's submission that (maybe) starts the job (the controller's first file), then gets a Ctrl-C."""
 
     def submit(specs: Any, run_dirs: Any, folder: Path) -> list[executor.JobRef]:
         if start:
@@ -273,7 +273,7 @@ def _fake_submit(monkeypatch: pytest.MonkeyPatch, start: bool, then: str) -> Non
             raise KeyboardInterrupt
         return [executor.JobRef("local", "4242", str(folder), time.time(), None)]
 
-    monkeypatch.setattr(executor, "submit", submit)
+    monkeypatch.setattr(executor, "submit_local", submit)
 
 
 @pytest.mark.parametrize("start, then, kept", [(True, "signal", True), (True, "raise", True),

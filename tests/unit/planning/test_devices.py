@@ -99,7 +99,7 @@ def test_plan_shows_the_map_and_refuses_in_one_line(capsys: pytest.CaptureFixtur
 def test_submit_refuses_before_launching(monkeypatch: pytest.MonkeyPatch, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     """collocated-4 (NCCL, 4 active ranks) on a machine with 2 GPUs: one line, exit 2, no run directory."""
     monkeypatch.setattr(executor, "local_gpu_count", lambda: 2)
-    monkeypatch.setattr(executor, "submit", lambda *a, **k: pytest.fail("submitted"))
+    monkeypatch.setattr(executor, "submit_local", lambda *a, **k: pytest.fail("submitted"))
     assert main(["submit", "collocated-4", "--cluster", "local", "--runs-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("refitctl: error: --refit-method nccl needs 4 GPUs on the node") and err.count("\n") == 1

@@ -26,7 +26,7 @@ from refit_core.planning.memory import NVSHMEM_OVERHEAD_BYTES, slot_sizes
 from refit_core.planning.model import Inventory, ModelSpec, ParamSpec, inventory
 from refit_core.planning.plan import Plan, Transfer, plan_transfers
 from refit_core.planning.sharding import local_shape
-from refit_core.execution.storage import rank_storage
+from refit_core.planning.storage import rank_storage
 from refit_core.planning.timemodel import LinkModel, predict
 from refit_core.planning.validate import check_plan
 
@@ -135,7 +135,7 @@ def test_reduced_plan_covers_every_element_once(name: str) -> None:
     plan = plan_transfers(cfg.inventory(), cfg.world())
     check_plan(plan)
     assert plan.balance <= 1.05
-    from refit_core.execution.storage import rank_storage
+    from refit_core.planning.storage import rank_storage
 
     dst_need = sum(slot.nbytes for r in range(cfg.destination.size)
                    for slot in rank_storage(plan.inventory, cfg.destination, r).slots)

@@ -29,7 +29,7 @@ def test_every_destination_element_exactly_once(case) -> None:
     per = plan.per_rank
     assert sum(v.bytes_out for v in per.values()) == sum(v.bytes_in for v in per.values())
     # every destination byte once: the destination shards' total size
-    from refit_core.execution.storage import rank_storage
+    from refit_core.planning.storage import rank_storage
 
     want = 0
     for r in world.destination.ranks:

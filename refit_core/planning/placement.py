@@ -21,7 +21,7 @@ from functools import cached_property
 from typing import Sequence
 
 from refit_core.errors import ConfigError
-from refit_core.execution.storage import ALIGN, Slot, Storage, aligned
+from refit_core.planning.storage import ALIGN, Slot, Storage, aligned
 from refit_core.planning.layout import WorldLayout
 
 DIRECTIONS = ("auto", "push", "pull", "all")  # --nvshmem-placement

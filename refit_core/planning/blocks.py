@@ -22,10 +22,10 @@ import bisect
 from dataclasses import dataclass
 from typing import Callable, Iterable, NamedTuple, Sequence
 
-from refit_core.execution.transports.placement import Placement
+from refit_core.planning.placement import Placement
 from refit_core.planning.plan import Plan, RankPlan, Transfer
-from refit_core.execution.storage import ALIGN, Slot, Storage
-from refit_core.execution.wire import shard_storage
+from refit_core.planning.storage import ALIGN, Slot, Storage
+from refit_core.planning.wire import shard_storage
 
 
 class Block(NamedTuple):

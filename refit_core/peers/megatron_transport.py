@@ -9,7 +9,7 @@ rank's slot), so the engine fills, poisons and verifies them exactly as it does 
 
 What differs from Megatron as shipped, each in one visible place:
 - the expert-metadata patch (refit_core/peers/megatron_patch.py) is applied in `prepare()` and reported
-  as `patched: true` in `info` (results.json's `transport`); REFITCTL_MEGATRON_UNPATCHED=1 runs
+  as `patched: true` in `info` (results.json's `transport`); `--megatron-unpatched` runs
   Megatron-Core as shipped (`patched: false`), to record what it does then;
 - a bare GPTModel keeps torch LayerNorm weights and learned position embeddings in fp32 under bf16
   parameters (Megatron-LM's Float16Module casts them to bf16 when it wraps the model): here those
@@ -26,7 +26,6 @@ Building the models is setup, like allocating buffers, and is not timed (`info["
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -35,7 +34,7 @@ import torch
 from refit_core.errors import ConfigError, TransportError
 from refit_core.planning.layout import Placement
 from refit_core.planning.model import Inventory
-from refit_core.execution.storage import Storage
+from refit_core.planning.storage import Storage
 from refit_core.execution.transports.base import IterationStats, RankContext, allocate, whole, TransportReport
 from refit_core.execution.weights import param_view
 
@@ -44,12 +43,11 @@ CUDA_METHODS = ("megatron-nccl", "megatron-nvshmem")
 NVSHMEM_REFUSAL = ("--refit-method megatron-nvshmem cannot run: megatron-core 0.16.1's NVSHMEM copy service imports "
                    "cuda.core.experimental and needs kernels/chunked_kernel.cu, which its wheel (and sdist) do not "
                    "ship: use megatron-nccl")
-UNPATCHED_ENV = "REFITCTL_MEGATRON_UNPATCHED"
 
 
 def refusal(method: str) -> str | None:
     """Why `method` cannot run at all (one line), or None: checked before anything is launched."""
-    from refit_core.execution.transports.registry import method as lookup
+    from refit_core.planning.methods import method as lookup
 
     return lookup(method).refusal
 
@@ -76,8 +74,8 @@ class MegatronTransport(TransportReport):
         self.ctx = ctx
         t0 = time.perf_counter()
         # THE one place Megatron-Core is changed: its planner's metadata for routed experts
-        unpatched = os.environ.get(UNPATCHED_ENV, "") not in ("", "0")
-        report = megatron_patch.unpatch_expert_metadata() if unpatched else megatron_patch.patch_expert_metadata()
+        report = (megatron_patch.unpatch_expert_metadata() if ctx.config.megatron_unpatched
+                  else megatron_patch.patch_expert_metadata())
         self.models = mb.build_models(ctx.config)
         src_buf = allocate(ctx.source.nbytes, ctx.device) if ctx.source else None
         dst_buf = allocate(ctx.destination.nbytes, ctx.device) if ctx.destination else None

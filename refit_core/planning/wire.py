@@ -9,7 +9,7 @@ byte-generic: they copy slots of the plan's destination parameters (`Plan.params
 
 from __future__ import annotations
 
-from refit_core.execution.storage import ALIGN, Slot, Storage, rank_storage
+from refit_core.planning.storage import ALIGN, Slot, Storage, rank_storage
 from refit_core.planning.layout import ParallelLayout
 from refit_core.planning.model import DTYPE_BYTES
 from refit_core.planning.plan import Plan

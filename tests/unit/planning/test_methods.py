@@ -12,7 +12,8 @@ import pytest
 from conftest import ROOT
 from refit_core.config import METHODS
 from refit_core.errors import ConfigError
-from refit_core.execution.transports import registry
+from refit_core.execution.transports.registry import make_transport
+from refit_core.planning import methods as registry
 
 
 def test_config_methods_are_the_registry() -> None:
@@ -32,14 +33,14 @@ def test_every_method_names_a_transport_class_that_exists(name: str) -> None:
 def test_cpu_methods_build_without_cuda() -> None:
     for name, m in registry.METHODS.items():
         if not m.needs_cuda and not m.peer:
-            assert registry.make_transport(name).name == name
+            assert make_transport(name).name == name
 
 
 def test_unknown_and_refused_methods_are_one_line() -> None:
     with pytest.raises(ConfigError, match=r"^unknown --refit-method 'rdma': use one of nvshmem, nccl, gloo, "):
         registry.method("rdma")
     with pytest.raises(ConfigError, match=r"^--refit-method megatron-nvshmem cannot run: .*use megatron-nccl$"):
-        registry.make_transport("megatron-nvshmem")
+        make_transport("megatron-nvshmem")
 
 
 def test_help_lists_every_method() -> None:

@@ -12,11 +12,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from refit_core.execution.transports.blocks import Direct, chunk_bytes_for, rank_blocks
+from refit_core.planning.blocks import Direct, chunk_bytes_for, rank_blocks
 from refit_core.planning.layout import ParallelLayout, RefitMode, world_layout
 from refit_core.planning.model import ModelSpec, inventory
 from refit_core.planning.plan import plan_transfers
-from refit_core.execution.storage import rank_storage
+from refit_core.planning.storage import rank_storage
 from refit_core.execution.transports.copy import copy_blocks_torch
 from refit_core.execution.transports.staged import StagedTransport
 from refit_core.execution import weights
@@ -157,7 +157,7 @@ def test_strided_blocks_are_staged_and_whole_rows_go_direct() -> None:
 
 
 def test_a_long_run_travels_as_messages_of_at_most_one_gib(monkeypatch: pytest.MonkeyPatch) -> None:
-    import refit_core.execution.transports.blocks as blocks
+    import refit_core.planning.blocks as blocks
 
     monkeypatch.setattr(blocks, "DIRECT_MAX_BYTES", 4096)
     model = ModelSpec(num_layers=1, hidden_size=64, num_attention_heads=4, ffn_hidden_size=128, num_experts=4,

@@ -10,14 +10,14 @@ from hypothesis import strategies as st
 
 from orchestrator.configs import resolve
 from refit_core.execution import weights
-from refit_core.execution.transports.blocks import one_sided_blocks
+from refit_core.planning.blocks import one_sided_blocks
 from refit_core.errors import ConfigError
 from refit_core.planning.layout import RefitMode, world_layout
 from refit_core.planning.memory import NVSHMEM_OVERHEAD_BYTES
 from refit_core.planning.model import inventory
-from refit_core.execution.transports.placement import Placement, layout_heap, place
+from refit_core.planning.placement import Placement, layout_heap, place
 from refit_core.planning.plan import plan_transfers
-from refit_core.execution.storage import ALIGN, Slot, Storage, rank_storage
+from refit_core.planning.storage import ALIGN, Slot, Storage, rank_storage
 from refit_core.execution.transports.copy import copy_blocks_torch
 from helpers import layout_pairs
 
