@@ -45,6 +45,7 @@ class RunController(Controller):  # pragma: no cover - runs in its own process
         super().__init__(folder)
         self.runs = [(held_dir(Path(d)), int(n)) for d, n in json.loads(environment.get(LOCAL_RUNS) or "[]")]
         self.stop_all = False
+        self.stop_signal: str | None = None  # what stopped the controller, if anything did
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
 
@@ -80,7 +81,7 @@ class RunController(Controller):  # pragma: no cover - runs in its own process
             supervisor.procs = list(self.tasks)
             supervisor.stop()
             self.close_outputs()
-        detail = stopped_detail(outcome.state, outcome.detail, getattr(self, "stop_signal", None))
+        detail = stopped_detail(outcome.state, outcome.detail, self.stop_signal)
         write_state(run_dir / STATE_FILE, {"state": outcome.state, "detail": detail, "exit_codes": outcome.codes,
                                            "failed_ranks": outcome.failed, "started": started, "ended": time.time(),
                                            "job_id": self.pid})
@@ -119,7 +120,7 @@ def _finalize(run_dir: Path, state: str, detail: str) -> None:
                                                    "ended": now_iso()})
     except (OSError, RefitError) as e:  # a full disk or a damaged run.json: job-state.json still says it
         with contextlib.suppress(OSError):  # its log may sit on the same full disk
-            print(f"refitctl controller: {run_dir}: results not finalized: {e}", flush=True)
+            log.warning("%s: results not finalized: %s", run_dir, e)
 
 
 def stopped_detail(state: str, detail: str, stop_signal: str | None) -> str:
@@ -203,4 +204,5 @@ def write_state(path: Path, data: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":  # the local controller: python -m orchestrator.controller FOLDER
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="refitctl controller: %(message)s")
     RunController(Path(sys.argv[1])).run_all()
