@@ -61,13 +61,14 @@ def relay(groups: dict[GroupKey, list[Atom]], nodes: NodeMap,
     forwards from the relays. `groups` is not changed; `unit[param]` is the bytes per index of `param`."""
     streams: dict[tuple[int, tuple[int, ...]], list[_Shared]] = defaultdict(list)
     out: dict[GroupKey, list[Atom]] = {}
+    per_node = nodes.gpus_per_node  # node = rank // per_node (NodeMap.node), inlined: one lookup per atom
     for key, atoms in groups.items():
         if key[0] != INTER:
             out[key] = atoms
             continue
         same: dict[tuple[int, int, int, int, int], list[Atom]] = defaultdict(list)
         for a in atoms:
-            same[(nodes.node(a.dst), a.param, a.start, a.length, a.src_offset)].append(a)
+            same[(a.dst // per_node, a.param, a.start, a.length, a.src_offset)].append(a)
         kept: list[Atom] = []
         for (node, *_), group in same.items():
             members = tuple(sorted(a.dst for a in group))
