@@ -4,7 +4,9 @@
     python benchmarks/gpu_bench.py --quick    # smoke test (1 GPU is enough): seed sizes, few rows
 
 1. Ceilings, at the sizes the refit rows move (the busiest GPU's bytes, rounded to powers of two):
-   local device copy; with 2+ GPUs, peer copy GPU 0 -> 1 one way and both ways at once (one
+   local device copy; the fused FP8 quantiser's scale pass and quantise pass (`quantise_amax`,
+   `quantise`: GB/s of BF16 read, on a [size / 14336, 7168] weight, checked bitwise); with 2+ GPUs,
+   peer copy GPU 0 -> 1 one way and both ways at once (one
    process), and NCCL send/recv one way and both ways (two processes, benchmarks/nccl_probe.py).
 2. Refit rows through the local launcher (jobs/local.py: one process per rank, rank r on GPU
    r % N): every seed config with NVSHMEM whose PEs share the N GPUs evenly (the others are
@@ -246,6 +248,36 @@ def local_copy(nbytes: int, iters: int) -> float:
     return nbytes / (ms * 1e6)
 
 
+QUANTISE_COLS = 7168  # Kimi K2's hidden size: the quantiser's ceiling on rows of its widest weights
+
+
+def quantise_ceilings(nbytes: int, iters: int) -> tuple[float, float]:
+    """The fused FP8 quantiser (refit_core/execution/fp8_kernel.py) on one BF16 weight of about
+    `nbytes`, [nbytes / 2 / 7168, 7168]: GB/s of BF16 read by its scale pass (block maxima -> scales)
+    and by its quantise pass (BF16 -> e4m3 bytes), each timed alone; the first 1024 rows' bytes and
+    scales are checked against the torch reference, bitwise."""
+    import torch
+
+    from refit_core.execution.fp8_kernel import TensorQuantiser
+    from refit_core.execution.quantize import FP8, quantise
+
+    rows = max(nbytes // (2 * QUANTISE_COLS), 128)
+    w = torch.randn(rows, QUANTISE_COLS, device="cuda:0").mul_(30).bfloat16()
+    fused = TensorQuantiser(rows, QUANTISE_COLS, w.device)
+    out = torch.empty(w.shape, dtype=FP8, device=w.device)
+    scales_ms = _events_ms(lambda: fused.scales(w), iters)
+    s = fused.scales(w)
+    quantise_ms = _events_ms(lambda: fused.values(w, s, out), iters)
+    head = min(rows, 1024)
+    want_q, want_s = quantise(w[:head])
+    assert torch.equal(out[:head].view(torch.uint8), want_q.view(torch.uint8))
+    assert torch.equal(s[: want_s.shape[0]].view(torch.int32), want_s.view(torch.int32))
+    read = w.numel() * 2
+    del w, out, s
+    torch.cuda.empty_cache()
+    return read / (scales_ms * 1e6), read / (quantise_ms * 1e6)
+
+
 def peer_copy(nbytes: int, iters: int) -> tuple[float, float]:
     """GB/s GPU 0 -> 1 alone, and each way while 0 -> 1 and 1 -> 0 run at once (host timed)."""
     import torch
@@ -397,9 +429,10 @@ def main(argv: list[str] | None = None) -> int:
         wanted = wanted[-1:]
     print(f"{device} x {gpus}; ceilings at {[f'{s >> 20} MiB' for s in wanted]}; {len(todo)} rows", flush=True)
     work = Path(tempfile.mkdtemp(prefix="gpu-bench-"))
-    by_size: dict[str, dict[str, float]] = {"local_copy": {}}
+    by_size: dict[str, dict[str, float]] = {"local_copy": {}, "quantise_amax": {}, "quantise": {}}
     for s in wanted:
         by_size["local_copy"][str(s)] = local_copy(s, 10)
+        by_size["quantise_amax"][str(s)], by_size["quantise"][str(s)] = quantise_ceilings(s, 10)
     if gpus >= 2:
         by_size["peer_copy_one_way"], by_size["peer_copy_both_ways"] = {}, {}
         for s in wanted:

@@ -189,7 +189,7 @@ class _Rank:
         self.say(f"plan loaded: {len(plan.transfers)} transfers; role {plan.world.role(self.task.rank)}")
         self.record = run_rank(cfg, plan, self.task.rank, len(active), device, self.dist.group.WORLD, self.record,
                                self.save, setup_group=cpu_group, watchdog=self.watchdog, hooks=self.hooks,
-                               devices=self.devices)
+                               devices=self.devices, transport=payload_transport(cfg, plan))
         self.watchdog.arm("final barrier (every active rank done)")
         self.dist.barrier(group=cpu_group)
         self.say("all ranks done")
@@ -274,5 +274,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if rec.verified else 1
 
 
+def payload_transport(cfg: "RunConfig", plan: "Plan") -> Any:
+    """What refits on this rank: the method's transport for refitctl's synthetic shards (`--payload
+    synthetic`), or around it, for `--payload megatron`, the wrapper that builds the Megatron-Core models
+    on the rank and refits their parameters through refit_core/library (refit_core/megatron/payload.py)."""
+    from refit_core.config import PAYLOADS
+    from refit_core.execution.engine import run_transport
+
+    transport = run_transport(cfg, plan)
+    if cfg.payload == PAYLOADS[0]:
+        return transport
+    from refit_core.megatron.payload import MegatronPayload
+
+    return MegatronPayload(transport)
+
+
 if __name__ == "__main__":
     sys.exit(main())
+

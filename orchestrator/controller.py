@@ -43,6 +43,7 @@ class RunController(Controller):  # pragma: no cover - runs in its own process
         super().__init__(folder)
         self.runs = [(Path(d), int(n)) for d, n in json.loads(environment.get("REFITCTL_LOCAL_RUNS") or "[]")]
         self.stop_all = False
+        self.stop_signal: str | None = None  # what stopped the controller, if anything did
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
 
@@ -78,7 +79,7 @@ class RunController(Controller):  # pragma: no cover - runs in its own process
             supervisor.stop()
             self.close_outputs()
         detail = outcome.detail
-        if outcome.state == "CANCELLED" and getattr(self, "stop_signal", None) == "SIGTERM":
+        if outcome.state == "CANCELLED" and self.stop_signal == "SIGTERM":
             detail = "the local controller was stopped (SIGTERM)"
         write_json_atomic(run_dir / STATE_FILE, {"state": outcome.state, "detail": detail,
                                                  "exit_codes": outcome.codes, "failed_ranks": outcome.failed,
@@ -117,8 +118,9 @@ def _finalize(run_dir: Path, state: str, detail: str) -> None:
         finalize(run_dir, read_run_info(run_dir), {"state": state, "detail": detail, "source": "local controller",
                                                    "ended": now_iso()})
     except (OSError, RefitError) as e:  # a full disk or a damaged run.json: job-state.json still says it
-        print(f"refitctl controller: {run_dir}: results not finalized: {e}", flush=True)
+        log.warning("%s: results not finalized: %s", run_dir, e)
 
 
 if __name__ == "__main__":  # the local controller: python -m orchestrator.controller FOLDER
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="refitctl controller: %(message)s")
     RunController(Path(sys.argv[1])).run_all()

@@ -30,12 +30,13 @@ from refit_core.planning.placement import DIRECTIONS
 from refit_core.planning.plan import Plan, plan_choices, plan_transfers
 from refit_core.planning.precision import check_precision, destination_slot_sizes
 from refit_core.planning.sharding import check_divisible
-from refit_core.planning.timemodel import (DEFAULT_SOURCE, LOCAL_COPY_GBPS, NETWORK_GBPS, NVLINK_GBPS, LinkModel,
-                                           RelayChoice, choose_relay)
+from refit_core.planning.timemodel import (AMAX_GBPS, DEFAULT_SOURCE, LOCAL_COPY_GBPS, NETWORK_GBPS, NVLINK_GBPS,
+                                           QUANTISE_GBPS, LinkModel, RelayChoice, choose_relay)
 
 METHODS = tuple(methods.METHODS)  # every --refit-method (refit_core/execution/transports/registry.py)
 SYNC_MODES = ("auto", "host", "device")  # --nvshmem-sync
 RELAY_MODES = ("auto", "off")  # --relay
+PAYLOADS = ("synthetic", "megatron")  # --payload: refitctl's deterministic shards, or real Megatron-Core models
 # Run settings a variable may override (refit_core/environment.py SETTINGS): read once, where a run is resolved
 ENV_OVERRIDES = {"nvshmem_placement": "REFITCTL_NVSHMEM_PLACEMENT", "nvshmem_sync": "REFITCTL_NVSHMEM_SYNC",
                  "staged_zero_copy": "REFITCTL_STAGED_ZERO_COPY",
@@ -79,6 +80,10 @@ class RunConfig:
     """Device-to-device copy on one GPU, GB/s delivered."""
     link_source: str = ""
     """Where the link figures come from (a ceilings file, flags); empty: the defaults."""
+    quantise_gbps: float = QUANTISE_GBPS
+    """FP8 senders: the fused quantiser's quantise pass, GB/s of BF16 read (time model only)."""
+    amax_gbps: float = AMAX_GBPS
+    """FP8 senders: the scale pass (block maxima), GB/s of BF16 read (time model only)."""
     inference_precision: str = "bf16"
     """--rl-inference-precision: the destination's weights, bf16 or fp8 (128x128 blocks, float32
     scales; refit_core/planning/precision.py), quantised by the sender and verified bitwise."""
@@ -95,6 +100,10 @@ class RunConfig:
     """--staged-direct-min-bytes: the shortest run sent zero-copy (default 4 MiB)."""
     megatron_unpatched: bool = False
     """--megatron-unpatched: run Megatron-Core's refit as shipped, without refit_core/peers/megatron_patch.py."""
+    payload: str = "synthetic"
+    """--payload: what is refit. synthetic (default): refitctl's deterministic values in its own shard
+    buffers; megatron: Megatron-Core GPTModels of both layouts built on the ranks
+    (refit_core/peers/megatron_build.py), their parameters refit through refit_core/library."""
     relay: str = "auto"
     """--relay auto|off: auto relays the cross-node slices several GPUs of a node share (in once per node, split
     over its NICs, then over NVLink; refit_core/planning/relay.py) where the method can forward and the time
@@ -138,13 +147,15 @@ class RunConfig:
         if not 0 < self.gpu_memory_gb <= MAX_GIB:
             raise ConfigError(f"--gpu-memory-gb must be more than 0 and at most {MAX_GIB:,} GiB, got {self.gpu_memory_gb}")
         for flag, value in (("--intra-node-gbps", self.intra_node_gbps), ("--inter-node-gbps", self.inter_node_gbps),
-                            ("--local-copy-gbps", self.local_copy_gbps),
+                            ("--local-copy-gbps", self.local_copy_gbps), ("--quantise-gbps", self.quantise_gbps),
+                            ("--amax-gbps", self.amax_gbps),
                             ("--intra-node-both-gbps", 1.0 if self.intra_node_both_gbps is None
                              else self.intra_node_both_gbps)):
             if not 0 < value <= MAX_GBPS:
                 raise ConfigError(f"{flag} must be more than 0 and at most {MAX_GBPS:,} GB/s (per GPU per direction), "
                                   f"got {value}")
         check_precision(self.inference_precision)
+        check_payload(self)
         world = self.world()
         inv = self.inventory()
         if inv.numel > MAX_PARAMETERS:
@@ -168,6 +179,9 @@ class RunConfig:
                           int(self.gpu_memory_gb * GIB), self.gpus_per_node,
                           destination_slot_sizes(inv, self.destination, self.inference_precision),
                           self.nvshmem_placement,
+                          # FP8: a one-sided sender writes a whole send image; a two-sided one quantises
+                          # each bucket as it packs it (refit_core/execution/fp8_source.py): none
+                          None if methods.method(self.method).two_sided else
                           destination_slot_sizes(inv, self.source, self.inference_precision))
 
     def node_map(self) -> NodeMap:
@@ -191,7 +205,8 @@ class RunConfig:
 
     def link_model(self) -> LinkModel:
         return LinkModel(self.gpus_per_node, self.intra_node_gbps, self.inter_node_gbps, self.local_copy_gbps,
-                         self.intra_node_both_gbps, self.link_source or DEFAULT_SOURCE)
+                         self.intra_node_both_gbps, self.link_source or DEFAULT_SOURCE, self.quantise_gbps,
+                         self.amax_gbps, methods.method(self.method).two_sided)
 
     def with_ceilings(self, figures: LinkFigures, keep: Iterable[str] = ()) -> "RunConfig":
         """The link figures of measured ceilings, except the fields in `keep` (given as flags)."""
@@ -199,7 +214,8 @@ class RunConfig:
         changes: dict[str, Any] = {}
         for field, value in (("intra_node_gbps", figures.intra_node_gbps),
                              ("intra_node_both_gbps", figures.intra_node_both_gbps),
-                             ("local_copy_gbps", figures.local_copy_gbps)):
+                             ("local_copy_gbps", figures.local_copy_gbps),
+                             ("quantise_gbps", figures.quantise_gbps), ("amax_gbps", figures.amax_gbps)):
             if value is not None and field not in keep:
                 changes[field] = value
         return self.with_changes(**changes, link_source=figures.source)
@@ -255,3 +271,27 @@ class RunConfig:
         d["mode"] = RefitMode(d["mode"])
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def check_payload(cfg: RunConfig) -> None:
+    """--payload: one of PAYLOADS; real models need a refitctl method that is two-sided (it refits the
+    models' own tensors, refit_core/library) and the BF16 models Megatron-Core builds on the ranks."""
+    if cfg.payload not in PAYLOADS:
+        raise ConfigError(f"--payload must be one of {', '.join(PAYLOADS)}, got {cfg.payload!r}")
+    if cfg.payload == PAYLOADS[0]:
+        return
+    m = methods.method(cfg.method)
+    if m.peer or not m.two_sided:
+        raise ConfigError(f"--payload {cfg.payload} refits the models through refitctl's library, which "
+                          f"--refit-method {cfg.method} does not serve: use gloo on CPU or nccl on GPUs "
+                          "(megatron-* methods build their own models)")
+    if cfg.inference_precision != "bf16":
+        raise ConfigError(f"--payload {cfg.payload} refits BF16 models: drop --rl-inference-precision "
+                          f"{cfg.inference_precision}")
+    spec = cfg.model
+    if spec.multi_latent_attention or spec.first_dense_layers or spec.moe_router_enable_expert_bias:
+        raise ConfigError(f"--payload {cfg.payload} builds GQA models with MoE in every layer: drop "
+                          "--multi-latent-attention / --first-dense-layers / --moe-router-enable-expert-bias")
+    if max(cfg.source.pp, cfg.destination.pp) > 1 and not spec.untie_embeddings_and_output_weights:
+        raise ConfigError(f"--payload {cfg.payload} with PP > 1 needs --untie-embeddings-and-output-weights "
+                          "(Megatron-Core cannot build tied embeddings across stages on CPU)")

@@ -73,10 +73,10 @@ def apply_safe_defaults() -> None:
     export(SAFE_ENV, overwrite=False)
 
 
-def child_environment(extra: Mapping[str, str] = {}, drop: tuple[str, ...] = ()) -> dict[str, str]:
+def child_environment(extra: Mapping[str, str] | None = None, drop: tuple[str, ...] = ()) -> dict[str, str]:
     """The environment for a child process: this one, less `drop`, plus `extra` (a launcher's)."""
     env = {k: v for k, v in os.environ.items() if k not in drop}
-    env.update(extra)
+    env.update(extra or {})
     return env
 
 
@@ -93,10 +93,6 @@ class TaskEnv:
     restarts: int = 0  # SLURM_RESTART_COUNT: how often the job was requeued before this attempt
     fault: str = ""  # REFITCTL_FAULT for this task (tests only)
     visible_devices: str = "unset"  # CUDA_VISIBLE_DEVICES, for messages
-
-    def with_rendezvous(self, addr: str, port: int) -> "TaskEnv":
-        return TaskEnv(self.rank, self.world_size, self.local_rank, addr, port, self.local_world_size,
-                       self.restarts, self.fault, self.visible_devices)
 
 
 def _first(*names: str) -> str | None:

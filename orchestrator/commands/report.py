@@ -171,7 +171,7 @@ def _report(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
 _NUMBERS = (("median_ms", "lower"), ("min_ms", "lower"), ("warmup_ms", "lower"), ("GBps", "higher"),
             ("delivered_bytes", None), ("network_bytes", None), ("local_bytes", None), ("transfers", None),
             ("timed_iterations", None), ("predicted_ms", None), ("bound_ms", None))
-_WORDS = ("config", "mode", "method", "layouts", "state", "verified")
+_WORDS = ("config", "mode", "method", "layouts", "payload", "state", "verified")
 
 
 def _ratio(a: Any, b: Any, better: str | None) -> Text:

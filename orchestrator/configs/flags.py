@@ -61,6 +61,9 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--rl-inference-precision", "run", "inference_precision", str,
          "destination weights: bf16 (default) or fp8 (128x128 blocks, float32 scales, quantised by the sender)"),
     Flag("--refit-method", "run", "method", str, methods.method_help()),
+    Flag("--payload", "run", "payload", str,
+         "what is refit: synthetic (default: refitctl's deterministic shards) or megatron (Megatron-Core "
+         "GPTModels of both layouts built on the ranks, refit in place through refit_core/library)"),
     Flag("--num-benchmark-iterations", "run", "iterations", int, "timed iterations"),
     Flag("--num-warmup-iterations", "run", "warmup", int, "untimed warm-up iterations (default 1)"),
     Flag("--refit-bucket-size", "run", "bucket_bytes", _size, "staging bucket per rank, e.g. 1GiB"),
@@ -94,6 +97,11 @@ FLAGS: tuple[Flag, ...] = (
          "intra-node GB/s each way while a GPU sends and receives at once; default: the one-way figure"),
     Flag("--local-copy-gbps", "run", "local_copy_gbps", float,
          "device-to-device copy GB/s on one GPU (bytes delivered); default 1500"),
+    Flag("--quantise-gbps", "run", "quantise_gbps", float,
+         "FP8: the fused quantiser's quantise pass, GB/s of BF16 read (time model); default 2000, assumed, "
+         "not measured (benchmarks/gpu_bench.py measures it)"),
+    Flag("--amax-gbps", "run", "amax_gbps", float,
+         "FP8: the quantiser's scale pass (block maxima), GB/s of BF16 read (time model); default 3000, assumed"),
     Flag("--num-layers", "model", "num_layers", int, "transformer layers"),
     Flag("--hidden-size", "model", "hidden_size", int, "hidden size"),
     Flag("--num-attention-heads", "model", "num_attention_heads", int, "attention heads"),

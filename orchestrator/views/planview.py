@@ -31,9 +31,22 @@ def predicted_lines(pred: TimePrediction) -> list[str]:
         + f", inter-node {link.inter_node_gbps:g} GB/s, local copy {link.local_copy_gbps:g} GB/s; "
         f"{link.gpus_per_node} GPUs/node",
         f"Link figures from: {escape(link.source)}",
+        *quantise_lines(pred),
         f"Load vs even share: sources x{bal.out_ratio:.4f} (busiest {human_bytes(bal.max_out)} out), "
         f"destinations x{bal.in_ratio:.4f} (busiest {human_bytes(bal.max_in)} in)",
     ]
+
+
+def quantise_lines(pred: TimePrediction) -> list[str]:
+    """FP8: the quantiser's figures, how it overlaps, and what it costs the busiest source GPU."""
+    link = pred.link
+    busiest = max(pred.loads, key=lambda g: (g.scales_s(link) + g.quantise_s(link), -g.rank))
+    if not busiest.amax_read:
+        return []
+    how = "overlapping the links (bucket by bucket)" if link.quantise_overlaps else "into a send image, before the links"
+    return [f"FP8 quantiser: scale pass {link.amax_gbps:g} GB/s, quantise pass {link.quantise_gbps:g} GB/s of BF16 read, "
+            f"{how}; busiest source GPU {busiest.rank}: scales {busiest.scales_s(link) * 1e3:.3f} ms + quantise "
+            f"{busiest.quantise_s(link) * 1e3:.3f} ms"]
 
 
 def precision_line(plan: Plan) -> str:

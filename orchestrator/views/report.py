@@ -83,6 +83,16 @@ class RunData:
         return [i["time_ms"] for i in self.results.get("iterations", []) if not i.get("warmup")]
 
     @property
+    def payload(self) -> str:
+        """What was refit: refitctl's synthetic shards, or Megatron-Core GPTModels built on the ranks
+        (--payload megatron through refitctl's library, or a megatron-* method's own refit): two
+        runs on models refit the same parameters, so compare sets them side by side fairly."""
+        t = self.results.get("transport") or {}
+        if t.get("peer") or t.get("payload"):
+            return "Megatron-Core GPTModels" + (" (Megatron-Core's refit)" if t.get("peer") else " (refitctl's library)")
+        return "synthetic shards"
+
+    @property
     def bound_ms(self) -> float | None:
         """The results' own bound if they carry one, else the link model's, for GPU methods only:
         the model describes NVLink and network adapters, not gloo between CPU processes."""
@@ -377,6 +387,7 @@ def summary_fields(run: RunData) -> list[tuple[str, str, Any, str]]:
         ("mode", "mode", run.mode, run.mode),
         ("method", "method", run.method, run.method),
         ("layouts", "source -> destination", run.layouts, run.layouts),
+        ("payload", "payload", run.payload.split(" (")[0], run.payload),
         ("state", "state", run.state, run.state),
         ("verified", "verified", run.verified, "yes" if run.verified else "no"),
         ("timed_iterations", "timed iterations", res.get("timed_iterations"), str(res.get("timed_iterations", "-"))),

@@ -47,12 +47,13 @@ class _RankRun:
 def run_rank(cfg: RunConfig, plan: Plan, rank: int, world_size: int, device: torch.device,
              active_group: object, record: RankRecord, on_record: Callable[[RankRecord], None],
              setup_group: object, watchdog: Watchdog, hooks: RankHooks = NO_HOOKS,
-             devices: DeviceMap | None = None) -> RankRecord:
+             devices: DeviceMap | None = None, transport: Transport | None = None) -> RankRecord:
     """Execute warm-up + timed iterations of `plan` on this (active) rank; fills in `record` (made by the caller,
     jobs/refit_job.py), hands it to `on_record` after every change (RankRecordWriter.save) and returns it.
 
     Every wait is a phase of `watchdog` (refit_core/execution/watchdog.py). `hooks` act before the set-up and
-    each transfer and after each transfer (refit_core/execution/hooks.py)."""
+    each transfer and after each transfer (refit_core/execution/hooks.py). `transport`: the caller's (the job
+    wraps it for --payload megatron, jobs/refit_job.py), else the method's (`run_transport`)."""
     source, destination = rank_storages(plan, rank)  # in the destination's precision (wire.py)
     ctx = RankContext(config=cfg, plan=plan, rank=rank, world_size=world_size, device=device,
                       rank_plan=plan.for_rank(rank), source=source, destination=destination,
@@ -61,7 +62,7 @@ def run_rank(cfg: RunConfig, plan: Plan, rank: int, world_size: int, device: tor
                                                               _device_name(device), cfg.method)
     record.source_bytes = source.nbytes if source else 0
     record.destination_bytes = destination.nbytes if destination else 0
-    transport = for_precision(make_transport(cfg.method), plan.precision)  # FP8: the sender quantises first
+    transport = transport or run_transport(cfg, plan)
     r = _RankRun(cfg, ctx, transport, record, on_record, watchdog, hooks)
     try:
         _set_up(r, setup_group)
@@ -80,6 +81,11 @@ def run_rank(cfg: RunConfig, plan: Plan, rank: int, world_size: int, device: tor
             watchdog.disarm()
     on_record(record)
     return record
+
+
+def run_transport(cfg: RunConfig, plan: Plan) -> Transport:
+    """The method's transport, with FP8's quantising sender around it where the destination is FP8."""
+    return for_precision(make_transport(cfg.method), plan.precision)  # FP8: the sender quantises first
 
 
 def _set_up(r: _RankRun, setup_group: object) -> None:

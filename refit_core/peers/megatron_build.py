@@ -16,9 +16,6 @@ optional extra (`refitctl[megatron]`): nothing here is imported by the rest of r
 from __future__ import annotations
 
 import itertools
-import multiprocessing as mp
-import queue
-import traceback
 import types
 import warnings
 from dataclasses import dataclass
@@ -34,7 +31,7 @@ from refit_core.planning.model import Inventory, ModelSpec
 from refit_core.planning.sharding import local_shape, rank_pieces
 from refit_core.planning.storage import rank_storage
 from refit_core.execution.weights import fill, param_view
-from refit_core.environment import free_port
+from refit_core.library.local import run_local
 
 MEGATRON_CORE_VERSION = "0.16.1"
 
@@ -219,6 +216,24 @@ def build_models(cfg: RunConfig) -> RankModels:
     return RankModels(rank, models[0], models[1], args[0], args[1])
 
 
+def contiguous_like_ddp(model: Any) -> torch.Tensor:
+    """Lay `model`'s parameters in one buffer as a trained model has them: cast to bf16 as
+    Megatron-LM's Float16Module does, then views of one contiguous buffer as Megatron-Core's
+    DistributedDataParallel keeps them (its `param_data`: parameters in reverse order, each start
+    padded to a multiple of 64 elements). Returns the buffer (DDP itself needs CUDA to build)."""
+    params = list(model.parameters())[::-1]
+    sizes = [-(-p.numel() // 64) * 64 for p in params]
+    buf = torch.zeros(sum(sizes), dtype=torch.bfloat16, device=params[0].device)
+    at = 0
+    with torch.no_grad():
+        for p, n in zip(params, sizes):
+            view = buf[at: at + p.numel()].view(p.shape)
+            view.copy_(p)
+            p.data = view
+            at += n
+    return buf
+
+
 # ---------------------------------------------------------------------------------------------
 # global placement, from Megatron's own sharded_state_dict()
 # ---------------------------------------------------------------------------------------------
@@ -333,6 +348,15 @@ def placement_mismatches(cfg: RunConfig, place: Placement, model: Any) -> list[s
         if tuple(params[sh.param].shape) != local_shape(p, lay):
             bad.append(f"{name}: local shape {tuple(params[sh.param].shape)} in Megatron, {local_shape(p, lay)} "
                        "in refitctl")
+    bad += _held_differently(inv, lay, local, runs)
+    return [f"rank {dist.get_rank()}: {b}" for b in bad]
+
+
+def _held_differently(inv: Inventory, lay: ParallelLayout, local: int,
+                      runs: dict[str, list[tuple[int, int, int]]]) -> list[str]:
+    """Parameters only one side places on this rank, and those both place but slice differently."""
+    spec = inv.spec
+    bad = []
     mine = {p.name for p in inv.params if rank_pieces(p, lay, local, spec.num_layers, spec.num_experts)}
     for name in sorted(mine - set(runs)):
         bad.append(f"{name}: refitctl places it on this rank, Megatron does not")
@@ -345,7 +369,7 @@ def placement_mismatches(cfg: RunConfig, place: Placement, model: Any) -> list[s
         got = _runs(runs[name])
         if got != want:
             bad.append(f"{name}: Megatron holds (global start, length, local start) {got}, refitctl {want}")
-    return [f"rank {dist.get_rank()}: {b}" for b in bad]
+    return bad
 
 
 # ---------------------------------------------------------------------------------------------
@@ -471,53 +495,11 @@ def swap(models: RankModels, service: Any) -> None:
 # ---------------------------------------------------------------------------------------------
 # the process harness
 # ---------------------------------------------------------------------------------------------
-def _rank_main(rank: int, world: int, port: int, fn: Callable[..., Any], args: tuple, q: Any) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    try:
-        dist.init_process_group("gloo", rank=rank, world_size=world, init_method=f"tcp://127.0.0.1:{port}")
-        result = fn(*args)
-        dist.barrier()
-        q.put((rank, True, result))
-    except BaseException:  # reported to the parent, which raises it
-        q.put((rank, False, traceback.format_exc()))
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def run_ranks(world: int, fn: Callable[..., Any], *args: Any, timeout_s: float = 300) -> list[Any]:
+def run_ranks(world: int, fn: Callable[..., Any], *args: Any, timeout_s: float = 300,
+              backend: str = "gloo") -> list[Any]:
     """Run `fn(*args)` on `world` forked processes under one gloo process group; their results
     by rank. Megatron is imported here first so the children inherit it (one import, not one per
     rank). Raises RuntimeError with the first failing rank's traceback."""
     if megatron_core() is None:
         raise ConfigError("megatron-core is not installed: pip install 'refitctl[megatron]'")
-    ctx = mp.get_context("fork")
-    q = ctx.Queue()
-    port = free_port()
-    procs = [ctx.Process(target=_rank_main, args=(r, world, port, fn, args, q), daemon=True) for r in range(world)]
-    for p in procs:
-        p.start()
-    results: dict[int, tuple[bool, Any]] = {}
-    try:
-        for _ in range(world):
-            try:
-                rank, ok, res = q.get(timeout=timeout_s)
-            except queue.Empty:
-                break  # a rank hangs: reported below with the ranks that did answer
-            results[rank] = (ok, res)
-            if not ok:
-                break
-    finally:
-        for p in procs:
-            p.join(timeout=5 if len(results) == world else 0.1)
-            if p.is_alive():
-                p.kill()
-                p.join()
-    failed = sorted(r for r, (ok, _) in results.items() if not ok)
-    if failed or len(results) < world:
-        r = failed[0] if failed else None
-        raise RuntimeError(f"rank {r} failed:\n{results[r][1]}" if r is not None else
-                           f"only ranks {sorted(results)} of {world} reported")
-    return [results[r][1] for r in range(world)]
+    return run_local(world, fn, *args, timeout_s=timeout_s, backend=backend)

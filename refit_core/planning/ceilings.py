@@ -8,6 +8,8 @@ bytes delivered), measured on one machine:
     peer_copy_both_ways   each direction's rate while GPU 0 -> 1 and 1 -> 0 copy at once
     nccl_one_way          NCCL send/recv GPU 0 -> GPU 1 (two processes)
     nccl_both_ways        each direction's rate while both send and receive at once
+    quantise              FP8: the fused quantiser's quantise pass on one GPU, GB/s of BF16 read
+    quantise_amax         FP8: its scale pass (block maxima), GB/s of BF16 read
 
 plus `device` and `date` (which machine). A benchmark result file has the same `ceilings`
 object, so it serves as a ceilings file too. The refit methods move bytes between GPUs with
@@ -27,7 +29,8 @@ from typing import Any
 from refit_core.errors import ConfigError
 from refit_core.planning import methods
 
-NAMES = ("local_copy", "peer_copy_one_way", "peer_copy_both_ways", "nccl_one_way", "nccl_both_ways")
+NAMES = ("local_copy", "peer_copy_one_way", "peer_copy_both_ways", "nccl_one_way", "nccl_both_ways", "quantise",
+         "quantise_amax")
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,8 @@ class LinkFigures:
     intra_node_both_gbps: float | None
     local_copy_gbps: float | None
     source: str
+    quantise_gbps: float | None = None
+    amax_gbps: float | None = None
 
 
 def _engine(method: str) -> str:
@@ -65,9 +70,11 @@ def link_figures(data: Any, method: str, where: str) -> LinkFigures:
                           "run benchmarks/gpu_bench.py on the machine to measure them")
     device = data.get("device") if isinstance(data.get("device"), str) else "unknown device"
     date = data.get("date") if isinstance(data.get("date"), str) else "undated"
-    used = [n for n in (f"{engine}_one_way", f"{engine}_both_ways", "local_copy") if n in values]
+    used = [n for n in (f"{engine}_one_way", f"{engine}_both_ways", "local_copy", "quantise", "quantise_amax")
+            if n in values]
     return LinkFigures(one, both, values.get("local_copy"),
-                       f"measured ceilings {where} ({device[:60]}, {date}: {', '.join(used)})")
+                       f"measured ceilings {where} ({device[:60]}, {date}: {', '.join(used)})",
+                       values.get("quantise"), values.get("quantise_amax"))
 
 
 def load_ceilings(path: Path, method: str) -> LinkFigures:

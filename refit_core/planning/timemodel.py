@@ -16,6 +16,23 @@ plan gives bytes in and out on each class (`GpuLoad`).
   predicted = max over GPUs of sum over classes of max(bytes in, bytes out) / bandwidth.
   When all of a GPU's traffic uses one class the two coincide.
 
+FP8 destinations add the sender's quantisation (refit_core/execution/fp8_source.py), two passes
+over BF16 on each source GPU, each with its own measured ceiling in GB/s of BF16 read
+(benchmarks/gpu_bench.py: `quantise_amax`, `quantise`):
+
+- the scale pass reads every quantised weight row the GPU holds (`amax_read`), before any byte moves;
+- the quantise pass reads each quantised element the GPU sends or copies (`quantise_read`, 2 bytes
+  an element) and writes its FP8 byte. Two-sided transports (nccl, gloo) quantise a bucket while the
+  previous one is on the wire and local copies while the link runs (`quantise_overlaps`); one-sided
+  ones (nvshmem) write a whole send image of what the GPU holds first.
+
+So a source GPU takes: scales + max(links, quantise) when overlapped, scales + quantise + links
+otherwise; its lower bound counts "quantise" as one more class (scales + quantise pass, on HBM).
+Until a GPU measures them the defaults assume both passes run at HBM speed: the default local copy
+figure (1500 GB/s delivered = 3000 GB/s of HBM traffic) gives 3000 GB/s of BF16 read for the scale
+pass (2 bytes moved per 2 read) and 2000 for the quantise pass (3 bytes moved per 2 read). NOT YET
+MEASURED: docs/kimi-k2.md.
+
 Both ignore latency, bucket synchronisation and congestion inside the network; they say what the
 links allow, and measured times are to be compared against them.
 """
@@ -26,6 +43,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from refit_core.planning.plan import Plan
+from refit_core.planning.precision import destination_inventory
+from refit_core.planning.sharding import shard_groups
 
 GB = 10**9
 
@@ -36,6 +55,9 @@ NVLINK_GBPS = 450.0
 NETWORK_GBPS = 50.0
 # Device-to-device copy: HBM3 3.35 TB/s (H100 SXM), each byte read once and written once.
 LOCAL_COPY_GBPS = 1500.0
+# FP8 quantisation, GB/s of BF16 read (assumed at HBM speed until measured, see the module docstring).
+AMAX_GBPS = 2 * LOCAL_COPY_GBPS
+QUANTISE_GBPS = 2 * LOCAL_COPY_GBPS * 2 / 3
 DEFAULT_SOURCE = "defaults (datasheets: NVLink 4, one 400 Gb/s NIC per GPU, HBM3)"
 
 
@@ -49,6 +71,9 @@ class LinkModel:
     local_copy_gbps: float = LOCAL_COPY_GBPS
     intra_node_both_gbps: float | None = None  # each way, both ways busy; None: as one way
     source: str = DEFAULT_SOURCE  # where the figures come from (defaults, flags, a ceilings file)
+    quantise_gbps: float = QUANTISE_GBPS  # FP8 quantise pass, GB/s of BF16 read
+    amax_gbps: float = AMAX_GBPS  # FP8 scale pass (block maxima), GB/s of BF16 read
+    quantise_overlaps: bool = True  # the quantise pass overlaps the links (two-sided transports)
 
     def intra_gbps(self, both_ways: bool) -> float:
         return self.intra_node_both_gbps if both_ways and self.intra_node_both_gbps else self.intra_node_gbps
@@ -70,24 +95,37 @@ class GpuLoad:
     inter_in: int = 0
     inter_out: int = 0
     local: int = 0
+    amax_read: int = 0  # FP8: BF16 bytes of the quantised weight rows this GPU holds (scale pass)
+    quantise_read: int = 0  # FP8: BF16 bytes of the quantised elements it sends or copies (quantise pass)
 
     def link_times(self, link: LinkModel) -> dict[str, float]:
-        """Seconds each (class, direction) of this GPU needs on its own."""
+        """Seconds each (class, direction) of this GPU needs on its own; FP8: "quantise", the scale
+        pass and the quantise pass (both on this GPU's memory, one after the other)."""
         intra = link.intra_gbps(self.intra_in > 0 and self.intra_out > 0) * GB
         inter = link.inter_node_gbps * GB
         return {
             "intra-node in": self.intra_in / intra, "intra-node out": self.intra_out / intra,
             "inter-node in": self.inter_in / inter, "inter-node out": self.inter_out / inter,
             "local copy": self.local / (link.local_copy_gbps * GB),
+            "quantise": self.scales_s(link) + self.quantise_s(link),
         }
+
+    def scales_s(self, link: LinkModel) -> float:
+        return self.amax_read / (link.amax_gbps * GB)
+
+    def quantise_s(self, link: LinkModel) -> float:
+        """The quantise pass: what is moved (overlapped transports), else the whole send image."""
+        return (self.quantise_read if link.quantise_overlaps else self.amax_read) / (link.quantise_gbps * GB)
 
     def bound_s(self, link: LinkModel) -> float:
         return max(self.link_times(link).values())
 
     def serial_s(self, link: LinkModel) -> float:
         t = self.link_times(link)
-        return (max(t["intra-node in"], t["intra-node out"]) + max(t["inter-node in"], t["inter-node out"])
-                + t["local copy"])
+        links = (max(t["intra-node in"], t["intra-node out"]) + max(t["inter-node in"], t["inter-node out"])
+                 + t["local copy"])
+        q = self.quantise_s(link)
+        return self.scales_s(link) + (max(links, q) if link.quantise_overlaps else links + q)
 
 
 @dataclass(frozen=True)
@@ -143,8 +181,33 @@ class TimePrediction:
         }
 
 
+def quantised_bytes(plan: Plan) -> tuple[dict[int, int], dict[int, int]]:
+    """FP8: per source rank, BF16 bytes of the quantised weight rows it holds, and of the quantised
+    elements it sends or copies (its transfers of FP8 weights: one byte an element on the wire)."""
+    held: dict[int, int] = {}
+    moved: dict[int, int] = {}
+    if plan.destination is None:
+        return held, moved
+    weights = {wi for wi, _ in destination_inventory(plan.inventory, plan.precision).scales}
+    for t in plan.transfers:
+        if t.param in weights and not t.hop:  # a relay forwards FP8 bytes it received: it quantises nothing
+            moved[t.src] = moved.get(t.src, 0) + 2 * plan.nbytes(t)
+    src, spec = plan.world.source, plan.inventory.spec
+    by_local: dict[int, int] = {}
+    for wi in sorted(weights):
+        p = plan.inventory.params[wi]
+        row_bytes = p.numel // p.shape[p.split_dim] * 2
+        for g in shard_groups(p, src.layout, spec.num_layers, spec.num_experts):
+            n = sum(pc.length for pc in g.pieces) * row_bytes
+            for local in g.holders:
+                by_local[local] = by_local.get(local, 0) + n
+    held = {r: by_local.get(src.local(r), 0) for r in src.ranks}
+    return held, moved
+
+
 def gpu_loads(plan: Plan, link: LinkModel) -> tuple[GpuLoad, ...]:
-    """Per-GPU bytes split by link class, from the plan's (source, destination) byte totals."""
+    """Per-GPU bytes split by link class, from the plan's (source, destination) byte totals; FP8:
+    the BF16 bytes each source quantises."""
     acc = {r: [0, 0, 0, 0, 0] for r in range(plan.world.world_size)}
     for (s, d), b in plan.pair_bytes.items():
         if s == d:
@@ -155,7 +218,8 @@ def gpu_loads(plan: Plan, link: LinkModel) -> tuple[GpuLoad, ...]:
         else:
             acc[d][2] += b
             acc[s][3] += b
-    return tuple(GpuLoad(r, *v) for r, v in acc.items())
+    held, moved = quantised_bytes(plan)
+    return tuple(GpuLoad(r, *v, held.get(r, 0), moved.get(r, 0)) for r, v in acc.items())
 
 
 def predict(plan: Plan, link: LinkModel | None = None) -> TimePrediction:

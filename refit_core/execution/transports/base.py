@@ -8,7 +8,7 @@ the engine around it poisons, synchronises, verifies and records.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 
@@ -29,6 +29,9 @@ class RankContext:
     source: Storage | None  # this rank's source shards (None: not a source rank)
     destination: Storage | None  # this rank's destination shards (None: not a destination)
     active_group: object = None  # torch.distributed group of source + destination ranks
+    source_buffer: torch.Tensor | None = None  # the caller's bytes holding `source` (None: the transport allocates)
+    destination_buffer: torch.Tensor | None = None  # the same for `destination` (refit_core/library)
+    layouts: Callable[[str, int], Storage | None] | None = None  # every rank's storages (None: derived from the plan)
     devices: DeviceMap | None = None  # each rank's GPU as placed before launch (None: not placed)
 
 
@@ -73,6 +76,16 @@ class TransportReport:
 def whole(buf: torch.Tensor | None, storage: Storage | None) -> list[ShardPart]:
     """One part holding all of `storage`, or none for a role the rank does not have."""
     return [(buf, storage)] if buf is not None and storage is not None else []
+
+
+def shard_buffer(ctx: RankContext, role: str) -> torch.Tensor | None:
+    """The byte buffer of this rank's `role` ("source" or "destination") shards: the caller's
+    (refit_core/library: a model's parameters, in place) where given, else a new one; None without the role."""
+    storage = ctx.source if role == "source" else ctx.destination
+    given = ctx.source_buffer if role == "source" else ctx.destination_buffer
+    if storage is None:
+        return None
+    return given if given is not None else allocate(storage.nbytes, ctx.device)
 
 
 def allocate(nbytes: int, device: torch.device) -> torch.Tensor:

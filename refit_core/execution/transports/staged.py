@@ -29,7 +29,7 @@ import torch.distributed as dist
 from refit_core.planning.blocks import Block, Chunk, RankBlocks, ShardLayouts, chunk_bytes_for, rank_blocks
 from refit_core.planning.storage import Storage
 from refit_core.planning.storage import aligned
-from refit_core.execution.transports.base import IterationStats, RankContext, allocate, whole, TransportReport
+from refit_core.execution.transports.base import IterationStats, RankContext, TransportReport, allocate, shard_buffer, whole
 from refit_core.execution.transports.copy import CudaBlockCopy, absolute, copy_blocks_torch, cuda_copy_available
 
 class _Step:
@@ -38,6 +38,11 @@ class _Step:
     def __init__(self, blocks: list[Block], src: torch.Tensor, dst: torch.Tensor, cuda: bool) -> None:
         self.blocks, self.src, self.dst = blocks, src, dst
         self.kernel = CudaBlockCopy(absolute(blocks, src.data_ptr(), dst.data_ptr()), src.device) if cuda else None
+
+    @property
+    def desc_bytes(self) -> int:
+        """Device bytes of the copy kernel's descriptor table."""
+        return self.kernel.desc.numel() * 8 if self.kernel is not None and self.kernel.desc is not None else 0
 
     def __call__(self) -> int:
         if self.kernel is not None:
@@ -50,26 +55,32 @@ class _Step:
 class StagedTransport(TransportReport):
     """nccl / gloo: long runs zero-copy, the rest packed into buckets; batched isend/irecv."""
 
+    accepts_caller_buffers = True  # refit_core/library hands it a model's own bytes (RankContext.source_buffer)
+
     def __init__(self, name: str) -> None:
         super().__init__()
         self.name = name
         self.setup_phase = f"{name} transport set-up (staging buffers, copy kernels)"
         self.src_buf: torch.Tensor | None = None
         self.dst_buf: torch.Tensor | None = None
+        self.wire_source = None  # FP8 (sender.py): produces the source's wire bytes; no source buffer then
         self.relay: _Hop | None = None
 
     def prepare(self, ctx: RankContext) -> None:
         self.ctx = ctx
         dev = ctx.device
         self.cuda = dev.type == "cuda" and cuda_copy_available()
-        self.src_buf = allocate(ctx.source.nbytes, dev) if ctx.source else None
-        self.dst_buf = allocate(ctx.destination.nbytes, dev) if ctx.destination else None
+        before = torch.cuda.memory_allocated(dev) if dev.type == "cuda" else None
+        self.src_buf = shard_buffer(ctx, "source") if self.wire_source is None else None
+        self.dst_buf = shard_buffer(ctx, "destination")
         self.source_parts = whole(self.src_buf, ctx.source)
         self.destination_parts = whole(self.dst_buf, ctx.destination)
         chunk = chunk_bytes_for(ctx.plan, ctx.config.bucket_bytes)
+        # FP8 plans stage every byte on both ends: the sender quantises each bucket as it packs it
+        # (a zero-copy run would need the whole FP8 send image); both ends see the plan's precision.
         cfg = ctx.config
-        threshold = cfg.staged_direct_min_bytes if cfg.staged_zero_copy else None
-        layouts = ShardLayouts(ctx.plan)
+        threshold = cfg.staged_direct_min_bytes if cfg.staged_zero_copy and ctx.plan.destination is None else None
+        layouts = ctx.layouts or ShardLayouts(ctx.plan)
         rb: RankBlocks = rank_blocks(ctx.plan, ctx.rank_plan, ctx.source, ctx.destination, chunk, threshold, layouts)
         hop1 = _forwarding(ctx, chunk, threshold, layouts)
         # zero-copy messages: views of the shard buffers, sends then receives, each peer's in stream order
@@ -81,7 +92,7 @@ class StagedTransport(TransportReport):
         self.stage_send = [allocate(send_size, dev) for _ in range(sets)] if send_size else []
         self.stage_recv = [allocate(recv_size, dev) for _ in range(sets)] if recv_size else []
         self.extra_bytes = sets * (send_size + recv_size)
-        self.local = _Step(list(rb.local), self.src_buf, self.dst_buf, self.cuda) if rb.local else None
+        self.local = self._reader(list(rb.local), self.dst_buf) if rb.local else None
         self.rounds = []
         for k in range(rb.rounds):
             s_stage = self.stage_send[k % sets] if self.stage_send else None
@@ -89,7 +100,7 @@ class StagedTransport(TransportReport):
             pack, sends = self._lay_out(rb.sends[k], packed_is_dst=True)
             unpack, recvs = self._lay_out(rb.recvs[k], packed_is_dst=False)
             self.rounds.append((
-                _Step(pack, self.src_buf, s_stage, self.cuda) if pack else None,
+                self._reader(pack, s_stage) if pack else None,
                 [(peer, s_stage[o: o + n]) for peer, o, n in sends],
                 [(peer, r_stage[o: o + n]) for peer, o, n in recvs],
                 _Step(unpack, r_stage, self.dst_buf, self.cuda) if unpack else None,
@@ -99,10 +110,18 @@ class StagedTransport(TransportReport):
                      "relay_rounds": hop1.rounds, "relay_direct_ops": len(hop1.direct_sends) + len(hop1.direct_recvs),
                      "zero_copy": threshold is not None, "direct_min_bytes": threshold,
                      "direct_ops": len(self.direct), "direct_bytes": rb.direct_bytes, "staged_bytes": rb.staged_bytes}
-        if self.cuda:
-            self.extra_bytes += sum(s.kernel.desc.numel() * 8 for s in (self.local, *(x for r in self.rounds
-                                                                                      for x in (r[0], r[3])))
-                                    if s is not None and s.kernel.desc is not None)
+        self.extra_bytes += sum(s.desc_bytes for s in (self.local, *(x for r in self.rounds for x in (r[0], r[3])))
+                                if s is not None)
+        if before is not None:
+            shards = sum(b.numel() for b, given in ((self.src_buf, ctx.source_buffer), (self.dst_buf, ctx.destination_buffer))
+                         if b is not None and given is None)  # the shard buffers this transport allocated
+            self.measured_extra_bytes = torch.cuda.memory_allocated(dev) - before - shards
+
+    def _reader(self, blocks: list[Block], dst: torch.Tensor) -> "_Step":
+        """A step reading the source: a plain copy, or (FP8) the wire source producing the bytes."""
+        if self.wire_source is not None:
+            return self.wire_source.step(blocks, dst)
+        return _Step(blocks, self.src_buf, dst, self.cuda)
 
     @staticmethod
     def _laid_out_size(chunks: tuple[Chunk, ...]) -> int:

@@ -16,7 +16,7 @@ from refit_core.planning.layout import ParallelLayout, RefitMode, world_layout
 from refit_core.planning.model import inventory
 from refit_core.planning.nodes import NodeMap
 from refit_core.planning.plan import plan_transfers
-from refit_core.planning.precision import FP8_DTYPE, destination_inventory, is_quantised
+from refit_core.planning.precision import destination_slot_sizes, FP8_DTYPE, destination_inventory, is_quantised
 from refit_core.planning.validate import check_plan
 from test_plan import layout_pairs
 
@@ -136,12 +136,20 @@ def test_kimi_k2_record_shape_predicts_under_one_second_bounded_by_the_destinati
     assert bf16.time_s == pytest.approx(0.786, abs=5e-4)
 
 
-def test_memory_fit_counts_the_fp8_send_image_on_sources() -> None:
+@pytest.mark.parametrize("method", ["nccl", "nvshmem"])
+def test_memory_fit_counts_an_fp8_send_image_only_for_one_sided_methods(method: str) -> None:
+    """Issue 22: nccl/gloo senders quantise each bucket as they pack it (no image beyond the bucket);
+    an nvshmem sender still writes a whole send image that its peers read."""
     from orchestrator.configs import resolve
 
-    bf16 = resolve("kimi-k2-record").with_changes(inference_precision="bf16").memory_fit()
-    fp8 = resolve("kimi-k2-record").memory_fit()
-    src = 0  # a source GPU: same BF16 shards either way; with FP8 it also holds what it quantises into
+    cfg = resolve("kimi-k2-record").with_changes(method=method)
+    bf16 = cfg.with_changes(inference_precision="bf16").memory_fit()
+    fp8 = cfg.memory_fit()
+    src = 0  # a source GPU: same BF16 shards either way
     assert fp8.per_rank[src].source_bytes == bf16.per_rank[src].source_bytes
     extra = fp8.per_rank[src].buffer_bytes - bf16.per_rank[src].buffer_bytes
-    assert 0.45 * bf16.per_rank[src].source_bytes < extra < 0.6 * bf16.per_rank[src].source_bytes
+    if method == "nccl":
+        assert extra == 0
+    else:  # one-sided: the FP8 image of its shards (about half their BF16 bytes) among its buffers
+        image = sum(destination_slot_sizes(cfg.inventory(), cfg.source, "fp8")[0])
+        assert 0.45 * bf16.per_rank[src].source_bytes < image < fp8.per_rank[src].buffer_bytes
