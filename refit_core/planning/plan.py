@@ -207,9 +207,11 @@ def plan_transfers(inv: Inventory, world: WorldLayout, nodes: NodeMap | None = N
 
 def plan_choices(inv: Inventory, world: WorldLayout, nodes: NodeMap,
                  precision: str = "bf16") -> tuple[Plan, Plan]:
-    """The plan without relays and the plan with them, placed once (placement is most of a plan's cost)."""
+    """The plan without relays and the plan with them, placed once (placement is most of a plan's cost); where
+    nothing is relayed the two are one plan, balanced once."""
     placed = _Placed(inv, world, nodes, precision)
-    return placed.plan(False), placed.plan(True)
+    relayed = placed.plan(True)
+    return (placed.plan(False) if relayed.relayed_bytes else relayed), relayed
 
 
 class _Placed:
