@@ -16,7 +16,7 @@ from refit_core.planning.layout import WorldLayout
 from refit_core.planning.memory import MemoryFit
 from refit_core.numbers import GIB
 from refit_core.planning.plan import Plan
-from refit_core.planning.timemodel import TimePrediction, predict
+from refit_core.planning.timemodel import RelayChoice, TimePrediction, predict
 from orchestrator.submission.prepared import device_map
 
 
@@ -77,6 +77,25 @@ def balance_lines(plan: Plan, pred: TimePrediction) -> list[str]:
     return lines
 
 
+def relay_lines(cfg: RunConfig, choice: RelayChoice) -> list[str]:
+    """Relays (planning/relay.py): what the relayed plan forwards, its NIC and NVLink bounds, and the predicted
+    time with and without relays, with the one kept and why."""
+    d = choice.direct
+    if choice.relayed is None:
+        why = ("--relay off" if cfg.relay == "off" else
+               f"method {cfg.method} does not forward" if not methods.method(cfg.method).relays else "one node")
+        return [f"Relays: none weighed ({why}); predicted without relays {d.time_s * 1e3:.3f} ms"]
+    r = choice.relayed
+    rb, db = r.class_bounds_s(), d.class_bounds_s()
+    kept = "with relays" if choice.uses_relays else "without relays (not predicted faster)"
+    return [f"Relays (--relay {cfg.relay}): {human_bytes(choice.relayed_bytes)} forwarded over NVLink (hop 1) by "
+            f"{len({t.src for t in choice.plan.transfers if t.hop})} relays" if choice.uses_relays else
+            f"Relays (--relay {cfg.relay}): the relayed plan would forward {human_bytes(choice.relayed_bytes)}",
+            f"  with relays: NIC bound {rb['inter-node'] * 1e3:.3f} ms, NVLink bound {rb['intra-node'] * 1e3:.3f} ms, "
+            f"predicted {r.time_s * 1e3:.3f} ms; without: NIC {db['inter-node'] * 1e3:.3f} ms, NVLink "
+            f"{db['intra-node'] * 1e3:.3f} ms, predicted {d.time_s * 1e3:.3f} ms; kept: {kept}"]
+
+
 def memory_lines(fit: MemoryFit) -> list[str | Text]:
     b = fit.busiest
     verdict = (Text(f"fits ({human_bytes(fit.headroom_bytes)} headroom)") if fit.fits
@@ -108,9 +127,9 @@ def gpus_summary(dmap: DeviceMap, w: WorldLayout) -> str:
 
 
 def print_plan(console: Console, cfg: RunConfig, plan: Plan, gpus: DeviceMap | None = None,
-               detail: bool | None = None) -> None:
-    """The plan as text: the summary first; each rank's GPU and bytes too when `detail` (default: for worlds
-    of at most DETAIL_RANKS ranks)."""
+               detail: bool | None = None, relay: RelayChoice | None = None) -> None:
+    """The plan as text: the summary first (with `relay`, the plans with and without relays); each rank's GPU and
+    bytes too when `detail` (default: for worlds of at most DETAIL_RANKS ranks)."""
     w = plan.world
     inv = plan.inventory
     detail = w.world_size <= DETAIL_RANKS if detail is None else detail
@@ -139,8 +158,8 @@ def print_plan(console: Console, cfg: RunConfig, plan: Plan, gpus: DeviceMap | N
                       + f", completion {cfg.nvshmem_sync} (--nvshmem-placement, --nvshmem-sync)", highlight=False)
     fit = cfg.memory_fit(inv, w)
     pred = predict(plan, cfg.link_model())
-    for line in balance_lines(plan, pred):
-        console.print(line)
+    for line in (*balance_lines(plan, pred), *(relay_lines(cfg, relay) if relay is not None else ())):
+        console.print(line, highlight=False)
     for line in (*memory_lines(fit), *predicted_lines(pred)):
         console.print(line)
     if not detail:

@@ -253,3 +253,22 @@ def test_auto_runs_locally_what_the_cluster_cannot_hold(tmp_path: Path) -> None:
             "at most 4)): running it as local processes instead (--cluster slurm insists on SLURM)") in p.stdout
     assert "Executor: local processes (the SLURM cluster cannot hold it)" in p.stdout
     assert json.loads((only_run(tmp_path) / "results.json").read_text())["verified"]
+
+
+@pytest.mark.parametrize("name", ["kimi-k2-small", "config-1"])
+def test_a_relayed_plan_on_two_nodes(name: str, tmp_path: Path) -> None:
+    """Issue 26: destinations on node 2 share bytes that cross from node 1 (kimi-k2-small: every dense weight,
+    destination TP=1; config-1: the experts, expert TP 1): each enters the node once and a relay forwards it
+    over the node (the second hop, phase "relay"); every byte verified."""
+    from jobs.refit_job import load_plan
+
+    refitctl("submit", name, *ON_CLUSTER, *SMALL, runs=tmp_path, check=0)
+    d = only_run(tmp_path)
+    assert run_json(d)["final"]["state"] == "COMPLETED"
+    assert json.loads((d / "results.json").read_text())["verified"]
+    plan = load_plan(d)
+    relays = {t.src for t in plan.transfers if t.hop}
+    assert plan.relayed_bytes > 0 and relays and all(r >= 4 for r in relays)
+    for r in relays:
+        rec = load_rank_record(rank_path(d, r))
+        assert rec.verified and all("relay" in it.phases_ms for it in rec.iterations), r
