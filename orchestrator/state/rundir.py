@@ -5,7 +5,7 @@
       config.json       the resolved RunConfig (what the job reads)
       layout.txt        the seed's "World size / Source ranks / ..." lines
       plan.json         the transfer plan's summary (`refitctl plan --json`)
-      ranks/rank-NNNNN.jsonl  each rank's record, a line appended per iteration (refit_core.results)
+      ranks/rank-NNNNN.jsonl  each rank's record, a line appended per iteration (refit_core.records)
       results.json      the aggregate: by rank 0 at the end, else by refitctl from the rank files
       iterations.csv    per-iteration timings (slowest rank), rank-iterations.csv per rank
       summary.json      once finished: what status, runs and report read (orchestrator/state/summary.py)
@@ -18,7 +18,7 @@ A sweep directory holds `sweep.json` and one run directory per config.
 Reading a run never writes to it (`refitctl status`, `results`, `runs`, `report` work on a read-only
 copy); what a finished run gets written (`finalize`: results.json when rank 0 wrote none, the CSVs,
 the final state in run.json) is done by the local controller and by the refitctl that submitted and
-followed the run. The files' readers are in orchestrator/state/runfiles.py and refit_core/results.py.
+followed the run. The files' readers are in orchestrator/state/runfiles.py, refit_core/records.py and refit_core/results.py.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ from orchestrator.state.runfiles import (RUN_FILE, STATE_FILE, SWEEP_FILE, RunIn
                                    update_run_file)
 from refit_core.errors import ConfigError, RunDirError
 from refit_core.jsonfile import Fields, write_file
-from refit_core.results import (aggregate, rank_files, read_rank_file, read_rank_records, read_results,
-                                write_json_atomic)
+from refit_core.results import aggregate, read_results, write_json_atomic
+from refit_core.records import rank_files, read_rank_file, read_rank_records
 
 __all__ = ["RUN_FILE", "SWEEP_FILE", "STATE_FILE", "CANCEL_FILE", "RunInfo"]
 
@@ -169,7 +169,7 @@ class RankProgress:
     complete: bool
     error: str | None
     mtime: float
-    phase: str | None = None  # what the rank is doing now (its watchdog's phase: refit_core/results.py "Phases")
+    phase: str | None = None  # what the rank is doing now (its watchdog's phase: refit_core/records.py "Phases")
     phase_since: float | None = None  # since when, wall clock
 
     @property
@@ -250,7 +250,7 @@ def progress_from_summary(ranks: list[Fields], problems: list[str], active: int,
 
 def progress(run_dir: Path, active: int, warmup: int, iterations: int) -> Progress:
     """What the rank files say now (ranks 0..active-1 take part; run.json's counts): read incrementally
-    (refit_core.results.RankFileReader), nothing written."""
+    (refit_core.records.RankFileReader), nothing written."""
     ranks, problems = [], []
     for path in rank_files(run_dir):
         rec, problem = read_rank_file(path)

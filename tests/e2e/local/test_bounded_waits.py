@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from refit_core.results import load_rank_record, rank_path
+from refit_core.records import load_rank_record, rank_path
 
 from jobs.procs import boot_id, recorded_processes, start_ticks
 from jobs.supervisor import KILL_GRACE_S

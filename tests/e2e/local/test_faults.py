@@ -19,7 +19,7 @@ import pytest
 from jobs.supervisor import KILL_GRACE_S
 from orchestrator.state.failures import ProcessEnd, diagnose, short_error, srun_ends
 from orchestrator.state.rundir import Progress, RankProgress
-from refit_core.results import load_rank_record, rank_files
+from refit_core.records import load_rank_record, rank_files
 from helpers import FAULT_AT, SMALL, only_run, refitctl, run_json
 
 TIMEOUT = ["--refit-timeout", "10"]

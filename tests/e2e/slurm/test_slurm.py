@@ -19,7 +19,7 @@ import pytest
 from conftest import ROOT
 from helpers import SMALL, only_run, only_run_or_sweep, refitctl, run_json
 from refit_core.errors import RunDirError
-from refit_core.results import load_rank_record, rank_path
+from refit_core.records import load_rank_record, rank_path
 
 
 def _why_no_slurm() -> str | None:

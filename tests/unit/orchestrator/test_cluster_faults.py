@@ -27,7 +27,7 @@ from orchestrator import controller
 from orchestrator.state import jobstate, rundir
 from orchestrator.state.runfiles import read_job_state
 from orchestrator.submission import executor
-from refit_core.results import IterationRecord, RankRecord, RankRecordWriter, rank_path
+from refit_core.records import IterationRecord, RankRecord, RankRecordWriter, rank_path
 from test_run_state import cli, craft_run, one_line, write_ranks
 
 PY = sys.executable
