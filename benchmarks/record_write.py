@@ -20,7 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from refit_core.results import IterationRecord, RankFileReader, RankRecord, RankRecordWriter  # noqa: E402
+from refit_core.records import RankRecordWriter  # noqa: E402
+
+from refit_core.records import IterationRecord, RankFileReader, RankRecord
 
 REPEAT = 5
 

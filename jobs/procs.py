@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from refit_core.jsonfile import write_file
+
 PROCS_DIR = "procs"
 
 
@@ -44,6 +46,17 @@ def _stat(pid: int) -> list[str] | None:
     return text.rsplit(")", 1)[-1].split()
 
 
+def environ_of(pid: int) -> dict[str, str] | None:
+    """The environment process `pid` was started with (/proc/PID/environ: readable for one's own
+    processes only), or None when it cannot be read."""
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return None
+    pairs = (item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
+    return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in pairs}
+
+
 def start_ticks(pid: int) -> int | None:
     stat = _stat(pid)
     return int(stat[19]) if stat else None
@@ -63,7 +76,8 @@ def record_process(run_dir: Path, rank: int) -> None:
     data = {"rank": rank, "host": socket.gethostname(), "pid": pid, "start_ticks": start_ticks(pid),
             "boot_id": boot_id()}
     tmp = d / f".rank-{rank:05d}.json.tmp"
-    tmp.write_text(json.dumps(data))
+    tmp.unlink(missing_ok=True)
+    write_file(tmp, json.dumps(data), exclusive=True)
     os.replace(tmp, d / f"rank-{rank:05d}.json")
 
 

@@ -3,7 +3,7 @@
 `run(run_dir, task)` reads the run's config (RUN_DIR/config.json) and its plan (RUN_DIR/plan.bin, made once
 before submission: refit_core/planning/planfile.py), joins the process group, runs this rank's share of
 the refit and appends to `RUN_DIR/ranks/rank-NNNNN.jsonl` after every iteration (what changed only:
-refit_core.results.RankRecordWriter). Rank 0 writes `RUN_DIR/results.json` at the end. A rank reads no
+refit_core.records.RankRecordWriter). Rank 0 writes `RUN_DIR/results.json` at the end. A rank reads no
 setting from the environment: `task` (its rank, world and master address) comes from its launcher, or, for
 `python -m jobs.refit_job RUN_DIR` under srun or torchrun, from refit_core/environment.py's `task_env()`.
 
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from refit_core.execution.watchdog import Watchdog
     from refit_core.planning.devices import DeviceMap
     from refit_core.planning.plan import Plan
-    from refit_core.results import RankRecord
+    from refit_core.records import RankRecord
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class _Rank:
 
     def __init__(self, run_dir: Path, task: TaskEnv) -> None:
         from refit_core.execution.watchdog import process_start_time
-        from refit_core.results import RankRecord, RankRecordWriter, rank_path
+        from refit_core.records import RankRecord, RankRecordWriter, rank_path
 
         self.run_dir, self.task = run_dir, task
         _configure_logging(task.rank, time.monotonic())

@@ -75,11 +75,11 @@ class RankSupervisor:
             if new and not failed:
                 first_fail = time.monotonic()
             failed += new
-            if self.cancelled():
-                return Outcome("CANCELLED", "cancelled by the user", codes, failed, ended)
-            if all(c is not None for c in codes):
+            if all(c is not None for c in codes):  # before a cancel: one that comes after the end changes nothing
                 state = "FAILED" if failed else "COMPLETED"
                 return Outcome(state, failure_text(failed, codes) if failed else "", codes, failed, ended)
+            if self.cancelled():
+                return Outcome("CANCELLED", "cancelled by the user", codes, failed, ended)
             if failed and time.monotonic() - first_fail > self.grace_s:
                 return Outcome("FAILED", failure_text(failed, codes) + "; the other ranks were stopped", codes, failed,
                                ended)

@@ -45,9 +45,14 @@ PART_MAX = 255  # bytes of one file name (Linux NAME_MAX)
 CONFIG_FILE_MAX = 1 << 20  # a config file larger than 1 MiB is not a config file
 
 
-def _control(text: str) -> str | None:
-    """The first control (or other non-printing: Cc, Cf, Cs, Co, Cn) character of `text`, or None."""
-    return next((c for c in text if unicodedata.category(c).startswith("C")), None)
+def _control(text: str, file_name_bytes: bool = False) -> str | None:
+    """The first control (or other non-printing: Cc, Cf, Cs, Co, Cn) character of `text`, or None.
+
+    `file_name_bytes`: a path's bytes that the locale cannot decode (LANG=C and a non-ASCII folder name)
+    arrive as the surrogates U+DC80..U+DCFF (PEP 383); they are a file name's bytes, not control
+    characters, and the file system takes them back unchanged."""
+    return next((c for c in text if unicodedata.category(c).startswith("C")
+                 and not (file_name_bytes and "\udc80" <= c <= "\udcff")), None)
 
 
 def _show(text: str, limit: int = 40) -> str:
@@ -98,7 +103,11 @@ def path_text(what: str, path: object) -> Path:
     text = os.fspath(path) if isinstance(path, os.PathLike) else path
     if not isinstance(text, str) or not text:
         raise ConfigError(f"{what} must be a path, got {text!r}")
-    script_text(what, text, limit=PATH_MAX)
+    bad = _control(text, file_name_bytes=True)
+    if bad is not None:
+        raise ConfigError(f"{what} {_show(text)} contains the control character {bad!r}: remove it")
+    if len(text) > PATH_MAX:
+        raise ConfigError(f"{what} is {len(text)} characters long: give at most {PATH_MAX}")
     long = next((part for part in text.split("/") if len(part.encode("utf-8", "surrogatepass")) > PART_MAX), None)
     if long is not None:
         raise ConfigError(f"{what}: the path part {_show(long)} is longer than {PART_MAX} bytes, "

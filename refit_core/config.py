@@ -27,14 +27,15 @@ from refit_core.planning.memory import MemoryFit, check_memory, memory_fit
 from refit_core.planning.model import MAX_PARAMETERS, Inventory, ModelSpec, inventory
 from refit_core.planning.nodes import NodeMap
 from refit_core.planning.placement import DIRECTIONS
-from refit_core.planning.plan import Plan, plan_transfers
+from refit_core.planning.plan import Plan, plan_choices, plan_transfers
 from refit_core.planning.precision import check_precision, destination_slot_sizes
 from refit_core.planning.sharding import check_divisible
 from refit_core.planning.timemodel import (AMAX_GBPS, DEFAULT_SOURCE, LOCAL_COPY_GBPS, NETWORK_GBPS, NVLINK_GBPS,
-                                          QUANTISE_GBPS, LinkModel)
+                                           QUANTISE_GBPS, LinkModel, RelayChoice, choose_relay)
 
 METHODS = tuple(methods.METHODS)  # every --refit-method (refit_core/execution/transports/registry.py)
 SYNC_MODES = ("auto", "host", "device")  # --nvshmem-sync
+RELAY_MODES = ("auto", "off")  # --relay
 PAYLOADS = ("synthetic", "megatron")  # --payload: refitctl's deterministic shards, or real Megatron-Core models
 # Run settings a variable may override (refit_core/environment.py SETTINGS): read once, where a run is resolved
 ENV_OVERRIDES = {"nvshmem_placement": "REFITCTL_NVSHMEM_PLACEMENT", "nvshmem_sync": "REFITCTL_NVSHMEM_SYNC",
@@ -103,6 +104,10 @@ class RunConfig:
     """--payload: what is refit. synthetic (default): refitctl's deterministic values in its own shard
     buffers; megatron: Megatron-Core GPTModels of both layouts built on the ranks
     (refit_core/peers/megatron_build.py), their parameters refit through refit_core/library."""
+    relay: str = "auto"
+    """--relay auto|off: auto relays the cross-node slices several GPUs of a node share (in once per node, split
+    over its NICs, then over NVLink; refit_core/planning/relay.py) where the method can forward and the time
+    model predicts it faster; off: every byte goes straight from a source."""
     fallback_without_gpu: bool = False
     """Where the ranks find no CUDA GPU, run the method's CPU fallback (its registry entry's `cpu_fallback`)
     instead of failing. Decided by the orchestrator, not a flag: set for a config's own method (no
@@ -125,7 +130,8 @@ class RunConfig:
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
                 raise ConfigError(f"{flag} must be an integer {low}..{high:,}, got {value!r}")
         for flag, value, allowed in (("--nvshmem-placement", self.nvshmem_placement, DIRECTIONS),
-                                     ("--nvshmem-sync", self.nvshmem_sync, SYNC_MODES)):
+                                     ("--nvshmem-sync", self.nvshmem_sync, SYNC_MODES),
+                                     ("--relay", self.relay, RELAY_MODES)):
             if value not in allowed:
                 raise ConfigError(f"{flag} must be one of {', '.join(allowed)}, got {value!r}")
         if not isinstance(self.staged_direct_min_bytes, int) or not 0 <= self.staged_direct_min_bytes <= MAX_BUCKET:
@@ -188,9 +194,19 @@ class RunConfig:
         return NodeMap(self.gpus_per_node)
 
     def plan(self, inv: Inventory | None = None, world: WorldLayout | None = None) -> Plan:
-        """The node-aware transfer plan of this refit (refit_core/planning/plan.py)."""
-        return plan_transfers(inv or self.inventory(), world or self.world(), self.node_map(),
-                              self.inference_precision)
+        """The node-aware transfer plan of this refit (refit_core/planning/plan.py), relayed where `relay_choice`
+        says so."""
+        return self.relay_choice(inv, world).plan
+
+    def relay_choice(self, inv: Inventory | None = None, world: WorldLayout | None = None) -> RelayChoice:
+        """The plan with and without relays, and the one kept: relays are weighed only with --relay auto, a
+        method that forwards (methods.Method.relays) and a world on several nodes; kept when predicted faster."""
+        inv, world = inv or self.inventory(), world or self.world()
+        if self.relay == "off" or not methods.method(self.method).relays or world.world_size <= self.gpus_per_node:
+            return choose_relay(plan_transfers(inv, world, self.node_map(), self.inference_precision), None,
+                                self.link_model())
+        direct, relayed = plan_choices(inv, world, self.node_map(), self.inference_precision)
+        return choose_relay(direct, relayed, self.link_model())
 
     def link_model(self) -> LinkModel:
         return LinkModel(self.gpus_per_node, self.intra_node_gbps, self.inter_node_gbps, self.local_copy_gbps,

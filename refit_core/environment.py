@@ -47,6 +47,12 @@ SETTINGS: dict[str, str] = {
 }
 
 
+LOCAL_RUNS = "REFITCTL_LOCAL_RUNS"
+"""[[run_dir, tasks], ...] as JSON in a local controller's environment, so in every rank's it starts: what tells
+`refitctl cancel` that a recorded process really is a rank of the run (orchestrator/state/jobstate.py)."""
+LOCAL_RANK_ID = "SUBMITIT_LOCAL_GLOBALID"  # the rank number the local controller gives each task it starts
+
+
 def get(name: str) -> str | None:
     """The variable `name`, or None when it is unset or empty (an empty value means "not set" everywhere)."""
     value = os.environ.get(name)

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from orchestrator import safety
 from orchestrator.configs.flags import add_flags
-from orchestrator.submission.runspec import CLUSTERS, DEFAULT_TIME, parse_env
+from orchestrator.submission.runspec import CLUSTERS, DEFAULT_TIME, FORWARD_NAMES, FORWARD_PREFIXES, parse_env
 from refit_core.errors import ConfigError
 
 
@@ -80,9 +80,14 @@ def add_cluster_args(p: argparse.ArgumentParser) -> None:
                    help="extra sbatch option, repeatable: --sbatch-arg=--constraint=h100")
     g.add_argument("--srun-arg", dest="srun_args", action="append", metavar="ARG",
                    help="extra srun option, repeatable: --srun-arg=--cpu-bind=none")
-    g.add_argument("--env", action="append", metavar="KEY=VALUE",
-                   help="environment variable for every task, repeatable (NCCL_*, NVSHMEM_*, REFITCTL_* of "
-                        "your environment are carried already)")
+    g.add_argument("--env", action="append", metavar="KEY=VALUE", help=env_help())
+
+
+def env_help() -> str:
+    """--env's help, made from what `runspec.job_env` carries, so the two never disagree."""
+    prefixes = ", ".join(p + "*" if p.endswith("_") else p for p in FORWARD_PREFIXES)
+    return (f"environment variable for every task, repeatable; carried from your environment already: {prefixes} "
+            f"and, of refitctl's own, only {', '.join(FORWARD_NAMES)} (no other REFITCTL_* variable)")
 
 
 def add_runs_dir(p: argparse.ArgumentParser) -> None:

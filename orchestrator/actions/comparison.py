@@ -13,6 +13,7 @@ from orchestrator.actions.output import emit, wide_console
 from orchestrator.state.rundir import sweep_run_dirs, sweep_title
 from orchestrator.state.tracking import Snapshot, snapshots
 from orchestrator.views.liveview import comparison_view, layout_label, refit_kind
+from refit_core.jsonfile import write_file
 from refit_core.results import write_json_atomic
 
 
@@ -46,7 +47,7 @@ def comparison_csv(rows: list[dict[str, Any]]) -> str:
 
 def write_comparison(sweep_dir: Path, snaps: list[Snapshot]) -> None:
     rows = comparison_rows(snaps)
-    (sweep_dir / "comparison.csv").write_text(comparison_csv(rows))
+    write_file(sweep_dir / "comparison.csv", comparison_csv(rows))
     write_json_atomic(sweep_dir / "comparison.json", rows)
 
 

@@ -75,9 +75,24 @@ def submit_runs(specs: Sequence[RunSpec], run_dirs: Sequence[Path], folder: Path
                                   "free some space or point --runs-dir at a writable disk; nothing was submitted") \
                     from None
             raise
+        record_jobs(run_dirs, refs, clusters.get(specs[0].cluster))
+    return refs
+
+
+def record_jobs(run_dirs: Sequence[Path], refs: Sequence[JobRef], cluster: Cluster) -> None:
+    """Write each job id into its run.json. When that fails (a disk full right after the controller or
+    sbatch started), a job refitctl cannot follow must not run on: it is withdrawn (the controller stopped,
+    the SLURM job cancelled), the run directories removed, and the error says so (issue 25, item 1)."""
+    try:
         for d, ref in zip(run_dirs, refs):
             update_run(d, job=ref.to_json())
-    return refs
+    except (OSError, RunDirError) as e:
+        gone = cluster.withdraw(refs)
+        for d in run_dirs:
+            shutil.rmtree(d, ignore_errors=True)
+        why = e.short() if isinstance(e, RunDirError) else (e.strerror or str(e))
+        raise RunDirError(run_dirs[0], f"cannot record its job ({why})",
+                          f"{gone}; free some space and submit again") from None
 
 
 def job_started(run_dir: Path) -> bool:

@@ -24,6 +24,8 @@ from refit_core.planning.layout import gpus_needed
 def _plan(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
     add_config_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    p.add_argument("--detail", action="store_true", default=None,
+                   help="also each rank's GPU and bytes (shown anyway for worlds of at most 16 ranks)")
     p.add_argument("--check", action="store_true", help="also verify the plan's coverage (every element once)")
     p.add_argument("--png", type=output_path("--png", parents=True), metavar="FILE",
                    help="also write the transfer matrix as a heatmap PNG (needs matplotlib: refitctl[report])")
@@ -33,7 +35,8 @@ def _plan(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
 
     def run(args: argparse.Namespace) -> int:
         cfg = resolve_config(args)
-        plan = cfg.plan()
+        choice = cfg.relay_choice()
+        plan = choice.plan
         if args.local_gpus is not None and not 0 <= args.local_gpus <= 65536:
             raise ConfigError(f"--local-gpus must be 0..65536, got {args.local_gpus}")
         gpus = device_map(cfg, plan, args.local_gpus)  # the pre-flight: a layout the method cannot run fails here
@@ -47,7 +50,7 @@ def _plan(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
             print(json.dumps(plan_json(cfg, plan, gpus), indent=1))
         else:
             console = wide_console()
-            print_plan(console, cfg, plan, gpus)
+            print_plan(console, cfg, plan, gpus, args.detail, choice)
             if args.check:
                 console.print(Text.assemble("Coverage: every destination element exactly once ", ("OK", "green")))
             if args.png:

@@ -34,6 +34,7 @@ from orchestrator.state.tracking import snapshot
 from refit_core.config import RunConfig
 from refit_core.errors import ConfigError
 from refit_core.results import aggregate, read_results
+from refit_core.jsonfile import read_regular
 
 # ----------------------------------------------------------------------------- reading run directories
 
@@ -52,7 +53,7 @@ def resolve_target(root: Path, text: str) -> Path:
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_regular(path))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path} is not valid JSON ({e.__class__.__name__}): the run directory is damaged") from None
     except OSError as e:
@@ -77,7 +78,10 @@ def _load_run_data(run_dir: Path) -> RunData:
     if is_run(run_dir):
         snap = snapshot(run_dir)  # reads only: a run over but not finalized is aggregated in memory
         info = snap.info
-        res = results(run_dir, info)  # results.json checked (refit_core.results.read_results), else the ranks
+        # a finished run's summary (sampled iterations: bounded memory); else results.json checked
+        # (refit_core.results.read_results), else the ranks
+        res = snap.results if snap.results is not None and "iterations_recorded" in snap.results \
+            else results(run_dir, info)
         return RunData(info.name, str(run_dir), info.config, info.mode or plan["mode"],
                        method_label(info, res), snap.state.state, snap.verified, res, plan)
     if res_path.is_file():

@@ -157,7 +157,7 @@ def _results(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
         target = find_run(runs_root(args), args.target)
         if is_sweep(target):
             return print_sweep_results(target, args.csv, args.json)
-        s = snapshot(target)
+        s = snapshot(target, records=True)
         if s.progress.problems:
             more = f" (and {len(s.progress.problems) - 1} more)" if len(s.progress.problems) > 1 else ""
             raise ConfigError(f"{s.name}: rank file {s.progress.problems[0]}{more}: its iterations cannot be shown; "
@@ -272,7 +272,7 @@ def _sweep_row(d: Path, view: Look | None) -> list[Any]:
     for r in sweep_run_dirs(d):
         n += 1
         try:
-            s = snapshot(r, view)
+            s = snapshot(r, slurm=view)
         except RunDirError:
             states.add("BROKEN")
             continue
@@ -282,7 +282,7 @@ def _sweep_row(d: Path, view: Look | None) -> list[Any]:
 
 
 def _single_row(d: Path, view: Look | None) -> list[Any]:
-    s = snapshot(d, view)
+    s = snapshot(d, slurm=view)
     res = s.results or {}
     return [d.name, method_label(s.info, s.results), s.job_label, Text(s.state.state, style=state_style(s.state.state)),
             "" if not s.state.final else ("yes" if s.verified else "no"),

@@ -81,6 +81,9 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--staged-direct-min-bytes", "run", "staged_direct_min_bytes", _size,
          "nccl/gloo: the shortest run sent zero-copy, e.g. 4MiB (default); env REFITCTL_STAGED_DIRECT_MIN_BYTES "
          "overrides it"),
+    Flag("--relay", "run", "relay", str,
+         "auto (default): where the method can forward (nccl, gloo) and it is predicted faster, bytes several GPUs "
+         "of a node share cross the node's NICs once and fan out over NVLink; off: every byte straight from a source"),
     Flag("--megatron-unpatched", "run", "megatron_unpatched", None,
          "megatron-* methods: run Megatron-Core's refit as shipped, without refitctl's fix "
          "(refit_core/peers/megatron_patch.py); env REFITCTL_MEGATRON_UNPATCHED=1 too"),

@@ -29,6 +29,7 @@ from typing import Any, Sequence
 
 from orchestrator.state.rundir import Progress, RankProgress
 from orchestrator.state.runfiles import JobRecord, read_job_state
+from refit_core.jsonfile import read_regular
 
 PRIMARY = ("error", "killed", "exit")
 FAILED_STATES = ("FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "UNKNOWN")
@@ -194,7 +195,7 @@ def _local_ends(run_dir: Path) -> tuple[dict[int, ProcessEnd], list[int]]:
 def _srun_log(folder: Path, job_id: str) -> str:
     """srun's own messages land in the batch script's output: submitit's JOB_0_log.out (last attempt only)."""
     try:
-        text = (folder / f"{job_id}_0_log.out").read_text(errors="replace")
+        text = read_regular(folder / f"{job_id}_0_log.out").decode(errors="replace")
     except OSError:
         return ""
     marker = text.rfind("Starting with JobEnvironment")  # a requeued job appends: keep its last attempt

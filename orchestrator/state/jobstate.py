@@ -7,19 +7,22 @@ words: nothing here raises for a job that cannot be found.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from jobs.procs import recorded_processes, stop_processes
+from jobs.procs import RankProcess, environ_of, recorded_processes, stop_processes
 from orchestrator.state import slurmcache, slurmquery
 from orchestrator.state.rundir import CANCEL_FILE, STATE_FILE
 from orchestrator.state.slurmquery import Look, QueueEntry, SlurmView
 from orchestrator.state.runfiles import FinalState, JobRecord, RunInfo, read_job_state
 from refit_core.errors import RunDirError
+from refit_core.jsonfile import SymlinkRefused, write_file
 from refit_core.results import read_results, write_json_atomic
+from refit_core.environment import LOCAL_RANK_ID, LOCAL_RUNS
 
 QUEUED = {"PENDING", "REQUEUED", "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SUBMITTED"}
 ACTIVE = {"RUNNING", "CONFIGURING", "COMPLETING", "STAGE_OUT", "SIGNALING", "RESIZING", "STOPPED"}
@@ -87,11 +90,31 @@ def _local_state(run_dir: Path, job: JobRecord) -> JobState:
     if st is None and time.time() - job.submitted < 10:
         return JobState("SUBMITTED", "", "local controller")
     gone = f"the local controller (pid {job.controller_pid}) is gone without a final state"
-    orphans = [p for p in recorded_processes(run_dir) if p.is_running_here()]
+    orphans = [p for p in rank_processes(run_dir) if p.is_running_here()]
     if orphans:
         return JobState("RUNNING", f"{gone}; {len(orphans)} rank(s) still running: `refitctl cancel` stops them",
                         "run directory")
     return _from_run_dir(run_dir, gone)
+
+
+def rank_processes(run_dir: Path) -> list[RankProcess]:
+    """The processes of RUN_DIR/procs/ that really are ranks of this run: besides pid, start time, boot id
+    and host (all readable by anyone from /proc, so a planted file could name any process), the process was
+    started by a local controller of this very run directory, as that rank (its environment says so).
+    A planted procs/ file names nothing `cancel` would stop (issue 25, item 7)."""
+    here = str(run_dir.resolve())
+    out = []
+    for p in recorded_processes(run_dir):
+        env = environ_of(p.pid)
+        if env is None or env.get(LOCAL_RANK_ID) != str(p.rank):
+            continue
+        try:
+            runs = {str(Path(d).resolve()) for d, _ in json.loads(env.get(LOCAL_RUNS, "[]"))}
+        except (ValueError, TypeError):
+            continue
+        if here in runs:
+            out.append(p)
+    return out
 
 
 def _controller_alive(pid: int | None) -> bool:
@@ -235,7 +258,11 @@ def cancel(run_dir: Path, info: RunInfo) -> str:
     if job.cluster == "local":
         if not _controller_alive(job.controller_pid):
             return _stop_orphans(run_dir, job)
-        (run_dir / CANCEL_FILE).write_text(f"{time.time()}\n")
+        try:
+            write_file(run_dir / CANCEL_FILE, f"{time.time()}\n")
+        except SymlinkRefused as e:
+            raise RunDirError(Path(e.filename), "is a symbolic link, not refitctl's cancel request",
+                              "remove it and cancel again") from None
         return f"{run_dir.name}: cancel requested from the local controller (pid {job.controller_pid})"
     rc, out, err = _run(["scancel", job.job_id])
     if rc != 0:
@@ -249,7 +276,7 @@ def cancel(run_dir: Path, info: RunInfo) -> str:
 def _stop_orphans(run_dir: Path, job: JobRecord) -> str:
     """The controller is gone: stop the rank processes the run recorded (pid + start time checked), and
     record the run CANCELLED."""
-    stopped = stop_processes(recorded_processes(run_dir))
+    stopped = stop_processes(rank_processes(run_dir))
     ranks = ", ".join(str(p.rank) for p in sorted(stopped, key=lambda p: p.rank))
     detail = (f"cancelled by the user after the local controller (pid {job.controller_pid}) was gone"
               + (f"; stopped rank(s) {ranks}" if stopped else ""))

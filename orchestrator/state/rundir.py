@@ -5,9 +5,10 @@
       config.json       the resolved RunConfig (what the job reads)
       layout.txt        the seed's "World size / Source ranks / ..." lines
       plan.json         the transfer plan's summary (`refitctl plan --json`)
-      ranks/rank-NNNNN.jsonl  each rank's record, a line appended per iteration (refit_core.results)
+      ranks/rank-NNNNN.jsonl  each rank's record, a line appended per iteration (refit_core.records)
       results.json      the aggregate: by rank 0 at the end, else by refitctl from the rank files
       iterations.csv    per-iteration timings (slowest rank), rank-iterations.csv per rank
+      summary.json      once finished: what status, runs and report read (orchestrator/state/summary.py)
       logs/rank-NNNNN.log     each task's output
       job-state.json    local runs: the controller's RUNNING / COMPLETED / FAILED / TIMEOUT / CANCELLED
       submitit/         submitit's pickles and first log lines
@@ -17,7 +18,7 @@ A sweep directory holds `sweep.json` and one run directory per config.
 Reading a run never writes to it (`refitctl status`, `results`, `runs`, `report` work on a read-only
 copy); what a finished run gets written (`finalize`: results.json when rank 0 wrote none, the CSVs,
 the final state in run.json) is done by the local controller and by the refitctl that submitted and
-followed the run. The files' readers are in orchestrator/state/runfiles.py and refit_core/results.py.
+followed the run. The files' readers are in orchestrator/state/runfiles.py, refit_core/records.py and refit_core/results.py.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orchestrator.state.summary import SUMMARY_FILE, summary_json
 from orchestrator.submission.prepared import PreparedRun, run_info
 from refit_core.config import RunConfig
 from refit_core.paths import CANCEL_FILE, CONFIG_FILE, DEVICES_FILE, LAYOUT_FILE, LOGS_DIR, PLAN_FILE, PLAN_SUMMARY_FILE, RESULTS_FILE
@@ -39,8 +41,9 @@ from refit_core.jsonfile import write_bytes_atomic
 from orchestrator.state.runfiles import (RUN_FILE, STATE_FILE, SWEEP_FILE, RunInfo, read_run_info, read_sweep_info,
                                    update_run_file)
 from refit_core.errors import ConfigError, RunDirError
-from refit_core.results import (aggregate, rank_files, read_rank_file, read_rank_records, read_results,
-                                write_json_atomic)
+from refit_core.jsonfile import Fields, write_file
+from refit_core.results import aggregate, read_results, write_json_atomic
+from refit_core.records import rank_files, read_rank_file, read_rank_records
 
 __all__ = ["RUN_FILE", "SWEEP_FILE", "STATE_FILE", "CANCEL_FILE", "RunInfo"]
 
@@ -74,7 +77,7 @@ def write_run(run_dir: Path, run: PreparedRun, command: str, sweep: Path | None 
     cfg = run.spec.config
     try:
         write_json_atomic(run_dir / CONFIG_FILE, cfg.to_json())
-        (run_dir / LAYOUT_FILE).write_text(run.plan.world.describe() + "\n")
+        write_file(run_dir / LAYOUT_FILE, run.plan.world.describe() + "\n")
         write_bytes_atomic(run_dir / PLAN_FILE, plan_to_bytes(run.plan))
         if run.spec.devices is not None:
             write_json_atomic(run_dir / DEVICES_FILE, run.spec.devices.to_json())
@@ -134,7 +137,7 @@ def find_run(root: Path, text: str | None) -> Path:
             raise ConfigError(f"no runs under {root}: submit one with `refitctl submit config-1`")
         return runs[-1]
     p = Path(text)
-    for cand in (p, root / text):
+    for cand in (root / text, p):  # a name under --runs-dir first: a same-named folder here must not shadow it
         if cand.is_dir() and (is_run(cand) or is_sweep(cand)):
             return cand
     matches = [d for d in runs if d.name.startswith(text)]
@@ -166,7 +169,7 @@ class RankProgress:
     complete: bool
     error: str | None
     mtime: float
-    phase: str | None = None  # what the rank is doing now (its watchdog's phase: refit_core/results.py "Phases")
+    phase: str | None = None  # what the rank is doing now (its watchdog's phase: refit_core/records.py "Phases")
     phase_since: float | None = None  # since when, wall clock
 
     @property
@@ -205,7 +208,11 @@ class Progress:
         k = self.done
         if k == 0:
             return None
-        return max(r.times_ms[k - 1] for r in self.ranks if r.rank < self.active)
+        # a rank's times_ms are its last len(times_ms) iterations (all of them, read from the records; the
+        # last one, from a finished run's summary)
+        times = [r.times_ms[k - 1 - (r.done - len(r.times_ms))] for r in self.ranks
+                 if r.rank < self.active and 0 <= k - 1 - (r.done - len(r.times_ms)) < len(r.times_ms)]
+        return max(times, default=None)
 
     @property
     def errors(self) -> list[RankProgress]:
@@ -227,9 +234,23 @@ class Progress:
         return text if text.startswith("warm-up") else f"iteration {text}"
 
 
+def progress_from_summary(ranks: list[Fields], problems: list[str], active: int, warmup: int,
+                          iterations: int) -> Progress:
+    """A finished run's progress from its summary's ranks (orchestrator/state/summary.py): each rank's last
+    time only, so reading it costs the same at any number of iterations. A damaged field: RunDirError."""
+    out = []
+    for f in ranks:
+        last = f.get("last_ms", float, type(None))
+        out.append(RankProgress(f.get("rank", int), f.get("role", str), f.get("done", int),
+                                () if last is None else (float(last),), f.get("verified", bool),
+                                f.get("complete", bool), f.get("error", str, type(None)), f.get("mtime", float),
+                                f.get("phase", str, type(None)), f.get("phase_since", float, type(None))))
+    return Progress(tuple(sorted(out, key=lambda x: x.rank)), active, warmup, iterations, tuple(problems))
+
+
 def progress(run_dir: Path, active: int, warmup: int, iterations: int) -> Progress:
     """What the rank files say now (ranks 0..active-1 take part; run.json's counts): read incrementally
-    (refit_core.results.RankFileReader), nothing written."""
+    (refit_core.records.RankFileReader), nothing written."""
     ranks, problems = [], []
     for path in rank_files(run_dir):
         rec, problem = read_rank_file(path)
@@ -269,8 +290,10 @@ def finalize(run_dir: Path, info: RunInfo, final: dict[str, Any]) -> dict[str, A
     res = results(run_dir, info)
     if not (run_dir / RESULTS_FILE).is_file():
         write_json_atomic(run_dir / RESULTS_FILE, res)
-    (run_dir / "iterations.csv").write_text(iterations_csv(res, info))
-    (run_dir / "rank-iterations.csv").write_text(rank_iterations_csv(run_dir))
+    write_file(run_dir / "iterations.csv", iterations_csv(res, info))
+    write_file(run_dir / "rank-iterations.csv", rank_iterations_csv(run_dir, res))
+    write_json_atomic(run_dir / SUMMARY_FILE, summary_json(res, progress(run_dir, info.active_ranks, info.warmup,
+                                                                          info.iterations)))
     update_run(run_dir, final=final)
     return res
 
@@ -289,9 +312,14 @@ def iterations_csv(res: dict[str, Any], info: RunInfo) -> str:
     return buf.getvalue()
 
 
-def rank_iterations_csv(run_dir: Path) -> str:
+def rank_iterations_csv(run_dir: Path, res: dict[str, Any] | None = None) -> str:
+    """Every rank's row of every iteration the run counts: with `res` (the run's results), only the
+    iterations in it, as iterations.csv has them. An iteration that failed on one rank (a verification
+    error, a crash) is dropped from both, never kept in one (issue 25, item 13)."""
     records, _ = read_rank_records(run_dir)
-    rows = [(r.rank, r.role, i) for r in records for i in r.iterations]
+    counted = None if res is None else {(bool(i["warmup"]), i["iteration"]) for i in res.get("iterations", [])}
+    rows = [(r.rank, r.role, i) for r in records for i in r.iterations
+            if counted is None or (i.warmup, i.iteration) in counted]
     phases = sorted({k for _, _, i in rows for k in i.phases_ms})
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from refit_core.errors import RunDirError
-from refit_core.jsonfile import Fields, read_json, write_json_atomic
+from refit_core.jsonfile import NOFOLLOW, Fields, read_json, write_json_atomic
 from refit_core.paths import RUN_FILE, STATE_FILE
 
 SWEEP_FILE = "sweep.json"
@@ -204,7 +205,7 @@ def locked(directory: Path) -> Iterator[None]:
     """Hold `directory/.lock` exclusively (fcntl.flock; released when the block ends or the process dies)."""
     path = directory / LOCK_FILE
     try:
-        fh = open(path, "a")
+        fh = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | NOFOLLOW | os.O_NONBLOCK, 0o644), "a")
     except OSError as e:
         raise RunDirError(path, f"cannot be created ({e.strerror or e})", "check the directory's permissions") from None
     with fh:

@@ -8,6 +8,7 @@ Finalizing (`rundir.finalize`) is the controller's and the submitting refitctl's
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from dataclasses import dataclass
 from functools import cached_property
@@ -19,8 +20,9 @@ from orchestrator.state import slurmcache, slurmquery
 from orchestrator.state.jobstate import JobState, job_state
 from orchestrator.state.slurmquery import Look
 from refit_core.errors import RunDirError
-from orchestrator.state.rundir import Progress, progress, results
+from orchestrator.state.rundir import Progress, progress, progress_from_summary, results
 from orchestrator.state.runfiles import RunInfo, read_run_info
+from orchestrator.state.summary import read_summary
 
 
 @dataclass(frozen=True)
@@ -51,11 +53,19 @@ class Snapshot:
         return f"{job.cluster} job {job.job_id}" if job else "not submitted"
 
 
-def snapshot(run_dir: Path, slurm: Look | None = None) -> Snapshot:
-    """One run as it stands; `slurm`: SLURM's answer for many runs at once (`slurm_look`)."""
+def snapshot(run_dir: Path, records: bool = False, slurm: Look | None = None) -> Snapshot:
+    """The run now. A finished run is read from its summary (orchestrator/state/summary.py: the same cost
+    at any number of iterations); `records`: from its rank files and results.json (`refitctl results`);
+    `slurm`: one look at many runs' SLURM jobs at once (`slurm_look`)."""
     info = read_run_info(run_dir)
     if info.final is not None:
         state = JobState(info.final.state, info.final.detail, info.final.source)
+        summary = None if records else read_summary(run_dir)
+        if summary is not None:
+            with contextlib.suppress(RunDirError):  # a damaged summary: the records decide
+                prog = progress_from_summary(summary[1], summary[2], info.active_ranks, info.warmup,
+                                             info.iterations)
+                return Snapshot(run_dir, info, state, prog, summary[0])
     else:
         state = job_state(run_dir, info.job, slurm=slurm)
     prog = progress(run_dir, info.active_ranks, info.warmup, info.iterations)
@@ -84,7 +94,7 @@ def slurm_look(run_dirs: Sequence[Path]) -> Look | None:
 def snapshots(run_dirs: Sequence[Path]) -> list[Snapshot]:
     """Every run of `run_dirs`, with one SLURM query for all of them (not one per run)."""
     view = slurm_look(run_dirs)
-    return [snapshot(d, view) for d in run_dirs]
+    return [snapshot(d, slurm=view) for d in run_dirs]
 
 
 def finalize_over(snaps: list[Snapshot]) -> list[Snapshot]:

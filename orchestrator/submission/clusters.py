@@ -62,6 +62,11 @@ class Cluster:
     def submit(self, specs: Sequence[RunSpec], run_dirs: Sequence[Path], folder: Path) -> list[executor.JobRef]:
         raise NotImplementedError
 
+    def withdraw(self, refs: Sequence[executor.JobRef]) -> str:
+        """Stop jobs just submitted whose ids could not be recorded (nobody could follow or cancel them);
+        returns what was done, in words (issue 25, item 1)."""
+        raise NotImplementedError
+
 
 class LocalCluster(Cluster):
     """Every rank a process on this machine, under refitctl's local controller."""
@@ -82,6 +87,12 @@ class LocalCluster(Cluster):
 
     def submit(self, specs: Sequence[RunSpec], run_dirs: Sequence[Path], folder: Path) -> list[executor.JobRef]:
         return executor.submit_local(specs, run_dirs, folder)
+
+    def withdraw(self, refs: Sequence[executor.JobRef]) -> str:
+        """SIGTERM to the controller (it stops its ranks), waited for."""
+        gone = executor.stop_controllers({r.controller_pid for r in refs if r.controller_pid})
+        what = ", ".join(f"local job {r.job_id}" for r in refs)
+        return f"{what} was stopped, nothing runs" if gone else f"{what} was sent SIGTERM"
 
 
 class SlurmCluster(Cluster):
@@ -119,6 +130,15 @@ class SlurmCluster(Cluster):
 
     def submit(self, specs: Sequence[RunSpec], run_dirs: Sequence[Path], folder: Path) -> list[executor.JobRef]:
         return executor.submit_slurm(specs, run_dirs, folder)
+
+    def withdraw(self, refs: Sequence[executor.JobRef]) -> str:
+        """scancel of the jobs."""
+        ids = [r.job_id for r in refs]
+        try:
+            ok = subprocess.run(["scancel", *ids], capture_output=True, timeout=30).returncode == 0
+        except (OSError, subprocess.SubprocessError):
+            ok = False
+        return f"SLURM job(s) {', '.join(ids)} " + ("cancelled" if ok else "could not be cancelled: scancel them")
 
 
 LOCAL = LocalCluster()

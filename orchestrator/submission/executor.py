@@ -24,6 +24,7 @@ import io
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -117,6 +118,31 @@ def submit_slurm(specs: Sequence[RunSpec], run_dirs: Sequence[Path], folder: Pat
 
 def _task_args(specs: Sequence[RunSpec], run_dirs: Sequence[Path]) -> list[tuple[str, dict[str, str]]]:
     return [(str(d.resolve()), dict(s.env)) for s, d in zip(specs, run_dirs)]
+
+
+def stop_controllers(pids: set[int], wait_s: float = 15.0) -> bool:
+    """SIGTERM to local controllers (each stops its ranks) and wait until they are gone; whether they are."""
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + wait_s
+    while pids and time.monotonic() < deadline:
+        pids = {p for p in pids if not _reaped(p)}
+        time.sleep(0.05)
+    return not pids
+
+
+def _reaped(pid: int) -> bool:
+    """The process has exited (reaped here when it is this process's child)."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == pid
+    except ChildProcessError:
+        try:
+            os.kill(pid, 0)
+            return False
+        except OSError:
+            return True
 
 
 def shape(spec: RunSpec) -> tuple[Any, ...]:

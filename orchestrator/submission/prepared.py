@@ -93,6 +93,8 @@ def plan_json(cfg: RunConfig, plan: Plan, gpus: DeviceMap | None = None, fit: Me
         "transfers": len(plan.transfers),
         "network_bytes": plan.network_bytes,
         "local_bytes": plan.local_bytes,
+        "relay": cfg.relay,
+        "relayed_bytes": plan.relayed_bytes,
         "balance": {"max_source_bytes": plan.max_source_bytes, "bound_bytes": plan.balance_bound,
                     "ratio": plan.balance, "node_aware": plan.nodes is not None,
                     "by_link": {c: {"max_source_bytes": m, "bound_bytes": b}

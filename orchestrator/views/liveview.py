@@ -24,6 +24,7 @@ from refit_core.numbers import format_time
 from orchestrator.state.runfiles import ParallelDims, RunInfo
 from orchestrator.state.tracking import Snapshot, snapshots
 from refit_core.environment import rank_log_name
+from refit_core.jsonfile import read_regular
 
 _ELAPSED = re.compile(r" \d+\.\d s\b")  # "importing torch 2.1 s": the seconds a rank has been in its phase
 _UNKNOWN_POLLS = 3  # an UNKNOWN state must persist this many polls before the watch gives up
@@ -196,7 +197,7 @@ def error_lines(s: Snapshot) -> list[Text]:
 
 def log_tail(run_dir: Path, rank: int, n: int = 5) -> list[str]:
     try:
-        lines = (run_dir / "logs" / rank_log_name(rank)).read_text(errors="replace").splitlines()
+        lines = read_regular(run_dir / "logs" / rank_log_name(rank)).decode(errors="replace").splitlines()
     except OSError:
         return []
     return [ln for ln in lines if ln.strip()][-n:]
@@ -210,10 +211,11 @@ def results_view(s: Snapshot) -> Group:
     for col in ("iteration", "time ms", "GB/s", *(f"{p} ms" for p in phases), "launches"):
         t.add_column(col, justify="right")
     its = res.get("iterations", [])
-    shown = its if len(its) <= 25 else [*its[:6], None, *its[-10:]]
+    total = res.get("iterations_recorded", len(its))  # a summary's iterations are a sample of them
+    shown = its if total <= 25 else [*its[:6], None, *its[-10:]]
     for i in shown:
         if i is None:
-            t.add_row(f"... {len(its) - 16} more", *[""] * (len(t.columns) - 1))
+            t.add_row(f"... {total - 16} more", *[""] * (len(t.columns) - 1))
             continue
         label = "warm-up" if i.get("warmup") else str(i["iteration"])
         t.add_row(label, ms_short(i["time_ms"]), gbps_short(i.get("GBps")),
@@ -226,7 +228,7 @@ def results_view(s: Snapshot) -> Group:
         f" · {gbps_short(res.get('GBps'))} GB/s · {delivered_text(res)}"
         f" · method {method_label(s.info, res)}",
     )
-    done = sum(1 for i in res.get("iterations", []) if not i.get("warmup"))
+    done = res.get("timed_recorded", sum(1 for i in res.get("iterations", []) if not i.get("warmup")))
     planned = s.info.iterations
     if done < planned or not res.get("complete", s.verified):
         summary.append(f" · incomplete: {done} of {planned} timed iterations recorded", style="bold yellow")
@@ -274,7 +276,7 @@ def predicted_line(run_dir: Path, res: dict[str, Any]) -> Text | None:
     from orchestrator.views.report import has_link_model
 
     try:
-        plan = json.loads((run_dir / "plan.json").read_text())
+        plan = json.loads(read_regular(run_dir / "plan.json"))
         pred = plan.get("predicted") or {}
     except (OSError, ValueError, AttributeError):
         return None

@@ -12,10 +12,11 @@ from refit_core.numbers import human_bytes
 from refit_core.planning import methods
 from refit_core.planning.placement import nvshmem_direction
 from refit_core.planning.devices import DeviceMap
+from refit_core.planning.layout import WorldLayout
 from refit_core.planning.memory import MemoryFit
 from refit_core.numbers import GIB
 from refit_core.planning.plan import Plan
-from refit_core.planning.timemodel import TimePrediction, predict
+from refit_core.planning.timemodel import RelayChoice, TimePrediction, predict
 from orchestrator.submission.prepared import device_map
 
 
@@ -76,6 +77,25 @@ def balance_lines(plan: Plan, pred: TimePrediction) -> list[str]:
     return lines
 
 
+def relay_lines(cfg: RunConfig, choice: RelayChoice) -> list[str]:
+    """Relays (planning/relay.py): what the relayed plan forwards, its NIC and NVLink bounds, and the predicted
+    time with and without relays, with the one kept and why."""
+    d = choice.direct
+    if choice.relayed is None:
+        why = ("--relay off" if cfg.relay == "off" else
+               f"method {cfg.method} does not forward" if not methods.method(cfg.method).relays else "one node")
+        return [f"Relays: none weighed ({why}); predicted without relays {d.time_s * 1e3:.3f} ms"]
+    r = choice.relayed
+    rb, db = r.class_bounds_s(), d.class_bounds_s()
+    kept = "with relays" if choice.uses_relays else "without relays (not predicted faster)"
+    return [f"Relays (--relay {cfg.relay}): {human_bytes(choice.relayed_bytes)} forwarded over NVLink (hop 1) by "
+            f"{len({t.src for t in choice.plan.transfers if t.hop})} relays" if choice.uses_relays else
+            f"Relays (--relay {cfg.relay}): the relayed plan would forward {human_bytes(choice.relayed_bytes)}",
+            f"  with relays: NIC bound {rb['inter-node'] * 1e3:.3f} ms, NVLink bound {rb['intra-node'] * 1e3:.3f} ms, "
+            f"predicted {r.time_s * 1e3:.3f} ms; without: NIC {db['inter-node'] * 1e3:.3f} ms, NVLink "
+            f"{db['intra-node'] * 1e3:.3f} ms, predicted {d.time_s * 1e3:.3f} ms; kept: {kept}"]
+
+
 def memory_lines(fit: MemoryFit) -> list[str | Text]:
     b = fit.busiest
     verdict = (Text(f"fits ({human_bytes(fit.headroom_bytes)} headroom)") if fit.fits
@@ -87,14 +107,38 @@ def memory_lines(fit: MemoryFit) -> list[str | Text]:
     ]
 
 
-def print_plan(console: Console, cfg: RunConfig, plan: Plan, gpus: DeviceMap | None = None) -> None:
+DETAIL_RANKS = 16
+"""Worlds up to this many ranks print every rank (the seed's configs); larger ones (Kimi K2: 384 ranks, a GPU
+line of 4,500 characters, a 384-row table) print the summary and say how to get the rest (`--detail`)."""
+
+
+def gpus_summary(dmap: DeviceMap, w: WorldLayout) -> str:
+    """The GPU placement in one short line: how many ranks on how many GPUs of how many nodes."""
+    active = range(w.gpus_used)
+    used = {(dmap.node(r), dmap.devices[r]) for r in active if dmap.devices[r] is not None}
+    if not used:
+        text = f"no GPU: {w.gpus_used} ranks run on the CPU"
+    else:
+        nodes = len({n for n, _ in used})
+        text = f"{w.gpus_used} ranks on {len(used)} GPUs of {nodes} node{'s' if nodes > 1 else ''}"
+    if len(w.idle_ranks):
+        text += f", {len(w.idle_ranks)} idle (no GPU)"
+    return text + " (each: --detail)"
+
+
+def print_plan(console: Console, cfg: RunConfig, plan: Plan, gpus: DeviceMap | None = None,
+               detail: bool | None = None, relay: RelayChoice | None = None) -> None:
+    """The plan as text: the summary first (with `relay`, the plans with and without relays); each rank's GPU and
+    bytes too when `detail` (default: for worlds of at most DETAIL_RANKS ranks)."""
     w = plan.world
     inv = plan.inventory
+    detail = w.world_size <= DETAIL_RANKS if detail is None else detail
     console.print(w.describe())
     dmap = gpus or device_map(cfg, plan)
     where = (f" (as SLURM places them on nodes of {cfg.gpus_per_node}; --local-gpus N: a local run)"
              if gpus is None else "")
-    console.print(f"GPUs{where}: {dmap.describe(w)}", highlight=False, soft_wrap=True)
+    console.print(f"GPUs{where}: {dmap.describe(w) if detail else gpus_summary(dmap, w)}", highlight=False,
+                  soft_wrap=True)
     if dmap.note:
         console.print(f"note: {dmap.note}", highlight=False, soft_wrap=True)
     console.print(
@@ -114,10 +158,20 @@ def print_plan(console: Console, cfg: RunConfig, plan: Plan, gpus: DeviceMap | N
                       + f", completion {cfg.nvshmem_sync} (--nvshmem-placement, --nvshmem-sync)", highlight=False)
     fit = cfg.memory_fit(inv, w)
     pred = predict(plan, cfg.link_model())
-    for line in balance_lines(plan, pred):
-        console.print(line)
+    for line in (*balance_lines(plan, pred), *(relay_lines(cfg, relay) if relay is not None else ())):
+        console.print(line, highlight=False)
     for line in (*memory_lines(fit), *predicted_lines(pred)):
         console.print(line)
+    if not detail:
+        console.print(f"(each rank's GPU and bytes, {w.world_size} rows: --detail; everything: --json)",
+                      highlight=False)
+        return
+    print_rank_tables(console, plan, fit)
+
+
+def print_rank_tables(console: Console, plan: Plan, fit: MemoryFit) -> None:
+    """Each rank's bytes and memory, and the source -> destination byte matrix (small worlds only)."""
+    w = plan.world
     t = Table(title="Per-rank bytes", show_lines=False)
     for col in ("rank", "role", "in (network)", "out (network)", "local copy", "memory"):
         t.add_column(col, justify="right" if col != "role" else "left")

@@ -12,6 +12,7 @@ one line saying how to install it.
 from __future__ import annotations
 
 import base64
+import errno
 import html
 import io
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from refit_core.numbers import gbps_exact, human_bytes, ms_exact, plain_number, short_bytes
 from refit_core.errors import ConfigError, RefitError
+from refit_core.jsonfile import SymlinkRefused, write_file as write_nofollow
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -490,8 +492,13 @@ def report_html(title: str, runs: Sequence[RunData], images: Sequence[RunImages]
 
 def write_file(path: Path, data: bytes) -> None:
     try:
+        if path.parent.is_symlink():
+            raise SymlinkRefused(errno.ELOOP, "is a symbolic link: refitctl writes no report through one "
+                                 "(remove it, or give -o)", str(path.parent))
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+        write_nofollow(path, data)
+    except SymlinkRefused as e:
+        raise ConfigError(f"{e.filename} {e.strerror}") from None
     except OSError as e:
         raise ConfigError(f"cannot write {path}: {e.strerror or e}") from None
 

@@ -25,7 +25,7 @@ from refit_core.execution.transports.registry import make_transport
 from refit_core.execution.watchdog import Watchdog
 from refit_core.execution import weights
 from refit_core.execution.hooks import NO_HOOKS, RankHooks
-from refit_core.results import IterationRecord, RankRecord
+from refit_core.records import IterationRecord, RankRecord
 
 log = logging.getLogger(__name__)
 

@@ -7,6 +7,8 @@ transport allocates:
 
 - nccl / gloo (transports/staged.py): packed staging buffers, two alternating sets whose chunk
   size keeps them within `bucket_bytes` per rank; counted as `bucket_bytes` on every active GPU.
+  A relay (relayed plans, relay.py) holds nothing more: it forwards from its own destination shard,
+  and the second hop stages through the first set (its peers count in the chunk size too).
 - nvshmem (transports/nvshmem.py): the symmetric heap, one size on every PE, holds the role peers
   reach whole and as much of the other role as fits (placement.py); the rest of the other role
   is private memory, which is shard, not buffer. A GPU's buffer bytes are the heap bytes it holds

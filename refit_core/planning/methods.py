@@ -39,6 +39,7 @@ class Method:
     two_sided: bool = True  # sender and receiver both take part in each message (else one-sided: peers
     # read or write a PE's memory, so a PE's buffers must be ready before any peer starts)
     fp8: bool = False  # moves FP8 destinations (--rl-inference-precision fp8): byte-generic over wire shards
+    relays: bool = False  # runs a relayed plan's second hop (planning/relay.py); else --relay auto plans none
 
     @property
     def uses_gpus(self) -> bool:
@@ -56,10 +57,10 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            cpu_fallback="gloo", fp8=True, two_sided=False),
     Method("nccl", "NCCL point-to-point: zero-copy runs plus packed buckets (one rank per GPU)",
            "refit_core.execution.transports.staged:StagedTransport", "nccl", True, "exclusive", "bucket", "nccl",
-           cpu_fallback="gloo", named=True, fp8=True),
+           cpu_fallback="gloo", named=True, fp8=True, relays=True),
     Method("gloo", "gloo point-to-point on the CPU, the same plan and staging as nccl",
            "refit_core.execution.transports.staged:StagedTransport", "gloo", False, None, "bucket", None, named=True,
-           fp8=True),
+           fp8=True, relays=True),
     Method("naive", "baseline: gather whole tensors, send whole, slice (over NVSHMEM)",
            "refit_core.execution.transports.naive:NaiveTransport", "gloo", True, "even", "nvshmem-heap", "peer_copy",
            cpu_fallback="gloo", two_sided=False),

@@ -12,6 +12,10 @@ itself (a local copy), else a holder on the destination's node (NVLink), else an
 network); the max-flow then balances each link class on its own, so every source's NIC carries
 an even share of the bytes that must cross nodes and its NVLink an even share of the rest.
 Node-blind (None): every holder is eligible and one max-flow balances all network bytes.
+
+Relayed (`relay=True`, node-aware only): a cross-node slice that several destinations of one node need
+enters the node once, to one of them (the relay), which forwards it to the others over NVLink (hop 1,
+relay.py); the node's relays split its shared bytes evenly, so each GPU's NIC takes an even share.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from refit_core.planning.layout import RefitMode, WorldLayout
 from refit_core.planning.model import Inventory, ParamSpec
 from refit_core.planning.nodes import LINK_CLASSES, NodeMap
 from refit_core.planning.precision import BlockGather, block_pieces, destination_inventory, scale_runs
+from refit_core.planning.relay import Atom as _Atom
+from refit_core.planning.relay import relay as _relay
 from refit_core.planning.sharding import Piece, ShardGroup, shard_groups
 
 
@@ -35,6 +41,9 @@ class Transfer(NamedTuple):
     `src_offset`/`dst_offset` are the same range's positions in the source's and destination's
     local tensors (an FP8 scale's local tensor, on either end: the block rows that end's weight
     rows touch, `precision.block_pieces`). `src == dst` marks a local copy.
+
+    `hop` 0: from `src`'s source shard. `hop` 1: forwarded by `src`, a destination rank (the relay),
+    from its destination shard at `src_offset`, after it received that range at hop 0 (relay.py).
     """
 
     param: int
@@ -44,6 +53,7 @@ class Transfer(NamedTuple):
     length: int
     src_offset: int
     dst_offset: int
+    hop: int = 0
 
 
 @dataclass(frozen=True)
@@ -136,10 +146,15 @@ class Plan:
         out: dict[str, dict[int, int]] = {c: {r: 0 for r in self.world.source.ranks} for c in LINK_CLASSES}
         if self.nodes is None:
             return out
-        for (s, d), b in self.pair_bytes.items():
-            if s != d:
-                out[self.nodes.link(s, d)][s] += b
+        for t in self.transfers:
+            if t.src != t.dst and not t.hop:
+                out[self.nodes.link(t.src, t.dst)][t.src] += self.nbytes(t)
         return out
+
+    @cached_property
+    def relayed_bytes(self) -> int:
+        """Bytes forwarded by relays (hop 1); 0 in a plan without relays."""
+        return sum(self.nbytes(t) for t in self.transfers if t.hop)
 
     @property
     def class_balance(self) -> dict[str, tuple[int, int]]:
@@ -147,11 +162,14 @@ class Plan:
         bounds = dict(self.class_bounds)
         return {c: (max(self.class_out[c].values(), default=0), bounds.get(c, 0)) for c in LINK_CLASSES}
 
-    def for_rank(self, rank: int) -> "RankPlan":
+    def for_rank(self, rank: int, hop: int = 0) -> "RankPlan":
+        """What `rank` does at `hop` (0: from the sources; 1: what relays forward, after hop 0)."""
         sends: dict[int, list[Transfer]] = defaultdict(list)
         recvs: dict[int, list[Transfer]] = defaultdict(list)
         local: list[Transfer] = []
         for t in self.transfers:
+            if t.hop != hop:
+                continue
             if t.src == rank and t.dst == rank:
                 local.append(t)
             elif t.src == rank:
@@ -171,38 +189,57 @@ class RankPlan:
     local: tuple[Transfer, ...] = ()
 
 
-class _Atom(NamedTuple):
-    dst: int
-    param: int
-    start: int
-    length: int
-    src_offset: int
-    dst_offset: int
-
-
 def _intersect(a: Piece, b: Piece) -> tuple[int, int] | None:
     lo, hi = max(a.start, b.start), min(a.stop, b.stop)
     return (lo, hi - lo) if hi > lo else None
 
 
-def plan_transfers(inv: Inventory, world: WorldLayout, nodes: NodeMap | None = None, precision: str = "bf16") -> Plan:
+def plan_transfers(inv: Inventory, world: WorldLayout, nodes: NodeMap | None = None, precision: str = "bf16",
+                   relay: bool = False) -> Plan:
     """Compute the exact, balanced transfer plan of `inv` from world.source to world.destination.
 
     With `nodes`, node-aware (nearest replica first, each link class balanced on its own). With
     precision "fp8", bytes are the destination's (FP8 weights) and the scale tensors are planned
-    too, each block from the source that holds it whole, or gathered (precision.py)."""
-    placer = _Placer(world, nodes)
-    for pi, p in enumerate(inv.params):
-        _weight_atoms(placer, inv, pi, p)
-    dinv = destination_inventory(inv, precision)
-    gathers: dict[tuple[int, int], BlockGather] = {}
-    for wi, si in dinv.scales:
-        gathers.update(_scale_atoms(placer, inv, inv.params[wi], si))
-    unit = [p.index_bytes for p in dinv.inventory.params]
-    network, bound, class_bounds = _balanced(placer.groups, nodes, unit)
-    transfers = _coalesce(sorted(placer.local + network, key=lambda t: (t.src, t.dst, t.param, t.start)))
-    return Plan(world, inv, tuple(transfers), bound, nodes, tuple(class_bounds), precision,
-                dinv.inventory if dinv.scales else None, tuple(gathers[k] for k in sorted(gathers)))
+    too, each block from the source that holds it whole, or gathered (precision.py). With `relay`
+    (node-aware only), shared cross-node slices enter each node once and fan out (relay.py)."""
+    return _Placed(inv, world, nodes, precision).plan(relay)
+
+
+def plan_choices(inv: Inventory, world: WorldLayout, nodes: NodeMap,
+                 precision: str = "bf16") -> tuple[Plan, Plan]:
+    """The plan without relays and the plan with them, placed once (placement is most of a plan's cost); where
+    nothing is relayed the two are one plan, balanced once."""
+    placed = _Placed(inv, world, nodes, precision)
+    relayed = placed.plan(True)
+    return (placed.plan(False) if relayed.relayed_bytes else relayed), relayed
+
+
+class _Placed:
+    """Every atom placed (a local copy or a replica group); `plan` balances the groups into a Plan."""
+
+    def __init__(self, inv: Inventory, world: WorldLayout, nodes: NodeMap | None, precision: str) -> None:
+        self.inv, self.world, self.nodes, self.precision = inv, world, nodes, precision
+        self.placer = placer = _Placer(world, nodes)
+        for pi, p in enumerate(inv.params):
+            _weight_atoms(placer, inv, pi, p)
+        self.dinv = destination_inventory(inv, precision)
+        self.gathers: dict[tuple[int, int], BlockGather] = {}
+        for wi, si in self.dinv.scales:
+            self.gathers.update(_scale_atoms(placer, inv, inv.params[wi], si))
+        self.unit = [p.index_bytes for p in self.dinv.inventory.params]
+        self.groups = placer.groups.by_holders()
+
+    def plan(self, relay: bool) -> Plan:
+        groups, forwards = self.groups, []
+        if relay and self.nodes is not None:
+            groups, forwards = _relay(groups, self.nodes, self.unit)
+        network, bound, class_bounds = _balanced(groups, self.nodes, self.unit)
+        network += [Transfer(f.param, f.relay, f.dst, f.start, f.length, f.relay_offset, f.dst_offset, 1)
+                    for f in forwards]
+        transfers = _coalesce(sorted(self.placer.local + network, key=lambda t: (t.src, t.dst, t.param, t.start)))
+        dinv, gathers = self.dinv, self.gathers
+        return Plan(self.world, self.inv, tuple(transfers), bound, self.nodes, tuple(class_bounds), self.precision,
+                    dinv.inventory if dinv.scales else None, tuple(gathers[k] for k in sorted(gathers)))
 
 
 class _Placer:
@@ -263,11 +300,10 @@ def _scale_atoms(placer: _Placer, inv: Inventory, p: ParamSpec, si: int) -> dict
     return gathers
 
 
-def _balanced(groups: "_Groups", nodes: NodeMap | None,
+def _balanced(by_holders: dict[tuple[str, tuple[int, ...]], list[_Atom]], nodes: NodeMap | None,
               unit: list[int]) -> tuple[list[Transfer], int, list[tuple[str, int]]]:
     """The network transfers, each replica group's bytes shared among its holders by the max-flow that minimises
     the busiest source; the bound it reaches, and (node-aware) each link class's."""
-    by_holders = groups.by_holders()
     demand = {k: sum(a.length * unit[a.param] for a in atoms) for k, atoms in by_holders.items()}
     shares: dict[tuple[str, tuple[int, ...]], dict[int, int]] = {}
     class_bounds: list[tuple[str, int]] = []
@@ -281,7 +317,7 @@ def _balanced(groups: "_Groups", nodes: NodeMap | None,
         bound = min_max_shares(_merge(demand))[1]
     network: list[Transfer] = []
     for (cls, holders), atoms in by_holders.items():
-        atoms.sort()
+        atoms = sorted(atoms)
         got = shares.get((cls, holders), {})
         network.extend(_cut_stream(atoms, [(s, got.get(s, 0)) for s in holders], unit))
     return network, bound, class_bounds
@@ -390,7 +426,7 @@ def _coalesce(ts: list[Transfer]) -> list[Transfer]:
     for t in ts:
         if out:
             p = out[-1]
-            if (p.src, p.dst, p.param) == (t.src, t.dst, t.param) and p.start + p.length == t.start \
+            if (p.src, p.dst, p.param, p.hop) == (t.src, t.dst, t.param, t.hop) and p.start + p.length == t.start \
                     and p.src_offset + p.length == t.src_offset and p.dst_offset + p.length == t.dst_offset:
                 out[-1] = p._replace(length=p.length + t.length)
                 continue

@@ -4,8 +4,8 @@ The orchestrator writes `plan_to_bytes(plan)` into the run directory (RunPaths.p
 reads it back with `plan_from_bytes`; a rank never recomputes the inventory, the world or the plan.
 The form loads faster than planning (Kimi K2's 358,277 transfers: a fraction of the 3.8 s the plan
 takes) and runs no code from the file: a magic line, a JSON header holding every frozen value of the
-plan but its transfers (only the types below may appear in it), then the transfers as seven columns of
-little-endian int64. Pure: bytes in, bytes out.
+plan but its transfers (only the types below may appear in it), then the transfers as eight columns of
+little-endian int64 (`Transfer`'s fields, the last its hop: 0 from a source, 1 forwarded by a relay). Pure.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from refit_core.planning.nodes import NodeMap
 from refit_core.planning.plan import Plan, Transfer
 from refit_core.planning.precision import BlockGather
 
-MAGIC = b"refitctl-plan 1\n"
+MAGIC = b"refitctl-plan 2\n"  # 2: a hop column (relays)
 _TYPES: dict[str, type] = {t.__name__: t for t in (Plan, Inventory, ModelSpec, ParamSpec, WorldLayout, Placement,
                                                     ParallelLayout, NodeMap, BlockGather)}
 _ENUMS: dict[str, type[Enum]] = {"RefitMode": RefitMode}

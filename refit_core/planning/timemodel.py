@@ -190,7 +190,7 @@ def quantised_bytes(plan: Plan) -> tuple[dict[int, int], dict[int, int]]:
         return held, moved
     weights = {wi for wi, _ in destination_inventory(plan.inventory, plan.precision).scales}
     for t in plan.transfers:
-        if t.param in weights:
+        if t.param in weights and not t.hop:  # a relay forwards FP8 bytes it received: it quantises nothing
             moved[t.src] = moved.get(t.src, 0) + 2 * plan.nbytes(t)
     src, spec = plan.world.source, plan.inventory.spec
     by_local: dict[int, int] = {}
@@ -239,3 +239,32 @@ def predict(plan: Plan, link: LinkModel | None = None) -> TimePrediction:
         link=link, loads=loads, time_s=busiest.serial_s(link), bound_s=tight.bound_s(link),
         bottleneck_rank=tight.rank, bottleneck_link=max(times, key=times.__getitem__), balance=balance,
     )
+
+
+@dataclass(frozen=True)
+class RelayChoice:
+    """A plan kept among the one without relays and the one with them (planning/relay.py), with both
+    predictions, so that a user sees what relays gain or cost."""
+
+    plan: Plan
+    direct: TimePrediction
+    """The plan without relays."""
+    relayed: TimePrediction | None
+    """The plan with relays; None where none was weighed (--relay off, a method that cannot forward, one node)."""
+    relayed_bytes: int = 0
+    """Bytes the relayed plan forwards over NVLink (hop 1), kept or not."""
+
+    @property
+    def uses_relays(self) -> bool:
+        return self.plan.relayed_bytes > 0
+
+
+def choose_relay(direct: Plan, relayed: Plan | None, link: LinkModel) -> RelayChoice:
+    """The relayed plan where it forwards anything and is predicted faster than `direct` (the serial
+    prediction: a relay forwards only after its receive, so the NVLink hop follows the NIC hop), else `direct`."""
+    d = predict(direct, link)
+    if relayed is None:
+        return RelayChoice(direct, d, None)
+    r = predict(relayed, link)
+    keep = relayed if relayed.relayed_bytes and r.time_s < d.time_s else direct
+    return RelayChoice(keep, d, r, relayed.relayed_bytes)

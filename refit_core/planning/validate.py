@@ -1,11 +1,15 @@
 """Check a plan's coverage: every destination element exactly once, from a rank that holds it.
 
+A relayed byte (hop 1) counts like any other for its destination; its sender must be a destination rank
+that received that very range at hop 0 (or holds it as a local copy) at the offset it forwards from.
+
 Like Megatron's dist_checkpointing coverage validation, this belongs to the library: the CLI runs
 it on demand (`refitctl plan --check`) and the tests run it over random layouts.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections import defaultdict
 
 from refit_core.errors import RefitError
@@ -72,6 +76,26 @@ class _Coverage:
             raise CoverageError(f"{p.name}: source rank {t.src} does not hold [{t.start}, {t.start + t.length}) "
                                 f"at local offset {t.src_offset}")
 
+    def check_relay(self, t: Transfer, received: dict[tuple[int, int], list[tuple[int, int]]]) -> None:
+        """Hop 1: the relay is a destination rank holding [start, start+length) at `src_offset`, delivered
+        to it at hop 0 (`received`: per (relay, param), the local ranges it gets at hop 0, merged)."""
+        if t.length <= 0:
+            raise CoverageError(f"empty transfer {t}")
+        p = self.plan.params[t.param]
+        rl = self.world.destination.local(t.src)
+        if rl is None:
+            raise CoverageError(f"{p.name}: rank {t.src} relays but is not a destination rank")
+        held = self.pieces(t.param, self.world.destination.layout, rl)
+        if not any(pc.start <= t.start and t.start + t.length <= pc.stop
+                   and pc.local_start + t.start - pc.start == t.src_offset for pc in held):
+            raise CoverageError(f"{p.name}: relay {t.src} does not hold [{t.start}, {t.start + t.length}) "
+                                f"at local offset {t.src_offset}")
+        runs = received.get((t.src, t.param), [])
+        i = bisect.bisect_right(runs, (t.src_offset, float("inf"))) - 1
+        if i < 0 or runs[i][0] + runs[i][1] < t.src_offset + t.length:
+            raise CoverageError(f"{p.name}: relay {t.src} forwards [{t.start}, {t.start + t.length}) "
+                                "that it does not receive at hop 0")
+
     def check_destination(self, dst: int, pi: int, ts: list[Transfer]) -> None:
         """Rank `dst` gets exactly its local slices of parameter `pi`, each once, at the right local offsets.
         Compared in local positions: an FP8 scale block can sit twice in one shard (a SwiGLU fc1 whose gate ends
@@ -108,11 +132,36 @@ def check_plan(plan: Plan) -> None:
     cov = _Coverage(plan)
     got: dict[tuple[int, int], list[Transfer]] = defaultdict(list)
     for t in plan.transfers:
-        cov.check_sender(t)
+        if not t.hop:
+            cov.check_sender(t)
+        elif t.hop != 1:
+            raise CoverageError(f"{plan.params[t.param].name}: transfer {t} has hop {t.hop} (0 or 1 only)")
         got[(t.dst, t.param)].append(t)
+    received = _hop0_ranges(plan)
+    for t in plan.transfers:
+        if t.hop:
+            cov.check_relay(t, received)
     for dst in plan.world.destination.ranks:
         for pi in range(len(plan.params)):
             cov.check_destination(dst, pi, got.pop((dst, pi), []))
     if got:
         (dst, pi), _ = next(iter(got.items()))
         raise CoverageError(f"{plan.params[pi].name}: rank {dst} receives a slice it does not hold")
+
+
+def _hop0_ranges(plan: Plan) -> dict[tuple[int, int], list[tuple[int, int]]]:
+    """Per (destination rank, parameter): the local (offset, length) ranges it receives at hop 0, merged."""
+    raw: dict[tuple[int, int], list[tuple[int, int]]] = defaultdict(list)
+    for t in plan.transfers:
+        if not t.hop:
+            raw[(t.dst, t.param)].append((t.dst_offset, t.length))
+    out: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for key, runs in raw.items():
+        merged: list[tuple[int, int]] = []
+        for o, n in sorted(runs):
+            if merged and merged[-1][0] + merged[-1][1] >= o:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], o + n - merged[-1][0]))
+            else:
+                merged.append((o, n))
+        out[key] = merged
+    return out

@@ -130,7 +130,7 @@ def test_a_planted_loop_is_found(tmp_path: Path) -> None:
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("refit_core", "refit_core.errors", "refit_core.numbers", "refit_core.jsonfile", "refit_core.environment",
      "refit_core.paths",
-     "refit_core.results"),
+     "refit_core.records", "refit_core.results"),
     ("refit_core.planning",),
     ("refit_core.config",),
     ("refit_core.execution",),

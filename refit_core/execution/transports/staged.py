@@ -12,6 +12,11 @@ after the first batches are issued, so on a GPU they overlap the link.
 
 `--staged-zero-copy off` stages every byte (the path before zero-copy, for before/after
 measurements); `--staged-direct-min-bytes` sets the threshold (default 4 MiB).
+
+A relayed plan (planning/relay.py) has a second hop: once a rank's hop 0 has completed (its receives
+waited for and unpacked), relays forward from their destination shard to the other GPUs of their node,
+the same way (zero-copy runs, then staged rounds through the first staging set, sized for both hops),
+timed as the phase "relay". A relay holds nothing beyond its own shard and the staging.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 from refit_core.planning.blocks import Block, Chunk, RankBlocks, ShardLayouts, chunk_bytes_for, rank_blocks
+from refit_core.planning.storage import Storage
 from refit_core.planning.storage import aligned
 from refit_core.execution.transports.base import IterationStats, RankContext, TransportReport, allocate, shard_buffer, whole
 from refit_core.execution.transports.copy import CudaBlockCopy, absolute, copy_blocks_torch, cuda_copy_available
@@ -58,6 +64,7 @@ class StagedTransport(TransportReport):
         self.src_buf: torch.Tensor | None = None
         self.dst_buf: torch.Tensor | None = None
         self.wire_source = None  # FP8 (sender.py): produces the source's wire bytes; no source buffer then
+        self.relay: _Hop | None = None
 
     def prepare(self, ctx: RankContext) -> None:
         self.ctx = ctx
@@ -73,13 +80,14 @@ class StagedTransport(TransportReport):
         # (a zero-copy run would need the whole FP8 send image); both ends see the plan's precision.
         cfg = ctx.config
         threshold = cfg.staged_direct_min_bytes if cfg.staged_zero_copy and ctx.plan.destination is None else None
-        rb: RankBlocks = rank_blocks(ctx.plan, ctx.rank_plan, ctx.source, ctx.destination, chunk,
-                                     threshold, ctx.layouts or ShardLayouts(ctx.plan))
+        layouts = ctx.layouts or ShardLayouts(ctx.plan)
+        rb: RankBlocks = rank_blocks(ctx.plan, ctx.rank_plan, ctx.source, ctx.destination, chunk, threshold, layouts)
+        hop1 = _forwarding(ctx, chunk, threshold, layouts)
         # zero-copy messages: views of the shard buffers, sends then receives, each peer's in stream order
         self.direct = [(dist.isend, self.src_buf[d.src: d.src + d.nbytes], d.peer) for d in rb.direct_sends] + \
                       [(dist.irecv, self.dst_buf[d.dst: d.dst + d.nbytes], d.peer) for d in rb.direct_recvs]
-        send_size = max((self._laid_out_size(r) for r in rb.sends), default=0)
-        recv_size = max((self._laid_out_size(r) for r in rb.recvs), default=0)
+        send_size = max((self._laid_out_size(r) for r in (*rb.sends, *hop1.sends)), default=0)
+        recv_size = max((self._laid_out_size(r) for r in (*rb.recvs, *hop1.recvs)), default=0)
         sets = 2 if rb.rounds > 1 else 1
         self.stage_send = [allocate(send_size, dev) for _ in range(sets)] if send_size else []
         self.stage_recv = [allocate(recv_size, dev) for _ in range(sets)] if recv_size else []
@@ -97,7 +105,9 @@ class StagedTransport(TransportReport):
                 [(peer, r_stage[o: o + n]) for peer, o, n in recvs],
                 _Step(unpack, r_stage, self.dst_buf, self.cuda) if unpack else None,
             ))
+        self.relay = _Hop(self, hop1) if hop1.rounds or hop1.direct_sends or hop1.direct_recvs else None
         self.info = {"rounds": rb.rounds, "chunk_bytes": chunk, "staging_sets": sets,
+                     "relay_rounds": hop1.rounds, "relay_direct_ops": len(hop1.direct_sends) + len(hop1.direct_recvs),
                      "zero_copy": threshold is not None, "direct_min_bytes": threshold,
                      "direct_ops": len(self.direct), "direct_bytes": rb.direct_bytes, "staged_bytes": rb.staged_bytes}
         self.extra_bytes += sum(s.desc_bytes for s in (self.local, *(x for r in self.rounds for x in (r[0], r[3])))
@@ -136,7 +146,8 @@ class StagedTransport(TransportReport):
 
         Phases (ms, on the compute stream on GPU): issue (host time handing batches to the
         backend; near 0 on GPU, where it only queues), pack, local, transfer (waiting for a staged
-        round), unpack, direct (waiting for the zero-copy batch after everything else was done)."""
+        round), unpack, direct (waiting for the zero-copy batch after everything else was done), relay (the
+        second hop of a relayed plan, after all of the above)."""
         cuda = self.ctx.device.type == "cuda"
         launches = 0
         clock = _Clock(cuda)
@@ -170,6 +181,8 @@ class StagedTransport(TransportReport):
             for w in direct:
                 w.wait()
             clock.lap("direct")
+        if self.relay is not None:
+            launches += self.relay.run(clock)
         total = clock.total()
         return IterationStats(total, clock.phase_totals(), launches)
 
@@ -191,8 +204,57 @@ class StagedTransport(TransportReport):
 
     def close(self) -> None:
         self.rounds = []
+        self.relay = None
         self.src_buf = self.dst_buf = None
         self.source_parts, self.destination_parts = [], []
+
+
+def _forwarding(ctx: RankContext, chunk: int, threshold: int | None, layouts: ShardLayouts) -> RankBlocks:
+    """This rank's hop 1 as blocks: what it forwards from its destination shard (a relay) and what it receives
+    from relays. Both ends read a relay's shard layout as its destination's."""
+    if not ctx.plan.relayed_bytes or ctx.destination is None:
+        return RankBlocks((), (), ())
+
+    def forwarded(role: str, rank: int) -> Storage | None:
+        return layouts("destination", rank)
+
+    return rank_blocks(ctx.plan, ctx.plan.for_rank(ctx.rank, hop=1), ctx.destination, ctx.destination, chunk,
+                       threshold, forwarded)
+
+
+class _Hop:
+    """Hop 1 bound to the transport's buffers: zero-copy runs between destination shards, then staged rounds
+    through the first staging set, each round waited for before the next (the NVLink hop is short)."""
+
+    def __init__(self, t: StagedTransport, rb: RankBlocks) -> None:
+        buf, cuda = t.dst_buf, t.cuda
+        self.direct = [(dist.isend, buf[d.src: d.src + d.nbytes], d.peer) for d in rb.direct_sends] + \
+                      [(dist.irecv, buf[d.dst: d.dst + d.nbytes], d.peer) for d in rb.direct_recvs]
+        s_stage = t.stage_send[0] if t.stage_send else None
+        r_stage = t.stage_recv[0] if t.stage_recv else None
+        self.rounds = []
+        for k in range(rb.rounds):
+            pack, sends = t._lay_out(rb.sends[k], packed_is_dst=True)
+            unpack, recvs = t._lay_out(rb.recvs[k], packed_is_dst=False)
+            self.rounds.append((_Step(pack, buf, s_stage, cuda) if pack else None,
+                                [dist.P2POp(dist.isend, s_stage[o: o + n], peer) for peer, o, n in sends] +
+                                [dist.P2POp(dist.irecv, r_stage[o: o + n], peer) for peer, o, n in recvs],
+                                _Step(unpack, r_stage, buf, cuda) if unpack else None))
+
+    def run(self, clock: "_Clock") -> int:
+        """The whole second hop, timed as phase "relay"; returns the copy launches."""
+        launches = 0
+        direct = dist.batch_isend_irecv([dist.P2POp(op, b, peer) for op, b, peer in self.direct]) \
+            if self.direct else []
+        for pack, ops, unpack in self.rounds:
+            launches += pack() if pack is not None else 0
+            for w in dist.batch_isend_irecv(ops) if ops else []:
+                w.wait()
+            launches += unpack() if unpack is not None else 0
+        for w in direct:
+            w.wait()
+        clock.lap("relay")
+        return launches
 
 
 class _Clock:

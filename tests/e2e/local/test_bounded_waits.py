@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from refit_core.results import load_rank_record, rank_path
+from refit_core.records import load_rank_record, rank_path
 
 from jobs.procs import boot_id, recorded_processes, start_ticks
 from jobs.supervisor import KILL_GRACE_S
@@ -89,7 +89,10 @@ def test_a_killed_controller_leaves_no_rank_running(tmp_path: Path) -> None:
 
 
 def test_cancel_stops_the_ranks_of_a_run_whose_controller_is_gone(tmp_path: Path) -> None:
-    """Two recorded processes: one is the rank (pid and start time match), one a reused pid (start time differs)."""
+    """Three recorded processes: one is the rank (pid and start time match, started for this run as rank 0),
+    one a reused pid (start time differs), one a stranger whose pid, start time, host and boot id match (all
+    readable from /proc) but that no controller of this run started (issue 25, item 7)."""
+    from refit_core.environment import LOCAL_RANK_ID, LOCAL_RUNS
     from orchestrator.configs import resolve
     from orchestrator.state.rundir import update_run, write_run
     from orchestrator.submission.clusters import LOCAL, Facts
@@ -105,22 +108,27 @@ def test_cancel_stops_the_ranks_of_a_run_whose_controller_is_gone(tmp_path: Path
     gone.wait()
     update_run(d, job={"cluster": "local", "job_id": str(gone.pid), "folder": str(d), "submitted": 0,
                        "controller_pid": gone.pid})
-    rank = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    sleep = [sys.executable, "-c", "import time; time.sleep(120)"]
+    rank = subprocess.Popen(sleep, env={**os.environ, LOCAL_RUNS: json.dumps([[str(d), 3]]), LOCAL_RANK_ID: "0"})
+    other = subprocess.Popen(sleep)
+    stranger = subprocess.Popen(sleep)
     try:
-        _wait_for("start times", lambda: start_ticks(rank.pid) is not None and start_ticks(other.pid) is not None)
+        _wait_for("start times", lambda: None not in (start_ticks(rank.pid), start_ticks(other.pid),
+                                                     start_ticks(stranger.pid)))
         host, boot = socket.gethostname(), boot_id()
-        for r, p, ticks in ((0, rank, start_ticks(rank.pid)), (1, other, start_ticks(other.pid) - 1)):  # type: ignore[operator]
+        for r, p, ticks in ((0, rank, start_ticks(rank.pid)), (1, other, start_ticks(other.pid) - 1),  # type: ignore[operator]
+                            (2, stranger, start_ticks(stranger.pid))):
             (d / "procs" / f"rank-{r:05d}.json").write_text(json.dumps(
                 {"rank": r, "host": host, "pid": p.pid, "start_ticks": ticks, "boot_id": boot}))
         out = refitctl("cancel", d.name, runs=tmp_path, check=0).stdout
         assert out == "orphan-run: the local controller is gone; stopped rank(s) 0 (pids checked by start time)\n"
         assert rank.wait(timeout=10) == -signal.SIGTERM
         assert other.poll() is None  # not the process rank 1 recorded: left alone
+        assert stranger.poll() is None  # not started as a rank of this run: left alone
         state = json.loads((d / "job-state.json").read_text())
         assert state["state"] == "CANCELLED" and "stopped rank(s) 0" in state["detail"]
     finally:
-        for p in (rank, other):
+        for p in (rank, other, stranger):
             p.kill()
             p.wait()
 

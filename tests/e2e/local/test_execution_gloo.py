@@ -12,7 +12,7 @@ from jobs.local import run_locally
 from orchestrator.configs import resolve
 from orchestrator.configs.flags import apply_overrides
 from refit_core.config import RunConfig
-from refit_core.results import load_rank_record, rank_files
+from refit_core.records import load_rank_record, rank_files
 
 SEED = ["config-1", "config-2", "config-3", "config-4", "config-5", "config-6",
         "collocated-1", "collocated-2", "collocated-3", "collocated-4"]

@@ -19,7 +19,7 @@ import pytest
 from jobs.supervisor import KILL_GRACE_S
 from orchestrator.state.failures import ProcessEnd, diagnose, short_error, srun_ends
 from orchestrator.state.rundir import Progress, RankProgress
-from refit_core.results import load_rank_record, rank_files
+from refit_core.records import load_rank_record, rank_files
 from helpers import FAULT_AT, SMALL, only_run, refitctl, run_json
 
 TIMEOUT = ["--refit-timeout", "10"]
@@ -191,6 +191,8 @@ def test_damaged_results_are_reported_and_other_runs_still_list(finished_run: Pa
     (bad_rank / "ranks" / "rank-00001.jsonl").write_bytes(b"\x00\xff{\"rank\": 1, \"iter\n")
     no_run_json = _copy(finished_run, tmp_path, "bad-run-json")
     (no_run_json / "run.json").write_text("{")
+    for d in (good, truncated, not_results, bad_rank, no_run_json):  # as runs finalized before summary.json:
+        (d / "summary.json").unlink()  # `runs` reads their records (with one, it reads only the summary)
 
     for d, says in ((truncated, "results.json is damaged (truncated or corrupt"),
                     (not_results, "results.json is damaged (not a results file"),

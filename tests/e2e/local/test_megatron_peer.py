@@ -74,7 +74,7 @@ def test_non_collocated_config_4_megatron_gloo_verifies(tmp_path: Path) -> None:
     codes, res = run_locally(cfg, tmp_path / "run", timeout_s=240)
     assert codes == [0, 0, 0], (tmp_path / "run" / "logs" / "rank-00000.log").read_text()[-2000:]
     assert res is not None and res["verified"] and res["transport"]["patched"] is True
-    from refit_core.results import load_rank_record, rank_files
+    from refit_core.records import load_rank_record, rank_files
 
     ranks = [load_rank_record(p) for p in rank_files(tmp_path / "run")]
     assert [r.role for r in ranks] == ["source", "source", "destination"]

@@ -22,7 +22,7 @@ from orchestrator.submission import executor
 from orchestrator.state.jobstate import job_state
 from orchestrator.state.runfiles import JobRecord, read_run_info
 from refit_core.numbers import human_bytes
-from refit_core.results import load_rank_record, rank_files
+from refit_core.records import load_rank_record, rank_files
 from orchestrator.submission.clusters import LOCAL, SLURM
 from orchestrator.submission.runspec import ClusterOptions, effective_config, job_env, parse_env, parse_time
 from refit_core.errors import ConfigError

@@ -17,7 +17,7 @@ from orchestrator.views.liveview import rank_status, starting_phases
 from refit_core.execution import weights
 from refit_core.planning.storage import rank_storage
 from refit_core.execution.watchdog import process_start_time, record_phase
-from refit_core.results import RankRecord, RankRecordWriter, load_rank_record, rank_path
+from refit_core.records import RankRecord, RankRecordWriter, load_rank_record, rank_path
 
 # What an active gloo rank goes through, in order (the transport's set-up phase is named by the transport).
 ACTIVE_PHASES = ["starting Python", "start-up (imports, config)", "importing torch", "CUDA device set-up",

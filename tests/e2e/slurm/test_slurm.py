@@ -19,7 +19,7 @@ import pytest
 from conftest import ROOT
 from helpers import SMALL, only_run, only_run_or_sweep, refitctl, run_json
 from refit_core.errors import RunDirError
-from refit_core.results import load_rank_record, rank_path
+from refit_core.records import load_rank_record, rank_path
 
 
 def _why_no_slurm() -> str | None:
@@ -293,3 +293,23 @@ def test_readme_sweep_8gpu_is_one_job_array(tmp_path: Path) -> None:
     time.sleep(35)  # MinJobAge=30: slurmctld forgets the ended tasks
     status = refitctl("status", sweep.name, runs=tmp_path, env={"COLUMNS": "400"}, check=0).stdout
     assert status.count("CANCELLED") >= 10 and "UNKNOWN" not in status, status
+
+
+@pytest.mark.parametrize("name", ["kimi-k2-small", "config-1"])
+def test_a_relayed_plan_on_two_nodes(name: str, tmp_path: Path) -> None:
+    """Issue 26: destinations on node 2 share bytes that cross from node 1 (kimi-k2-small: every dense weight,
+    destination TP=1; config-1: the experts, expert TP 1): each enters the node once and a relay forwards it
+    over the node (the second hop, phase "relay"); every byte verified."""
+    from jobs.refit_job import load_plan
+
+    # two nodes x 4 tasks (the nodes hold 8 GPUs: --gpus-per-node 4 spreads the 8 ranks over both)
+    refitctl("submit", name, *ON_CLUSTER, "--gpus-per-node", "4", *SMALL, runs=tmp_path, check=0)
+    d = only_run(tmp_path)
+    assert run_json(d)["final"]["state"] == "COMPLETED"
+    assert json.loads((d / "results.json").read_text())["verified"]
+    plan = load_plan(d)
+    relays = {t.src for t in plan.transfers if t.hop}
+    assert plan.relayed_bytes > 0 and relays and all(r >= 4 for r in relays)
+    for r in relays:
+        rec = load_rank_record(rank_path(d, r))
+        assert rec.verified and all("relay" in it.phases_ms for it in rec.iterations), r

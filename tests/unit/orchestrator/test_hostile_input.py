@@ -227,8 +227,8 @@ def test_markup_in_names_and_paths_is_shown_as_written(sandbox: dict[str, Path])
     (["status", "--watch", "--poll", "-1"], "--poll '-1': give seconds from 0.1 to 3600"),
     (["status", "--watch", "--poll", "0"], "--poll '0': give seconds from 0.1 to 3600"),
     (["status", "--watch", "--poll", "nan"], "--poll 'nan': give seconds from 0.1 to 3600"),
-    (["plan", "config-4", "--num-lay", "3"], "unrecognized arguments: --num-lay 3"),
-    (["submit", "config-4", "--na", "x"], "unrecognized arguments: --na x"),
+    (["plan", "config-4", "--num-lay", "3"], "unrecognized arguments: --num-lay (did you mean --num-layers?) 3"),
+    (["submit", "config-4", "--na", "x"], "unrecognized arguments: --na (did you mean --name?) x"),
     (["runs", "--last", "0"], "--last '0': give a whole number from 1 to 1,000,000"),
     (["runs", "--last", "-5"], "--last '-5': give a whole number from 1 to 1,000,000"),
 ])

@@ -196,7 +196,8 @@ def test_missing_or_damaged_directories_are_one_line(sweep: Path, tmp_path: Path
     assert str(empty) in one_line_error(capsys, "report", str(empty))
     assert str(empty) in one_line_error(capsys, "compare", str(empty), str(missing))
     damaged = tmp_path / "damaged"
-    shutil.copytree(run_dirs(sweep)["config-4"], damaged, ignore=shutil.ignore_patterns("report"))
+    # without its summary.json (a run finalized before summaries existed): the report reads results.json
+    shutil.copytree(run_dirs(sweep)["config-4"], damaged, ignore=shutil.ignore_patterns("report", "summary.json"))
     (damaged / "results.json").write_text('{"iterations": [')
     assert str(damaged / "results.json") in one_line_error(capsys, "report", str(damaged))
     (damaged / "run.json").write_text("{not json")

@@ -25,8 +25,8 @@ from orchestrator.submission import executor
 from orchestrator.cli import main
 from orchestrator.state.runfiles import JobStateFile, RunInfo, SweepInfo
 from refit_core.errors import RunDirError
-from refit_core.results import (IterationRecord, RankFileReader, RankRecord, RankRecordWriter, aggregate,
-                                load_rank_record, rank_path, read_rank_records, read_results)
+from refit_core.results import aggregate, read_results
+from refit_core.records import IterationRecord, RankFileReader, RankRecord, RankRecordWriter, load_rank_record, rank_path, read_rank_records
 from helpers import SMALL
 
 PY = sys.executable

@@ -114,10 +114,11 @@ def test_fp8_is_planned_and_a_run_with_a_bf16_only_method_is_refused_in_one_line
 
 
 def test_kimi_k2_record_shape_predicts_under_one_second_bounded_by_the_destination_nic() -> None:
-    """docs/kimi-k2.md, "The record's setup": 256 BF16 training GPUs -> 128 FP8 inference GPUs."""
+    """docs/kimi-k2.md, "The record's setup": 256 BF16 training GPUs -> 128 FP8 inference GPUs, every byte straight
+    from a source (--relay off; relayed: tests/unit/planning/test_relay.py)."""
     from refit_core.planning.timemodel import predict
 
-    cfg = resolve("kimi-k2-record")
+    cfg = resolve("kimi-k2-record").with_changes(relay="off")
     cfg.validate()  # fits 80 GiB per GPU
     inv, world = cfg.inventory(), cfg.world()
     assert (world.world_size, len(world.source.ranks), len(world.destination.ranks)) == (384, 256, 128)
