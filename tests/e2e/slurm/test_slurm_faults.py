@@ -24,7 +24,7 @@ import pytest
 from conftest import ROOT
 from helpers import SMALL, only_run_or_sweep, refitctl, run_json
 from test_slurm import ON_CLUSTER, WHY, _iterations, _restarts, _wait, sacct
-from refit_core.results import rank_path
+from refit_core.records import rank_path
 
 pytestmark = [pytest.mark.slurm, pytest.mark.skipif(WHY is not None, reason=WHY or "")]
 CLUSTER_DIR = Path(os.environ.get("REFITCTL_SLURM_DIR", "/var/tmp/refitctl-slurm"))  # scripts/slurm/up.sh's $DIR
