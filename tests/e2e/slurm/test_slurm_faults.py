@@ -36,6 +36,9 @@ def cluster() -> Iterator[None]:
     """The test may stop daemons: afterwards up.sh brings back whatever is missing and resumes down nodes."""
     if os.geteuid() != 0:
         pytest.skip("stopping SLURM daemons needs root (the test cluster's daemons run as root)")
+    # a node an earlier test stopped may still be registering again: start with both usable (bounded)
+    _wait("both nodes usable", lambda: all(_node_state(n) in ("idle", "mix", "alloc") for n in ("node1", "node2")),
+          120, 1.0)
     try:
         yield
     finally:
