@@ -77,13 +77,9 @@ def quant_tiles(rects: Sequence[QuantRect]) -> list[QuantRect]:
 def triton_available() -> bool:
     """Whether the Triton kernels can run on this machine's GPU: a GPU, and triton importable (it
     ships with torch's CUDA wheels). Tests run them on CPU tensors under Triton's interpreter."""
-    if not torch.cuda.is_available():
-        return False
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    from refit_core.execution.transports.copy import cuda_with
+
+    return cuda_with("triton")
 
 
 @lru_cache(maxsize=None)

@@ -8,6 +8,8 @@ absolute addresses: a step may write to several buffers, peers' included.
 
 from __future__ import annotations
 
+import importlib
+
 from typing import Sequence
 
 import torch
@@ -109,11 +111,16 @@ def absolute(blocks: Sequence[Block], src_base: int, dst_base: int) -> list[Bloc
     return [Block(b.src + src_base, b.src_stride, b.dst + dst_base, b.dst_stride, b.rows, b.row_bytes) for b in blocks]
 
 
-def cuda_copy_available() -> bool:
+def cuda_with(module: str) -> bool:
+    """A CUDA GPU here, and the GPU-only `module` importable (cupy, triton): the one probe for GPU kernels."""
     if not torch.cuda.is_available():
         return False
     try:
-        import cupy  # noqa: F401
+        importlib.import_module(module)
     except ImportError:
         return False
     return True
+
+
+def cuda_copy_available() -> bool:
+    return cuda_with("cupy")

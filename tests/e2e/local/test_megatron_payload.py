@@ -9,26 +9,22 @@ line before launch. Small models, CPU, gloo.
 
 from __future__ import annotations
 
+import functools
+
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SMALL_FLAGS
+import helpers
+from helpers import SMALL
 from orchestrator.cli import main
 
 mb = pytest.importorskip("refit_core.peers.megatron_build")
 needs_megatron = pytest.mark.skipif(mb.megatron_core() is None, reason="megatron-core not installed ('refitctl[megatron]')")
-SMALL = [a for k, v in SMALL_FLAGS.items() for a in (f"--{k.replace('_', '-')}", str(v))]
 
 
-def refitctl(*args: str, runs: Path) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-c", "import sys; from orchestrator.cli import main; sys.exit(main())", *args]
-    env = {**os.environ, "REFITCTL_RUNS_DIR": str(runs), "COLUMNS": "200"}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+refitctl = functools.partial(helpers.refitctl, env={"COLUMNS": "200"})  # tables wide enough to read
 
 
 @needs_megatron

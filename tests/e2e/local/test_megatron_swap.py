@@ -14,22 +14,13 @@ from __future__ import annotations
 import pytest
 
 from refit_core.config import RunConfig
-from refit_core.planning.layout import ParallelLayout, RefitMode
-from refit_core.planning.model import ModelSpec
+from refit_core.planning.layout import ParallelLayout
 
 mb = pytest.importorskip("refit_core.peers.megatron_build")
 if mb.megatron_core() is None:
     pytest.skip("megatron-core not installed (pip install 'refitctl[megatron]')", allow_module_level=True)
 
-BASE = dict(num_layers=2, hidden_size=64, num_attention_heads=8, num_query_groups=4, ffn_hidden_size=64,
-            num_experts=4, moe_shared_expert_intermediate_size=32, seq_length=16, vocab_size=1000,
-            disable_bias_linear=True)
-
-
-def case(src: ParallelLayout, dst: ParallelLayout, mode: str = "collocated", **model: object) -> RunConfig:
-    cfg = RunConfig("megatron-swap", ModelSpec(**{**BASE, **model}), src, dst, RefitMode(mode), method="gloo",
-                    iterations=1, gpus=1 << 10)
-    return cfg.with_changes(gpus=cfg.world().gpus_used)
+from test_megatron_oracle import case  # noqa: E402  (the oracle's tiny model: every kind of weight)
 
 
 def swap_rank(cfg: RunConfig, chunks: bool, ddp: bool = False) -> dict:
