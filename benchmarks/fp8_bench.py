@@ -37,8 +37,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.gpu_bench import (Case, _case, gpu_of, local_copy, nccl_ceilings, peer_copy, pick,  # noqa: E402
-                                  probe_size, quantise_ceilings, run_case, slug, table, traffic)
+from benchmarks.gpu_bench import (Case, _case, gpu_of, measure_ceilings, pick, probe_size, run_case,  # noqa: E402
+                                  slug, table, traffic)
 from orchestrator.configs.flags import apply_overrides  # noqa: E402
 from refit_core.environment import SAFE_ENV  # noqa: E402
 from refit_core.planning.plan import Plan, plan_transfers  # noqa: E402
@@ -133,20 +133,6 @@ def pair_up(rows: list[dict[str, Any]], plans: list[Plan], gpus: int, by_size: d
             fp8["wire_vs_bf16"] = fp8["wire_bytes"] / bf16["wire_bytes"]
 
 
-def ceilings(gpus: int, wanted: list[int], work: Path) -> dict[str, dict[str, float]]:
-    """Local copy and the quantiser's two passes at each size; with 2+ GPUs peer copy and NCCL."""
-    by_size: dict[str, dict[str, float]] = {"local_copy": {}, "quantise_amax": {}, "quantise": {}}
-    for s in wanted:
-        by_size["local_copy"][str(s)] = local_copy(s, 10)
-        by_size["quantise_amax"][str(s)], by_size["quantise"][str(s)] = quantise_ceilings(s, 10)
-    if gpus >= 2:
-        by_size["peer_copy_one_way"], by_size["peer_copy_both_ways"] = {}, {}
-        for s in wanted:
-            by_size["peer_copy_one_way"][str(s)], by_size["peer_copy_both_ways"][str(s)] = peer_copy(s, 10)
-        by_size.update(nccl_ceilings(wanted, 10, work))
-    return by_size
-
-
 def _args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="seed size only")
@@ -186,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         cap = min(4 * GIB, torch.cuda.get_device_properties(0).total_memory // 8)
         wanted = sorted({probe_size(traffic(p, gpus).network_bytes_max or GIB, cap)
                          for c, p in zip(todo, plans) if not c.skip})
-        by_size = ceilings(gpus, wanted, work)
+        by_size = measure_ceilings(gpus, wanted, work)
     print(f"{device} x {gpus}; {len(todo)} rows", flush=True)
     path = args.out or Path(__file__).resolve().parent / "results" / f"{date}-{slug(device)}-fp8.json"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -397,6 +397,20 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def measure_ceilings(gpus: int, wanted: list[int], work: Path) -> dict[str, dict[str, float]]:
+    """Local copy and the quantiser's two passes at each size; with 2+ GPUs peer copy and NCCL."""
+    by_size: dict[str, dict[str, float]] = {"local_copy": {}, "quantise_amax": {}, "quantise": {}}
+    for s in wanted:
+        by_size["local_copy"][str(s)] = local_copy(s, 10)
+        by_size["quantise_amax"][str(s)], by_size["quantise"][str(s)] = quantise_ceilings(s, 10)
+    if gpus >= 2:
+        by_size["peer_copy_one_way"], by_size["peer_copy_both_ways"] = {}, {}
+        for s in wanted:
+            by_size["peer_copy_one_way"][str(s)], by_size["peer_copy_both_ways"][str(s)] = peer_copy(s, 10)
+        by_size.update(nccl_ceilings(wanted, 10, work))
+    return by_size
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke test: seed sizes, a few rows, few iterations")
@@ -429,16 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         wanted = wanted[-1:]
     print(f"{device} x {gpus}; ceilings at {[f'{s >> 20} MiB' for s in wanted]}; {len(todo)} rows", flush=True)
     work = Path(tempfile.mkdtemp(prefix="gpu-bench-"))
-    by_size: dict[str, dict[str, float]] = {"local_copy": {}, "quantise_amax": {}, "quantise": {}}
-    for s in wanted:
-        by_size["local_copy"][str(s)] = local_copy(s, 10)
-        by_size["quantise_amax"][str(s)], by_size["quantise"][str(s)] = quantise_ceilings(s, 10)
-    if gpus >= 2:
-        by_size["peer_copy_one_way"], by_size["peer_copy_both_ways"] = {}, {}
-        for s in wanted:
-            one, both = peer_copy(s, 10)
-            by_size["peer_copy_one_way"][str(s)], by_size["peer_copy_both_ways"][str(s)] = one, both
-        by_size.update(nccl_ceilings(wanted, 10, work))
+    by_size = measure_ceilings(gpus, wanted, work)
     ceilings = {name: v[str(wanted[-1])] for name, v in by_size.items() if str(wanted[-1]) in v}
     print("ceilings (GB/s at the largest size):", json.dumps({k: round(v, 1) for k, v in ceilings.items()}), flush=True)
     path = args.out or Path(__file__).resolve().parent / "results" / f"{date}-{slug(device)}-{gpus}gpu.json"
