@@ -37,6 +37,12 @@ bounded 120 python3 -m pytest -q -p no:cacheprovider tests/e2e/gpu/test_fp8_gpu.
 step "refit_core.megatron.swap_model_weights on the GPU, bitwise against the oracle (needs the megatron-core wheel in .whl)"
 bounded 150 python3 -m pytest -q -p no:cacheprovider -rs tests/e2e/gpu/test_megatron_swap_gpu.py 2>&1 | tail -15 \
     | tee "$OUT/megatron-gpu-tests.txt"
+step "refit_core.library with nvshmem on the caller's GPU tensors (bounded heap staging), PEs on one GPU"
+bounded 150 python3 -m pytest -q -p no:cacheprovider -rs tests/e2e/gpu/test_library_nvshmem_gpu.py 2>&1 | tail -15 \
+    | tee "$OUT/library-nvshmem-gpu-tests.txt"
+step "what NVSHMEM staging costs the library (benchmarks/library_nvshmem.py)"
+bounded 120 python3 benchmarks/library_nvshmem.py 2>&1 | tail -8
+save
 
 if [ "$MODE" = fp8 ]; then
   step "FP8 destinations beside BF16 (benchmarks/fp8_bench.py)"

@@ -11,6 +11,10 @@ so the bytes and their order are the same; the staging is bounded by the bucket 
 
 `--gloo-shared-memory off` keeps every byte on gloo's sockets; a run on several hosts, a relayed plan or FP8
 destinations (the sender quantises into its socket staging) use the sockets whatever the setting.
+
+The same rounds serve NVSHMEM where the bytes are the caller's (refit_core/library): the staging is then a
+buffer in NVSHMEM's symmetric heap (`HeapStages`, transports/nvshmem.py) that the receivers map, and the
+copies are the staged transport's CUDA kernels; `StageMemory` is what the two kinds of memory provide.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import socket
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 import torch.distributed as dist
@@ -42,7 +46,7 @@ class Published:
     receiver starts in it."""
 
     host: str
-    path: str
+    where: str  # what a peer needs to map it (a file's path; "heap": NVSHMEM's); empty: cannot share
     nbytes: int
     offsets: dict[tuple[int, int], tuple[int, int]]  # (round, receiver) -> (offset, bytes)
     rounds: int  # its own rounds: every rank runs the most any rank has (a barrier each is collective)
@@ -70,36 +74,99 @@ def map_file(path: str, nbytes: int, create: bool) -> tuple[torch.Tensor, mmap.m
     return torch.frombuffer(mm, dtype=torch.uint8), mm
 
 
+class StageMemory(Protocol):
+    """Memory a rank stages into and its peers read: made before the one gather (`create`, which returns what
+    a peer needs to map it, empty where this rank cannot share) or after it (`mine`, NVSHMEM's symmetric
+    heap, whose size every PE must agree on)."""
+
+    def create(self, nbytes: int) -> str: ...
+
+    def mine(self, every: list[Published]) -> torch.Tensor: ...
+
+    def peer(self, rank: int, every: list[Published]) -> torch.Tensor: ...
+
+    def barrier(self) -> None: ...
+
+    def mapped(self) -> None: ...  # every peer has mapped this rank's memory
+
+    def close(self) -> None: ...
+
+
+class ShmStages:
+    """Staging files in /dev/shm: created by their sender, mapped by its receivers, removed once all have
+    mapped them (the mappings live on), so no file outlives a run however it ends after that."""
+
+    def __init__(self, group: object) -> None:
+        self.group = group
+        self.path: Path | None = None
+        self.stage: torch.Tensor | None = None
+        self._maps: list[mmap.mmap] = []
+
+    def create(self, nbytes: int) -> str:
+        if not SHM_DIR.is_dir():
+            return ""
+        self.path = SHM_DIR / f"{PREFIX}{uuid.uuid4().hex}"
+        self.stage, mm = map_file(str(self.path), nbytes, create=True)
+        self._maps.append(mm)
+        return str(self.path)
+
+    def mine(self, every: list[Published]) -> torch.Tensor:
+        assert self.stage is not None
+        return self.stage
+
+    def peer(self, rank: int, every: list[Published]) -> torch.Tensor:
+        try:
+            t, mm = map_file(every[rank].where, every[rank].nbytes, create=False)
+        except OSError as e:
+            raise TransportError(f"cannot map rank {rank}'s staging in {SHM_DIR} ({e}): run with "
+                                 "--gloo-shared-memory off") from None
+        self._maps.append(mm)
+        return t
+
+    def barrier(self) -> None:
+        dist.barrier(group=self.group)
+
+    def mapped(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+            self.path = None
+
+    def close(self) -> None:
+        self.mapped()
+        self.stage, self._maps = None, []
+
+
 class SharedRounds:
-    """This rank's staged rounds bound to shared staging: pack into its own file, unpack from its senders'.
+    """This rank's staged rounds bound to shared staging: pack into its own, unpack from its senders'.
 
-    Built with `bind`, which returns None where the ranks are not all on this host."""
+    Built with `bind`, which returns None where the ranks cannot all share (not on one host)."""
 
-    def __init__(self, group: object, stage: torch.Tensor, maps: list[mmap.mmap], path: Path,
+    def __init__(self, memory: StageMemory, stage: torch.Tensor,
                  rounds: list[tuple[Callable[[], int] | None, list[Callable[[], int]]]]) -> None:
-        self.group, self.stage, self._maps, self._path, self.rounds = group, stage, maps, path, rounds
+        self.memory, self.stage, self.rounds = memory, stage, rounds
         self.extra_bytes = stage.numel()
+        self._mapped = False
 
     @classmethod
     def bind(cls, rb: RankBlocks, rank: int, src: torch.Tensor | None, dst: torch.Tensor | None, group: object,
-             step: Callable[[list[Block], torch.Tensor, torch.Tensor], Callable[[], int]]) -> "SharedRounds | None":
-        """Create this rank's staging file, tell the peers where its chunks are and map theirs (collective: one
+             step: Callable[[list[Block], torch.Tensor, torch.Tensor], Callable[[], int]],
+             memory: StageMemory) -> "SharedRounds | None":
+        """Make this rank's staging, tell the peers where its chunks are and map theirs (collective: one
         gather). `step(blocks, src, dst)` makes a copy step (the staged transport's)."""
         sends = [lay_out(r) for r in rb.sends]
         size = max((sum(aligned(n) for _, _, n in r) for r in sends), default=0) or 1
-        path = SHM_DIR / f"{PREFIX}{uuid.uuid4().hex}"
-        stage, mm = map_file(str(path), size, create=True) if SHM_DIR.is_dir() else (None, None)
-        mine = Published(socket.gethostname(), str(path) if stage is not None else "", size,
-                         {(k, peer): (off, n) for k, r in enumerate(sends) for peer, off, n in r}, rb.rounds)
-        every: list = [None] * dist.get_world_size(group)
         try:
+            mine = Published(socket.gethostname(), memory.create(size), size,
+                             {(k, peer): (off, n) for k, r in enumerate(sends) for peer, off, n in r}, rb.rounds)
+            every: list = [None] * dist.get_world_size(group)
             dist.all_gather_object(every, mine, group=group)
-            if any(p.host != mine.host or not p.path for p in every):
-                path.unlink(missing_ok=True)
+            if any(p.host != mine.host or not p.where for p in every):
+                memory.close()
                 return None
-            peers, maps = cls._map_peers(rb, every)
+            stage = memory.mine(every)
+            peers = {p: memory.peer(p, every) for p in sorted({c.peer for r in rb.recvs for c in r})}
         except BaseException:
-            path.unlink(missing_ok=True)
+            memory.close()
             raise
         rounds: list[tuple[Callable[[], int] | None, list[Callable[[], int]]]] = []
         for k in range(max(p.rounds for p in every)):
@@ -110,7 +177,7 @@ class SharedRounds:
             unpack = [step([b._replace(src=b.src + cls._offset(every, c, k, rank)) for b in c.blocks], peers[c.peer],
                            dst) for c in rb.recvs[k]] if dst is not None else []
             rounds.append((step(pack, src, stage) if pack and src is not None else None, unpack))
-        return cls(group, stage, [mm, *maps], path, rounds)
+        return cls(memory, stage, rounds)
 
     @staticmethod
     def _offset(every: list, c: Chunk, k: int, rank: int) -> int:
@@ -120,19 +187,6 @@ class SharedRounds:
                                  f"{c.nbytes}: the ranks planned different refits")
         return off
 
-    @staticmethod
-    def _map_peers(rb: RankBlocks, every: list) -> tuple[dict[int, torch.Tensor], list[mmap.mmap]]:
-        """The staging files of the ranks this one receives from, mapped here."""
-        peers, maps = {}, []
-        try:
-            for p in sorted({c.peer for r in rb.recvs for c in r}):
-                peers[p], mm = map_file(every[p].path, every[p].nbytes, create=False)
-                maps.append(mm)
-        except OSError as e:
-            raise TransportError(f"cannot map a peer's staging in {SHM_DIR} ({e}): run with "
-                                 "--gloo-shared-memory off") from None
-        return peers, maps
-
     def run(self, lap: Callable[[str], None], local: Callable[[], int] | None) -> int:
         """Every round (pack, barrier, unpack, barrier), the local copies after the first barrier; the copy
         launches. Phases: pack, transfer (the barriers: waiting for the peers), local, unpack."""
@@ -141,11 +195,11 @@ class SharedRounds:
             if pack is not None:
                 launches += pack()
                 lap("pack")
-            dist.barrier(group=self.group)
+            self.memory.barrier()
             lap("transfer")
-            if self._path is not None:  # every peer mapped it in bind, before this barrier: it may go
-                self._path.unlink(missing_ok=True)
-                self._path = None
+            if not self._mapped:  # every peer mapped this rank's staging in bind, before this barrier
+                self.memory.mapped()
+                self._mapped = True
             if k == 0 and local is not None:
                 launches += local()
                 lap("local")
@@ -153,7 +207,7 @@ class SharedRounds:
                 launches += u()
             if unpack:
                 lap("unpack")
-            dist.barrier(group=self.group)
+            self.memory.barrier()
             lap("transfer")
         if not self.rounds and local is not None:
             launches += local()
@@ -161,8 +215,7 @@ class SharedRounds:
         return launches
 
     def close(self) -> None:
-        """Drop the mappings (and the file, if no refit ran)."""
-        if self._path is not None:
-            self._path.unlink(missing_ok=True)
-        self.rounds, self.stage, self._maps = [], None, []
+        """Drop the steps and the staging (its file too, if no refit ran)."""
+        self.rounds = []
+        self.memory.close()
 

@@ -26,12 +26,14 @@ import time
 import torch
 import torch.distributed as dist
 
+from refit_core.errors import TransportError
+from refit_core.planning import methods
 from refit_core.planning.blocks import Block, Chunk, RankBlocks, ShardLayouts, chunk_bytes_for, rank_blocks
 from refit_core.planning.storage import Storage
 from refit_core.planning.storage import aligned
 from refit_core.execution.transports.base import IterationStats, RankContext, TransportReport, allocate, shard_buffer, whole
 from refit_core.execution.transports.copy import CudaBlockCopy, absolute, copy_blocks_torch, cuda_copy_available
-from refit_core.execution.transports.shared import SharedRounds
+from refit_core.execution.transports.shared import SharedRounds, ShmStages, StageMemory
 
 class _Step:
     """One copy step (local, a round's pack or unpack) bound to its buffers."""
@@ -61,6 +63,8 @@ class StagedTransport(TransportReport):
     def __init__(self, name: str) -> None:
         super().__init__()
         self.name = name
+        # a one-sided method (nvshmem) runs here only on the caller's tensors, staged through its heap
+        self.two_sided = methods.method(name).two_sided
         self.setup_phase = f"{name} transport set-up (staging buffers, copy kernels)"
         self.src_buf: torch.Tensor | None = None
         self.dst_buf: torch.Tensor | None = None
@@ -84,13 +88,17 @@ class StagedTransport(TransportReport):
         cfg = ctx.config
         threshold = cfg.staged_direct_min_bytes if cfg.staged_zero_copy and ctx.plan.destination is None else None
         layouts = ctx.layouts or ShardLayouts(ctx.plan)
-        if self._may_share_memory(ctx):
+        memory = self._stage_memory(ctx)
+        if memory is not None:
             rb = rank_blocks(ctx.plan, ctx.rank_plan, ctx.source, ctx.destination, chunk, None, layouts)
             self.shared = SharedRounds.bind(rb, ctx.rank, self.src_buf, self.dst_buf, ctx.active_group,
-                                            lambda blocks, src, dst: _Step(blocks, src, dst, self.cuda))
+                                            lambda blocks, src, dst: _Step(blocks, src, dst, self.cuda), memory)
             if self.shared is not None:
                 self._prepare_shared(rb, chunk)
                 return
+            if not self.two_sided:
+                raise TransportError(f"--refit-method {self.name} on the caller's tensors stages through its "
+                                     "symmetric heap, which needs every rank on one node: use nccl across nodes")
         rb: RankBlocks = rank_blocks(ctx.plan, ctx.rank_plan, ctx.source, ctx.destination, chunk, threshold, layouts)
         hop1 = _forwarding(ctx, chunk, threshold, layouts)
         # zero-copy messages: views of the shard buffers, sends then receives, each peer's in stream order
@@ -127,13 +135,20 @@ class StagedTransport(TransportReport):
                          if b is not None and given is None)  # the shard buffers this transport allocated
             self.measured_extra_bytes = torch.cuda.memory_allocated(dev) - before - shards
 
-    @staticmethod
-    def _may_share_memory(ctx: RankContext) -> bool:
-        """Stage through shared memory (shared.py) if the ranks are on one host: gloo on the CPU with
-        --gloo-shared-memory on, BF16 destinations (FP8's sender quantises into socket staging), no relays."""
+    def _stage_memory(self, ctx: RankContext) -> StageMemory | None:
+        """Memory the ranks stage through instead of messages (shared.py), or None: NVSHMEM's symmetric heap
+        for a one-sided method (refit_core/library hands it the caller's tensors); /dev/shm for gloo on the CPU
+        with --gloo-shared-memory on, BF16 destinations (FP8's sender quantises into socket staging) and no
+        relays, if the ranks turn out to share a host."""
+        if not self.two_sided:
+            from refit_core.execution.transports.nvshmem import HeapStages
+
+            return HeapStages(ctx)
         if ctx.device.type != "cpu" or dist.get_backend(ctx.active_group) != "gloo":
-            return False
-        return ctx.config.gloo_shared_memory and ctx.plan.destination is None and not ctx.plan.relayed_bytes
+            return None
+        cfg = ctx.config
+        return ShmStages(ctx.active_group) if cfg.gloo_shared_memory and ctx.plan.destination is None \
+            and not ctx.plan.relayed_bytes else None
 
     def _prepare_shared(self, rb: RankBlocks, chunk: int) -> None:
         assert self.shared is not None
