@@ -88,17 +88,8 @@ class StagedTransport(TransportReport):
         cfg = ctx.config
         threshold = cfg.staged_direct_min_bytes if cfg.staged_zero_copy and ctx.plan.destination is None else None
         layouts = ctx.layouts or ShardLayouts(ctx.plan)
-        memory = self._stage_memory(ctx)
-        if memory is not None:
-            rb = rank_blocks(ctx.plan, ctx.rank_plan, ctx.source, ctx.destination, chunk, None, layouts)
-            self.shared = SharedRounds.bind(rb, ctx.rank, self.src_buf, self.dst_buf, ctx.active_group,
-                                            lambda blocks, src, dst: _Step(blocks, src, dst, self.cuda), memory)
-            if self.shared is not None:
-                self._prepare_shared(rb, chunk)
-                return
-            if not self.two_sided:
-                raise TransportError(f"--refit-method {self.name} on the caller's tensors stages through its "
-                                     "symmetric heap, which needs every rank on one node: use nccl across nodes")
+        if self._prepare_shared(ctx, chunk, layouts):
+            return
         rb: RankBlocks = rank_blocks(ctx.plan, ctx.rank_plan, ctx.source, ctx.destination, chunk, threshold, layouts)
         hop1 = _forwarding(ctx, chunk, threshold, layouts)
         # zero-copy messages: views of the shard buffers, sends then receives, each peer's in stream order
@@ -150,13 +141,25 @@ class StagedTransport(TransportReport):
         return ShmStages(ctx.active_group) if cfg.gloo_shared_memory and ctx.plan.destination is None \
             and not ctx.plan.relayed_bytes else None
 
-    def _prepare_shared(self, rb: RankBlocks, chunk: int) -> None:
-        assert self.shared is not None
+    def _prepare_shared(self, ctx: RankContext, chunk: int, layouts: ShardLayouts) -> bool:
+        """Every byte staged through memory the ranks share (`_stage_memory`), if they can: True if so."""
+        memory = self._stage_memory(ctx)
+        if memory is None:
+            return False
+        rb = rank_blocks(ctx.plan, ctx.rank_plan, ctx.source, ctx.destination, chunk, None, layouts)
+        self.shared = SharedRounds.bind(rb, ctx.rank, self.src_buf, self.dst_buf, ctx.active_group,
+                                        lambda blocks, src, dst: _Step(blocks, src, dst, self.cuda), memory)
+        if self.shared is None:
+            if not self.two_sided:
+                raise TransportError(f"--refit-method {self.name} on the caller's tensors stages through its "
+                                     "symmetric heap, which needs every rank on one node: use nccl across nodes")
+            return False
         self.local = self._reader(list(rb.local), self.dst_buf) if rb.local else None
         self.extra_bytes = self.shared.extra_bytes
         self.info = {"rounds": len(self.shared.rounds), "chunk_bytes": chunk, "staging_sets": 1,
                      "shared_memory": True, "zero_copy": False, "direct_ops": 0, "direct_bytes": 0,
                      "staged_bytes": rb.staged_bytes}
+        return True
 
     def _reader(self, blocks: list[Block], dst: torch.Tensor) -> "_Step":
         """A step reading the source: a plain copy, or (FP8) the wire source producing the bytes."""
