@@ -26,7 +26,8 @@ bounded() {
   if (( cap < 10 )); then echo "skipped: the budget is spent"; return 124; fi
   timeout "$cap" "$@"
 }
-save() { cp benchmarks/results/*.json "$OUT/" 2>/dev/null; true; }
+touch /tmp/session-start
+save() { find benchmarks/results -name '*.json' -newer /tmp/session-start -exec cp {} "$OUT/" \; 2>/dev/null; true; }
 trap save EXIT
 
 step "devices: $GPUS GPU(s)"; nvidia-smi -L; nvidia-smi topo -m 2>/dev/null | head -5
