@@ -72,13 +72,14 @@ def test_sizes_ceilings_and_names() -> None:
 
 
 def test_a_row_runs_through_the_local_launcher_and_has_every_recorded_field(tmp_path) -> None:  # noqa: ANN001
-    """The row path on CPU: the 2-rank TP1 -> TP1 layout with gloo, small model, zero-copy on."""
+    """The row path on CPU: the 2-rank TP1 -> TP1 layout with gloo over its sockets (as nccl runs between GPUs),
+    small model, zero-copy on."""
     from conftest import SMALL_FLAGS
 
     from benchmarks.gpu_bench import Case, run_case
     from orchestrator.configs.flags import apply_overrides
 
-    cfg = apply_overrides(make_config("tp1-to-tp1", "gloo", "seed", 2, 4), SMALL_FLAGS)
+    cfg = apply_overrides(make_config("tp1-to-tp1", "gloo", "seed", 2, 4), {**SMALL_FLAGS, "gloo_shared_memory": "off"})
     by_size = {"nccl_one_way": {str(1 << 20): 1.0}, "local_copy": {str(1 << 20): 10.0}}
     row = run_case(Case(cfg, "seed"), 2, tmp_path, by_size)
     assert row["verified"] is True, row.get("error")
