@@ -30,8 +30,10 @@ from refit_core.planning.placement import DIRECTIONS
 from refit_core.planning.plan import Plan, plan_choices, plan_transfers
 from refit_core.planning.precision import check_precision, destination_slot_sizes
 from refit_core.planning.sharding import check_divisible
-from refit_core.planning.timemodel import (AMAX_GBPS, DEFAULT_SOURCE, LOCAL_COPY_GBPS, NETWORK_GBPS, NVLINK_GBPS,
-                                           QUANTISE_GBPS, LinkModel, RelayChoice, choose_relay)
+from refit_core.planning.timemodel import DEFAULT_SOURCE, LinkModel, RelayChoice, choose_relay
+from refit_core.sections import (DIRECT_MIN_BYTES, SECTIONS, Hardware, Layouts, RunSettings, route,
+                                 section_from_json, section_json)
+from refit_core.sections import default as default_of
 
 METHODS = tuple(methods.METHODS)  # every --refit-method (refit_core/execution/transports/registry.py)
 SYNC_MODES = ("auto", "host", "device")  # --nvshmem-sync
@@ -42,9 +44,6 @@ ENV_OVERRIDES = {"nvshmem_placement": "REFITCTL_NVSHMEM_PLACEMENT", "nvshmem_syn
                  "staged_zero_copy": "REFITCTL_STAGED_ZERO_COPY",
                  "staged_direct_min_bytes": "REFITCTL_STAGED_DIRECT_MIN_BYTES",
                  "megatron_unpatched": "REFITCTL_MEGATRON_UNPATCHED"}
-DIRECT_MIN_BYTES = 4 << 20
-"""Shortest run the staged transport sends zero-copy. One NCCL p2p op costs a few microseconds whatever its
-size; 4 MiB takes about 11 us at 370 GB/s, while packing + unpacking it costs about 4 us of device copy."""
 _SWITCH = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 MAX_ITERATIONS = 1_000_000
 MAX_BUCKET = 1 << 48  # bytes
@@ -54,65 +53,25 @@ MAX_GBPS = 1_000_000  # --intra/inter-node-gbps
 
 @dataclass(frozen=True)
 class RunConfig:
+    """One refit run as the user asked for it, in sections (refit_core/sections.py): the model, what is refit
+    where (`layouts`), how the run is carried out (`run`) and what it is given (`hardware`). Build one with
+    `RunConfig.of` (flat settings, each routed to its section by `SECTION`); read `cfg.run.method`,
+    `cfg.hardware.gpus`, `cfg.layouts.source.tp`."""
+
     name: str
     model: ModelSpec
-    source: ParallelLayout
-    destination: ParallelLayout
-    mode: RefitMode = RefitMode.NON_COLLOCATED
-    method: str = "nvshmem"
-    iterations: int = 3
-    warmup: int = 1
-    gpus: int = 8
-    bucket_bytes: int = 1 << 30
+    layouts: Layouts
+    run: RunSettings = RunSettings()
+    hardware: Hardware = Hardware()
     use_case: str = ""
     description: str = ""
-    timeout_s: float = 60.0  # --refit-timeout: longest a rank waits on a peer before the run fails
-    gpu_memory_gb: float = 80.0
-    """Memory of one GPU in GiB as vendors quote it (H100: 80, H200: 141)."""
-    gpus_per_node: int = 8
-    intra_node_gbps: float = NVLINK_GBPS
-    """Intra-node (NVLink) bandwidth per GPU per direction, GB/s (bytes, not bits)."""
-    inter_node_gbps: float = NETWORK_GBPS
-    """Inter-node (network adapter) bandwidth per GPU per direction, GB/s (bytes, not bits)."""
-    intra_node_both_gbps: float | None = None
-    """Intra-node GB/s each way while both ways are busy (None: the one-way figure)."""
-    local_copy_gbps: float = LOCAL_COPY_GBPS
-    """Device-to-device copy on one GPU, GB/s delivered."""
-    link_source: str = ""
-    """Where the link figures come from (a ceilings file, flags); empty: the defaults."""
-    quantise_gbps: float = QUANTISE_GBPS
-    """FP8 senders: the fused quantiser's quantise pass, GB/s of BF16 read (time model only)."""
-    amax_gbps: float = AMAX_GBPS
-    """FP8 senders: the scale pass (block maxima), GB/s of BF16 read (time model only)."""
-    inference_precision: str = "bf16"
-    """--rl-inference-precision: the destination's weights, bf16 or fp8 (128x128 blocks, float32
-    scales; refit_core/planning/precision.py), quantised by the sender and verified bitwise."""
-    nvshmem_placement: str = "auto"
-    """--nvshmem-placement: which role's shards live in NVSHMEM's symmetric heap (auto, push, pull, all;
-    refit_core/planning/placement.py); env REFITCTL_NVSHMEM_PLACEMENT overrides it."""
-    nvshmem_sync: str = "auto"
-    """--nvshmem-sync: how an NVSHMEM iteration completes (auto, host, device; transports/nvshmem.py);
-    env REFITCTL_NVSHMEM_SYNC overrides it."""
-    staged_zero_copy: bool = True
-    """--staged-zero-copy on|off: nccl/gloo send long contiguous runs straight between shard buffers (off: every
-    byte is staged, the path before zero-copy, kept for before/after measurements)."""
-    staged_direct_min_bytes: int = DIRECT_MIN_BYTES
-    """--staged-direct-min-bytes: the shortest run sent zero-copy (default 4 MiB)."""
-    megatron_unpatched: bool = False
-    """--megatron-unpatched: run Megatron-Core's refit as shipped, without refit_core/peers/megatron_patch.py."""
-    payload: str = "synthetic"
-    """--payload: what is refit. synthetic (default): refitctl's deterministic values in its own shard
-    buffers; megatron: Megatron-Core GPTModels of both layouts built on the ranks
-    (refit_core/peers/megatron_build.py), their parameters refit through refit_core/library."""
-    relay: str = "auto"
-    """--relay auto|off: auto relays the cross-node slices several GPUs of a node share (in once per node, split
-    over its NICs, then over NVLink; refit_core/planning/relay.py) where the method can forward and the time
-    model predicts it faster; off: every byte goes straight from a source."""
-    fallback_without_gpu: bool = False
-    """Where the ranks find no CUDA GPU, run the method's CPU fallback (its registry entry's `cpu_fallback`)
-    instead of failing. Decided by the orchestrator, not a flag: set for a config's own method (no
-    --refit-method) submitted to SLURM, whose nodes only the job sees; locally the same fallback is decided
-    before launch (orchestrator/submission/runspec.py)."""
+
+    @classmethod
+    def of(cls, name: str, model: ModelSpec, source: ParallelLayout, destination: ParallelLayout,
+           mode: RefitMode = RefitMode.NON_COLLOCATED, **settings: Any) -> "RunConfig":
+        """The config of `model` refit from `source` to `destination`, with flat `settings` (`method="nccl",
+        gpus=64`, `use_case=...`) put in their sections; a name that is no setting is a TypeError."""
+        return cls(name, model, Layouts(source, destination, mode)).with_changes(**settings)
 
     def validate(self, gpu_memory: bool = True) -> None:
         """Raise ConfigError for anything the seed says cannot work, before submission.
@@ -234,7 +193,7 @@ class RunConfig:
             text = environ.get(name, "").strip()
             if not text:
                 continue
-            default = next(f.default for f in dataclasses.fields(self) if f.name == field)
+            default = default_of(field)
             if isinstance(default, bool):
                 if text.lower() not in _SWITCH:
                     raise ConfigError(f"{name}={text!r}: use 1 or 0 (on or off)")
@@ -248,12 +207,18 @@ class RunConfig:
         return self.with_changes(**changes) if changes else self
 
     def with_changes(self, **changes: Any) -> "RunConfig":
-        return dataclasses.replace(self, **changes)
+        """The config with `changes`: flat settings (`method=`, `gpus=`, `source=`) go to their section (SECTION),
+        whole sections (`run=RunSettings(...)`) and the other fields (`name=`, `model=`) replace what they name."""
+        rest, by_section = route(changes)
+        for section, fields in by_section.items():
+            rest[section] = dataclasses.replace(rest.get(section, getattr(self, section)), **fields)
+        return dataclasses.replace(self, **rest)
 
     def to_json(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["mode"] = self.mode.value
-        return d
+        """config.json: one object per section (refit_core/sections.py)."""
+        return {"name": self.name, "model": dataclasses.asdict(self.model),
+                **{section: section_json(getattr(self, section)) for section in SECTIONS},
+                "use_case": self.use_case, "description": self.description}
 
     @classmethod
     def read(cls, path: Path) -> "RunConfig":
@@ -269,14 +234,15 @@ class RunConfig:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "RunConfig":
-        d = dict(d)
-        d["model"] = ModelSpec(**d["model"])
-        d["source"] = ParallelLayout(**d["source"])
-        d["destination"] = ParallelLayout(**d["destination"])
-        d["mode"] = RefitMode(d["mode"])
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
-
+        """The config `to_json` wrote; also the flat form of run directories written before the sections
+        (each key routed through SECTION). Keys it does not know are ignored (a newer or older writer's)."""
+        if "layouts" not in d:
+            rest, by_section = route(d)
+            d = {**rest, **by_section}
+        known = {f.name for f in dataclasses.fields(cls)} - set(SECTIONS) - {"model"}
+        return cls(model=ModelSpec(**d["model"]),
+                   **{section: section_from_json(section, d.get(section, {})) for section in SECTIONS},
+                   **{k: v for k, v in d.items() if k in known})
 
 def check_payload(cfg: RunConfig) -> None:
     """--payload: one of PAYLOADS; real models need a refitctl method that is two-sided (it refits the
