@@ -79,78 +79,78 @@ class RunConfig:
         Scalars first (cheap, and they bound what follows: the world's size, the model's), then the
         layouts against the model, then memory per GPU (`gpu_memory=False`: a run on the CPU, whose
         memory the orchestrator checks against the host's instead)."""
-        refusal = methods.method(self.method).refusal
+        refusal = methods.method(self.run.method).refusal
         if refusal:
             raise ConfigError(refusal)
-        for flag, value, low, high in (("--num-benchmark-iterations", self.iterations, 1, MAX_ITERATIONS),
-                                       ("--num-warmup-iterations", self.warmup, 0, MAX_ITERATIONS),
-                                       ("--gpus", self.gpus, 1, MAX_WORLD),
-                                       ("--gpus-per-node", self.gpus_per_node, 1, MAX_WORLD)):
+        for flag, value, low, high in (("--num-benchmark-iterations", self.run.iterations, 1, MAX_ITERATIONS),
+                                       ("--num-warmup-iterations", self.run.warmup, 0, MAX_ITERATIONS),
+                                       ("--gpus", self.hardware.gpus, 1, MAX_WORLD),
+                                       ("--gpus-per-node", self.hardware.gpus_per_node, 1, MAX_WORLD)):
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
                 raise ConfigError(f"{flag} must be an integer {low}..{high:,}, got {value!r}")
-        for flag, value, allowed in (("--nvshmem-placement", self.nvshmem_placement, DIRECTIONS),
-                                     ("--nvshmem-sync", self.nvshmem_sync, SYNC_MODES),
-                                     ("--relay", self.relay, RELAY_MODES)):
+        for flag, value, allowed in (("--nvshmem-placement", self.run.nvshmem_placement, DIRECTIONS),
+                                     ("--nvshmem-sync", self.run.nvshmem_sync, SYNC_MODES),
+                                     ("--relay", self.run.relay, RELAY_MODES)):
             if value not in allowed:
                 raise ConfigError(f"{flag} must be one of {', '.join(allowed)}, got {value!r}")
-        if not isinstance(self.staged_direct_min_bytes, int) or not 0 <= self.staged_direct_min_bytes <= MAX_BUCKET:
-            raise ConfigError(f"--staged-direct-min-bytes must be 0..{MAX_BUCKET} bytes, got {self.staged_direct_min_bytes!r}")
-        if not 1 <= self.timeout_s <= 86400:  # NaN fails too
-            raise ConfigError(f"--refit-timeout must be 1..86400 seconds, got {self.timeout_s}")
-        if not isinstance(self.bucket_bytes, int) or not 1 << 20 <= self.bucket_bytes <= MAX_BUCKET:
-            raise ConfigError(f"--refit-bucket-size must be from 1 MiB to 256 TiB, got {self.bucket_bytes} bytes")
+        if not isinstance(self.run.staged_direct_min_bytes, int) or not 0 <= self.run.staged_direct_min_bytes <= MAX_BUCKET:
+            raise ConfigError(f"--staged-direct-min-bytes must be 0..{MAX_BUCKET} bytes, got {self.run.staged_direct_min_bytes!r}")
+        if not 1 <= self.run.timeout_s <= 86400:  # NaN fails too
+            raise ConfigError(f"--refit-timeout must be 1..86400 seconds, got {self.run.timeout_s}")
+        if not isinstance(self.run.bucket_bytes, int) or not 1 << 20 <= self.run.bucket_bytes <= MAX_BUCKET:
+            raise ConfigError(f"--refit-bucket-size must be from 1 MiB to 256 TiB, got {self.run.bucket_bytes} bytes")
         if self.model.is_moe:
-            if self.source.etp != 1 or self.destination.etp != 1:
+            if self.layouts.source.etp != 1 or self.layouts.destination.etp != 1:
                 raise ConfigError(
                     "MoE needs --expert-tensor-parallel-size 1 and --rl-inference-expert-tensor-model-parallel-size 1 "
-                    f"(got {self.source.etp} and {self.destination.etp}): set both to 1"
+                    f"(got {self.layouts.source.etp} and {self.layouts.destination.etp}): set both to 1"
                 )
             if not self.model.disable_bias_linear:
                 raise ConfigError("MoE refit needs --disable-bias-linear (the seed's requirement): add the flag")
         # one range, and one message, per flag: every value outside it (negative, zero, huge) reads the same
-        if not 0 < self.gpu_memory_gb <= MAX_GIB:
-            raise ConfigError(f"--gpu-memory-gb must be more than 0 and at most {MAX_GIB:,} GiB, got {self.gpu_memory_gb}")
-        for flag, value in (("--intra-node-gbps", self.intra_node_gbps), ("--inter-node-gbps", self.inter_node_gbps),
-                            ("--local-copy-gbps", self.local_copy_gbps), ("--quantise-gbps", self.quantise_gbps),
-                            ("--amax-gbps", self.amax_gbps),
-                            ("--intra-node-both-gbps", 1.0 if self.intra_node_both_gbps is None
-                             else self.intra_node_both_gbps)):
+        if not 0 < self.hardware.gpu_memory_gb <= MAX_GIB:
+            raise ConfigError(f"--gpu-memory-gb must be more than 0 and at most {MAX_GIB:,} GiB, got {self.hardware.gpu_memory_gb}")
+        for flag, value in (("--intra-node-gbps", self.hardware.intra_node_gbps), ("--inter-node-gbps", self.hardware.inter_node_gbps),
+                            ("--local-copy-gbps", self.hardware.local_copy_gbps), ("--quantise-gbps", self.hardware.quantise_gbps),
+                            ("--amax-gbps", self.hardware.amax_gbps),
+                            ("--intra-node-both-gbps", 1.0 if self.hardware.intra_node_both_gbps is None
+                             else self.hardware.intra_node_both_gbps)):
             if not 0 < value <= MAX_GBPS:
                 raise ConfigError(f"{flag} must be more than 0 and at most {MAX_GBPS:,} GB/s (per GPU per direction), "
                                   f"got {value}")
-        check_precision(self.inference_precision)
+        check_precision(self.run.inference_precision)
         check_payload(self)
         world = self.world()
         inv = self.inventory()
         if inv.numel > MAX_PARAMETERS:
             raise ConfigError(f"the model has {inv.numel:.3g} parameters, more than {MAX_PARAMETERS:.0e} "
                               "(Kimi K2 has 1.03e12): check --hidden-size, --ffn-hidden-size and the vocabulary")
-        check_divisible(self.model, inv, self.source, "source")
-        check_divisible(self.model, inv, self.destination, "destination")
+        check_divisible(self.model, inv, self.layouts.source, "source")
+        check_divisible(self.model, inv, self.layouts.destination, "destination")
         if gpu_memory:
-            check_memory(self.memory_fit(inv, world), self.gpu_memory_gb, self.method)
+            check_memory(self.memory_fit(inv, world), self.hardware.gpu_memory_gb, self.run.method)
 
     def world(self) -> WorldLayout:
-        return world_layout(self.mode, self.source, self.destination, self.gpus)
+        return world_layout(self.layouts.mode, self.layouts.source, self.layouts.destination, self.hardware.gpus)
 
     def inventory(self) -> Inventory:
-        return inventory(self.model, (self.source.tp, self.destination.tp))
+        return inventory(self.model, (self.layouts.source.tp, self.layouts.destination.tp))
 
     def memory_fit(self, inv: Inventory | None = None, world: WorldLayout | None = None) -> MemoryFit:
         """Per-GPU bytes of this refit (shards + the transport's buffers) against --gpu-memory-gb."""
         inv = inv or self.inventory()
-        return memory_fit(inv, world or self.world(), self.method, self.bucket_bytes,
-                          int(self.gpu_memory_gb * GIB), self.gpus_per_node,
-                          destination_slot_sizes(inv, self.destination, self.inference_precision),
-                          self.nvshmem_placement,
+        return memory_fit(inv, world or self.world(), self.run.method, self.run.bucket_bytes,
+                          int(self.hardware.gpu_memory_gb * GIB), self.hardware.gpus_per_node,
+                          destination_slot_sizes(inv, self.layouts.destination, self.run.inference_precision),
+                          self.run.nvshmem_placement,
                           # FP8: a one-sided sender writes a whole send image; a two-sided one quantises
                           # each bucket as it packs it (refit_core/execution/fp8_source.py): none
-                          None if methods.method(self.method).two_sided else
-                          destination_slot_sizes(inv, self.source, self.inference_precision))
+                          None if methods.method(self.run.method).two_sided else
+                          destination_slot_sizes(inv, self.layouts.source, self.run.inference_precision))
 
     def node_map(self) -> NodeMap:
         """Ranks on nodes of --gpus-per-node GPUs, in rank order: what node-aware plans are made for."""
-        return NodeMap(self.gpus_per_node)
+        return NodeMap(self.hardware.gpus_per_node)
 
     def plan(self, inv: Inventory | None = None, world: WorldLayout | None = None) -> Plan:
         """The node-aware transfer plan of this refit (refit_core/planning/plan.py), relayed where `relay_choice`
@@ -161,16 +161,16 @@ class RunConfig:
         """The plan with and without relays, and the one kept: relays are weighed only with --relay auto, a
         method that forwards (methods.Method.relays) and a world on several nodes; kept when predicted faster."""
         inv, world = inv or self.inventory(), world or self.world()
-        if self.relay == "off" or not methods.method(self.method).relays or world.world_size <= self.gpus_per_node:
-            return choose_relay(plan_transfers(inv, world, self.node_map(), self.inference_precision), None,
+        if self.run.relay == "off" or not methods.method(self.run.method).relays or world.world_size <= self.hardware.gpus_per_node:
+            return choose_relay(plan_transfers(inv, world, self.node_map(), self.run.inference_precision), None,
                                 self.link_model())
-        direct, relayed = plan_choices(inv, world, self.node_map(), self.inference_precision)
+        direct, relayed = plan_choices(inv, world, self.node_map(), self.run.inference_precision)
         return choose_relay(direct, relayed, self.link_model())
 
     def link_model(self) -> LinkModel:
-        return LinkModel(self.gpus_per_node, self.intra_node_gbps, self.inter_node_gbps, self.local_copy_gbps,
-                         self.intra_node_both_gbps, self.link_source or DEFAULT_SOURCE, self.quantise_gbps,
-                         self.amax_gbps, methods.method(self.method).two_sided)
+        return LinkModel(self.hardware.gpus_per_node, self.hardware.intra_node_gbps, self.hardware.inter_node_gbps, self.hardware.local_copy_gbps,
+                         self.hardware.intra_node_both_gbps, self.hardware.link_source or DEFAULT_SOURCE, self.hardware.quantise_gbps,
+                         self.hardware.amax_gbps, methods.method(self.run.method).two_sided)
 
     def with_ceilings(self, figures: LinkFigures, keep: Iterable[str] = ()) -> "RunConfig":
         """The link figures of measured ceilings, except the fields in `keep` (given as flags)."""
@@ -247,22 +247,22 @@ class RunConfig:
 def check_payload(cfg: RunConfig) -> None:
     """--payload: one of PAYLOADS; real models need a refitctl method that is two-sided (it refits the
     models' own tensors, refit_core/library) and the BF16 models Megatron-Core builds on the ranks."""
-    if cfg.payload not in PAYLOADS:
-        raise ConfigError(f"--payload must be one of {', '.join(PAYLOADS)}, got {cfg.payload!r}")
-    if cfg.payload == PAYLOADS[0]:
+    if cfg.run.payload not in PAYLOADS:
+        raise ConfigError(f"--payload must be one of {', '.join(PAYLOADS)}, got {cfg.run.payload!r}")
+    if cfg.run.payload == PAYLOADS[0]:
         return
-    m = methods.method(cfg.method)
+    m = methods.method(cfg.run.method)
     if m.peer or not m.two_sided:
-        raise ConfigError(f"--payload {cfg.payload} refits the models through refitctl's library, which "
-                          f"--refit-method {cfg.method} does not serve: use gloo on CPU or nccl on GPUs "
+        raise ConfigError(f"--payload {cfg.run.payload} refits the models through refitctl's library, which "
+                          f"--refit-method {cfg.run.method} does not serve: use gloo on CPU or nccl on GPUs "
                           "(megatron-* methods build their own models)")
-    if cfg.inference_precision != "bf16":
-        raise ConfigError(f"--payload {cfg.payload} refits BF16 models: drop --rl-inference-precision "
-                          f"{cfg.inference_precision}")
+    if cfg.run.inference_precision != "bf16":
+        raise ConfigError(f"--payload {cfg.run.payload} refits BF16 models: drop --rl-inference-precision "
+                          f"{cfg.run.inference_precision}")
     spec = cfg.model
     if spec.multi_latent_attention or spec.first_dense_layers or spec.moe_router_enable_expert_bias:
-        raise ConfigError(f"--payload {cfg.payload} builds GQA models with MoE in every layer: drop "
+        raise ConfigError(f"--payload {cfg.run.payload} builds GQA models with MoE in every layer: drop "
                           "--multi-latent-attention / --first-dense-layers / --moe-router-enable-expert-bias")
-    if max(cfg.source.pp, cfg.destination.pp) > 1 and not spec.untie_embeddings_and_output_weights:
-        raise ConfigError(f"--payload {cfg.payload} with PP > 1 needs --untie-embeddings-and-output-weights "
+    if max(cfg.layouts.source.pp, cfg.layouts.destination.pp) > 1 and not spec.untie_embeddings_and_output_weights:
+        raise ConfigError(f"--payload {cfg.run.payload} with PP > 1 needs --untie-embeddings-and-output-weights "
                           "(Megatron-Core cannot build tied embeddings across stages on CPU)")

@@ -33,12 +33,12 @@ def ranks(run_dir: Path) -> dict[int, dict]:
 def test_seed_config_verifies(name: str, tmp_path: Path) -> None:
     cfg = small(name)
     codes, res = run_locally(cfg, tmp_path, timeout_s=240)
-    assert codes == [0] * cfg.gpus, (tmp_path / "logs" / "rank-0.log").read_text()
+    assert codes == [0] * cfg.hardware.gpus, (tmp_path / "logs" / "rank-0.log").read_text()
     assert res["verified"] and res["complete"]
     assert res["timed_iterations"] == 2 and len(res["warmup_ms"]) == 1
     assert res["delivered_bytes"] > 0 and res["median_ms"] > 0
     recs = ranks(tmp_path)
-    assert sorted(recs) == list(range(cfg.gpus))
+    assert sorted(recs) == list(range(cfg.hardware.gpus))
     for r in cfg.world().destination.ranks:
         assert recs[r].verified and len(recs[r].iterations) == 3
 
@@ -75,7 +75,7 @@ def test_fp32_router_expert_bias_moves_with_the_bf16_weights(tmp_path: Path) -> 
     cfg = small("collocated-4", moe_router_enable_expert_bias=True)  # EP 2 -> 1: the bias is replicated
     assert any(p.name.endswith("mlp.router.expert_bias") and p.dtype == "float32" for p in cfg.inventory().params)
     codes, res = run_locally(cfg, tmp_path, timeout_s=240)
-    assert codes == [0] * cfg.gpus and res["verified"]
+    assert codes == [0] * cfg.hardware.gpus and res["verified"]
 
 
 @pytest.mark.parametrize("name,env", [
@@ -90,7 +90,7 @@ def test_zero_copy_and_all_staged_paths_verify(name: str, env: dict[str, str], t
     resolved (RunConfig.with_environment) and reach the ranks as config fields."""
     cfg = small(name).with_environment(env)
     codes, res = run_locally(cfg, tmp_path, timeout_s=240)
-    assert codes == [0] * cfg.gpus, (tmp_path / "logs" / "rank-0.log").read_text()
+    assert codes == [0] * cfg.hardware.gpus, (tmp_path / "logs" / "rank-0.log").read_text()
     assert res["verified"] and res["complete"]
     recs = ranks(tmp_path)
     on = env.get("REFITCTL_STAGED_ZERO_COPY") != "0"

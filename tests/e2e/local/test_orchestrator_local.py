@@ -108,8 +108,8 @@ def test_user_configs_in_the_example_file_are_valid() -> None:
     assert set(cfgs) == {"tp-ep-swap-4gpu", "ep-refit-minimal", "deep-narrow"}
     for cfg in cfgs.values():
         cfg.validate()
-    assert cfgs["tp-ep-swap-4gpu"].source.tp == 4 and cfgs["tp-ep-swap-4gpu"].destination.ep == 4
-    assert cfgs["deep-narrow"].model.num_layers == 16 and cfgs["deep-narrow"].method == "nccl"
+    assert cfgs["tp-ep-swap-4gpu"].layouts.source.tp == 4 and cfgs["tp-ep-swap-4gpu"].layouts.destination.ep == 4
+    assert cfgs["deep-narrow"].model.num_layers == 16 and cfgs["deep-narrow"].run.method == "nccl"
 
 
 def test_render_writes_a_standalone_sbatch_script(tmp_path: Path) -> None:
