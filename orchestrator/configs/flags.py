@@ -22,7 +22,8 @@ from refit_core.planning.layout import RefitMode
 @dataclass(frozen=True)
 class Flag:
     flag: str
-    target: str  # "model", "source", "destination" or "run"
+    target: str  # "model", "source", "destination" (a layout's field) or "run" (a RunConfig setting, in its section:
+    # refit_core/sections.py SECTION routes it, through RunConfig.with_changes)
     field: str
     kind: Callable[[str], Any] | None  # None: a switch (store_true)
     help: str = ""
@@ -249,4 +250,4 @@ def apply_overrides(cfg: RunConfig, values: dict[str, Any], where: str = "comman
                     text = text.replace(" must be", ") must be", 1)
                     break
             raise ConfigError(f"{where}: {side} layout: {text}") from None
-    return dataclasses.replace(cfg, model=new_model, source=layouts[0], destination=layouts[1], **run)
+    return cfg.with_changes(model=new_model, source=layouts[0], destination=layouts[1], **run)

@@ -154,8 +154,8 @@ KIMI_K2_CONFIGS: tuple[RunConfig, ...] = (
 
 _SMALL = KIMI_K2_CONFIGS[-1]
 KIMI_K2_CONFIGS += (
-    dataclasses.replace(
-        _SMALL, name="kimi-k2-small-fp8", inference_precision="fp8",
+    _SMALL.with_changes(
+        name="kimi-k2-small-fp8", inference_precision="fp8",
         use_case="Kimi K2 layouts scaled down, FP8 inference (local cluster)",
         description=_SMALL.description + "; the destination in FP8 (128x128 blocks, quantised by the sender)"),
 )
