@@ -197,12 +197,12 @@ class _Rank:
         return plan
 
     def fallback_without_gpu(self, cfg: "RunConfig") -> "RunConfig":
-        """A config's own GPU method on a node without CUDA (RunConfig.fallback_without_gpu, set for runs on
-        SLURM): its CPU fallback, said in the rank's log, as a run on this host decides before launch."""
+        """A config's own GPU method on a node without CUDA (devices.json's `fallback_without_gpu`, decided for
+        runs on SLURM): its CPU fallback, said in the rank's log, as a run on this host decides before launch."""
         from refit_core.planning.methods import method
 
         m = method(cfg.run.method)
-        if not cfg.fallback_without_gpu or not m.needs_cuda or m.cpu_fallback is None:
+        if self.devices is None or not self.devices.fallback_without_gpu or not m.needs_cuda or m.cpu_fallback is None:
             return cfg
         assert self.watchdog is not None
         self.watchdog.arm("importing torch")

@@ -11,6 +11,7 @@ process on this machine.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -228,15 +229,13 @@ def effective_config(cfg: RunConfig, method_explicit: bool, gpus_available: bool
     return cfg.with_changes(method=m.cpu_fallback), note
 
 
-def allow_fallback_on_nodes(cfg: RunConfig, cluster: "Cluster", method_explicit: bool) -> RunConfig:
+def fallback_on_nodes(cfg: RunConfig, cluster: "Cluster", method_explicit: bool) -> bool:
     """On a cluster whose ranks run elsewhere (SLURM) the GPUs requested are not known to be CUDA GPUs until
     the job runs (a test cluster's are fake): a config's own GPU method (not asked for by flag) may fall back
-    there as it does on this host, decided on the nodes (jobs/refit_job.py, RunConfig.fallback_without_gpu);
-    one asked for by flag still fails."""
+    there as it does on this host, decided on the nodes (jobs/refit_job.py, DeviceMap.fallback_without_gpu in
+    devices.json); one asked for by flag still fails."""
     m = methods.method(cfg.run.method)
-    if cluster.on_this_host or method_explicit or not m.needs_cuda or m.cpu_fallback is None:
-        return cfg
-    return cfg.with_changes(fallback_without_gpu=True)
+    return not (cluster.on_this_host or method_explicit or not m.needs_cuda or m.cpu_fallback is None)
 
 
 @dataclass(frozen=True)
@@ -273,7 +272,6 @@ def make_spec(name: str, cfg: RunConfig, cluster: "Cluster", opts: ClusterOption
     (`facts.host`), every other run against --gpu-memory-gb."""
     requested = cfg.run.method
     cfg, note = effective_config(cfg, method_explicit, facts.gpus_available)
-    cfg = allow_fallback_on_nodes(cfg, cluster, method_explicit)
     on_host = cluster.on_this_host and not methods.method(cfg.run.method).needs_cuda
     cfg.validate(gpu_memory=not on_host)
     refusal = execution_refusal(cfg.run.inference_precision, cfg.run.method)
@@ -284,6 +282,8 @@ def make_spec(name: str, cfg: RunConfig, cluster: "Cluster", opts: ClusterOption
     res = cluster.resources(cfg.hardware.gpus, cfg.hardware.gpus_per_node, opts)
     gpus = res.gpus_per_node if facts.node_gpus is None else facts.node_gpus
     dmap = assign_devices(cfg.world(), cfg.run.method, res.tasks_per_node, gpus)
+    if fallback_on_nodes(cfg, cluster, method_explicit):
+        dmap = dataclasses.replace(dmap, fallback_without_gpu=True)
     threads = max(1, facts.cpus // res.tasks) if cluster.on_this_host else None
     env = job_env(environ, opts.env, opts.cpus_per_task, threads)
     notes = tuple(n for n in (note, dmap.note) if n)
