@@ -1,10 +1,13 @@
-"""A refit run, fully resolved: model, both layouts, mode, method, iterations, the run's settings and the
-hardware figures its prediction uses.
+"""A refit run, fully resolved: the model, then its sections (refit_core/sections.py): `layouts` (both layouts and
+the mode: what is refit where), `run` (method, iterations and the other settings: how it is carried out) and
+`hardware` (GPUs, their memory, GPUs per node and the link figures its prediction uses: what it is given).
 
 `RunConfig` is what a user asked for: it crosses every boundary (CLI -> orchestrator -> job) as a frozen value
-and as plain JSON (config.json), and every setting of a run is one of its fields, with its flag
-(orchestrator/configs/flags.py); variables that override a setting are applied once, where the run is
-resolved (`with_environment`). What is decided at launch (each rank's GPU) is the run's spec, not its config
+and as plain JSON (config.json, one object per section), and every setting of a run is a field of one section,
+with its flag (orchestrator/configs/flags.py). A setting keeps its flat name where users write it
+(`RunConfig.of(..., method="nccl")`, `with_changes(gpus=64)`, a TOML table, a variable): `SECTION` routes it.
+Variables that override a setting are applied once, where the run is resolved (`with_environment`). What is
+decided at launch (each rank's GPU, the CPU fallback on nodes without one) is the run's spec, not its config
 (devices.json). It imports planning only: `validate()` raises the one-line errors users see before anything is
 submitted, and `inventory()`, `world()`, `plan()` and `memory_fit()` are the pure planning functions of its
 fields.
@@ -31,8 +34,8 @@ from refit_core.planning.plan import Plan, plan_choices, plan_transfers
 from refit_core.planning.precision import check_precision, destination_slot_sizes
 from refit_core.planning.sharding import check_divisible
 from refit_core.planning.timemodel import DEFAULT_SOURCE, LinkModel, RelayChoice, choose_relay
-from refit_core.sections import (DIRECT_MIN_BYTES, SECTIONS, Hardware, Layouts, RunSettings, route,
-                                 section_from_json, section_json)
+from refit_core.sections import (SECTIONS, Hardware, Layouts, RunSettings, route, section_from_json,
+                                 section_json)
 from refit_core.sections import default as default_of
 
 METHODS = tuple(methods.METHODS)  # every --refit-method (refit_core/execution/transports/registry.py)
@@ -79,56 +82,56 @@ class RunConfig:
         Scalars first (cheap, and they bound what follows: the world's size, the model's), then the
         layouts against the model, then memory per GPU (`gpu_memory=False`: a run on the CPU, whose
         memory the orchestrator checks against the host's instead)."""
-        refusal = methods.method(self.run.method).refusal
+        run, hw, src, dst = self.run, self.hardware, self.layouts.source, self.layouts.destination
+        refusal = methods.method(run.method).refusal
         if refusal:
             raise ConfigError(refusal)
-        for flag, value, low, high in (("--num-benchmark-iterations", self.run.iterations, 1, MAX_ITERATIONS),
-                                       ("--num-warmup-iterations", self.run.warmup, 0, MAX_ITERATIONS),
-                                       ("--gpus", self.hardware.gpus, 1, MAX_WORLD),
-                                       ("--gpus-per-node", self.hardware.gpus_per_node, 1, MAX_WORLD)):
+        for flag, value, low, high in (("--num-benchmark-iterations", run.iterations, 1, MAX_ITERATIONS),
+                                       ("--num-warmup-iterations", run.warmup, 0, MAX_ITERATIONS),
+                                       ("--gpus", hw.gpus, 1, MAX_WORLD),
+                                       ("--gpus-per-node", hw.gpus_per_node, 1, MAX_WORLD)):
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
                 raise ConfigError(f"{flag} must be an integer {low}..{high:,}, got {value!r}")
-        for flag, value, allowed in (("--nvshmem-placement", self.run.nvshmem_placement, DIRECTIONS),
-                                     ("--nvshmem-sync", self.run.nvshmem_sync, SYNC_MODES),
-                                     ("--relay", self.run.relay, RELAY_MODES)):
+        for flag, value, allowed in (("--nvshmem-placement", run.nvshmem_placement, DIRECTIONS),
+                                     ("--nvshmem-sync", run.nvshmem_sync, SYNC_MODES),
+                                     ("--relay", run.relay, RELAY_MODES)):
             if value not in allowed:
                 raise ConfigError(f"{flag} must be one of {', '.join(allowed)}, got {value!r}")
-        if not isinstance(self.run.staged_direct_min_bytes, int) or not 0 <= self.run.staged_direct_min_bytes <= MAX_BUCKET:
-            raise ConfigError(f"--staged-direct-min-bytes must be 0..{MAX_BUCKET} bytes, got {self.run.staged_direct_min_bytes!r}")
-        if not 1 <= self.run.timeout_s <= 86400:  # NaN fails too
-            raise ConfigError(f"--refit-timeout must be 1..86400 seconds, got {self.run.timeout_s}")
-        if not isinstance(self.run.bucket_bytes, int) or not 1 << 20 <= self.run.bucket_bytes <= MAX_BUCKET:
-            raise ConfigError(f"--refit-bucket-size must be from 1 MiB to 256 TiB, got {self.run.bucket_bytes} bytes")
+        if not isinstance(run.staged_direct_min_bytes, int) or not 0 <= run.staged_direct_min_bytes <= MAX_BUCKET:
+            raise ConfigError(f"--staged-direct-min-bytes must be 0..{MAX_BUCKET} bytes, got {run.staged_direct_min_bytes!r}")
+        if not 1 <= run.timeout_s <= 86400:  # NaN fails too
+            raise ConfigError(f"--refit-timeout must be 1..86400 seconds, got {run.timeout_s}")
+        if not isinstance(run.bucket_bytes, int) or not 1 << 20 <= run.bucket_bytes <= MAX_BUCKET:
+            raise ConfigError(f"--refit-bucket-size must be from 1 MiB to 256 TiB, got {run.bucket_bytes} bytes")
         if self.model.is_moe:
-            if self.layouts.source.etp != 1 or self.layouts.destination.etp != 1:
+            if src.etp != 1 or dst.etp != 1:
                 raise ConfigError(
                     "MoE needs --expert-tensor-parallel-size 1 and --rl-inference-expert-tensor-model-parallel-size 1 "
-                    f"(got {self.layouts.source.etp} and {self.layouts.destination.etp}): set both to 1"
+                    f"(got {src.etp} and {dst.etp}): set both to 1"
                 )
             if not self.model.disable_bias_linear:
                 raise ConfigError("MoE refit needs --disable-bias-linear (the seed's requirement): add the flag")
         # one range, and one message, per flag: every value outside it (negative, zero, huge) reads the same
-        if not 0 < self.hardware.gpu_memory_gb <= MAX_GIB:
-            raise ConfigError(f"--gpu-memory-gb must be more than 0 and at most {MAX_GIB:,} GiB, got {self.hardware.gpu_memory_gb}")
-        for flag, value in (("--intra-node-gbps", self.hardware.intra_node_gbps), ("--inter-node-gbps", self.hardware.inter_node_gbps),
-                            ("--local-copy-gbps", self.hardware.local_copy_gbps), ("--quantise-gbps", self.hardware.quantise_gbps),
-                            ("--amax-gbps", self.hardware.amax_gbps),
-                            ("--intra-node-both-gbps", 1.0 if self.hardware.intra_node_both_gbps is None
-                             else self.hardware.intra_node_both_gbps)):
+        if not 0 < hw.gpu_memory_gb <= MAX_GIB:
+            raise ConfigError(f"--gpu-memory-gb must be more than 0 and at most {MAX_GIB:,} GiB, got {hw.gpu_memory_gb}")
+        for flag, value in (("--intra-node-gbps", hw.intra_node_gbps), ("--inter-node-gbps", hw.inter_node_gbps),
+                            ("--local-copy-gbps", hw.local_copy_gbps), ("--quantise-gbps", hw.quantise_gbps),
+                            ("--amax-gbps", hw.amax_gbps),
+                            ("--intra-node-both-gbps", 1.0 if hw.intra_node_both_gbps is None else hw.intra_node_both_gbps)):
             if not 0 < value <= MAX_GBPS:
                 raise ConfigError(f"{flag} must be more than 0 and at most {MAX_GBPS:,} GB/s (per GPU per direction), "
                                   f"got {value}")
-        check_precision(self.run.inference_precision)
+        check_precision(run.inference_precision)
         check_payload(self)
         world = self.world()
         inv = self.inventory()
         if inv.numel > MAX_PARAMETERS:
             raise ConfigError(f"the model has {inv.numel:.3g} parameters, more than {MAX_PARAMETERS:.0e} "
                               "(Kimi K2 has 1.03e12): check --hidden-size, --ffn-hidden-size and the vocabulary")
-        check_divisible(self.model, inv, self.layouts.source, "source")
-        check_divisible(self.model, inv, self.layouts.destination, "destination")
+        check_divisible(self.model, inv, src, "source")
+        check_divisible(self.model, inv, dst, "destination")
         if gpu_memory:
-            check_memory(self.memory_fit(inv, world), self.hardware.gpu_memory_gb, self.run.method)
+            check_memory(self.memory_fit(inv, world), hw.gpu_memory_gb, run.method)
 
     def world(self) -> WorldLayout:
         return world_layout(self.layouts.mode, self.layouts.source, self.layouts.destination, self.hardware.gpus)
@@ -161,16 +164,18 @@ class RunConfig:
         """The plan with and without relays, and the one kept: relays are weighed only with --relay auto, a
         method that forwards (methods.Method.relays) and a world on several nodes; kept when predicted faster."""
         inv, world = inv or self.inventory(), world or self.world()
-        if self.run.relay == "off" or not methods.method(self.run.method).relays or world.world_size <= self.hardware.gpus_per_node:
+        run = self.run
+        if run.relay == "off" or not methods.method(run.method).relays or world.world_size <= self.hardware.gpus_per_node:
             return choose_relay(plan_transfers(inv, world, self.node_map(), self.run.inference_precision), None,
                                 self.link_model())
         direct, relayed = plan_choices(inv, world, self.node_map(), self.run.inference_precision)
         return choose_relay(direct, relayed, self.link_model())
 
     def link_model(self) -> LinkModel:
-        return LinkModel(self.hardware.gpus_per_node, self.hardware.intra_node_gbps, self.hardware.inter_node_gbps, self.hardware.local_copy_gbps,
-                         self.hardware.intra_node_both_gbps, self.hardware.link_source or DEFAULT_SOURCE, self.hardware.quantise_gbps,
-                         self.hardware.amax_gbps, methods.method(self.run.method).two_sided)
+        hw = self.hardware
+        return LinkModel(hw.gpus_per_node, hw.intra_node_gbps, hw.inter_node_gbps, hw.local_copy_gbps,
+                         hw.intra_node_both_gbps, hw.link_source or DEFAULT_SOURCE, hw.quantise_gbps,
+                         hw.amax_gbps, methods.method(self.run.method).two_sided)
 
     def with_ceilings(self, figures: LinkFigures, keep: Iterable[str] = ()) -> "RunConfig":
         """The link figures of measured ceilings, except the fields in `keep` (given as flags)."""
