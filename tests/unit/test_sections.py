@@ -55,3 +55,27 @@ def test_a_flat_config_json_written_before_the_sections_still_reads(tmp_path: Pa
     assert "method" in flat and "run" not in flat and flat["fallback_without_gpu"] is True
     (tmp_path / "config.json").write_text(json.dumps(flat))
     assert RunConfig.read(tmp_path / "config.json") == resolve("config-4").with_changes(method="gloo", gpus=4)
+
+
+@pytest.mark.parametrize("cluster, explicit, fallback", [("slurm", False, True), ("slurm", True, False),
+                                                         ("local", False, False)])
+def test_the_cpu_fallback_on_nodes_is_a_launch_decision_in_devices_json(cluster: str, explicit: bool, fallback: bool,
+                                                                       tmp_path: Path) -> None:
+    """A config's own GPU method submitted to SLURM may fall back on nodes without CUDA: the spec's DeviceMap says
+    so (devices.json, what the ranks read with their GPUs), the config does not."""
+    from jobs.refit_job import load_devices
+    from orchestrator.submission.clusters import LOCAL, SLURM, Facts
+    from orchestrator.submission.runspec import ClusterOptions, make_spec
+    from refit_core.errors import RunDirError
+
+    cfg = resolve("config-1")
+    spec = make_spec("r", cfg, SLURM if cluster == "slurm" else LOCAL, ClusterOptions(cluster=cluster), {}, explicit,
+                     Facts(None if cluster == "slurm" else 8, True, None, 8))
+    assert spec.devices is not None and spec.devices.fallback_without_gpu is fallback
+    assert "fallback_without_gpu" not in json.dumps(spec.config.to_json())
+    (tmp_path / "devices.json").write_text(json.dumps(spec.devices.to_json()))
+    assert load_devices(tmp_path) == spec.devices
+    assert ("fallback_without_gpu" in spec.devices.to_json()) is fallback  # `plan --json` reads as before
+    (tmp_path / "devices.json").write_text(json.dumps({**spec.devices.to_json(), "fallback_without_gpu": "yes"}))
+    with pytest.raises(RunDirError, match="fallback_without_gpu must be true or false"):
+        load_devices(tmp_path)
