@@ -34,7 +34,7 @@ def test_submit_collocated_4_payload_megatron_verifies_the_models(tmp_path: Path
     assert p.returncode == 0, p.stdout + p.stderr
     assert "COMPLETED · verified · first " in p.stdout
     (run,) = tmp_path.iterdir()
-    assert json.loads((run / "config.json").read_text())["payload"] == "megatron"
+    assert json.loads((run / "config.json").read_text())["run"]["payload"] == "megatron"
     res = json.loads((run / "results.json").read_text())
     assert res["verified"] and res["complete"] and res["timed_iterations"] == 2
     t = res["transport"]
