@@ -62,6 +62,9 @@ class RunSettings:
     byte is staged, the path before zero-copy, kept for before/after measurements)."""
     staged_direct_min_bytes: int = DIRECT_MIN_BYTES
     """--staged-direct-min-bytes: the shortest run sent zero-copy (default 4 MiB)."""
+    gloo_shared_memory: bool = True
+    """--gloo-shared-memory on|off: gloo ranks all on one host stage every byte through shared memory (/dev/shm)
+    instead of loopback sockets (refit_core/execution/transports/shared.py); off: every byte through gloo."""
     megatron_unpatched: bool = False
     """--megatron-unpatched: run Megatron-Core's refit as shipped, without refit_core/peers/megatron_patch.py."""
     payload: str = "synthetic"

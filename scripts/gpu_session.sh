@@ -5,7 +5,7 @@
 # BF16 (benchmarks/fp8_bench.py) and the Megatron-Core peer over NCCL. Every step is bounded by what is left of the
 # budget (and its own cap); the benchmarks keep their JSON current row by row, so a step cut short keeps what it
 # measured. Everything lands in $OUT; commit benchmarks/results/*.json from there.
-#   device run: bash scripts/gpu_session.sh [full|quick|fp8]      (carry .whl)
+#   device run: bash scripts/gpu_session.sh [full|quick|fp8]      (carry .whl: nvshmem4py-cu13, submitit, megatron-core)
 #   quick: seed sizes, a few rows;  fp8: the GPU tests, the FP8-vs-BF16 benchmark, the NVSHMEM flags only
 set -u
 MODE=${1:-full}
@@ -34,6 +34,15 @@ step "GPU tests"
 bounded 240 python3 -m pytest -q -x -p no:cacheprovider tests/e2e/gpu/test_gpu.py 2>&1 | tail -15 | tee "$OUT/gpu-tests.txt"
 step "FP8 quantiser: compiled Triton kernels against the torch reference, bitwise"
 bounded 120 python3 -m pytest -q -p no:cacheprovider tests/e2e/gpu/test_fp8_gpu.py 2>&1 | tail -15 | tee "$OUT/fp8-gpu-tests.txt"
+step "refit_core.megatron.swap_model_weights on the GPU, bitwise against the oracle (needs the megatron-core wheel in .whl)"
+bounded 150 python3 -m pytest -q -p no:cacheprovider -rs tests/e2e/gpu/test_megatron_swap_gpu.py 2>&1 | tail -15 \
+    | tee "$OUT/megatron-gpu-tests.txt"
+step "refit_core.library with nvshmem on the caller's GPU tensors (bounded heap staging), PEs on one GPU"
+bounded 150 python3 -m pytest -q -p no:cacheprovider -rs tests/e2e/gpu/test_library_nvshmem_gpu.py 2>&1 | tail -15 \
+    | tee "$OUT/library-nvshmem-gpu-tests.txt"
+step "what NVSHMEM staging costs the library (benchmarks/library_nvshmem.py)"
+bounded 120 python3 benchmarks/library_nvshmem.py 2>&1 | tail -8
+save
 
 if [ "$MODE" = fp8 ]; then
   step "FP8 destinations beside BF16 (benchmarks/fp8_bench.py)"

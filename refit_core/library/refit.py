@@ -15,8 +15,9 @@ transfer-digest check of refit_core/library/verify.py unless `verify=False`. Wit
 `build` also checks the plan's coverage once (rank 0; refit_core/planning/validate.py).
 
 Methods whose transport takes the caller's buffers (`accepts_caller_buffers`: gloo and nccl) run
-here. NVSHMEM needs the shards in its symmetric heap: staging the caller's tensors through a
-bounded heap buffer is not built yet, so it is refused in one line (docs/library.md).
+here. NVSHMEM needs the bytes its peers read in its symmetric heap: the caller's tensors stay where
+they are and each round is staged through a heap buffer bounded by the bucket size (the method's
+`caller_transport`, refit_core/execution/transports/shared.py; docs/library.md says what it costs).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import torch.distributed as dist
 
 from refit_core.config import RunConfig
 from refit_core.errors import ConfigError, TransportError
+from refit_core.planning import methods
 from refit_core.planning.storage import Storage
 from refit_core.execution.transports.base import IterationStats, RankContext, Transport
 from refit_core.execution.transports.registry import make_transport
@@ -83,10 +85,13 @@ class Refit:
         given and `verify` is off: refit_core/megatron gathers them with the models' descriptions)."""
         clock = _Laps()
         rank, device = _check_world(config, source, destination)
-        transport = transport or make_transport(config.run.method)
+        transport = transport or make_transport(config.run.method, caller_buffers=True)
         if not getattr(transport, "accepts_caller_buffers", False):  # before any tensor is touched
-            raise ConfigError(f"--refit-method {config.run.method} cannot refit the caller's tensors yet (its transport "
+            raise ConfigError(f"--refit-method {config.run.method} cannot refit the caller's tensors (its transport "
                               "needs buffers of its own kind): use gloo on CPU or nccl on GPUs")
+        if methods.method(config.run.method).needs_cuda and device.type != "cuda":
+            raise ConfigError(f"--refit-method {config.run.method} refits tensors on CUDA GPUs, these are on "
+                              f"{device.type}: move the models to the GPU, or use gloo on CPU")
         plan = plan or config.plan()
         clock.lap("plan")
         src_layout, dst_layout = rank_storages(plan, rank)

@@ -40,6 +40,8 @@ class Method:
     # read or write a PE's memory, so a PE's buffers must be ready before any peer starts)
     fp8: bool = False  # moves FP8 destinations (--rl-inference-precision fp8): byte-generic over wire shards
     relays: bool = False  # runs a relayed plan's second hop (planning/relay.py); else --relay auto plans none
+    caller_transport: str | None = None  # "module:Class" (taking the method's name) that refits the caller's own
+    # tensors (refit_core/library) where `transport` needs buffers of its own kind; None: `transport` does
 
     @property
     def uses_gpus(self) -> bool:
@@ -54,7 +56,8 @@ _MEGATRON_NVSHMEM_REFUSAL = (
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("nvshmem", "one-sided NVSHMEM copies, one kernel per iteration (non-collocated; PEs may share GPUs)",
            "refit_core.execution.transports.nvshmem:NvshmemTransport", "gloo", True, "even", "nvshmem-heap", "peer_copy",
-           cpu_fallback="gloo", fp8=True, two_sided=False),
+           cpu_fallback="gloo", fp8=True, two_sided=False,
+           caller_transport="refit_core.execution.transports.staged:StagedTransport"),
     Method("nccl", "NCCL point-to-point: zero-copy runs plus packed buckets (one rank per GPU)",
            "refit_core.execution.transports.staged:StagedTransport", "nccl", True, "exclusive", "bucket", "nccl",
            cpu_fallback="gloo", named=True, fp8=True, relays=True),

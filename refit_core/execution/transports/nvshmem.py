@@ -236,3 +236,54 @@ class NvshmemTransport(TransportReport):
             self.nv.free_tensor(self._sym)
             self._sym = None
             self.nv.finalize()
+
+
+class HeapStages:
+    """Staging in NVSHMEM's symmetric heap for the caller's tensors (refit_core/library, shared.py's rounds):
+    each PE packs its round into its heap buffer, its receivers read it through their mapping of that PE's
+    heap (nvshmem_ptr). The heap is symmetric, so every PE allocates the largest staging any PE needs, after
+    the gather that tells it; NVSHMEM starts then, with a heap of that size. An iteration's barriers are on
+    the host (the stream drained, then the process group's barrier), as `--nvshmem-sync host`."""
+
+    def __init__(self, ctx: RankContext) -> None:
+        self.ctx = ctx
+        self.stage: torch.Tensor | None = None
+        self.nv = None
+
+    def create(self, nbytes: int) -> str:
+        return "heap"
+
+    def mine(self, every: list) -> torch.Tensor:
+        try:
+            import nvshmem.core as nv
+        except ImportError as e:
+            raise TransportError("--refit-method nvshmem needs nvshmem4py: pip install 'refitctl[gpu]'") from e
+        ctx, size = self.ctx, max(p.nbytes for p in every)
+        environment.export({"NVSHMEM_SYMMETRIC_SIZE": str(size + NVSHMEM_RESERVE_BYTES),
+                            "NVSHMEM_CUMEM_GRANULARITY": str(NVSHMEM_GRANULARITY_BYTES)}, overwrite=False)
+        init_nvshmem(ctx.rank, dist.get_world_size(ctx.active_group), ctx.device, ctx.active_group)
+        self.nv = nv
+        self.stage = nv.bytetensor((size,))
+        return self.stage
+
+    def peer(self, rank: int, every: list) -> torch.Tensor:
+        assert self.nv is not None and self.stage is not None
+        t = self.nv.get_peer_tensor(self.stage, rank)
+        if t is None:
+            raise TransportError(f"rank {self.ctx.rank}: PE {rank}'s heap cannot be mapped (no NVLink/P2P path): "
+                                 "refit the caller's tensors with nvshmem on one node's GPUs, or use nccl")
+        return t
+
+    def barrier(self) -> None:
+        torch.cuda.current_stream(self.ctx.device).synchronize()
+        dist.barrier(group=self.ctx.active_group)
+
+    def mapped(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if self.nv is not None and self.stage is not None:
+            torch.cuda.synchronize(self.ctx.device)
+            self.nv.free_tensor(self.stage)
+            self.stage = None
+            self.nv.finalize()

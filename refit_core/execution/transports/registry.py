@@ -15,11 +15,15 @@ if TYPE_CHECKING:
     from refit_core.execution.transports.base import Transport
 
 
-def make_transport(name: str) -> "Transport":
-    """A new transport for the method `name` (imports its module now)."""
+def make_transport(name: str, caller_buffers: bool = False) -> "Transport":
+    """A new transport for the method `name` (imports its module now); `caller_buffers`: one that refits the
+    caller's own tensors (refit_core/library), the method's `caller_transport` where it has one."""
     m = method(name)
     if m.refusal:
         raise ConfigError(m.refusal)
+    if caller_buffers and m.caller_transport:
+        module, cls = m.caller_transport.split(":")
+        return getattr(importlib.import_module(module), cls)(m.name)
     module, cls = m.transport.split(":")
     factory = getattr(importlib.import_module(module), cls)
     return factory(m.name) if m.named else factory()

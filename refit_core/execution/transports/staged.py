@@ -26,11 +26,14 @@ import time
 import torch
 import torch.distributed as dist
 
+from refit_core.errors import TransportError
+from refit_core.planning import methods
 from refit_core.planning.blocks import Block, Chunk, RankBlocks, ShardLayouts, chunk_bytes_for, rank_blocks
 from refit_core.planning.storage import Storage
 from refit_core.planning.storage import aligned
 from refit_core.execution.transports.base import IterationStats, RankContext, TransportReport, allocate, shard_buffer, whole
 from refit_core.execution.transports.copy import CudaBlockCopy, absolute, copy_blocks_torch, cuda_copy_available
+from refit_core.execution.transports.shared import SharedRounds, ShmStages, StageMemory
 
 class _Step:
     """One copy step (local, a round's pack or unpack) bound to its buffers."""
@@ -60,11 +63,14 @@ class StagedTransport(TransportReport):
     def __init__(self, name: str) -> None:
         super().__init__()
         self.name = name
+        # a one-sided method (nvshmem) runs here only on the caller's tensors, staged through its heap
+        self.two_sided = methods.method(name).two_sided
         self.setup_phase = f"{name} transport set-up (staging buffers, copy kernels)"
         self.src_buf: torch.Tensor | None = None
         self.dst_buf: torch.Tensor | None = None
         self.wire_source = None  # FP8 (sender.py): produces the source's wire bytes; no source buffer then
         self.relay: _Hop | None = None
+        self.shared: SharedRounds | None = None  # staging in shared memory (gloo, one host)
 
     def prepare(self, ctx: RankContext) -> None:
         self.ctx = ctx
@@ -78,9 +84,12 @@ class StagedTransport(TransportReport):
         chunk = chunk_bytes_for(ctx.plan, ctx.config.run.bucket_bytes)
         # FP8 plans stage every byte on both ends: the sender quantises each bucket as it packs it
         # (a zero-copy run would need the whole FP8 send image); both ends see the plan's precision.
+        # Through shared memory every byte is staged too (shared.py): there is no socket to send a run on.
         cfg = ctx.config
         threshold = cfg.run.staged_direct_min_bytes if cfg.run.staged_zero_copy and ctx.plan.destination is None else None
         layouts = ctx.layouts or ShardLayouts(ctx.plan)
+        if self._prepare_shared(ctx, chunk, layouts):
+            return
         rb: RankBlocks = rank_blocks(ctx.plan, ctx.rank_plan, ctx.source, ctx.destination, chunk, threshold, layouts)
         hop1 = _forwarding(ctx, chunk, threshold, layouts)
         # zero-copy messages: views of the shard buffers, sends then receives, each peer's in stream order
@@ -106,7 +115,7 @@ class StagedTransport(TransportReport):
                 _Step(unpack, r_stage, self.dst_buf, self.cuda) if unpack else None,
             ))
         self.relay = _Hop(self, hop1) if hop1.rounds or hop1.direct_sends or hop1.direct_recvs else None
-        self.info = {"rounds": rb.rounds, "chunk_bytes": chunk, "staging_sets": sets,
+        self.info = {"rounds": rb.rounds, "chunk_bytes": chunk, "staging_sets": sets, "shared_memory": False,
                      "relay_rounds": hop1.rounds, "relay_direct_ops": len(hop1.direct_sends) + len(hop1.direct_recvs),
                      "zero_copy": threshold is not None, "direct_min_bytes": threshold,
                      "direct_ops": len(self.direct), "direct_bytes": rb.direct_bytes, "staged_bytes": rb.staged_bytes}
@@ -116,6 +125,41 @@ class StagedTransport(TransportReport):
             shards = sum(b.numel() for b, given in ((self.src_buf, ctx.source_buffer), (self.dst_buf, ctx.destination_buffer))
                          if b is not None and given is None)  # the shard buffers this transport allocated
             self.measured_extra_bytes = torch.cuda.memory_allocated(dev) - before - shards
+
+    def _stage_memory(self, ctx: RankContext) -> StageMemory | None:
+        """Memory the ranks stage through instead of messages (shared.py), or None: NVSHMEM's symmetric heap
+        for a one-sided method (refit_core/library hands it the caller's tensors); /dev/shm for gloo on the CPU
+        with --gloo-shared-memory on, BF16 destinations (FP8's sender quantises into socket staging) and no
+        relays, if the ranks turn out to share a host."""
+        if not self.two_sided:
+            from refit_core.execution.transports.nvshmem import HeapStages
+
+            return HeapStages(ctx)
+        if ctx.device.type != "cpu" or dist.get_backend(ctx.active_group) != "gloo":
+            return None
+        cfg = ctx.config
+        return ShmStages(ctx.active_group) if cfg.run.gloo_shared_memory and ctx.plan.destination is None \
+            and not ctx.plan.relayed_bytes else None
+
+    def _prepare_shared(self, ctx: RankContext, chunk: int, layouts: ShardLayouts) -> bool:
+        """Every byte staged through memory the ranks share (`_stage_memory`), if they can: True if so."""
+        memory = self._stage_memory(ctx)
+        if memory is None:
+            return False
+        rb = rank_blocks(ctx.plan, ctx.rank_plan, ctx.source, ctx.destination, chunk, None, layouts)
+        self.shared = SharedRounds.bind(rb, ctx.rank, self.src_buf, self.dst_buf, ctx.active_group,
+                                        lambda blocks, src, dst: _Step(blocks, src, dst, self.cuda), memory)
+        if self.shared is None:
+            if not self.two_sided:
+                raise TransportError(f"--refit-method {self.name} on the caller's tensors stages through its "
+                                     "symmetric heap, which needs every rank on one node: use nccl across nodes")
+            return False
+        self.local = self._reader(list(rb.local), self.dst_buf) if rb.local else None
+        self.extra_bytes = self.shared.extra_bytes
+        self.info = {"rounds": len(self.shared.rounds), "chunk_bytes": chunk, "staging_sets": 1,
+                     "shared_memory": True, "zero_copy": False, "direct_ops": 0, "direct_bytes": 0,
+                     "staged_bytes": rb.staged_bytes}
+        return True
 
     def _reader(self, blocks: list[Block], dst: torch.Tensor) -> "_Step":
         """A step reading the source: a plain copy, or (FP8) the wire source producing the bytes."""
@@ -152,6 +196,9 @@ class StagedTransport(TransportReport):
         launches = 0
         clock = _Clock(cuda)
         clock.mark()
+        if self.shared is not None:
+            launches = self.shared.run(clock.lap, self.local)
+            return IterationStats(clock.total(), clock.phase_totals(), launches)
         direct = dist.batch_isend_irecv([dist.P2POp(op, buf, peer) for op, buf, peer in self.direct]) \
             if self.direct else []
         launches += 1 if self.direct else 0
@@ -204,6 +251,9 @@ class StagedTransport(TransportReport):
 
     def close(self) -> None:
         self.rounds = []
+        if self.shared is not None:
+            self.shared.close()
+            self.shared = None
         self.relay = None
         self.src_buf = self.dst_buf = None
         self.source_parts, self.destination_parts = [], []

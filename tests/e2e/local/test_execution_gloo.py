@@ -12,6 +12,7 @@ from jobs.local import run_locally
 from orchestrator.configs import resolve
 from orchestrator.configs.flags import apply_overrides
 from refit_core.config import RunConfig
+from refit_core.execution.transports.shared import PREFIX, SHM_DIR
 from refit_core.records import load_rank_record, rank_files
 
 SEED = ["config-1", "config-2", "config-3", "config-4", "config-5", "config-6",
@@ -88,7 +89,7 @@ def test_zero_copy_and_all_staged_paths_verify(name: str, env: dict[str, str], t
     per pair on both ends) and with it switched off: every destination byte verified, and each
     rank's record says which path ran and where its time went. The variables are read where the run is
     resolved (RunConfig.with_environment) and reach the ranks as config fields."""
-    cfg = small(name).with_environment(env)
+    cfg = small(name, gloo_shared_memory="off").with_environment(env)  # the socket path
     codes, res = run_locally(cfg, tmp_path, timeout_s=240)
     assert codes == [0] * cfg.hardware.gpus, (tmp_path / "logs" / "rank-0.log").read_text()
     assert res["verified"] and res["complete"]
@@ -102,3 +103,21 @@ def test_zero_copy_and_all_staged_paths_verify(name: str, env: dict[str, str], t
         assert all(r.transport["direct_ops"] == 0 and r.transport["staged_bytes"] for r in moved)
     phases = recs[0].iterations[-1].phases_ms
     assert set(phases) <= {"issue", "pack", "local", "transfer", "unpack", "direct"} and phases
+
+
+@pytest.mark.parametrize("name", ["config-6", "collocated-1"])
+def test_shared_memory_staging_verifies_over_rounds_and_leaves_no_file(name: str, tmp_path: Path) -> None:
+    """gloo ranks of one host stage through /dev/shm (transports/shared.py): with a 1 MiB bucket the ranks
+    have different numbers of rounds (every rank must meet every round's barriers), every byte still
+    verifies, each record says the shared path ran, and no staging file outlives the run."""
+    before = set(SHM_DIR.glob(f"{PREFIX}*"))
+    cfg = small(name, refit_bucket_size="1MiB")
+    codes, res = run_locally(cfg, tmp_path, timeout_s=240)
+    assert codes == [0] * cfg.hardware.gpus, (tmp_path / "logs" / "rank-0.log").read_text()
+    assert res["verified"] and res["complete"]
+    recs = ranks(tmp_path)
+    moved = [r for r in recs.values() if r.transport.get("staged_bytes")]
+    assert moved and all(r.transport["shared_memory"] is True and r.transport["direct_ops"] == 0 for r in moved)
+    assert len({r.transport["rounds"] for r in moved}) == 1 and moved[0].transport["rounds"] > 1
+    assert set(recs[0].iterations[-1].phases_ms) <= {"pack", "local", "transfer", "unpack"}
+    assert set(SHM_DIR.glob(f"{PREFIX}*")) == before

@@ -112,5 +112,5 @@ def test_what_it_cannot_refit_is_refused_in_one_line() -> None:
         "2 model chunks: virtual pipeline stages are not refit yet; pass one chunk per rank "
         "(--num-layers-per-virtual-pipeline-stage unset)",
         "refit_method object: refitctl takes a method name ('gloo' or 'nccl'), not a Megatron-Core CopyService",
-        "--refit-method nvshmem cannot refit the caller's tensors yet (its transport needs buffers of its own kind): "
-        "use gloo on CPU or nccl on GPUs"]
+        "--refit-method nvshmem refits tensors on CUDA GPUs, these are on cpu: move the models to the GPU, or use "
+        "gloo on CPU"]

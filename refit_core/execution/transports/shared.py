@@ -1,0 +1,221 @@
+"""Staged rounds through memory the peers share: the gloo transport between processes of one host.
+
+Over gloo, every staged or zero-copy byte crosses loopback TCP: the sender's kernel copies it into a socket
+buffer, the receiver's copies it out, in segments, with a system call and a wake-up for each. Processes of
+one host can instead share the staging: each sender packs its round's chunks into a buffer of its own that
+its receivers map (a file in /dev/shm), a barrier says the round is packed, each receiver unpacks its chunks
+straight from the senders' buffers, and a second barrier says the buffers may be packed again. Two memory
+copies per byte and two barriers per round, no byte through a socket; gloo carries only the barriers (and
+the set-up gather). The blocks are the staged path's own (refit_core/planning/blocks.py, every byte staged),
+so the bytes and their order are the same; the staging is bounded by the bucket as there.
+
+`--gloo-shared-memory off` keeps every byte on gloo's sockets; a run on several hosts, a relayed plan or FP8
+destinations (the sender quantises into its socket staging) use the sockets whatever the setting.
+
+The same rounds serve NVSHMEM where the bytes are the caller's (refit_core/library): the staging is then a
+buffer in NVSHMEM's symmetric heap (`HeapStages`, transports/nvshmem.py) that the receivers map, and the
+copies are the staged transport's CUDA kernels; `StageMemory` is what the two kinds of memory provide.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+import torch.distributed as dist
+
+from refit_core.errors import TransportError
+from refit_core.planning.blocks import Block, Chunk, RankBlocks
+from refit_core.planning.storage import aligned
+
+log = logging.getLogger(__name__)
+SHM_DIR = Path("/dev/shm")
+PREFIX = "refitctl-stage-"
+
+
+@dataclass(frozen=True)
+class Published:
+    """What a rank tells its peers once: its host, its staging file and where each round's chunk for each
+    receiver starts in it."""
+
+    host: str
+    where: str  # what a peer needs to map it (a file's path; "heap": NVSHMEM's); empty: cannot share
+    nbytes: int
+    offsets: dict[tuple[int, int], tuple[int, int]]  # (round, receiver) -> (offset, bytes)
+    rounds: int  # its own rounds: every rank runs the most any rank has (a barrier each is collective)
+
+
+def lay_out(chunks: tuple[Chunk, ...]) -> list[tuple[int, int, int]]:
+    """(peer, offset, bytes) of each chunk placed one after another, as the socket path's staging does."""
+    where, off = [], 0
+    for c in chunks:
+        where.append((c.peer, off, c.nbytes))
+        off += aligned(c.nbytes)
+    return where
+
+
+def map_file(path: str, nbytes: int, create: bool) -> tuple[torch.Tensor, mmap.mmap]:
+    """A shared mapping of a staging file as bytes, its pages mapped at once (MAP_POPULATE: one call instead
+    of a fault per page inside the first refit)."""
+    fd = os.open(path, os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0), 0o600)
+    try:
+        if create:
+            os.ftruncate(fd, nbytes)
+        mm = mmap.mmap(fd, nbytes, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
+    finally:
+        os.close(fd)
+    return torch.frombuffer(mm, dtype=torch.uint8), mm
+
+
+class StageMemory(Protocol):
+    """Memory a rank stages into and its peers read: made before the one gather (`create`, which returns what
+    a peer needs to map it, empty where this rank cannot share) or after it (`mine`, NVSHMEM's symmetric
+    heap, whose size every PE must agree on)."""
+
+    def create(self, nbytes: int) -> str: ...
+
+    def mine(self, every: list[Published]) -> torch.Tensor: ...
+
+    def peer(self, rank: int, every: list[Published]) -> torch.Tensor: ...
+
+    def barrier(self) -> None: ...
+
+    def mapped(self) -> None: ...  # every peer has mapped this rank's memory
+
+    def close(self) -> None: ...
+
+
+class ShmStages:
+    """Staging files in /dev/shm: created by their sender, mapped by its receivers, removed once all have
+    mapped them (the mappings live on), so no file outlives a run however it ends after that."""
+
+    def __init__(self, group: object) -> None:
+        self.group = group
+        self.path: Path | None = None
+        self.stage: torch.Tensor | None = None
+        self._maps: list[mmap.mmap] = []
+
+    def create(self, nbytes: int) -> str:
+        if not SHM_DIR.is_dir():
+            return ""
+        self.path = SHM_DIR / f"{PREFIX}{uuid.uuid4().hex}"
+        self.stage, mm = map_file(str(self.path), nbytes, create=True)
+        self._maps.append(mm)
+        return str(self.path)
+
+    def mine(self, every: list[Published]) -> torch.Tensor:
+        assert self.stage is not None
+        return self.stage
+
+    def peer(self, rank: int, every: list[Published]) -> torch.Tensor:
+        try:
+            t, mm = map_file(every[rank].where, every[rank].nbytes, create=False)
+        except OSError as e:
+            raise TransportError(f"cannot map rank {rank}'s staging in {SHM_DIR} ({e}): run with "
+                                 "--gloo-shared-memory off") from None
+        self._maps.append(mm)
+        return t
+
+    def barrier(self) -> None:
+        dist.barrier(group=self.group)
+
+    def mapped(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+            self.path = None
+
+    def close(self) -> None:
+        self.mapped()
+        self.stage, self._maps = None, []
+
+
+class SharedRounds:
+    """This rank's staged rounds bound to shared staging: pack into its own, unpack from its senders'.
+
+    Built with `bind`, which returns None where the ranks cannot all share (not on one host)."""
+
+    def __init__(self, memory: StageMemory, stage: torch.Tensor,
+                 rounds: list[tuple[Callable[[], int] | None, list[Callable[[], int]]]]) -> None:
+        self.memory, self.stage, self.rounds = memory, stage, rounds
+        self.extra_bytes = stage.numel()
+        self._mapped = False
+
+    @classmethod
+    def bind(cls, rb: RankBlocks, rank: int, src: torch.Tensor | None, dst: torch.Tensor | None, group: object,
+             step: Callable[[list[Block], torch.Tensor, torch.Tensor], Callable[[], int]],
+             memory: StageMemory) -> "SharedRounds | None":
+        """Make this rank's staging, tell the peers where its chunks are and map theirs (collective: one
+        gather). `step(blocks, src, dst)` makes a copy step (the staged transport's)."""
+        sends = [lay_out(r) for r in rb.sends]
+        size = max((sum(aligned(n) for _, _, n in r) for r in sends), default=0) or 1
+        try:
+            mine = Published(socket.gethostname(), memory.create(size), size,
+                             {(k, peer): (off, n) for k, r in enumerate(sends) for peer, off, n in r}, rb.rounds)
+            every: list = [None] * dist.get_world_size(group)
+            dist.all_gather_object(every, mine, group=group)
+            if any(p.host != mine.host or not p.where for p in every):
+                memory.close()
+                return None
+            stage = memory.mine(every)
+            peers = {p: memory.peer(p, every) for p in sorted({c.peer for r in rb.recvs for c in r})}
+        except BaseException:
+            memory.close()
+            raise
+        rounds: list[tuple[Callable[[], int] | None, list[Callable[[], int]]]] = []
+        for k in range(max(p.rounds for p in every)):
+            if k >= rb.rounds:  # nothing of this rank's own: it still meets the others' barriers
+                rounds.append((None, []))
+                continue
+            pack = [b._replace(dst=b.dst + off) for c, (_, off, _) in zip(rb.sends[k], sends[k]) for b in c.blocks]
+            unpack = [step([b._replace(src=b.src + cls._offset(every, c, k, rank)) for b in c.blocks], peers[c.peer],
+                           dst) for c in rb.recvs[k]] if dst is not None else []
+            rounds.append((step(pack, src, stage) if pack and src is not None else None, unpack))
+        return cls(memory, stage, rounds)
+
+    @staticmethod
+    def _offset(every: list, c: Chunk, k: int, rank: int) -> int:
+        off, n = every[c.peer].offsets[(k, rank)]
+        if n != c.nbytes:
+            raise TransportError(f"rank {rank}: rank {c.peer} stages {n} bytes for it in round {k}, it expects "
+                                 f"{c.nbytes}: the ranks planned different refits")
+        return off
+
+    def run(self, lap: Callable[[str], None], local: Callable[[], int] | None) -> int:
+        """Every round (pack, barrier, unpack, barrier), the local copies after the first barrier; the copy
+        launches. Phases: pack, transfer (the barriers: waiting for the peers), local, unpack."""
+        launches = 0
+        for k, (pack, unpack) in enumerate(self.rounds):
+            if pack is not None:
+                launches += pack()
+                lap("pack")
+            self.memory.barrier()
+            lap("transfer")
+            if not self._mapped:  # every peer mapped this rank's staging in bind, before this barrier
+                self.memory.mapped()
+                self._mapped = True
+            if k == 0 and local is not None:
+                launches += local()
+                lap("local")
+            for u in unpack:
+                launches += u()
+            if unpack:
+                lap("unpack")
+            self.memory.barrier()
+            lap("transfer")
+        if not self.rounds and local is not None:
+            launches += local()
+            lap("local")
+        return launches
+
+    def close(self) -> None:
+        """Drop the steps and the staging (its file too, if no refit ran)."""
+        self.rounds = []
+        self.memory.close()
+
