@@ -26,14 +26,13 @@ bounded() {
   if (( cap < 10 )); then echo "skipped: the budget is spent"; return 124; fi
   timeout "$cap" "$@"
 }
-save() { cp benchmarks/results/*.json "$OUT/" 2>/dev/null; true; }
+touch /tmp/session-start
+save() { find benchmarks/results -name '*.json' -newer /tmp/session-start -exec cp {} "$OUT/" \; 2>/dev/null; true; }
 trap save EXIT
 
 step "devices: $GPUS GPU(s)"; nvidia-smi -L; nvidia-smi topo -m 2>/dev/null | head -5
 step "GPU tests"
 bounded 240 python3 -m pytest -q -x -p no:cacheprovider tests/e2e/gpu/test_gpu.py 2>&1 | tail -15 | tee "$OUT/gpu-tests.txt"
-step "FP8 quantiser: compiled Triton kernels against the torch reference, bitwise"
-bounded 120 python3 -m pytest -q -p no:cacheprovider tests/e2e/gpu/test_fp8_gpu.py 2>&1 | tail -15 | tee "$OUT/fp8-gpu-tests.txt"
 step "refit_core.megatron.swap_model_weights on the GPU, bitwise against the oracle (needs the megatron-core wheel in .whl)"
 bounded 150 python3 -m pytest -q -p no:cacheprovider -rs tests/e2e/gpu/test_megatron_swap_gpu.py 2>&1 | tail -15 \
     | tee "$OUT/megatron-gpu-tests.txt"
@@ -43,6 +42,9 @@ bounded 150 python3 -m pytest -q -p no:cacheprovider -rs tests/e2e/gpu/test_libr
 step "what NVSHMEM staging costs the library (benchmarks/library_nvshmem.py)"
 bounded 120 python3 benchmarks/library_nvshmem.py 2>&1 | tail -8
 save
+
+step "FP8 quantiser: compiled Triton kernels against the torch reference, bitwise"
+bounded 120 python3 -m pytest -q -p no:cacheprovider tests/e2e/gpu/test_fp8_gpu.py 2>&1 | tail -15 | tee "$OUT/fp8-gpu-tests.txt"
 
 if [ "$MODE" = fp8 ]; then
   step "FP8 destinations beside BF16 (benchmarks/fp8_bench.py)"

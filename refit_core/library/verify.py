@@ -58,8 +58,8 @@ def _digest(buf: torch.Tensor, offset: int, stride: int, rows: int, row_bytes: i
     return Digest(int(total), int(weighted))
 
 
-def _key(t: Transfer) -> tuple[int, int, int, int, int]:
-    return (t.param, t.src, t.dst, t.start, t.length)
+def _key(t: Transfer) -> tuple[int, int, int, int, int, int]:
+    return (t.param, t.src, t.dst, t.start, t.length, t.hop)
 
 
 class TransferDigests:
@@ -70,6 +70,11 @@ class TransferDigests:
         self.plan, self.rank = plan, rank
         self.sent = [t for ts in rp.sends.values() for t in ts] + list(rp.local)
         self.received = [t for ts in rp.recvs.values() for t in ts] + list(rp.local)
+        # a relayed plan's hop 1: a relay forwards from its destination shard what it received at hop 0, so
+        # its digest of a forwarded range is taken there, and the final receiver compares with it
+        fw = plan.for_rank(rank, hop=1) if plan.relayed_bytes else None
+        self.forwarded = [t for ts in fw.sends.values() for t in ts] if fw else []
+        self.received += [t for ts in fw.recvs.values() for t in ts] if fw else []
         self.source, self.destination = source, destination
 
     def _side(self, t: Transfer, buf: torch.Tensor, storage: Storage, sending: bool) -> Digest:
@@ -85,6 +90,8 @@ class TransferDigests:
 
         Raises VerificationError on every rank, naming the first wrong transfer any rank found."""
         mine = {_key(t): self._side(t, src_buf, self.source, True) for t in self.sent} if src_buf is not None else {}
+        if dst_buf is not None:
+            mine.update({_key(t): self._side(t, dst_buf, self.destination, True) for t in self.forwarded})
         every: list[dict] = [None] * dist.get_world_size(group)  # type: ignore[list-item]
         dist.all_gather_object(every, mine, group=group)
         sent = {k: v for d in every for k, v in d.items()}

@@ -4,9 +4,9 @@ Over gloo, every staged or zero-copy byte crosses loopback TCP: the sender's ker
 buffer, the receiver's copies it out, in segments, with a system call and a wake-up for each. Processes of
 one host can instead share the staging: each sender packs its round's chunks into a buffer of its own that
 its receivers map (a file in /dev/shm), a barrier says the round is packed, each receiver unpacks its chunks
-straight from the senders' buffers, and a second barrier says the buffers may be packed again. Two memory
-copies per byte and two barriers per round, no byte through a socket; gloo carries only the barriers (and
-the set-up gather). The blocks are the staged path's own (refit_core/planning/blocks.py, every byte staged),
+straight from the senders' buffers; the next round packs into the other half of the staging, so one barrier
+per round suffices (SharedRounds.run says why). Two memory copies per byte, no byte through a socket; gloo
+carries only the barriers (and the set-up gather). The blocks are the staged path's own (refit_core/planning/blocks.py, every byte staged),
 so the bytes and their order are the same; the staging is bounded by the bucket as there.
 
 `--gloo-shared-memory off` keeps every byte on gloo's sockets; a run on several hosts, a relayed plan or FP8
@@ -61,16 +61,25 @@ def lay_out(chunks: tuple[Chunk, ...]) -> list[tuple[int, int, int]]:
     return where
 
 
-def map_file(path: str, nbytes: int, create: bool) -> tuple[torch.Tensor, mmap.mmap]:
-    """A shared mapping of a staging file as bytes, its pages mapped at once (MAP_POPULATE: one call instead
-    of a fault per page inside the first refit)."""
+MADV_POPULATE_READ, MADV_POPULATE_WRITE = 22, 23  # Linux 5.14+ (Python 3.11's mmap names neither)
+
+
+def map_file(path: str, nbytes: int, create: bool, populate: int = 0) -> tuple[torch.Tensor, mmap.mmap]:
+    """A shared mapping of a staging file as bytes. Its first `populate` bytes are mapped at once, in one call
+    instead of a fault per page inside the first refit (the creator allocates them; a reader maps the pages the
+    creator made); the rest fault in at first use. Where the kernel cannot, every page faults in at first use."""
     fd = os.open(path, os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0), 0o600)
     try:
         if create:
             os.ftruncate(fd, nbytes)
-        mm = mmap.mmap(fd, nbytes, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
+        mm = mmap.mmap(fd, nbytes, flags=mmap.MAP_SHARED)
     finally:
         os.close(fd)
+    if populate:
+        try:
+            mm.madvise(MADV_POPULATE_WRITE if create else MADV_POPULATE_READ, 0, min(populate, nbytes))
+        except (OSError, ValueError):
+            pass
     return torch.frombuffer(mm, dtype=torch.uint8), mm
 
 
@@ -106,7 +115,7 @@ class ShmStages:
         if not SHM_DIR.is_dir():
             return ""
         self.path = SHM_DIR / f"{PREFIX}{uuid.uuid4().hex}"
-        self.stage, mm = map_file(str(self.path), nbytes, create=True)
+        self.stage, mm = map_file(str(self.path), nbytes, create=True, populate=nbytes // 2)  # the first half
         self._maps.append(mm)
         return str(self.path)
 
@@ -116,7 +125,7 @@ class ShmStages:
 
     def peer(self, rank: int, every: list[Published]) -> torch.Tensor:
         try:
-            t, mm = map_file(every[rank].where, every[rank].nbytes, create=False)
+            t, mm = map_file(every[rank].where, every[rank].nbytes, create=False, populate=every[rank].nbytes // 2)
         except OSError as e:
             raise TransportError(f"cannot map rank {rank}'s staging in {SHM_DIR} ({e}): run with "
                                  "--gloo-shared-memory off") from None
@@ -136,16 +145,20 @@ class ShmStages:
         self.stage, self._maps = None, []
 
 
+Round = tuple["Callable[[], int] | None", "list[Callable[[], int]]"]
+"""One round on one half of the staging: this rank's pack step (None: it sends nothing) and its unpack steps."""
+
+
 class SharedRounds:
     """This rank's staged rounds bound to shared staging: pack into its own, unpack from its senders'.
 
     Built with `bind`, which returns None where the ranks cannot all share (not on one host)."""
 
-    def __init__(self, memory: StageMemory, stage: torch.Tensor,
-                 rounds: list[tuple[Callable[[], int] | None, list[Callable[[], int]]]]) -> None:
-        self.memory, self.stage, self.rounds = memory, stage, rounds
+    def __init__(self, memory: StageMemory, stage: torch.Tensor, rounds: list[tuple[Round, Round]]) -> None:
+        self.memory, self.stage, self.rounds = memory, stage, rounds  # each round's steps for either half
         self.extra_bytes = stage.numel()
         self._mapped = False
+        self._turn = 0  # rounds run so far: which half the next one uses
 
     @classmethod
     def bind(cls, rb: RankBlocks, rank: int, src: torch.Tensor | None, dst: torch.Tensor | None, group: object,
@@ -154,9 +167,9 @@ class SharedRounds:
         """Make this rank's staging, tell the peers where its chunks are and map theirs (collective: one
         gather). `step(blocks, src, dst)` makes a copy step (the staged transport's)."""
         sends = [lay_out(r) for r in rb.sends]
-        size = max((sum(aligned(n) for _, _, n in r) for r in sends), default=0) or 1
+        half = max((sum(aligned(n) for _, _, n in r) for r in sends), default=0) or 1
         try:
-            mine = Published(socket.gethostname(), memory.create(size), size,
+            mine = Published(socket.gethostname(), memory.create(2 * half), 2 * half,
                              {(k, peer): (off, n) for k, r in enumerate(sends) for peer, off, n in r}, rb.rounds)
             every: list = [None] * dist.get_world_size(group)
             dist.all_gather_object(every, mine, group=group)
@@ -168,15 +181,17 @@ class SharedRounds:
         except BaseException:
             memory.close()
             raise
-        rounds: list[tuple[Callable[[], int] | None, list[Callable[[], int]]]] = []
+        rounds: list[tuple[Round, Round]] = []
         for k in range(max(p.rounds for p in every)):
             if k >= rb.rounds:  # nothing of this rank's own: it still meets the others' barriers
-                rounds.append((None, []))
+                rounds.append(((None, []), (None, [])))
                 continue
-            pack = [b._replace(dst=b.dst + off) for c, (_, off, _) in zip(rb.sends[k], sends[k]) for b in c.blocks]
-            unpack = [step([b._replace(src=b.src + cls._offset(every, c, k, rank)) for b in c.blocks], peers[c.peer],
-                           dst) for c in rb.recvs[k]] if dst is not None else []
-            rounds.append((step(pack, src, stage) if pack and src is not None else None, unpack))
+            rounds.append(tuple(  # type: ignore[arg-type]
+                (step([b._replace(dst=b.dst + off + h * half) for c, (_, off, _) in zip(rb.sends[k], sends[k])
+                       for b in c.blocks], src, stage) if sends[k] and src is not None else None,
+                 [step([b._replace(src=b.src + cls._offset(every, c, k, rank) + h * (every[c.peer].nbytes // 2))
+                        for b in c.blocks], peers[c.peer], dst) for c in rb.recvs[k]] if dst is not None else [])
+                for h in (0, 1)))
         return cls(memory, stage, rounds)
 
     @staticmethod
@@ -188,10 +203,15 @@ class SharedRounds:
         return off
 
     def run(self, lap: Callable[[str], None], local: Callable[[], int] | None) -> int:
-        """Every round (pack, barrier, unpack, barrier), the local copies after the first barrier; the copy
-        launches. Phases: pack, transfer (the barriers: waiting for the peers), local, unpack."""
+        """Every round: pack into this round's half, a barrier, unpack from the senders' same half; the local
+        copies after the first barrier; the copy launches. The halves alternate from round to round (across
+        calls too, every rank counting the same rounds), so a sender packs a half again only two rounds later,
+        after a barrier each receiver meets only once done reading it: one barrier per round, none closing.
+        Phases: pack, transfer (the barrier: waiting for the peers), local, unpack."""
         launches = 0
-        for k, (pack, unpack) in enumerate(self.rounds):
+        for k, halves in enumerate(self.rounds):
+            pack, unpack = halves[self._turn & 1]
+            self._turn += 1
             if pack is not None:
                 launches += pack()
                 lap("pack")
@@ -207,8 +227,6 @@ class SharedRounds:
                 launches += u()
             if unpack:
                 lap("unpack")
-            self.memory.barrier()
-            lap("transfer")
         if not self.rounds and local is not None:
             launches += local()
             lap("local")

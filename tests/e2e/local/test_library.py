@@ -161,3 +161,47 @@ def test_world_size_must_match() -> None:
 def _too_few_ranks(cfg) -> None:
     with pytest.raises(ConfigError, match="^the process group has 2 ranks but the layouts use 4 of a world of 4: "):
         Refit.build(cfg, None, None)
+
+
+def corrupt_forwarded_rank(cfg) -> tuple[int, str]:
+    """A relayed plan: a byte a relay forwarded (hop 1) changed after the refit on the final receiver."""
+    from refit_core.planning.blocks import transfer_block
+
+    src = rank_tensors(cfg, "source", True, False)
+    dst = rank_tensors(cfg, "destination", False, False)
+    refit = Refit.build(cfg, src, dst)
+    assert refit.plan.relayed_bytes
+    clean = refit().transfers_checked  # every hop verified as it is
+    me = dist.get_rank()
+    hop1 = [t for t in refit.plan.transfers if t.hop == 1 and t.dst == me]
+    inner = refit.transport.iteration
+
+    def corrupted():
+        stats = inner()
+        if hop1:
+            t, p = hop1[0], refit.plan.params[hop1[0].param]
+            slot = refit.destination.storage.by_param[t.param]
+            refit.destination.buffer[transfer_block(t, p.shape, p.split_dim, slot, slot).dst] ^= 1
+        return stats
+
+    refit.transport.iteration = corrupted
+    try:
+        refit()
+    except VerificationError as e:
+        return clean, str(e)
+    return clean, "passed"
+
+
+def test_a_relayed_plan_is_checked_on_both_hops() -> None:
+    """TP2 -> TP2 on two nodes of 2 (sources 0-1, destinations 2-3): each destination gets the slices both need
+    once per node and forwards half of them (hop 1). The check covers what the relays forwarded."""
+    cfg = refit_config(TINY, ParallelLayout(tp=2), ParallelLayout(tp=2), world_size=4, collocated=False)
+    cfg = cfg.with_changes(gpus_per_node=2)
+    res = run_local(4, corrupt_forwarded_rank, cfg)
+    assert res[2][0] > 0 and res[3][0] > 0
+    errors = {e for _, e in res}
+    assert len(errors) == 1 and errors != {"passed"}, errors
+    (error,) = errors
+    assert error.startswith("rank 2: ") or error.startswith("rank 3: ")
+    assert error.endswith("from rank 3 differs from the source's bytes after the refit") or \
+        error.endswith("from rank 2 differs from the source's bytes after the refit")  # a relay, not a source
