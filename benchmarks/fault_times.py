@@ -76,7 +76,7 @@ def direct(config: str, fault: str, timeout: float, tmp: Path) -> dict:
     t0 = fault_time(run_dir, rank)
     proc_ends = {r: ProcessEnd(signal=-c) if c < 0 else ProcessEnd(code=c) for r, c in enumerate(codes) if c}
     order = sorted(proc_ends, key=lambda r: ends[r])
-    d = diagnose(progress(run_dir, world, cfg.warmup, cfg.iterations), proc_ends, order, "FAILED")
+    d = diagnose(progress(run_dir, world, cfg.run.warmup, cfg.run.iterations), proc_ends, order, "FAILED")
     return {"config": config, "fault": fault, "rank": rank, "exit_codes": codes,
             "exits_after_fault_s": [round(t - t0, 1) for t in ends] if t0 else None,
             "all_exited_after_s": round(max(ends) - t0, 1) if t0 else None,

@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         sizes = ("seed",) if args.quick else ("seed", "large")
         layers = args.large_layers or (4 if gpus == 1 else 8)
         todo = fp8_cases(gpus, sizes, {"seed": args.iterations, "large": args.large_iterations}, layers)
-    plans = [plan_transfers(c.config.inventory(), c.config.world(), precision=c.config.inference_precision)
+    plans = [plan_transfers(c.config.inventory(), c.config.world(), precision=c.config.run.inference_precision)
              for c in todo]
     work = Path(tempfile.mkdtemp(prefix="fp8-bench-"))
     by_size: dict[str, dict[str, float]] = {}
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(run_case(c, max(gpus, 1), work, by_size))
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "transport"}), flush=True)
         path.write_text(json.dumps({**head, "partial": True, "rows": rows}, indent=1))  # a run cut short keeps its rows
-    pair_up(rows, plans, max(gpus, 1), by_size, [methods.method(c.config.method).two_sided for c in todo])
+    pair_up(rows, plans, max(gpus, 1), by_size, [methods.method(c.config.run.method).two_sided for c in todo])
     out = {**head, "env": {k: os.environ.get(k) for k in SAFE_ENV}, "ceilings_by_size": by_size, "rows": rows,
            "wall_s": round(time.time() - t_start, 1)}
     path.write_text(json.dumps(out, indent=1))

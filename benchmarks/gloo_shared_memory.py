@@ -66,10 +66,10 @@ def one_run(cfg: RunConfig) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as d:
         codes, res = run_locally(cfg, Path(d), timeout_s=600)
         info = {k: v for f in rank_files(Path(d)) for k, v in (load_rank_record(f).transport or {}).items()}
-    if codes != [0] * cfg.gpus or not res.get("verified"):
+    if codes != [0] * cfg.hardware.gpus or not res.get("verified"):
         raise SystemExit(f"{cfg.name}: the run failed (exit codes {codes})")
-    if info.get("shared_memory") is not cfg.gloo_shared_memory:
-        raise SystemExit(f"{cfg.name}: --gloo-shared-memory {cfg.gloo_shared_memory} but the ranks report "
+    if info.get("shared_memory") is not cfg.run.gloo_shared_memory:
+        raise SystemExit(f"{cfg.name}: --gloo-shared-memory {cfg.run.gloo_shared_memory} but the ranks report "
                          f"shared_memory={info.get('shared_memory')}")
     return {"median_ms": res["median_ms"], "shared_memory": info.get("shared_memory")}
 
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         copied = sum(2 * t.bytes_in + t.bytes_local for t in plan.per_rank.values())
         bound = copied / doc["copy_gbps"] / 1e6
         speedups = [b / a for a, b in zip(on, off)]
-        row = {"config": name, "ranks": cfg.gpus, "delivered_bytes": sum(t.bytes_in + t.bytes_local
+        row = {"config": name, "ranks": cfg.hardware.gpus, "delivered_bytes": sum(t.bytes_in + t.bytes_local
                                                                           for t in plan.per_rank.values()),
                "shared_ms": on, "socket_ms": off, "speedups": [round(x, 3) for x in speedups],
                "speedup": round(statistics.median(speedups), 3), "spread": [round(min(speedups), 3),

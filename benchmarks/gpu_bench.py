@@ -86,7 +86,7 @@ class Case:
 
     @property
     def label(self) -> str:
-        return self.config.name + ("" if self.zero_copy or self.config.method != "nccl" else " (all staged)")
+        return self.config.name + ("" if self.zero_copy or self.config.run.method != "nccl" else " (all staged)")
 
 
 def gpu_of(rank: int, gpus: int) -> int:
@@ -345,20 +345,20 @@ def run_case(case: Case, gpus: int, work: Path, by_size: dict[str, dict[str, flo
     from jobs.local import run_locally
 
     cfg = case.config
-    plan = plan_transfers(cfg.inventory(), cfg.world(), precision=cfg.inference_precision)
-    row: dict[str, Any] = {"config": case.label, "method": cfg.method, "size": case.size, "zero_copy": case.zero_copy,
+    plan = plan_transfers(cfg.inventory(), cfg.world(), precision=cfg.run.inference_precision)
+    row: dict[str, Any] = {"config": case.label, "method": cfg.run.method, "size": case.size, "zero_copy": case.zero_copy,
                            "gpus": min(gpus, cfg.world().gpus_used), "pes": cfg.world().gpus_used,
                            "precision": plan.precision, "bytes": plan.delivered_bytes,
                            "wire_bytes": plan.network_bytes}
     if case.skip:
         return {**row, "verified": None, "skipped": case.skip}
-    run_dir = work / f"{cfg.name}-{cfg.method}-{'zc' if case.zero_copy else 'staged'}"
+    run_dir = work / f"{cfg.name}-{cfg.run.method}-{'zc' if case.zero_copy else 'staged'}"
     t0 = time.monotonic()
     codes, res = run_locally(cfg.with_changes(staged_zero_copy=case.zero_copy), run_dir, timeout_s=300, grace_s=20)
     row["wall_s"] = round(time.monotonic() - t0, 1)
-    t = traffic(plan, gpus, placement_of(run_dir, cfg.gpus, gpus))
+    t = traffic(plan, gpus, placement_of(run_dir, cfg.hardware.gpus, gpus))
     row.update(network_bytes_max_rank=t.network_bytes_max, both_ways=t.both_ways, local_bytes_max_gpu=t.local_bytes_max,
-               gpus=t.gpus_used, **bound(t, cfg.method, gpus, by_size))
+               gpus=t.gpus_used, **bound(t, cfg.run.method, gpus, by_size))
     if any(codes) or not res or not res.get("verified"):
         logs = sorted((run_dir / "logs").glob("*.log"))
         tail = next((p.read_text(errors="replace")[-1500:] for p in logs if "Error" in p.read_text(errors="replace")), "")
@@ -373,7 +373,7 @@ def run_case(case: Case, gpus: int, work: Path, by_size: dict[str, dict[str, flo
                phases_ms={k: statistics.median(i.get("phases_ms", {}).get(k, 0.0) for i in timed) for k in phases},
                launches=timed[-1].get("launches"), transport=res.get("transport", {}),
                extra_bytes_max=res.get("extra_bytes_max"), extra_bytes_measured_max=res.get("extra_bytes_measured_max"),
-               bucket_bytes=cfg.bucket_bytes, at_least_100ms=med >= 100.0)
+               bucket_bytes=cfg.run.bucket_bytes, at_least_100ms=med >= 100.0)
     return row
 
 

@@ -111,7 +111,7 @@ def summarize(name: str, cfg: RunConfig, ranks: list[dict[str, Any]]) -> dict[st
     median = statistics.median(per_call)
     gbps = ranks[0]["copy_gbps"]
     bound = moved / gbps / 1e6
-    return {"config": name, "pes": cfg.gpus, "delivered_bytes": delivered, "copied_bytes": moved,
+    return {"config": name, "pes": cfg.hardware.gpus, "delivered_bytes": delivered, "copied_bytes": moved,
             "median_ms": round(median, 3), "min_ms": round(min(per_call), 3), "bound_ms": round(bound, 3),
             "of_bound": round(bound / median, 3), "copy_gbps": round(gbps, 1),
             "first_ms": round(max(r["build_and_first_ms"] for r in ranks), 3),
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out
     for name in args.configs.split(","):
         cfg = row_config(name, args.size, args.bucket)
-        ranks = run_local(cfg.gpus, rank_main, cfg, args.calls, timeout_s=300)
+        ranks = run_local(cfg.hardware.gpus, rank_main, cfg, args.calls, timeout_s=300)
         row = summarize(name, cfg, ranks)
         doc["rows"].append(row)
         print(json.dumps(row), flush=True)

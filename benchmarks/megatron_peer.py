@@ -69,7 +69,7 @@ def refitctl_traffic(cfg: RunConfig) -> dict[str, int]:
             "delivered_bytes": plan.delivered_bytes,
             "busiest_in_bytes": max(v.bytes_in for v in pr), "busiest_out_bytes": max(v.bytes_out for v in pr),
             "messages": len(pairs), "busiest_messages_in": max((sum(1 for s, d in pairs if d == r)
-                                                                for r in range(cfg.gpus)), default=0)}
+                                                                for r in range(cfg.hardware.gpus)), default=0)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,8 +222,8 @@ def summarize(name: str, cfg: RunConfig, backend: str, ranks: list[dict[str, Any
     ok = lambda key: all(v for r in ranks for _, v in (r["first"] if key == "a" else r["peer_first"]) + r[key])  # noqa: E731
     firsts = [round(b / a, 3) for (a, _), (b, _) in zip(r0["first"], r0["peer_first"])]
     first, peer_first = statistics.median(t for t, _ in r0["first"]), statistics.median(t for t, _ in r0["peer_first"])
-    return {"config": name, "mode": cfg.mode.value, "layouts": f"{_short(cfg.source)} -> {_short(cfg.destination)}",
-            "world": cfg.gpus, "payload": "megatron", "method": backend, "peer_method": f"megatron-{backend}",
+    return {"config": name, "mode": cfg.layouts.mode.value, "layouts": f"{_short(cfg.layouts.source)} -> {_short(cfg.layouts.destination)}",
+            "world": cfg.hardware.gpus, "payload": "megatron", "method": backend, "peer_method": f"megatron-{backend}",
             "rounds": len(speedups), "speedups": speedups, "speedup": round(statistics.median(speedups), 3),
             "speedup_min": min(speedups), "speedup_max": max(speedups),
             "first_ms": round(first, 3), "peer_first_ms": round(peer_first, 3),
@@ -297,12 +297,12 @@ def main(argv: list[str] | None = None) -> int:
         "rows": [], "skipped": []}
     for name in args.configs.split(","):
         cfg = row_config(name, args.backend, size)
-        if gpus is not None and cfg.gpus > gpus:
-            doc["skipped"].append(f"{name}: needs {cfg.gpus} GPUs, {gpus} here")
-            print(f"skip {name}: needs {cfg.gpus} GPUs", flush=True)
+        if gpus is not None and cfg.hardware.gpus > gpus:
+            doc["skipped"].append(f"{name}: needs {cfg.hardware.gpus} GPUs, {gpus} here")
+            print(f"skip {name}: needs {cfg.hardware.gpus} GPUs", flush=True)
             continue
         t0 = time.monotonic()
-        ranks = mb.run_ranks(cfg.gpus, row_rank, cfg, args.rounds, args.calls, args.first_rounds, args.backend, timeout_s=1200,
+        ranks = mb.run_ranks(cfg.hardware.gpus, row_rank, cfg, args.rounds, args.calls, args.first_rounds, args.backend, timeout_s=1200,
                              backend=args.backend)
         row = summarize(name, cfg, args.backend, ranks, time.monotonic() - t0)
         doc["rows"].append(row)

@@ -96,7 +96,7 @@ def refit(cfg: RunConfig, work: Path, tag: str) -> dict:
     return {"verified": True, "bytes": res["delivered_bytes"], "median_ms": res["median_ms"], "min_ms": min(timed),
             "GBps": res["GBps"], "launches": res["iterations"][-1]["launches"],
             "extra_bytes_max": res["extra_bytes_max"], "extra_bytes_measured_max": res.get("extra_bytes_measured_max"),
-            "bucket_bytes": cfg.bucket_bytes, "transport": res.get("transport", {})}
+            "bucket_bytes": cfg.run.bucket_bytes, "transport": res.get("transport", {})}
 
 
 def config_for(name: str, method: str, iters: int, large: bool) -> RunConfig:

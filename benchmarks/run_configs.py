@@ -47,11 +47,11 @@ def run_config(name: str, method: str | None, overrides: dict[str, object], keep
     if not keep_idle:
         cfg = cfg.with_changes(gpus=cfg.world().gpus_used)
     cfg.validate()
-    run_dir = workdir / f"{name}-{cfg.method}"
+    run_dir = workdir / f"{name}-{cfg.run.method}"
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(cfg.to_json()))
     t0 = time.monotonic()
-    codes = launch(run_dir, cfg.gpus, timeout_s=timeout_s, extra_env=env)
+    codes = launch(run_dir, cfg.hardware.gpus, timeout_s=timeout_s, extra_env=env)
     wall = time.monotonic() - t0
     res_path = run_dir / "results.json"
     res = json.loads(res_path.read_text()) if res_path.exists() else {}
@@ -64,7 +64,7 @@ def run_config(name: str, method: str | None, overrides: dict[str, object], keep
                 break
         res.setdefault("errors", {})["launcher"] = f"exit codes {codes}; {tail}"
     plan_bytes = res.get("delivered_bytes")
-    return {"config": name, "method": cfg.method, "pes": cfg.world().gpus_used, "world": cfg.gpus,
+    return {"config": name, "method": cfg.run.method, "pes": cfg.world().gpus_used, "world": cfg.hardware.gpus,
             "bytes": plan_bytes, "median_ms": res.get("median_ms"), "min_ms": res.get("min_ms"),
             "GBps": res.get("GBps"), "warmup_ms": res.get("warmup_ms"), "verified": res.get("verified", False),
             "launches": max((i.get("launches", 0) for i in res.get("iterations", [])), default=None),

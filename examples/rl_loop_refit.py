@@ -49,7 +49,7 @@ def rl_loop(cfg: RunConfig) -> list[str]:
 
 
 if __name__ == "__main__":
-    cfg = RunConfig("rl-loop", MODEL, ParallelLayout(tp=2), ParallelLayout(ep=2), RefitMode.COLLOCATED,
+    cfg = RunConfig.of("rl-loop", MODEL, ParallelLayout(tp=2), ParallelLayout(ep=2), RefitMode.COLLOCATED,
                     method="gloo", gpus=2)
     for line in run_local(2, rl_loop, cfg)[0]:
         print(line)

@@ -69,6 +69,6 @@ def run_locally(cfg: "RunConfig", run_dir: Path, timeout_s: float = 600, grace_s
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run_dir / CONFIG_FILE, cfg.to_json())
     prepare(run_dir)
-    codes = launch(run_dir, cfg.gpus, timeout_s=timeout_s, grace_s=grace_s, extra_env=extra_env)
+    codes = launch(run_dir, cfg.hardware.gpus, timeout_s=timeout_s, grace_s=grace_s, extra_env=extra_env)
     res = run_dir / RESULTS_FILE
     return codes, (json.loads(res.read_text()) if res.exists() else None)

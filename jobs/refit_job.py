@@ -138,19 +138,19 @@ class _Rank:
         environment.apply_safe_defaults()
         cfg = load_config(self.run_dir)
         self.devices = load_devices(self.run_dir)
-        self.watchdog = Watchdog(cfg.timeout_s, self.task.rank, self.record_error, on_phase=self.writer.enter_phase)
+        self.watchdog = Watchdog(cfg.run.timeout_s, self.task.rank, self.record_error, on_phase=self.writer.enter_phase)
         self.watchdog.arm("start-up (imports, config)")
         world = cfg.world()
-        self.record.role = world.role(self.task.rank) if self.task.rank < cfg.gpus else "?"
+        self.record.role = world.role(self.task.rank) if self.task.rank < cfg.hardware.gpus else "?"
         self.save(self.record)
         if self.task.rank == 0:
             (self.run_dir / RESULTS_FILE).unlink(missing_ok=True)
         if self.task.restarts:
             self.say(f"attempt {self.task.restarts + 1}: the job was requeued {self.task.restarts} time(s); "
                      "the refit starts again")
-        if self.task.world_size != cfg.gpus:
-            raise RuntimeError(f"job has {self.task.world_size} tasks but config {cfg.name} needs a world of {cfg.gpus}")
-        return cfg, list(range(self.task.world_size if method(cfg.method).all_ranks else world.gpus_used))
+        if self.task.world_size != cfg.hardware.gpus:
+            raise RuntimeError(f"job has {self.task.world_size} tasks but config {cfg.name} needs a world of {cfg.hardware.gpus}")
+        return cfg, list(range(self.task.world_size if method(cfg.run.method).all_ranks else world.gpus_used))
 
     def join(self, cfg: "RunConfig", active: list[int]) -> tuple[Any, Any]:
         """This rank's device and its process group (gloo beside nccl for set-up and the end)."""
@@ -164,8 +164,8 @@ class _Rank:
         self.dist = dist
         self.watchdog.arm("CUDA device set-up")
         device = rank_device(cfg, self.devices, self.task, torch)
-        backend, task = method(cfg.method).backend, self.task
-        timeout = datetime.timedelta(seconds=cfg.timeout_s)
+        backend, task = method(cfg.run.method).backend, self.task
+        timeout = datetime.timedelta(seconds=cfg.run.timeout_s)
         self.watchdog.arm(f"process-group init ({backend}" + (", NCCL communicator" if backend == "nccl" else "") + ")")
         self.hooks.before("init")
         kwargs: dict[str, Any] = {"device_id": device} if backend == "nccl" else {}
@@ -197,12 +197,12 @@ class _Rank:
         return plan
 
     def fallback_without_gpu(self, cfg: "RunConfig") -> "RunConfig":
-        """A config's own GPU method on a node without CUDA (RunConfig.fallback_without_gpu, set for runs on
-        SLURM): its CPU fallback, said in the rank's log, as a run on this host decides before launch."""
+        """A config's own GPU method on a node without CUDA (devices.json's `fallback_without_gpu`, decided for
+        runs on SLURM): its CPU fallback, said in the rank's log, as a run on this host decides before launch."""
         from refit_core.planning.methods import method
 
-        m = method(cfg.method)
-        if not cfg.fallback_without_gpu or not m.needs_cuda or m.cpu_fallback is None:
+        m = method(cfg.run.method)
+        if self.devices is None or not self.devices.fallback_without_gpu or not m.needs_cuda or m.cpu_fallback is None:
             return cfg
         assert self.watchdog is not None
         self.watchdog.arm("importing torch")
@@ -211,7 +211,7 @@ class _Rank:
         if torch.cuda.is_available():
             return cfg
         self.say(f"no CUDA GPU on this node: running {cfg.name} with {m.cpu_fallback} on the CPU instead of "
-                 f"{cfg.method} (on GPUs it runs {cfg.method}; --refit-method {cfg.method} insists on it)")
+                 f"{cfg.run.method} (on GPUs it runs {cfg.run.method}; --refit-method {cfg.run.method} insists on it)")
         self.devices = None  # placed for the GPU method; the fallback runs on the CPU
         return cfg.with_changes(method=m.cpu_fallback)
 
@@ -265,13 +265,13 @@ def rank_device(cfg: "RunConfig", placed: "DeviceMap | None", task: TaskEnv, tor
     from refit_core.planning.devices import assign_devices
     from refit_core.planning.methods import method
 
-    if not method(cfg.method).uses_gpus:
+    if not method(cfg.run.method).uses_gpus:
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise RuntimeError(f"--refit-method {cfg.method} needs CUDA GPUs; use --refit-method gloo on CPU")
+        raise RuntimeError(f"--refit-method {cfg.run.method} needs CUDA GPUs; use --refit-method gloo on CPU")
     count = torch.cuda.device_count()
     if placed is None:  # a run directory written without a placement: the same rules, this node's GPUs
-        placed = assign_devices(cfg.world(), cfg.method, task.local_world_size or cfg.gpus, count)
+        placed = assign_devices(cfg.world(), cfg.run.method, task.local_world_size or cfg.hardware.gpus, count)
     index = placed.device(task.rank)
     if index is None or index >= count:
         raise RuntimeError(f"rank {task.rank} is placed on GPU {index} but this node shows {count} GPU(s) "
@@ -302,7 +302,7 @@ def payload_transport(cfg: "RunConfig", plan: "Plan") -> Any:
     from refit_core.execution.engine import run_transport
 
     transport = run_transport(cfg, plan)
-    if cfg.payload == PAYLOADS[0]:
+    if cfg.run.payload == PAYLOADS[0]:
         return transport
     from refit_core.megatron.payload import MegatronPayload
 

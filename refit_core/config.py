@@ -1,10 +1,13 @@
-"""A refit run, fully resolved: model, both layouts, mode, method, iterations, the run's settings and the
-hardware figures its prediction uses.
+"""A refit run, fully resolved: the model, then its sections (refit_core/sections.py): `layouts` (both layouts and
+the mode: what is refit where), `run` (method, iterations and the other settings: how it is carried out) and
+`hardware` (GPUs, their memory, GPUs per node and the link figures its prediction uses: what it is given).
 
 `RunConfig` is what a user asked for: it crosses every boundary (CLI -> orchestrator -> job) as a frozen value
-and as plain JSON (config.json), and every setting of a run is one of its fields, with its flag
-(orchestrator/configs/flags.py); variables that override a setting are applied once, where the run is
-resolved (`with_environment`). What is decided at launch (each rank's GPU) is the run's spec, not its config
+and as plain JSON (config.json, one object per section), and every setting of a run is a field of one section,
+with its flag (orchestrator/configs/flags.py). A setting keeps its flat name where users write it
+(`RunConfig.of(..., method="nccl")`, `with_changes(gpus=64)`, a TOML table, a variable): `SECTION` routes it.
+Variables that override a setting are applied once, where the run is resolved (`with_environment`). What is
+decided at launch (each rank's GPU, the CPU fallback on nodes without one) is the run's spec, not its config
 (devices.json). It imports planning only: `validate()` raises the one-line errors users see before anything is
 submitted, and `inventory()`, `world()`, `plan()` and `memory_fit()` are the pure planning functions of its
 fields.
@@ -30,8 +33,10 @@ from refit_core.planning.placement import DIRECTIONS
 from refit_core.planning.plan import Plan, plan_choices, plan_transfers
 from refit_core.planning.precision import check_precision, destination_slot_sizes
 from refit_core.planning.sharding import check_divisible
-from refit_core.planning.timemodel import (AMAX_GBPS, DEFAULT_SOURCE, LOCAL_COPY_GBPS, NETWORK_GBPS, NVLINK_GBPS,
-                                           QUANTISE_GBPS, LinkModel, RelayChoice, choose_relay)
+from refit_core.planning.timemodel import DEFAULT_SOURCE, LinkModel, RelayChoice, choose_relay
+from refit_core.sections import (SECTIONS, Hardware, Layouts, RunSettings, route, section_from_json,
+                                 section_json)
+from refit_core.sections import default as default_of
 
 METHODS = tuple(methods.METHODS)  # every --refit-method (refit_core/execution/transports/registry.py)
 SYNC_MODES = ("auto", "host", "device")  # --nvshmem-sync
@@ -42,9 +47,6 @@ ENV_OVERRIDES = {"nvshmem_placement": "REFITCTL_NVSHMEM_PLACEMENT", "nvshmem_syn
                  "staged_zero_copy": "REFITCTL_STAGED_ZERO_COPY",
                  "staged_direct_min_bytes": "REFITCTL_STAGED_DIRECT_MIN_BYTES",
                  "megatron_unpatched": "REFITCTL_MEGATRON_UNPATCHED"}
-DIRECT_MIN_BYTES = 4 << 20
-"""Shortest run the staged transport sends zero-copy. One NCCL p2p op costs a few microseconds whatever its
-size; 4 MiB takes about 11 us at 370 GB/s, while packing + unpacking it costs about 4 us of device copy."""
 _SWITCH = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 MAX_ITERATIONS = 1_000_000
 MAX_BUCKET = 1 << 48  # bytes
@@ -54,68 +56,25 @@ MAX_GBPS = 1_000_000  # --intra/inter-node-gbps
 
 @dataclass(frozen=True)
 class RunConfig:
+    """One refit run as the user asked for it, in sections (refit_core/sections.py): the model, what is refit
+    where (`layouts`), how the run is carried out (`run`) and what it is given (`hardware`). Build one with
+    `RunConfig.of` (flat settings, each routed to its section by `SECTION`); read `cfg.run.method`,
+    `cfg.hardware.gpus`, `cfg.layouts.source.tp`."""
+
     name: str
     model: ModelSpec
-    source: ParallelLayout
-    destination: ParallelLayout
-    mode: RefitMode = RefitMode.NON_COLLOCATED
-    method: str = "nvshmem"
-    iterations: int = 3
-    warmup: int = 1
-    gpus: int = 8
-    bucket_bytes: int = 1 << 30
+    layouts: Layouts
+    run: RunSettings = RunSettings()
+    hardware: Hardware = Hardware()
     use_case: str = ""
     description: str = ""
-    timeout_s: float = 60.0  # --refit-timeout: longest a rank waits on a peer before the run fails
-    gpu_memory_gb: float = 80.0
-    """Memory of one GPU in GiB as vendors quote it (H100: 80, H200: 141)."""
-    gpus_per_node: int = 8
-    intra_node_gbps: float = NVLINK_GBPS
-    """Intra-node (NVLink) bandwidth per GPU per direction, GB/s (bytes, not bits)."""
-    inter_node_gbps: float = NETWORK_GBPS
-    """Inter-node (network adapter) bandwidth per GPU per direction, GB/s (bytes, not bits)."""
-    intra_node_both_gbps: float | None = None
-    """Intra-node GB/s each way while both ways are busy (None: the one-way figure)."""
-    local_copy_gbps: float = LOCAL_COPY_GBPS
-    """Device-to-device copy on one GPU, GB/s delivered."""
-    link_source: str = ""
-    """Where the link figures come from (a ceilings file, flags); empty: the defaults."""
-    quantise_gbps: float = QUANTISE_GBPS
-    """FP8 senders: the fused quantiser's quantise pass, GB/s of BF16 read (time model only)."""
-    amax_gbps: float = AMAX_GBPS
-    """FP8 senders: the scale pass (block maxima), GB/s of BF16 read (time model only)."""
-    inference_precision: str = "bf16"
-    """--rl-inference-precision: the destination's weights, bf16 or fp8 (128x128 blocks, float32
-    scales; refit_core/planning/precision.py), quantised by the sender and verified bitwise."""
-    nvshmem_placement: str = "auto"
-    """--nvshmem-placement: which role's shards live in NVSHMEM's symmetric heap (auto, push, pull, all;
-    refit_core/planning/placement.py); env REFITCTL_NVSHMEM_PLACEMENT overrides it."""
-    nvshmem_sync: str = "auto"
-    """--nvshmem-sync: how an NVSHMEM iteration completes (auto, host, device; transports/nvshmem.py);
-    env REFITCTL_NVSHMEM_SYNC overrides it."""
-    staged_zero_copy: bool = True
-    """--staged-zero-copy on|off: nccl/gloo send long contiguous runs straight between shard buffers (off: every
-    byte is staged, the path before zero-copy, kept for before/after measurements)."""
-    staged_direct_min_bytes: int = DIRECT_MIN_BYTES
-    """--staged-direct-min-bytes: the shortest run sent zero-copy (default 4 MiB)."""
-    gloo_shared_memory: bool = True
-    """--gloo-shared-memory on|off: gloo ranks all on one host stage every byte through shared memory (/dev/shm)
-    instead of loopback sockets (refit_core/execution/transports/shared.py); off: every byte through gloo."""
-    megatron_unpatched: bool = False
-    """--megatron-unpatched: run Megatron-Core's refit as shipped, without refit_core/peers/megatron_patch.py."""
-    payload: str = "synthetic"
-    """--payload: what is refit. synthetic (default): refitctl's deterministic values in its own shard
-    buffers; megatron: Megatron-Core GPTModels of both layouts built on the ranks
-    (refit_core/peers/megatron_build.py), their parameters refit through refit_core/library."""
-    relay: str = "auto"
-    """--relay auto|off: auto relays the cross-node slices several GPUs of a node share (in once per node, split
-    over its NICs, then over NVLink; refit_core/planning/relay.py) where the method can forward and the time
-    model predicts it faster; off: every byte goes straight from a source."""
-    fallback_without_gpu: bool = False
-    """Where the ranks find no CUDA GPU, run the method's CPU fallback (its registry entry's `cpu_fallback`)
-    instead of failing. Decided by the orchestrator, not a flag: set for a config's own method (no
-    --refit-method) submitted to SLURM, whose nodes only the job sees; locally the same fallback is decided
-    before launch (orchestrator/submission/runspec.py)."""
+
+    @classmethod
+    def of(cls, name: str, model: ModelSpec, source: ParallelLayout, destination: ParallelLayout,
+           mode: RefitMode = RefitMode.NON_COLLOCATED, **settings: Any) -> "RunConfig":
+        """The config of `model` refit from `source` to `destination`, with flat `settings` (`method="nccl",
+        gpus=64`, `use_case=...`) put in their sections; a name that is no setting is a TypeError."""
+        return cls(name, model, Layouts(source, destination, mode)).with_changes(**settings)
 
     def validate(self, gpu_memory: bool = True) -> None:
         """Raise ConfigError for anything the seed says cannot work, before submission.
@@ -123,78 +82,78 @@ class RunConfig:
         Scalars first (cheap, and they bound what follows: the world's size, the model's), then the
         layouts against the model, then memory per GPU (`gpu_memory=False`: a run on the CPU, whose
         memory the orchestrator checks against the host's instead)."""
-        refusal = methods.method(self.method).refusal
+        run, hw, src, dst = self.run, self.hardware, self.layouts.source, self.layouts.destination
+        refusal = methods.method(run.method).refusal
         if refusal:
             raise ConfigError(refusal)
-        for flag, value, low, high in (("--num-benchmark-iterations", self.iterations, 1, MAX_ITERATIONS),
-                                       ("--num-warmup-iterations", self.warmup, 0, MAX_ITERATIONS),
-                                       ("--gpus", self.gpus, 1, MAX_WORLD),
-                                       ("--gpus-per-node", self.gpus_per_node, 1, MAX_WORLD)):
+        for flag, value, low, high in (("--num-benchmark-iterations", run.iterations, 1, MAX_ITERATIONS),
+                                       ("--num-warmup-iterations", run.warmup, 0, MAX_ITERATIONS),
+                                       ("--gpus", hw.gpus, 1, MAX_WORLD),
+                                       ("--gpus-per-node", hw.gpus_per_node, 1, MAX_WORLD)):
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
                 raise ConfigError(f"{flag} must be an integer {low}..{high:,}, got {value!r}")
-        for flag, value, allowed in (("--nvshmem-placement", self.nvshmem_placement, DIRECTIONS),
-                                     ("--nvshmem-sync", self.nvshmem_sync, SYNC_MODES),
-                                     ("--relay", self.relay, RELAY_MODES)):
+        for flag, value, allowed in (("--nvshmem-placement", run.nvshmem_placement, DIRECTIONS),
+                                     ("--nvshmem-sync", run.nvshmem_sync, SYNC_MODES),
+                                     ("--relay", run.relay, RELAY_MODES)):
             if value not in allowed:
                 raise ConfigError(f"{flag} must be one of {', '.join(allowed)}, got {value!r}")
-        if not isinstance(self.staged_direct_min_bytes, int) or not 0 <= self.staged_direct_min_bytes <= MAX_BUCKET:
-            raise ConfigError(f"--staged-direct-min-bytes must be 0..{MAX_BUCKET} bytes, got {self.staged_direct_min_bytes!r}")
-        if not 1 <= self.timeout_s <= 86400:  # NaN fails too
-            raise ConfigError(f"--refit-timeout must be 1..86400 seconds, got {self.timeout_s}")
-        if not isinstance(self.bucket_bytes, int) or not 1 << 20 <= self.bucket_bytes <= MAX_BUCKET:
-            raise ConfigError(f"--refit-bucket-size must be from 1 MiB to 256 TiB, got {self.bucket_bytes} bytes")
+        if not isinstance(run.staged_direct_min_bytes, int) or not 0 <= run.staged_direct_min_bytes <= MAX_BUCKET:
+            raise ConfigError(f"--staged-direct-min-bytes must be 0..{MAX_BUCKET} bytes, got {run.staged_direct_min_bytes!r}")
+        if not 1 <= run.timeout_s <= 86400:  # NaN fails too
+            raise ConfigError(f"--refit-timeout must be 1..86400 seconds, got {run.timeout_s}")
+        if not isinstance(run.bucket_bytes, int) or not 1 << 20 <= run.bucket_bytes <= MAX_BUCKET:
+            raise ConfigError(f"--refit-bucket-size must be from 1 MiB to 256 TiB, got {run.bucket_bytes} bytes")
         if self.model.is_moe:
-            if self.source.etp != 1 or self.destination.etp != 1:
+            if src.etp != 1 or dst.etp != 1:
                 raise ConfigError(
                     "MoE needs --expert-tensor-parallel-size 1 and --rl-inference-expert-tensor-model-parallel-size 1 "
-                    f"(got {self.source.etp} and {self.destination.etp}): set both to 1"
+                    f"(got {src.etp} and {dst.etp}): set both to 1"
                 )
             if not self.model.disable_bias_linear:
                 raise ConfigError("MoE refit needs --disable-bias-linear (the seed's requirement): add the flag")
         # one range, and one message, per flag: every value outside it (negative, zero, huge) reads the same
-        if not 0 < self.gpu_memory_gb <= MAX_GIB:
-            raise ConfigError(f"--gpu-memory-gb must be more than 0 and at most {MAX_GIB:,} GiB, got {self.gpu_memory_gb}")
-        for flag, value in (("--intra-node-gbps", self.intra_node_gbps), ("--inter-node-gbps", self.inter_node_gbps),
-                            ("--local-copy-gbps", self.local_copy_gbps), ("--quantise-gbps", self.quantise_gbps),
-                            ("--amax-gbps", self.amax_gbps),
-                            ("--intra-node-both-gbps", 1.0 if self.intra_node_both_gbps is None
-                             else self.intra_node_both_gbps)):
+        if not 0 < hw.gpu_memory_gb <= MAX_GIB:
+            raise ConfigError(f"--gpu-memory-gb must be more than 0 and at most {MAX_GIB:,} GiB, got {hw.gpu_memory_gb}")
+        for flag, value in (("--intra-node-gbps", hw.intra_node_gbps), ("--inter-node-gbps", hw.inter_node_gbps),
+                            ("--local-copy-gbps", hw.local_copy_gbps), ("--quantise-gbps", hw.quantise_gbps),
+                            ("--amax-gbps", hw.amax_gbps),
+                            ("--intra-node-both-gbps", 1.0 if hw.intra_node_both_gbps is None else hw.intra_node_both_gbps)):
             if not 0 < value <= MAX_GBPS:
                 raise ConfigError(f"{flag} must be more than 0 and at most {MAX_GBPS:,} GB/s (per GPU per direction), "
                                   f"got {value}")
-        check_precision(self.inference_precision)
+        check_precision(run.inference_precision)
         check_payload(self)
         world = self.world()
         inv = self.inventory()
         if inv.numel > MAX_PARAMETERS:
             raise ConfigError(f"the model has {inv.numel:.3g} parameters, more than {MAX_PARAMETERS:.0e} "
                               "(Kimi K2 has 1.03e12): check --hidden-size, --ffn-hidden-size and the vocabulary")
-        check_divisible(self.model, inv, self.source, "source")
-        check_divisible(self.model, inv, self.destination, "destination")
+        check_divisible(self.model, inv, src, "source")
+        check_divisible(self.model, inv, dst, "destination")
         if gpu_memory:
-            check_memory(self.memory_fit(inv, world), self.gpu_memory_gb, self.method)
+            check_memory(self.memory_fit(inv, world), hw.gpu_memory_gb, run.method)
 
     def world(self) -> WorldLayout:
-        return world_layout(self.mode, self.source, self.destination, self.gpus)
+        return world_layout(self.layouts.mode, self.layouts.source, self.layouts.destination, self.hardware.gpus)
 
     def inventory(self) -> Inventory:
-        return inventory(self.model, (self.source.tp, self.destination.tp))
+        return inventory(self.model, (self.layouts.source.tp, self.layouts.destination.tp))
 
     def memory_fit(self, inv: Inventory | None = None, world: WorldLayout | None = None) -> MemoryFit:
         """Per-GPU bytes of this refit (shards + the transport's buffers) against --gpu-memory-gb."""
         inv = inv or self.inventory()
-        return memory_fit(inv, world or self.world(), self.method, self.bucket_bytes,
-                          int(self.gpu_memory_gb * GIB), self.gpus_per_node,
-                          destination_slot_sizes(inv, self.destination, self.inference_precision),
-                          self.nvshmem_placement,
+        return memory_fit(inv, world or self.world(), self.run.method, self.run.bucket_bytes,
+                          int(self.hardware.gpu_memory_gb * GIB), self.hardware.gpus_per_node,
+                          destination_slot_sizes(inv, self.layouts.destination, self.run.inference_precision),
+                          self.run.nvshmem_placement,
                           # FP8: a one-sided sender writes a whole send image; a two-sided one quantises
                           # each bucket as it packs it (refit_core/execution/fp8_source.py): none
-                          None if methods.method(self.method).two_sided else
-                          destination_slot_sizes(inv, self.source, self.inference_precision))
+                          None if methods.method(self.run.method).two_sided else
+                          destination_slot_sizes(inv, self.layouts.source, self.run.inference_precision))
 
     def node_map(self) -> NodeMap:
         """Ranks on nodes of --gpus-per-node GPUs, in rank order: what node-aware plans are made for."""
-        return NodeMap(self.gpus_per_node)
+        return NodeMap(self.hardware.gpus_per_node)
 
     def plan(self, inv: Inventory | None = None, world: WorldLayout | None = None) -> Plan:
         """The node-aware transfer plan of this refit (refit_core/planning/plan.py), relayed where `relay_choice`
@@ -205,16 +164,18 @@ class RunConfig:
         """The plan with and without relays, and the one kept: relays are weighed only with --relay auto, a
         method that forwards (methods.Method.relays) and a world on several nodes; kept when predicted faster."""
         inv, world = inv or self.inventory(), world or self.world()
-        if self.relay == "off" or not methods.method(self.method).relays or world.world_size <= self.gpus_per_node:
-            return choose_relay(plan_transfers(inv, world, self.node_map(), self.inference_precision), None,
+        run = self.run
+        if run.relay == "off" or not methods.method(run.method).relays or world.world_size <= self.hardware.gpus_per_node:
+            return choose_relay(plan_transfers(inv, world, self.node_map(), self.run.inference_precision), None,
                                 self.link_model())
-        direct, relayed = plan_choices(inv, world, self.node_map(), self.inference_precision)
+        direct, relayed = plan_choices(inv, world, self.node_map(), self.run.inference_precision)
         return choose_relay(direct, relayed, self.link_model())
 
     def link_model(self) -> LinkModel:
-        return LinkModel(self.gpus_per_node, self.intra_node_gbps, self.inter_node_gbps, self.local_copy_gbps,
-                         self.intra_node_both_gbps, self.link_source or DEFAULT_SOURCE, self.quantise_gbps,
-                         self.amax_gbps, methods.method(self.method).two_sided)
+        hw = self.hardware
+        return LinkModel(hw.gpus_per_node, hw.intra_node_gbps, hw.inter_node_gbps, hw.local_copy_gbps,
+                         hw.intra_node_both_gbps, hw.link_source or DEFAULT_SOURCE, hw.quantise_gbps,
+                         hw.amax_gbps, methods.method(self.run.method).two_sided)
 
     def with_ceilings(self, figures: LinkFigures, keep: Iterable[str] = ()) -> "RunConfig":
         """The link figures of measured ceilings, except the fields in `keep` (given as flags)."""
@@ -237,7 +198,7 @@ class RunConfig:
             text = environ.get(name, "").strip()
             if not text:
                 continue
-            default = next(f.default for f in dataclasses.fields(self) if f.name == field)
+            default = default_of(field)
             if isinstance(default, bool):
                 if text.lower() not in _SWITCH:
                     raise ConfigError(f"{name}={text!r}: use 1 or 0 (on or off)")
@@ -251,12 +212,18 @@ class RunConfig:
         return self.with_changes(**changes) if changes else self
 
     def with_changes(self, **changes: Any) -> "RunConfig":
-        return dataclasses.replace(self, **changes)
+        """The config with `changes`: flat settings (`method=`, `gpus=`, `source=`) go to their section (SECTION),
+        whole sections (`run=RunSettings(...)`) and the other fields (`name=`, `model=`) replace what they name."""
+        rest, by_section = route(changes)
+        for section, fields in by_section.items():
+            rest[section] = dataclasses.replace(rest.get(section, getattr(self, section)), **fields)
+        return dataclasses.replace(self, **rest)
 
     def to_json(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["mode"] = self.mode.value
-        return d
+        """config.json: one object per section (refit_core/sections.py)."""
+        return {"name": self.name, "model": dataclasses.asdict(self.model),
+                **{section: section_json(getattr(self, section)) for section in SECTIONS},
+                "use_case": self.use_case, "description": self.description}
 
     @classmethod
     def read(cls, path: Path) -> "RunConfig":
@@ -272,34 +239,35 @@ class RunConfig:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "RunConfig":
-        d = dict(d)
-        d["model"] = ModelSpec(**d["model"])
-        d["source"] = ParallelLayout(**d["source"])
-        d["destination"] = ParallelLayout(**d["destination"])
-        d["mode"] = RefitMode(d["mode"])
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
-
+        """The config `to_json` wrote; also the flat form of run directories written before the sections
+        (each key routed through SECTION). Keys it does not know are ignored (a newer or older writer's)."""
+        if "layouts" not in d:
+            rest, by_section = route(d)
+            d = {**rest, **by_section}
+        known = {f.name for f in dataclasses.fields(cls)} - set(SECTIONS) - {"model"}
+        return cls(model=ModelSpec(**d["model"]),
+                   **{section: section_from_json(section, d.get(section, {})) for section in SECTIONS},
+                   **{k: v for k, v in d.items() if k in known})
 
 def check_payload(cfg: RunConfig) -> None:
     """--payload: one of PAYLOADS; real models need a refitctl method that is two-sided (it refits the
     models' own tensors, refit_core/library) and the BF16 models Megatron-Core builds on the ranks."""
-    if cfg.payload not in PAYLOADS:
-        raise ConfigError(f"--payload must be one of {', '.join(PAYLOADS)}, got {cfg.payload!r}")
-    if cfg.payload == PAYLOADS[0]:
+    if cfg.run.payload not in PAYLOADS:
+        raise ConfigError(f"--payload must be one of {', '.join(PAYLOADS)}, got {cfg.run.payload!r}")
+    if cfg.run.payload == PAYLOADS[0]:
         return
-    m = methods.method(cfg.method)
+    m = methods.method(cfg.run.method)
     if m.peer or not m.two_sided:
-        raise ConfigError(f"--payload {cfg.payload} refits the models through refitctl's library, which "
-                          f"--refit-method {cfg.method} does not serve: use gloo on CPU or nccl on GPUs "
+        raise ConfigError(f"--payload {cfg.run.payload} refits the models through refitctl's library, which "
+                          f"--refit-method {cfg.run.method} does not serve: use gloo on CPU or nccl on GPUs "
                           "(megatron-* methods build their own models)")
-    if cfg.inference_precision != "bf16":
-        raise ConfigError(f"--payload {cfg.payload} refits BF16 models: drop --rl-inference-precision "
-                          f"{cfg.inference_precision}")
+    if cfg.run.inference_precision != "bf16":
+        raise ConfigError(f"--payload {cfg.run.payload} refits BF16 models: drop --rl-inference-precision "
+                          f"{cfg.run.inference_precision}")
     spec = cfg.model
     if spec.multi_latent_attention or spec.first_dense_layers or spec.moe_router_enable_expert_bias:
-        raise ConfigError(f"--payload {cfg.payload} builds GQA models with MoE in every layer: drop "
+        raise ConfigError(f"--payload {cfg.run.payload} builds GQA models with MoE in every layer: drop "
                           "--multi-latent-attention / --first-dense-layers / --moe-router-enable-expert-bias")
-    if max(cfg.source.pp, cfg.destination.pp) > 1 and not spec.untie_embeddings_and_output_weights:
-        raise ConfigError(f"--payload {cfg.payload} with PP > 1 needs --untie-embeddings-and-output-weights "
+    if max(cfg.layouts.source.pp, cfg.layouts.destination.pp) > 1 and not spec.untie_embeddings_and_output_weights:
+        raise ConfigError(f"--payload {cfg.run.payload} with PP > 1 needs --untie-embeddings-and-output-weights "
                           "(Megatron-Core cannot build tied embeddings across stages on CPU)")

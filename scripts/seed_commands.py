@@ -34,19 +34,19 @@ def command_lines(cfg: RunConfig, program: str = "refitctl submit") -> list[str]
     """The config as the seed writes a command: one flag per line, MoE requirements included."""
     m = cfg.model
     flags = [
-        ("--tensor-model-parallel-size", cfg.source.tp), ("--expert-model-parallel-size", cfg.source.ep),
+        ("--tensor-model-parallel-size", cfg.layouts.source.tp), ("--expert-model-parallel-size", cfg.layouts.source.ep),
         ("--expert-tensor-parallel-size", 1),
-        ("--rl-inference-tensor-model-parallel-size", cfg.destination.tp),
-        ("--rl-inference-expert-model-parallel-size", cfg.destination.ep),
+        ("--rl-inference-tensor-model-parallel-size", cfg.layouts.destination.tp),
+        ("--rl-inference-expert-model-parallel-size", cfg.layouts.destination.ep),
         ("--rl-inference-expert-tensor-model-parallel-size", 1),
-        ("--refit-mode", cfg.mode.value), ("--refit-method", cfg.method),
+        ("--refit-mode", cfg.layouts.mode.value), ("--refit-method", cfg.run.method),
         ("--num-layers", m.num_layers), ("--hidden-size", m.hidden_size),
         ("--num-attention-heads", m.num_attention_heads), ("--seq-length", m.seq_length),
         ("--max-position-embeddings", m.max_position_embeddings), ("--micro-batch-size", 1),
         ("--num-experts", m.num_experts), ("--moe-router-topk", m.moe_router_topk),
         ("--moe-shared-expert-intermediate-size", m.moe_shared_expert_intermediate_size),
         ("--ffn-hidden-size", m.ffn_hidden_size), ("--disable-bias-linear", None),
-        ("--num-benchmark-iterations", cfg.iterations),
+        ("--num-benchmark-iterations", cfg.run.iterations),
     ]
     body = [f"    {f}" + ("" if v is None else f" {v}") for f, v in flags]
     return [f"{program} \\"] + [line + " \\" for line in body[:-1]] + [body[-1]]
@@ -78,11 +78,11 @@ def render(seed_text: str | None) -> str:
     ]
     for name in SWEEPS["8gpu"]:
         cfg = configs[name]
-        src, dst = cfg.source, cfg.destination
+        src, dst = cfg.layouts.source, cfg.layouts.destination
         out.append(f"## {name}: {cfg.use_case}")
         out.append("")
         out.append(f"Source TP={src.tp}, EP={src.ep}; destination TP={dst.tp}, EP={dst.ep}; "
-                   f"{cfg.mode.value}, {cfg.method}." + (f" {cfg.description}." if cfg.description else ""))
+                   f"{cfg.layouts.mode.value}, {cfg.run.method}." + (f" {cfg.description}." if cfg.description else ""))
         out.append("")
         if name in SEED_SPELLED_OUT and seed_text is not None:
             lines = seed_block(seed_text, SEED_SPELLED_OUT[name])

@@ -45,10 +45,10 @@ def link_figures_from(cfg: RunConfig, args: argparse.Namespace, given: dict[str,
     path = getattr(args, "ceilings", None) or (Path(env_path) if env_path else None)
     flags = [k for k in LINK_KEYS if k in given]
     if path is not None:
-        cfg = cfg.with_ceilings(load_ceilings(path, cfg.method), keep=flags)
+        cfg = cfg.with_ceilings(load_ceilings(path, cfg.run.method), keep=flags)
     if flags:
         named = ", ".join("--" + k.replace("_", "-") for k in flags)
-        cfg = cfg.with_changes(link_source=f"{cfg.link_source}; flags {named}" if cfg.link_source
+        cfg = cfg.with_changes(link_source=f"{cfg.hardware.link_source}; flags {named}" if cfg.hardware.link_source
                                else f"flags {named}, defaults for the rest")
     return cfg
 

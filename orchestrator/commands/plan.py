@@ -69,19 +69,19 @@ def _list(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
         if args.config_file:
             all_cfgs.update(configs.load_user_configs(args.config_file))
         console = wide_console()
-        nc = [c for c in all_cfgs.values() if c.mode.value == "non-collocated"]
-        co = [c for c in all_cfgs.values() if c.mode.value == "collocated"]
+        nc = [c for c in all_cfgs.values() if c.layouts.mode.value == "non-collocated"]
+        co = [c for c in all_cfgs.values() if c.layouts.mode.value == "collocated"]
         for title, rows, idle in (("Non-Collocated Configurations", nc, True), ("Collocated Configurations", co, False)):
             t = Table(title=title)
             for col in ("Config", "Source", "Target", "Total GPUs", *(["Idle GPUs"] if idle else []), "Method", "Use Case"):
                 t.add_column(col)
             for c in rows:
-                need = gpus_needed(c.mode, c.source, c.destination)
+                need = gpus_needed(c.layouts.mode, c.layouts.source, c.layouts.destination)
                 t.add_row(
                     c.name,
-                    f"TP={c.source.tp}, EP={c.source.ep}" + (f", PP={c.source.pp}" if c.source.pp > 1 else "") + f" ({c.source.size})",
-                    f"TP={c.destination.tp}, EP={c.destination.ep}" + (f", PP={c.destination.pp}" if c.destination.pp > 1 else "") + f" ({c.destination.size})",
-                    str(need), *([str(c.gpus - need)] if idle else []), c.method, c.use_case,
+                    f"TP={c.layouts.source.tp}, EP={c.layouts.source.ep}" + (f", PP={c.layouts.source.pp}" if c.layouts.source.pp > 1 else "") + f" ({c.layouts.source.size})",
+                    f"TP={c.layouts.destination.tp}, EP={c.layouts.destination.ep}" + (f", PP={c.layouts.destination.pp}" if c.layouts.destination.pp > 1 else "") + f" ({c.layouts.destination.size})",
+                    str(need), *([str(c.hardware.gpus - need)] if idle else []), c.run.method, c.use_case,
                 )
             console.print(t)
         return 0

@@ -46,7 +46,7 @@ def print_intro(console: Console, spec: RunSpec, plan: Plan, why: str) -> None:
         console.print(styled("[bold yellow]note:[/] {note}", note=note), highlight=False, soft_wrap=True)
     title = f"{cfg.name}" + (f" ({cfg.use_case})" if cfg.use_case else "")
     console.print(styled("[bold]{title}[/]: {rest}", title=title,
-                         rest=f"{cfg.mode.value}, method {cfg.method}, {cfg.warmup} warm-up + {cfg.iterations} "
+                         rest=f"{cfg.layouts.mode.value}, method {cfg.run.method}, {cfg.run.warmup} warm-up + {cfg.run.iterations} "
                               "timed iterations"), highlight=False)
     console.print(plan.world.describe(), highlight=False)
     dmap = spec.devices

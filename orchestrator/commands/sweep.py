@@ -184,7 +184,7 @@ def _prepare_new(args: argparse.Namespace, root: Path, console: Any) -> tuple[Pa
             write_run(d, run, command_line(), sweep=sweep_dir)
             dirs.append(d)
             w = plan.world
-            console.print(f"  {spec.name}: world {w.world_size} ({w.gpus_used} active), {spec.config.mode.value}, "
+            console.print(f"  {spec.name}: world {w.world_size} ({w.gpus_used} active), {spec.config.layouts.mode.value}, "
                           f"method {method_label(read_run_info(d))}", highlight=False)
         data = {"version": 1, "name": label, "created": now_iso(), "command": command_line(),
                 "configs": [s.name for s in specs], "cluster": cluster.name, "options": specs[0].options.to_json(),

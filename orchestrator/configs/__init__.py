@@ -32,7 +32,7 @@ MINIMAL_MODEL = ModelSpec(
 
 def _seed(name: str, mode: RefitMode, src: tuple[int, int], dst: tuple[int, int], use_case: str,
           model: ModelSpec = SEED_MODEL, iterations: int = 3, description: str = "") -> RunConfig:
-    return RunConfig(
+    return RunConfig.of(
         name=name, model=model, source=ParallelLayout(tp=src[0], ep=src[1]),
         destination=ParallelLayout(tp=dst[0], ep=dst[1]), mode=mode,
         method="nvshmem" if mode is RefitMode.NON_COLLOCATED else "nccl",
@@ -61,8 +61,8 @@ _SEED: tuple[RunConfig, ...] = (
 
 SWEEPS: dict[str, tuple[str, ...]] = {
     "8gpu": tuple(c.name for c in _SEED),
-    "non-collocated": tuple(c.name for c in _SEED if c.mode is NC),
-    "collocated": tuple(c.name for c in _SEED if c.mode is CO),
+    "non-collocated": tuple(c.name for c in _SEED if c.layouts.mode is NC),
+    "collocated": tuple(c.name for c in _SEED if c.layouts.mode is CO),
 }
 
 

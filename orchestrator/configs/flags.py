@@ -22,7 +22,8 @@ from refit_core.planning.layout import RefitMode
 @dataclass(frozen=True)
 class Flag:
     flag: str
-    target: str  # "model", "source", "destination" or "run"
+    target: str  # "model", "source", "destination" (a layout's field) or "run" (a RunConfig setting, in its section:
+    # refit_core/sections.py SECTION routes it, through RunConfig.with_changes)
     field: str
     kind: Callable[[str], Any] | None  # None: a switch (store_true)
     help: str = ""
@@ -227,9 +228,9 @@ def apply_overrides(cfg: RunConfig, values: dict[str, Any], where: str = "comman
             raise ConfigError(f"{where}: unknown setting {key!r}: see `refitctl plan --help` for the flags")
         {"model": model, "source": src, "destination": dst, "run": run}[f.target][f.field] = _convert(f, key, value, where)
     if "num_layers" in model and not {"first_stage_layers", "last_stage_layers"} & set(src) \
-            and (cfg.source.first_stage_layers or cfg.source.last_stage_layers):
+            and (cfg.layouts.source.first_stage_layers or cfg.layouts.source.last_stage_layers):
         # a scaled-down run of an unevenly split model: the same rule for the new depth
-        pp, layers = src.get("pp", cfg.source.pp), model["num_layers"]
+        pp, layers = src.get("pp", cfg.layouts.source.pp), model["num_layers"]
         src["first_stage_layers"] = None
         src["last_stage_layers"] = None
         if pp >= 1 and layers >= 1:  # else ParallelLayout / ModelSpec below say what is wrong
@@ -241,7 +242,7 @@ def apply_overrides(cfg: RunConfig, values: dict[str, Any], where: str = "comman
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
     layouts = []
-    for side, base, changes in (("source", cfg.source, src), ("destination", cfg.destination, dst)):
+    for side, base, changes in (("source", cfg.layouts.source, src), ("destination", cfg.layouts.destination, dst)):
         try:
             layouts.append(dataclasses.replace(base, **changes))
         except ConfigError as e:
@@ -252,4 +253,4 @@ def apply_overrides(cfg: RunConfig, values: dict[str, Any], where: str = "comman
                     text = text.replace(" must be", ") must be", 1)
                     break
             raise ConfigError(f"{where}: {side} layout: {text}") from None
-    return dataclasses.replace(cfg, model=new_model, source=layouts[0], destination=layouts[1], **run)
+    return cfg.with_changes(model=new_model, source=layouts[0], destination=layouts[1], **run)

@@ -65,7 +65,7 @@ PUBLISHED_TECH_REPORT_PARAMS = 1_040_000_000_000  # arXiv 2507.20534: "1.04 tril
 _NODES = "16 nodes x 8 GPUs"
 
 KIMI_K2_CONFIGS: tuple[RunConfig, ...] = (
-    RunConfig(
+    RunConfig.of(
         name="kimi-k2",
         model=KIMI_K2_MODEL,
         # Training: Megatron-Bridge's Kimi K2 recipe runs TP=2 and EP=32; weights alone fit at
@@ -81,7 +81,7 @@ KIMI_K2_CONFIGS: tuple[RunConfig, ...] = (
         description=f"Kimi K2 1T refit across {_NODES}: training TP=2, EP=32 on GPUs 0-63 to "
                     "inference TP=1, EP=64 on GPUs 64-127 (all traffic inter-node)",
     ),
-    RunConfig(
+    RunConfig.of(
         name="kimi-k2-collocated",
         model=KIMI_K2_MODEL,
         source=ParallelLayout(tp=2, ep=64),
@@ -95,7 +95,7 @@ KIMI_K2_CONFIGS: tuple[RunConfig, ...] = (
         description=f"Kimi K2 1T refit on {_NODES}, both models on every GPU: training TP=2, EP=64 "
                     "to inference TP=1, EP=128",
     ),
-    RunConfig(
+    RunConfig.of(
         name="kimi-k2-pp4",
         model=KIMI_K2_MODEL,
         # Training as Megatron splits a 61-layer DeepSeek-V3-class model: PP=4 with stages of
@@ -111,7 +111,7 @@ KIMI_K2_CONFIGS: tuple[RunConfig, ...] = (
         description=f"Kimi K2 1T refit across {_NODES}: training TP=2, EP=8, PP=4 (16+16+16+13 layers) "
                     "on GPUs 0-63 to inference TP=1, EP=64 on GPUs 64-127",
     ),
-    RunConfig(
+    RunConfig.of(
         name="kimi-k2-record",
         model=KIMI_K2_MODEL,
         # The record's shape (Perplexity, 2025-09: 256 training -> 128 inference GPUs, BF16 -> FP8).
@@ -129,7 +129,7 @@ KIMI_K2_CONFIGS: tuple[RunConfig, ...] = (
         description="Kimi K2 1T, BF16 training TP=2, EP=32, PP=4 on 256 GPUs (32 nodes) to FP8 inference TP=1, "
                     "EP=128 on 128 GPUs (16 nodes)",
     ),
-    RunConfig(
+    RunConfig.of(
         name="kimi-k2-small",
         # Kimi K2's architecture (MLA, dense first layer, SwiGLU, shared expert, untied, RMSNorm)
         # at toy widths, and kimi-k2's layout shapes scaled to the 2x4-GPU local test cluster:
@@ -154,8 +154,8 @@ KIMI_K2_CONFIGS: tuple[RunConfig, ...] = (
 
 _SMALL = KIMI_K2_CONFIGS[-1]
 KIMI_K2_CONFIGS += (
-    dataclasses.replace(
-        _SMALL, name="kimi-k2-small-fp8", inference_precision="fp8",
+    _SMALL.with_changes(
+        name="kimi-k2-small-fp8", inference_precision="fp8",
         use_case="Kimi K2 layouts scaled down, FP8 inference (local cluster)",
         description=_SMALL.description + "; the destination in FP8 (128x128 blocks, quantised by the sender)"),
 )

@@ -58,9 +58,9 @@ def device_map(cfg: RunConfig, plan: Plan, local_gpus: int | None = None) -> Dev
     it gets on SLURM nodes of --gpus-per-node GPUs with the default tasks per node (a submitted run's is its
     spec's, decided by make_spec)."""
     if local_gpus is not None:
-        return assign_devices(plan.world, cfg.method, plan.world.world_size, local_gpus)
-    per_node = min(plan.world.world_size, cfg.gpus_per_node)
-    return assign_devices(plan.world, cfg.method, per_node, cfg.gpus_per_node)
+        return assign_devices(plan.world, cfg.run.method, plan.world.world_size, local_gpus)
+    per_node = min(plan.world.world_size, cfg.hardware.gpus_per_node)
+    return assign_devices(plan.world, cfg.run.method, per_node, cfg.hardware.gpus_per_node)
 
 
 def plan_json(cfg: RunConfig, plan: Plan, gpus: DeviceMap | None = None, fit: MemoryFit | None = None) -> dict[str, Any]:
@@ -73,8 +73,8 @@ def plan_json(cfg: RunConfig, plan: Plan, gpus: DeviceMap | None = None, fit: Me
     return {
         "config": cfg.name,
         "mode": w.mode.value,
-        "method": cfg.method,
-        "nvshmem": {"placement": cfg.nvshmem_placement, "sync": cfg.nvshmem_sync},
+        "method": cfg.run.method,
+        "nvshmem": {"placement": cfg.run.nvshmem_placement, "sync": cfg.run.nvshmem_sync},
         "world_size": w.world_size,
         "gpus_used": w.gpus_used,
         "source_ranks": list(w.source.ranks),
@@ -93,7 +93,7 @@ def plan_json(cfg: RunConfig, plan: Plan, gpus: DeviceMap | None = None, fit: Me
         "transfers": len(plan.transfers),
         "network_bytes": plan.network_bytes,
         "local_bytes": plan.local_bytes,
-        "relay": cfg.relay,
+        "relay": cfg.run.relay,
         "relayed_bytes": plan.relayed_bytes,
         "balance": {"max_source_bytes": plan.max_source_bytes, "bound_bytes": plan.balance_bound,
                     "ratio": plan.balance, "node_aware": plan.nodes is not None,
@@ -116,11 +116,11 @@ def run_info(spec: RunSpec, plan: Plan, command: str, run_dir: str) -> dict[str,
     return {
         "version": 1, "name": spec.name, "config": cfg.name, "run_dir": run_dir,
         "created": now_iso(), "command": command, "spec": spec.to_json(),
-        "world_size": cfg.gpus, "active_ranks": plan.world.gpus_used, "delivered_bytes": plan.delivered_bytes,
+        "world_size": cfg.hardware.gpus, "active_ranks": plan.world.gpus_used, "delivered_bytes": plan.delivered_bytes,
         "precision": plan.precision, "wire_bytes": plan.network_bytes,
-        "iterations": cfg.iterations, "warmup": cfg.warmup, "mode": cfg.mode.value,
-        "source": {"tp": cfg.source.tp, "ep": cfg.source.ep, "pp": cfg.source.pp},
-        "destination": {"tp": cfg.destination.tp, "ep": cfg.destination.ep, "pp": cfg.destination.pp},
+        "iterations": cfg.run.iterations, "warmup": cfg.run.warmup, "mode": cfg.layouts.mode.value,
+        "source": {"tp": cfg.layouts.source.tp, "ep": cfg.layouts.source.ep, "pp": cfg.layouts.source.pp},
+        "destination": {"tp": cfg.layouts.destination.tp, "ep": cfg.layouts.destination.ep, "pp": cfg.layouts.destination.pp},
         "job": None, "final": None,
     }
 

@@ -51,9 +51,9 @@ def render_sbatch(spec: RunSpec, plan: Plan, python: str, run_dir: str | None, c
     info["created"] = "@CREATED@"
     info["job"] = {"cluster": "slurm", "job_id": "@SLURM_JOB_ID@", "folder": "@RUN_DIR@", "submitted": "@SUBMITTED@",
                    "controller_pid": None}
-    src, dst = cfg.source, cfg.destination
+    src, dst = cfg.layouts.source, cfg.layouts.destination
     title = (f"Refit job {cfg.name}" + (f" ({cfg.use_case})" if cfg.use_case else "") +
-             f": TP={src.tp},EP={src.ep} -> TP={dst.tp},EP={dst.ep}, {cfg.mode.value}, {cfg.method}")
+             f": TP={src.tp},EP={src.ep} -> TP={dst.tp},EP={dst.ep}, {cfg.layouts.mode.value}, {cfg.run.method}")
     # Every value below reaches the script through orchestrator/safety.py: comments as one line, shell
     # values quoted (names were checked when the RunSpec was made; sbatch lines hold no control characters).
     env_lines = [f"export {k}=${{{k}:-{safety.shell_word(f'environment variable {k}', v)}}}" for k, v in spec.env]

@@ -4,13 +4,14 @@ A RunSpec is a validated RunConfig plus the resources it is given (nodes, tasks 
 node, time limit), the scheduler options the user chose, and the environment its tasks get. It is
 a frozen value built by pure functions; the executor (orchestrator/submission/executor.py) turns it into a job.
 
-World size is `cfg.gpus` (the seed's configs: 8 = one 8-GPU node). On SLURM, tasks per node default
+World size is `cfg.hardware.gpus` (the seed's configs: 8 = one 8-GPU node). On SLURM, tasks per node default
 to min(world, GPUs per node) and nodes to ceil(world / tasks per node). Locally every rank is a
 process on this machine.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -142,7 +143,7 @@ class RunSpec:
         return {
             "name": self.name, "cluster": self.cluster, "resources": asdict(self.resources),
             "options": self.options.to_json(), "env": dict(self.env), "requested_method": self.requested_method,
-            "method": self.config.method, "notes": list(self.notes),
+            "method": self.config.run.method, "notes": list(self.notes),
             "devices": None if self.devices is None else self.devices.to_json(),
         }
 
@@ -215,28 +216,26 @@ def job_env(environ: Mapping[str, str], extra: Sequence[tuple[str, str]], cpus_p
 def effective_config(cfg: RunConfig, method_explicit: bool, gpus_available: bool) -> tuple[RunConfig, str | None]:
     """Without GPUs, a GPU method the user did not ask for by flag runs on gloo (with one line saying so);
     one asked for by flag is an error."""
-    m = methods.method(cfg.method)
+    m = methods.method(cfg.run.method)
     if m.refusal:
         raise ConfigError(m.refusal)  # whatever the machine
     if not m.needs_cuda or gpus_available:
         return cfg, None
     if method_explicit or m.cpu_fallback is None:
-        raise ConfigError(f"--refit-method {cfg.method} needs CUDA GPUs and none is available here: "
+        raise ConfigError(f"--refit-method {cfg.run.method} needs CUDA GPUs and none is available here: "
                           f"use --refit-method {m.cpu_fallback or 'gloo'}, or leave the flag out to fall back to it")
-    note = (f"no CUDA GPU available: running {cfg.name} with {m.cpu_fallback} on the CPU instead of {cfg.method} "
-            f"(on GPUs it runs {cfg.method})")
+    note = (f"no CUDA GPU available: running {cfg.name} with {m.cpu_fallback} on the CPU instead of {cfg.run.method} "
+            f"(on GPUs it runs {cfg.run.method})")
     return cfg.with_changes(method=m.cpu_fallback), note
 
 
-def allow_fallback_on_nodes(cfg: RunConfig, cluster: "Cluster", method_explicit: bool) -> RunConfig:
+def fallback_on_nodes(cfg: RunConfig, cluster: "Cluster", method_explicit: bool) -> bool:
     """On a cluster whose ranks run elsewhere (SLURM) the GPUs requested are not known to be CUDA GPUs until
     the job runs (a test cluster's are fake): a config's own GPU method (not asked for by flag) may fall back
-    there as it does on this host, decided on the nodes (jobs/refit_job.py, RunConfig.fallback_without_gpu);
-    one asked for by flag still fails."""
-    m = methods.method(cfg.method)
-    if cluster.on_this_host or method_explicit or not m.needs_cuda or m.cpu_fallback is None:
-        return cfg
-    return cfg.with_changes(fallback_without_gpu=True)
+    there as it does on this host, decided on the nodes (jobs/refit_job.py, DeviceMap.fallback_without_gpu in
+    devices.json); one asked for by flag still fails."""
+    m = methods.method(cfg.run.method)
+    return not (cluster.on_this_host or method_explicit or not m.needs_cuda or m.cpu_fallback is None)
 
 
 @dataclass(frozen=True)
@@ -256,7 +255,7 @@ def check_host_memory(cfg: RunConfig, host: HostMemory) -> None:
         return
     busiest = fit.busiest
     raise ConfigError(
-        f"the {cfg.gpus} ranks of this local {cfg.method} run need {need / GIB:.2f} GiB of memory together "
+        f"the {cfg.hardware.gpus} ranks of this local {cfg.run.method} run need {need / GIB:.2f} GiB of memory together "
         f"(rank {busiest.rank}: {busiest.total / GIB:.2f} GiB), but this machine has {host.available / GIB:.2f} GiB "
         f"available ({host.total / GIB:.2f} GiB in all): use a smaller model, a smaller --refit-bucket-size, "
         "or a cluster (--cluster slurm)")
@@ -271,19 +270,20 @@ def make_spec(name: str, cfg: RunConfig, cluster: "Cluster", opts: ClusterOption
     node) here (refit_core/planning/devices.py), so a layout the method cannot run there is refused before
     anything is launched. A CPU run whose ranks all live on this host is checked against its memory
     (`facts.host`), every other run against --gpu-memory-gb."""
-    requested = cfg.method
+    requested = cfg.run.method
     cfg, note = effective_config(cfg, method_explicit, facts.gpus_available)
-    cfg = allow_fallback_on_nodes(cfg, cluster, method_explicit)
-    on_host = cluster.on_this_host and not methods.method(cfg.method).needs_cuda
+    on_host = cluster.on_this_host and not methods.method(cfg.run.method).needs_cuda
     cfg.validate(gpu_memory=not on_host)
-    refusal = execution_refusal(cfg.inference_precision, cfg.method)
+    refusal = execution_refusal(cfg.run.inference_precision, cfg.run.method)
     if refusal:
         raise ConfigError(refusal)
     if on_host and facts.host is not None:
         check_host_memory(cfg, facts.host)
-    res = cluster.resources(cfg.gpus, cfg.gpus_per_node, opts)
+    res = cluster.resources(cfg.hardware.gpus, cfg.hardware.gpus_per_node, opts)
     gpus = res.gpus_per_node if facts.node_gpus is None else facts.node_gpus
-    dmap = assign_devices(cfg.world(), cfg.method, res.tasks_per_node, gpus)
+    dmap = assign_devices(cfg.world(), cfg.run.method, res.tasks_per_node, gpus)
+    if fallback_on_nodes(cfg, cluster, method_explicit):
+        dmap = dataclasses.replace(dmap, fallback_without_gpu=True)
     threads = max(1, facts.cpus // res.tasks) if cluster.on_this_host else None
     env = job_env(environ, opts.env, opts.cpus_per_task, threads)
     notes = tuple(n for n in (note, dmap.note) if n)

@@ -82,15 +82,15 @@ def relay_lines(cfg: RunConfig, choice: RelayChoice) -> list[str]:
     time with and without relays, with the one kept and why."""
     d = choice.direct
     if choice.relayed is None:
-        why = ("--relay off" if cfg.relay == "off" else
-               f"method {cfg.method} does not forward" if not methods.method(cfg.method).relays else "one node")
+        why = ("--relay off" if cfg.run.relay == "off" else
+               f"method {cfg.run.method} does not forward" if not methods.method(cfg.run.method).relays else "one node")
         return [f"Relays: none weighed ({why}); predicted without relays {d.time_s * 1e3:.3f} ms"]
     r = choice.relayed
     rb, db = r.class_bounds_s(), d.class_bounds_s()
     kept = "with relays" if choice.uses_relays else "without relays (not predicted faster)"
-    return [f"Relays (--relay {cfg.relay}): {human_bytes(choice.relayed_bytes)} forwarded over NVLink (hop 1) by "
+    return [f"Relays (--relay {cfg.run.relay}): {human_bytes(choice.relayed_bytes)} forwarded over NVLink (hop 1) by "
             f"{len({t.src for t in choice.plan.transfers if t.hop})} relays" if choice.uses_relays else
-            f"Relays (--relay {cfg.relay}): the relayed plan would forward {human_bytes(choice.relayed_bytes)}",
+            f"Relays (--relay {cfg.run.relay}): the relayed plan would forward {human_bytes(choice.relayed_bytes)}",
             f"  with relays: NIC bound {rb['inter-node'] * 1e3:.3f} ms, NVLink bound {rb['intra-node'] * 1e3:.3f} ms, "
             f"predicted {r.time_s * 1e3:.3f} ms; without: NIC {db['inter-node'] * 1e3:.3f} ms, NVLink "
             f"{db['intra-node'] * 1e3:.3f} ms, predicted {d.time_s * 1e3:.3f} ms; kept: {kept}"]
@@ -135,7 +135,7 @@ def print_plan(console: Console, cfg: RunConfig, plan: Plan, gpus: DeviceMap | N
     detail = w.world_size <= DETAIL_RANKS if detail is None else detail
     console.print(w.describe())
     dmap = gpus or device_map(cfg, plan)
-    where = (f" (as SLURM places them on nodes of {cfg.gpus_per_node}; --local-gpus N: a local run)"
+    where = (f" (as SLURM places them on nodes of {cfg.hardware.gpus_per_node}; --local-gpus N: a local run)"
              if gpus is None else "")
     console.print(f"GPUs{where}: {dmap.describe(w) if detail else gpus_summary(dmap, w)}", highlight=False,
                   soft_wrap=True)
@@ -147,15 +147,15 @@ def print_plan(console: Console, cfg: RunConfig, plan: Plan, gpus: DeviceMap | N
     )
     console.print(
         f"Plan: {len(plan.transfers)} transfers, network {human_bytes(plan.network_bytes)}, "
-        f"local {human_bytes(plan.local_bytes)}; method {cfg.method}, mode {w.mode.value}"
+        f"local {human_bytes(plan.local_bytes)}; method {cfg.run.method}, mode {w.mode.value}"
     )
     if plan.destination is not None:
         console.print(precision_line(plan))
-    if methods.method(cfg.method).buffers == "nvshmem-heap":
-        direction = nvshmem_direction(w, cfg.nvshmem_placement, cfg.gpus_per_node)
-        console.print(f"NVSHMEM: placement {cfg.nvshmem_placement}"
-                      + (f" (as {direction} here)" if direction != cfg.nvshmem_placement else "")
-                      + f", completion {cfg.nvshmem_sync} (--nvshmem-placement, --nvshmem-sync)", highlight=False)
+    if methods.method(cfg.run.method).buffers == "nvshmem-heap":
+        direction = nvshmem_direction(w, cfg.run.nvshmem_placement, cfg.hardware.gpus_per_node)
+        console.print(f"NVSHMEM: placement {cfg.run.nvshmem_placement}"
+                      + (f" (as {direction} here)" if direction != cfg.run.nvshmem_placement else "")
+                      + f", completion {cfg.run.nvshmem_sync} (--nvshmem-placement, --nvshmem-sync)", highlight=False)
     fit = cfg.memory_fit(inv, w)
     pred = predict(plan, cfg.link_model())
     for line in (*balance_lines(plan, pred), *(relay_lines(cfg, relay) if relay is not None else ())):

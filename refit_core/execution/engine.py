@@ -59,14 +59,14 @@ def run_rank(cfg: RunConfig, plan: Plan, rank: int, world_size: int, device: tor
                       rank_plan=plan.for_rank(rank), source=source, destination=destination,
                       active_group=active_group, devices=devices)
     record.role, record.host, record.device, record.method = (plan.world.role(rank), socket.gethostname(),
-                                                              _device_name(device), cfg.method)
+                                                              _device_name(device), cfg.run.method)
     record.source_bytes = source.nbytes if source else 0
     record.destination_bytes = destination.nbytes if destination else 0
     transport = transport or run_transport(cfg, plan)
     r = _RankRun(cfg, ctx, transport, record, on_record, watchdog, hooks)
     try:
         _set_up(r, setup_group)
-        for k in range(cfg.warmup + cfg.iterations):
+        for k in range(cfg.run.warmup + cfg.run.iterations):
             _iteration(r, k)
         record.verified = record.complete = True
     except BaseException as e:
@@ -74,7 +74,7 @@ def run_rank(cfg: RunConfig, plan: Plan, rank: int, world_size: int, device: tor
         on_record(record)
         raise
     finally:
-        watchdog.arm(f"{cfg.method} transport close")
+        watchdog.arm(f"{cfg.run.method} transport close")
         try:
             transport.close()
         finally:
@@ -85,19 +85,19 @@ def run_rank(cfg: RunConfig, plan: Plan, rank: int, world_size: int, device: tor
 
 def run_transport(cfg: RunConfig, plan: Plan) -> Transport:
     """The method's transport, with FP8's quantising sender around it where the destination is FP8."""
-    return for_precision(make_transport(cfg.method), plan.precision)  # FP8: the sender quantises first
+    return for_precision(make_transport(cfg.run.method), plan.precision)  # FP8: the sender quantises first
 
 
 def _set_up(r: _RankRun, setup_group: object) -> None:
     """The transport's buffers, then the sources' deterministic values; every rank's before the first iteration."""
     cfg, record, transport = r.cfg, r.record, r.transport
-    r.watchdog.arm(getattr(transport, "setup_phase", f"{cfg.method} transport set-up"))
+    r.watchdog.arm(getattr(transport, "setup_phase", f"{cfg.run.method} transport set-up"))
     r.hooks.before("setup")
     transport.prepare(r.ctx)
     record.extra_bytes = transport.extra_bytes
     record.transport = transport.info
     record.extra_bytes_measured = transport.measured_extra_bytes
-    log.info(f"{record.role} on {record.device}: {cfg.method} transport ready, "
+    log.info(f"{record.role} on {record.device}: {cfg.run.method} transport ready, "
              f"{record.source_bytes + record.destination_bytes} shard bytes, {transport.extra_bytes} extra bytes")
     r.watchdog.arm("weight fill")
     r.check = destination_check(r.ctx.plan, r.ctx.rank, r.ctx.device)
@@ -113,7 +113,7 @@ def _set_up(r: _RankRun, setup_group: object) -> None:
 def _iteration(r: _RankRun, k: int) -> None:
     """Iteration k (warm-up first): poison the destinations, line up, refit, verify every byte, record."""
     cfg, ctx, transport = r.cfg, r.ctx, r.transport
-    r.watchdog.arm(f"iteration {k - cfg.warmup}")
+    r.watchdog.arm(f"iteration {k - cfg.run.warmup}")
     for buf, _ in transport.destination_parts:
         weights.poison(buf)
     _sync(ctx.device)
@@ -124,11 +124,11 @@ def _iteration(r: _RankRun, k: int) -> None:
     for buf, storage in transport.destination_parts:
         r.check(buf, storage)
     r.watchdog.disarm()
-    log.info(f"iteration {k - cfg.warmup}{' (warm-up)' if k < cfg.warmup else ''}: {stats.time_ms:.3f} ms"
+    log.info(f"iteration {k - cfg.run.warmup}{' (warm-up)' if k < cfg.run.warmup else ''}: {stats.time_ms:.3f} ms"
              + (", verified" if ctx.destination is not None else ""))
     traffic = ctx.plan.per_rank[ctx.rank]
     r.record.iterations.append(IterationRecord(
-        k - cfg.warmup if k >= cfg.warmup else -(cfg.warmup - k), k < cfg.warmup, stats.time_ms,
+        k - cfg.run.warmup if k >= cfg.run.warmup else -(cfg.run.warmup - k), k < cfg.run.warmup, stats.time_ms,
         traffic.bytes_in, traffic.bytes_out, traffic.bytes_local, stats.phases_ms, stats.launches))
     r.on_record(r.record)
 

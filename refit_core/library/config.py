@@ -17,7 +17,7 @@ runs do not coalesce across parameters) 64 KiB made config-6 1.4x faster than 4 
 
 def library_settings(cfg: RunConfig) -> RunConfig:
     """`cfg` with the library's defaults: on CPU, zero-copy from CPU_DIRECT_MIN_BYTES."""
-    if methods.method(cfg.method).uses_gpus:
+    if methods.method(cfg.run.method).uses_gpus:
         return cfg
     return cfg.with_changes(staged_direct_min_bytes=CPU_DIRECT_MIN_BYTES)
 
@@ -29,7 +29,7 @@ def refit_config(model: ModelSpec, source: ParallelLayout, destination: Parallel
     (collocated) or right after them, in refitctl's rank order (docs/architecture.md); ranks past
     the layouts idle. Raises ConfigError (one line) for layouts that cannot work."""
     mode = RefitMode.COLLOCATED if collocated else RefitMode.NON_COLLOCATED
-    cfg = library_settings(RunConfig(name, model, source, destination, mode, method=method, iterations=1, warmup=0,
+    cfg = library_settings(RunConfig.of(name, model, source, destination, mode, method=method, iterations=1, warmup=0,
                                      gpus=world_size, bucket_bytes=bucket_bytes))
     cfg.validate(gpu_memory=False)
     return cfg

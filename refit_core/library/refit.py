@@ -85,12 +85,12 @@ class Refit:
         given and `verify` is off: refit_core/megatron gathers them with the models' descriptions)."""
         clock = _Laps()
         rank, device = _check_world(config, source, destination)
-        transport = transport or make_transport(config.method, caller_buffers=True)
+        transport = transport or make_transport(config.run.method, caller_buffers=True)
         if not getattr(transport, "accepts_caller_buffers", False):  # before any tensor is touched
-            raise ConfigError(f"--refit-method {config.method} cannot refit the caller's tensors (its transport "
+            raise ConfigError(f"--refit-method {config.run.method} cannot refit the caller's tensors (its transport "
                               "needs buffers of its own kind): use gloo on CPU or nccl on GPUs")
-        if methods.method(config.method).needs_cuda and device.type != "cuda":
-            raise ConfigError(f"--refit-method {config.method} refits tensors on CUDA GPUs, these are on "
+        if methods.method(config.run.method).needs_cuda and device.type != "cuda":
+            raise ConfigError(f"--refit-method {config.run.method} refits tensors on CUDA GPUs, these are on "
                               f"{device.type}: move the models to the GPU, or use gloo on CPU")
         plan = plan or config.plan()
         clock.lap("plan")
@@ -110,7 +110,7 @@ class Refit:
         transport.prepare(ctx)
         clock.lap("prepare")
         log.info("rank %d: refit built in %.1f ms (%s, source %s, destination %s)", rank, sum(clock.ms.values()),
-                 config.method, _how(src), _how(dst))
+                 config.run.method, _how(src), _how(dst))
         return cls(config, plan, rank, transport, src, dst, verify, clock.ms)
 
     def __call__(self) -> RefitStats:
@@ -141,10 +141,10 @@ def _check_world(config: RunConfig, source: Tensors | None, destination: Tensors
                           "call torch.distributed.init_process_group first")
     config.validate(gpu_memory=False)
     need = config.world().gpus_used
-    if not need <= dist.get_world_size() <= config.gpus:
+    if not need <= dist.get_world_size() <= config.hardware.gpus:
         raise ConfigError(f"the process group has {dist.get_world_size()} ranks but the layouts use {need} of a "
-                          f"world of {config.gpus}: build the config with gpus = the world size")
-    if config.inference_precision != "bf16":
+                          f"world of {config.hardware.gpus}: build the config with gpus = the world size")
+    if config.run.inference_precision != "bf16":
         raise ConfigError("refit_core.library refits BF16 destinations only: drop --rl-inference-precision fp8")
     tensors = [t for ts in (source, destination) if ts for t in ts.values()]
     return dist.get_rank(), tensors[0].device if tensors else torch.device("cpu")

@@ -133,7 +133,7 @@ def run_config(src: Any, dst: Any, method: str) -> tuple[RunConfig, list[tuple[S
         diff = next(k for (k, v), (_, w) in zip(s.spec, d.spec) if v != w)
         raise ConfigError(f"source and target models differ in {diff}: a refit moves the weights of one network")
     mode = RefitMode.COLLOCATED if d_ranks[0] == s_ranks[0] else RefitMode.NON_COLLOCATED  # both from rank 0
-    cfg = library_settings(RunConfig("megatron-swap", ModelSpec(**dict(s.spec)), s.layout, d.layout, mode,
+    cfg = library_settings(RunConfig.of("megatron-swap", ModelSpec(**dict(s.spec)), s.layout, d.layout, mode,
                                      method=method, iterations=1, warmup=0, gpus=dist.get_world_size()))
     cfg.validate(gpu_memory=False)
     world = cfg.world()

@@ -74,7 +74,7 @@ class MegatronTransport(TransportReport):
         self.ctx = ctx
         t0 = time.perf_counter()
         # THE one place Megatron-Core is changed: its planner's metadata for routed experts
-        report = (megatron_patch.unpatch_expert_metadata() if ctx.config.megatron_unpatched
+        report = (megatron_patch.unpatch_expert_metadata() if ctx.config.run.megatron_unpatched
                   else megatron_patch.patch_expert_metadata())
         self.models = mb.build_models(ctx.config)
         src_buf = allocate(ctx.source.nbytes, ctx.device) if ctx.source else None

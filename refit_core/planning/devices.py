@@ -1,7 +1,8 @@
 """Which GPU each rank uses: one pure function of the world, the refit method and the nodes.
 
-Decided before anything is launched (the CLI's pre-flight), written into config.json, and used by
-every task (jobs/refit_job.py); `refitctl plan` and `submit` print it. Ranks sit on nodes in
+Decided before anything is launched (the CLI's pre-flight), written into the run's devices.json (with the
+other launch decision, whether a rank without a GPU falls back to the CPU), and used by every task
+(jobs/refit_job.py); `refitctl plan` and `submit` print it. Ranks sit on nodes in
 blocks of `ranks_per_node` (SLURM's block distribution; a local run is one node holding every
 rank), and a GPU is named by its index among the GPUs the node shows (CUDA_VISIBLE_DEVICES as
 SLURM or the user set it).
@@ -36,6 +37,11 @@ class DeviceMap:
     ranks_per_node: int
     gpus_per_node: int
     note: str = ""
+    fallback_without_gpu: bool = False
+    """Where a rank finds no CUDA GPU, it runs the method's CPU fallback (its registry entry's `cpu_fallback`) on
+    no device instead of failing. A launch decision, not a setting: made for a config's own method (no
+    --refit-method) submitted to SLURM, whose nodes only the job sees (orchestrator/submission/runspec.py);
+    locally the same fallback is decided before launch."""
 
     def device(self, rank: int) -> int | None:
         return self.devices[rank]
@@ -64,8 +70,11 @@ class DeviceMap:
         return text
 
     def to_json(self) -> dict[str, object]:
-        return {"devices": list(self.devices), "ranks_per_node": self.ranks_per_node,
-                "gpus_per_node": self.gpus_per_node, "note": self.note}
+        d: dict[str, object] = {"devices": list(self.devices), "ranks_per_node": self.ranks_per_node,
+                                "gpus_per_node": self.gpus_per_node, "note": self.note}
+        if self.fallback_without_gpu:  # only where it was decided: `refitctl plan --json` reads as before
+            d["fallback_without_gpu"] = True
+        return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "DeviceMap":
@@ -73,7 +82,10 @@ class DeviceMap:
         devices = d["devices"]
         if not isinstance(devices, list) or not all(v is None or (isinstance(v, int) and v >= 0) for v in devices):
             raise ValueError("devices must be a list of GPU indices or null")
-        return cls(tuple(devices), int(d["ranks_per_node"]), int(d["gpus_per_node"]), str(d.get("note", "")))
+        fallback = d.get("fallback_without_gpu", False)
+        if not isinstance(fallback, bool):
+            raise ValueError("fallback_without_gpu must be true or false")
+        return cls(tuple(devices), int(d["ranks_per_node"]), int(d["gpus_per_node"]), str(d.get("note", "")), fallback)
 
 
 def _ranks(ranks: list[int]) -> str:

@@ -62,8 +62,8 @@ def test_run_settings_from_variables_become_config_fields() -> None:
     got = cfg.with_environment({"REFITCTL_STAGED_ZERO_COPY": "off", "REFITCTL_STAGED_DIRECT_MIN_BYTES": "1024",
                                 "REFITCTL_NVSHMEM_SYNC": "host", "REFITCTL_MEGATRON_UNPATCHED": "1",
                                 "REFITCTL_NVSHMEM_PLACEMENT": ""})  # empty: not set
-    assert (got.staged_zero_copy, got.staged_direct_min_bytes, got.nvshmem_sync, got.megatron_unpatched,
-            got.nvshmem_placement) == (False, 1024, "host", True, cfg.nvshmem_placement)
+    assert (got.run.staged_zero_copy, got.run.staged_direct_min_bytes, got.run.nvshmem_sync, got.run.megatron_unpatched,
+            got.run.nvshmem_placement) == (False, 1024, "host", True, cfg.run.nvshmem_placement)
     assert cfg.with_environment({}) is cfg
     with pytest.raises(ConfigError, match=r"^REFITCTL_STAGED_ZERO_COPY='maybe': use 1 or 0 \(on or off\)$"):
         cfg.with_environment({"REFITCTL_STAGED_ZERO_COPY": "maybe"})

@@ -132,7 +132,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
      "refit_core.paths",
      "refit_core.records", "refit_core.results"),
     ("refit_core.planning",),
-    ("refit_core.config",),
+    ("refit_core.config", "refit_core.sections"),
     ("refit_core.execution",),
     ("refit_core.library",),
     ("refit_core.peers",),

@@ -34,7 +34,7 @@ from refit_core.execution.transports.copy import CudaBlockCopy
 
 
 def sync_mode(mode: str, active_pes: int, shared: bool | None = None) -> str:
-    """How an iteration completes for --nvshmem-sync `mode` (RunConfig.nvshmem_sync): device or host as
+    """How an iteration completes for --nvshmem-sync `mode` (RunSettings.nvshmem_sync): device or host as
     given, or for auto: host when PEs share a GPU (`shared`, from the run's rank -> GPU map; without
     one: more active PEs than this node has GPUs), device otherwise."""
     if mode not in SYNC_MODES:
@@ -82,7 +82,7 @@ class NvshmemTransport(TransportReport):
         w = ctx.plan.world
         active = list(range(w.gpus_used))
         storages = [rank_storages(ctx.plan, r) for r in active]  # every peer's shards (pure)
-        direction = nvshmem_direction(w, ctx.config.nvshmem_placement, ctx.config.gpus_per_node)
+        direction = nvshmem_direction(w, ctx.config.run.nvshmem_placement, ctx.config.hardware.gpus_per_node)
         self.placement = placement = place(storages, direction)
         me = placement.ranks[ctx.rank]
         # Physical heap memory comes in chunks of NVSHMEM_GRANULARITY_BYTES; NVSHMEM's default (512 MiB) left up
@@ -107,7 +107,7 @@ class NvshmemTransport(TransportReport):
         self.measured_extra_bytes = self._measure(ctx, free_before, shards)
         self.stream = torch.cuda.current_stream(ctx.device)
         placed = ctx.devices
-        self.sync = sync_mode(ctx.config.nvshmem_sync, len(active), None if placed is None else
+        self.sync = sync_mode(ctx.config.run.nvshmem_sync, len(active), None if placed is None else
                               shares_gpus(placed.devices, active, placed.ranks_per_node))
         self.info = {"placement": placement.direction, "heap_bytes": placement.heap_bytes,
                      "private_bytes": me.private_bytes, "unused_heap_bytes": placement.unused_heap(ctx.rank),

@@ -1,7 +1,7 @@
 """Two-sided refit through torch.distributed point-to-point (NCCL on GPUs, gloo on CPU).
 
 Zero-copy first (blocks.py says which bytes): every contiguous run of at least
-`--staged-direct-min-bytes` (RunConfig.staged_direct_min_bytes) travels straight from the source shard buffer into the destination shard
+`--staged-direct-min-bytes` (RunSettings.staged_direct_min_bytes) travels straight from the source shard buffer into the destination shard
 buffer, one isend/irecv on views of the two flat buffers, all of them in ONE batch issued at the
 start of the iteration, so the link starts at once and no byte of them is packed or unpacked.
 The rest (short runs, strided blocks of row-parallel weights) is staged: per round, pack every
@@ -81,12 +81,12 @@ class StagedTransport(TransportReport):
         self.dst_buf = shard_buffer(ctx, "destination")
         self.source_parts = whole(self.src_buf, ctx.source)
         self.destination_parts = whole(self.dst_buf, ctx.destination)
-        chunk = chunk_bytes_for(ctx.plan, ctx.config.bucket_bytes)
+        chunk = chunk_bytes_for(ctx.plan, ctx.config.run.bucket_bytes)
         # FP8 plans stage every byte on both ends: the sender quantises each bucket as it packs it
         # (a zero-copy run would need the whole FP8 send image); both ends see the plan's precision.
         # Through shared memory every byte is staged too (shared.py): there is no socket to send a run on.
         cfg = ctx.config
-        threshold = cfg.staged_direct_min_bytes if cfg.staged_zero_copy and ctx.plan.destination is None else None
+        threshold = cfg.run.staged_direct_min_bytes if cfg.run.staged_zero_copy and ctx.plan.destination is None else None
         layouts = ctx.layouts or ShardLayouts(ctx.plan)
         if self._prepare_shared(ctx, chunk, layouts):
             return
@@ -138,7 +138,7 @@ class StagedTransport(TransportReport):
         if ctx.device.type != "cpu" or dist.get_backend(ctx.active_group) != "gloo":
             return None
         cfg = ctx.config
-        return ShmStages(ctx.active_group) if cfg.gloo_shared_memory and ctx.plan.destination is None \
+        return ShmStages(ctx.active_group) if cfg.run.gloo_shared_memory and ctx.plan.destination is None \
             and not ctx.plan.relayed_bytes else None
 
     def _prepare_shared(self, ctx: RankContext, chunk: int, layouts: ShardLayouts) -> bool:

@@ -55,7 +55,7 @@ def test_nvshmem_pes_on_one_gpu_verify(name: str, tmp_path: Path) -> None:
     cfg = apply_overrides(resolve(name), {**SMALL_FLAGS, "refit_method": "nvshmem"})
     cfg = cfg.with_changes(gpus=cfg.world().gpus_used)
     codes, res = run_locally(cfg, tmp_path, timeout_s=300)
-    assert codes == [0] * cfg.gpus, (tmp_path / "logs" / "rank-00000.log").read_text()[-3000:]
+    assert codes == [0] * cfg.hardware.gpus, (tmp_path / "logs" / "rank-00000.log").read_text()[-3000:]
     assert res["verified"]
 
 
@@ -64,7 +64,7 @@ def test_naive_baseline_verifies(tmp_path: Path) -> None:
     cfg = apply_overrides(resolve("config-1"), {**SMALL_FLAGS, "refit_method": "naive"})
     cfg = cfg.with_changes(gpus=cfg.world().gpus_used)
     codes, res = run_locally(cfg, tmp_path, timeout_s=300)
-    assert codes == [0] * cfg.gpus, (tmp_path / "logs" / "rank-00000.log").read_text()[-3000:]
+    assert codes == [0] * cfg.hardware.gpus, (tmp_path / "logs" / "rank-00000.log").read_text()[-3000:]
     assert res["verified"]
 
 
@@ -77,7 +77,7 @@ def test_nvshmem_every_placement_verifies_and_measures_its_memory(name: str, pla
     cfg = apply_overrides(resolve(name), {**SMALL_FLAGS, "refit_method": "nvshmem"})
     cfg = cfg.with_changes(gpus=cfg.world().gpus_used)
     codes, res = run_locally(cfg, tmp_path, timeout_s=300)
-    assert codes == [0] * cfg.gpus, (tmp_path / "logs" / "rank-00000.log").read_text()[-3000:]
+    assert codes == [0] * cfg.hardware.gpus, (tmp_path / "logs" / "rank-00000.log").read_text()[-3000:]
     assert res["verified"]
     assert res["extra_bytes_measured_max"] is not None
 

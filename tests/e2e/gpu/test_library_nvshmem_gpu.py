@@ -112,7 +112,7 @@ def test_megatron_swap_over_nvshmem_pes_on_one_gpu_is_bitwise() -> None:
     from refit_core.config import RunConfig
     from refit_core.planning.layout import RefitMode
 
-    cfg = RunConfig("gpu-swap-nvshmem", TINY, ParallelLayout(tp=2), ParallelLayout(ep=2), RefitMode("non-collocated"),
+    cfg = RunConfig.of("gpu-swap-nvshmem", TINY, ParallelLayout(tp=2), ParallelLayout(ep=2), RefitMode("non-collocated"),
                     method="nvshmem", iterations=1, gpus=4)
-    res = mb.run_ranks(cfg.gpus, _swap_rank, cfg, backend="gloo")
+    res = mb.run_ranks(cfg.hardware.gpus, _swap_rank, cfg, backend="gloo")
     assert all(r == [{}, {}] for r in res), res

@@ -50,9 +50,9 @@ def gpu_rank(cfg: RunConfig) -> list[dict]:
 @pytest.mark.parametrize("name", list(CASES))
 def test_swap_on_gpus_is_bitwise(name: str) -> None:
     src, dst, mode = CASES[name]
-    cfg = RunConfig("gpu-swap", MODEL, src, dst, RefitMode(mode), method="nccl", iterations=1, gpus=64)
+    cfg = RunConfig.of("gpu-swap", MODEL, src, dst, RefitMode(mode), method="nccl", iterations=1, gpus=64)
     cfg = cfg.with_changes(gpus=cfg.world().gpus_used)
-    if GPUS < cfg.gpus:
-        pytest.skip(f"needs {cfg.gpus} CUDA GPU(s), {GPUS} here")
-    res = mb.run_ranks(cfg.gpus, gpu_rank, cfg, backend="nccl")
+    if GPUS < cfg.hardware.gpus:
+        pytest.skip(f"needs {cfg.hardware.gpus} CUDA GPU(s), {GPUS} here")
+    res = mb.run_ranks(cfg.hardware.gpus, gpu_rank, cfg, backend="nccl")
     assert all(r == [{}, {}] for r in res)

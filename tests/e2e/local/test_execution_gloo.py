@@ -34,12 +34,12 @@ def ranks(run_dir: Path) -> dict[int, dict]:
 def test_seed_config_verifies(name: str, tmp_path: Path) -> None:
     cfg = small(name)
     codes, res = run_locally(cfg, tmp_path, timeout_s=240)
-    assert codes == [0] * cfg.gpus, (tmp_path / "logs" / "rank-0.log").read_text()
+    assert codes == [0] * cfg.hardware.gpus, (tmp_path / "logs" / "rank-0.log").read_text()
     assert res["verified"] and res["complete"]
     assert res["timed_iterations"] == 2 and len(res["warmup_ms"]) == 1
     assert res["delivered_bytes"] > 0 and res["median_ms"] > 0
     recs = ranks(tmp_path)
-    assert sorted(recs) == list(range(cfg.gpus))
+    assert sorted(recs) == list(range(cfg.hardware.gpus))
     for r in cfg.world().destination.ranks:
         assert recs[r].verified and len(recs[r].iterations) == 3
 
@@ -76,7 +76,7 @@ def test_fp32_router_expert_bias_moves_with_the_bf16_weights(tmp_path: Path) -> 
     cfg = small("collocated-4", moe_router_enable_expert_bias=True)  # EP 2 -> 1: the bias is replicated
     assert any(p.name.endswith("mlp.router.expert_bias") and p.dtype == "float32" for p in cfg.inventory().params)
     codes, res = run_locally(cfg, tmp_path, timeout_s=240)
-    assert codes == [0] * cfg.gpus and res["verified"]
+    assert codes == [0] * cfg.hardware.gpus and res["verified"]
 
 
 @pytest.mark.parametrize("name,env", [
@@ -91,7 +91,7 @@ def test_zero_copy_and_all_staged_paths_verify(name: str, env: dict[str, str], t
     resolved (RunConfig.with_environment) and reach the ranks as config fields."""
     cfg = small(name, gloo_shared_memory="off").with_environment(env)  # the socket path
     codes, res = run_locally(cfg, tmp_path, timeout_s=240)
-    assert codes == [0] * cfg.gpus, (tmp_path / "logs" / "rank-0.log").read_text()
+    assert codes == [0] * cfg.hardware.gpus, (tmp_path / "logs" / "rank-0.log").read_text()
     assert res["verified"] and res["complete"]
     recs = ranks(tmp_path)
     on = env.get("REFITCTL_STAGED_ZERO_COPY") != "0"
@@ -113,7 +113,7 @@ def test_shared_memory_staging_verifies_over_rounds_and_leaves_no_file(name: str
     before = set(SHM_DIR.glob(f"{PREFIX}*"))
     cfg = small(name, refit_bucket_size="1MiB")
     codes, res = run_locally(cfg, tmp_path, timeout_s=240)
-    assert codes == [0] * cfg.gpus, (tmp_path / "logs" / "rank-0.log").read_text()
+    assert codes == [0] * cfg.hardware.gpus, (tmp_path / "logs" / "rank-0.log").read_text()
     assert res["verified"] and res["complete"]
     recs = ranks(tmp_path)
     moved = [r for r in recs.values() if r.transport.get("staged_bytes")]

@@ -67,7 +67,7 @@ def test_fp8_seed_configs_verify_bitwise_at_about_half_the_wire_bytes(name: str,
     cfg = small(name, rl_inference_precision="fp8")
     fp8, bf16 = cfg.plan(), cfg.with_changes(inference_precision="bf16").plan()
     codes, res = _run(cfg, tmp_path)
-    assert codes == [0] * cfg.gpus, (tmp_path / "logs" / "rank-0.log").read_text()
+    assert codes == [0] * cfg.hardware.gpus, (tmp_path / "logs" / "rank-0.log").read_text()
     assert res["verified"] and res["complete"] and res["precision"] == "fp8"
     assert res["wire_bytes"] == fp8.network_bytes and res["delivered_bytes"] == fp8.delivered_bytes
     # weights one byte instead of two; the small model's embeddings and output layer stay bf16
@@ -86,7 +86,7 @@ def test_fp8_blocks_cut_by_the_source_tp_boundary_are_gathered_and_verify(tmp_pa
     assert {"decoder.layers.0.mlp.linear_fc1.weight_scale_inv",
             "decoder.layers.0.mlp.linear_fc2.weight_scale_inv"} <= cut
     codes, res = _run(cfg, tmp_path)
-    assert codes == [0] * cfg.gpus and res["verified"], (tmp_path / "logs" / "rank-2.log").read_text()
+    assert codes == [0] * cfg.hardware.gpus and res["verified"], (tmp_path / "logs" / "rank-2.log").read_text()
 
 
 def test_fp8_corrupted_byte_is_caught_and_named(tmp_path: Path) -> None:
@@ -101,9 +101,9 @@ def test_fp8_corrupted_byte_is_caught_and_named(tmp_path: Path) -> None:
 def test_kimi_k2_small_fp8_preset_verifies_on_gloo(tmp_path: Path) -> None:
     cfg = apply_overrides(resolve("kimi-k2-small-fp8"), {"refit_method": "gloo"})
     cfg.validate()
-    assert cfg.inference_precision == "fp8" and cfg.plan().gathers  # MLA's q_up_proj: 192 rows per TP rank
+    assert cfg.run.inference_precision == "fp8" and cfg.plan().gathers  # MLA's q_up_proj: 192 rows per TP rank
     codes, res = _run(cfg, tmp_path)
-    assert codes == [0] * cfg.gpus and res["verified"] and res["precision"] == "fp8"
+    assert codes == [0] * cfg.hardware.gpus and res["verified"] and res["precision"] == "fp8"
 
 
 def test_fp8_runs_on_the_byte_generic_methods_only() -> None:
@@ -118,7 +118,7 @@ def test_fp8_bench_runs_each_row_in_bf16_then_fp8() -> None:
     from benchmarks.fp8_bench import fp8_cases
 
     rows = fp8_cases(1, ("seed",), {"seed": 2}, 4)
-    assert [(c.config.name, c.config.method, c.config.inference_precision) for c in rows] == [
+    assert [(c.config.name, c.config.run.method, c.config.run.inference_precision) for c in rows] == [
         ("config-4", "nvshmem", "bf16"), ("config-4-fp8", "nvshmem", "fp8"),
         ("collocated-4", "nvshmem", "bf16"), ("collocated-4-fp8", "nvshmem", "fp8"),
         ("world-1", "nccl", "bf16"), ("world-1-fp8", "nccl", "fp8")]
@@ -134,7 +134,7 @@ def test_fp8_two_sided_sender_has_no_send_image_and_stays_within_the_bucket(tmp_
     bucket = 1 << 20
     cfg = small("config-4", rl_inference_precision="fp8", refit_bucket_size=bucket)
     codes, res = _run(cfg, tmp_path)
-    assert codes == [0] * cfg.gpus and res["verified"], (tmp_path / "logs" / "rank-0.log").read_text()
+    assert codes == [0] * cfg.hardware.gpus and res["verified"], (tmp_path / "logs" / "rank-0.log").read_text()
     recs = ranks(tmp_path)
     sources = cfg.world().source.ranks
     assert {r: recs[r].transport["rounds"] > 1 for r in sources} == {r: True for r in sources}

@@ -37,7 +37,7 @@ BASE = dict(num_layers=2, hidden_size=64, num_attention_heads=8, num_query_group
 
 
 def case(src: ParallelLayout, dst: ParallelLayout, mode: str = "collocated", **model: object) -> RunConfig:
-    cfg = RunConfig("megatron-oracle", ModelSpec(**{**BASE, **model}), src, dst, RefitMode(mode), method="gloo",
+    cfg = RunConfig.of("megatron-oracle", ModelSpec(**{**BASE, **model}), src, dst, RefitMode(mode), method="gloo",
                     iterations=1, gpus=1 << 10)
     cfg = cfg.with_changes(gpus=cfg.world().gpus_used)
     cfg.validate()
@@ -75,9 +75,9 @@ def oracle_rank(cfg: RunConfig) -> dict:
 
 def run(cfg: RunConfig) -> list[dict]:
     t = time.perf_counter()
-    res = mb.run_ranks(cfg.gpus, oracle_rank, cfg)
-    print(f"{cfg.source.describe()} -> {cfg.destination.describe()} {cfg.mode.value}, "
-          f"{cfg.gpus} ranks: {time.perf_counter() - t:.1f} s")
+    res = mb.run_ranks(cfg.hardware.gpus, oracle_rank, cfg)
+    print(f"{cfg.layouts.source.describe()} -> {cfg.layouts.destination.describe()} {cfg.layouts.mode.value}, "
+          f"{cfg.hardware.gpus} ranks: {time.perf_counter() - t:.1f} s")
     for r in res:
         assert r["placement"] == [], "\n".join(r["placement"])
         err, wrong = r["patched"]
@@ -163,7 +163,7 @@ def test_tied_embeddings_with_pp_cannot_be_built_on_cpu() -> None:
 
     cfg = case(ParallelLayout(pp=2), ParallelLayout())
     with pytest.raises(ConfigError, match="tied embeddings with PP > 1: Megatron-Core moves"):
-        mb.transformer_config(cfg.model, cfg.source)
+        mb.transformer_config(cfg.model, cfg.layouts.source)
 
 
 def _placement_against(built: RunConfig, claimed: RunConfig) -> list[str]:

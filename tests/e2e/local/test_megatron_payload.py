@@ -34,7 +34,7 @@ def test_submit_collocated_4_payload_megatron_verifies_the_models(tmp_path: Path
     assert p.returncode == 0, p.stdout + p.stderr
     assert "COMPLETED · verified · first " in p.stdout
     (run,) = tmp_path.iterdir()
-    assert json.loads((run / "config.json").read_text())["payload"] == "megatron"
+    assert json.loads((run / "config.json").read_text())["run"]["payload"] == "megatron"
     res = json.loads((run / "results.json").read_text())
     assert res["verified"] and res["complete"] and res["timed_iterations"] == 2
     t = res["transport"]
@@ -58,7 +58,7 @@ def test_submit_collocated_4_payload_megatron_verifies_the_models(tmp_path: Path
 def test_payload_is_synthetic_by_default_and_checked(capsys: pytest.CaptureFixture[str]) -> None:
     from orchestrator.configs import resolve
 
-    assert resolve("config-4").payload == "synthetic"
+    assert resolve("config-4").run.payload == "synthetic"
     assert main(["plan", "config-4", "--payload", "real"]) == 2
     assert capsys.readouterr().err == "refitctl: error: --payload must be one of synthetic, megatron, got 'real'\n"
     assert main(["plan", "config-4", "--payload", "megatron", "--refit-method", "megatron-gloo"]) == 2

@@ -87,6 +87,6 @@ def test_megatron_gloo_runs_on_cpu_and_megatron_nccl_falls_back_to_it() -> None:
     assert effective_config(cpu, method_explicit=True, gpus_available=False) == (cpu, None)
     gpu = cpu.with_changes(method="megatron-nccl")
     fallback, note = effective_config(gpu, method_explicit=False, gpus_available=False)
-    assert fallback.method == "megatron-gloo" and "megatron-nccl" in note
+    assert fallback.run.method == "megatron-gloo" and "megatron-nccl" in note
     with pytest.raises(ConfigError, match="--refit-method megatron-nccl needs CUDA GPUs"):
         effective_config(gpu, method_explicit=True, gpus_available=False)

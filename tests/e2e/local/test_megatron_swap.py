@@ -48,11 +48,11 @@ def swap_rank(cfg: RunConfig, chunks: bool, ddp: bool = False) -> dict:
 
 
 def run(cfg: RunConfig, chunks: bool = False, ddp: bool = False) -> list[dict]:
-    res = mb.run_ranks(cfg.gpus, swap_rank, cfg, chunks, ddp)
+    res = mb.run_ranks(cfg.hardware.gpus, swap_rank, cfg, chunks, ddp)
     for r in res:
         assert r["mismatches"] == [{}, {}]
     dst = cfg.world().destination
-    assert [r["calls"] for r in res] == [2 if dst.local(k) is not None else None for k in range(cfg.gpus)]
+    assert [r["calls"] for r in res] == [2 if dst.local(k) is not None else None for k in range(cfg.hardware.gpus)]
     assert sum(sum(r["checked"]) for r in res) > 0
     return res
 

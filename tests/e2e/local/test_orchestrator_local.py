@@ -84,9 +84,9 @@ def test_gpu_methods_fall_back_to_gloo_only_when_not_asked_for() -> None:
 
     cfg = resolve("config-1")
     same, note = effective_config(cfg, method_explicit=False, gpus_available=True)
-    assert same.method == "nvshmem" and note is None
+    assert same.run.method == "nvshmem" and note is None
     cpu, note = effective_config(cfg, method_explicit=False, gpus_available=False)
-    assert cpu.method == "gloo" and "gloo" in note and "nvshmem" in note
+    assert cpu.run.method == "gloo" and "gloo" in note and "nvshmem" in note
     with pytest.raises(ConfigError, match="needs CUDA GPUs"):
         effective_config(cfg, method_explicit=True, gpus_available=False)
 
@@ -108,8 +108,8 @@ def test_user_configs_in_the_example_file_are_valid() -> None:
     assert set(cfgs) == {"tp-ep-swap-4gpu", "ep-refit-minimal", "deep-narrow"}
     for cfg in cfgs.values():
         cfg.validate()
-    assert cfgs["tp-ep-swap-4gpu"].source.tp == 4 and cfgs["tp-ep-swap-4gpu"].destination.ep == 4
-    assert cfgs["deep-narrow"].model.num_layers == 16 and cfgs["deep-narrow"].method == "nccl"
+    assert cfgs["tp-ep-swap-4gpu"].layouts.source.tp == 4 and cfgs["tp-ep-swap-4gpu"].layouts.destination.ep == 4
+    assert cfgs["deep-narrow"].model.num_layers == 16 and cfgs["deep-narrow"].run.method == "nccl"
 
 
 def test_render_writes_a_standalone_sbatch_script(tmp_path: Path) -> None:
@@ -126,7 +126,7 @@ def test_render_writes_a_standalone_sbatch_script(tmp_path: Path) -> None:
     assert 'srun --kill-on-bad-exit=1 --output="$RUN_DIR/logs/rank-%5t.log" --cpu-bind=none "$PYTHON" ' \
            '-m jobs.refit_job "$RUN_DIR"' in text
     cfg = json.loads(text.split("<<'REFITCTL_CONFIG'\n")[1].split("\nREFITCTL_CONFIG")[0])
-    assert cfg["name"] == "config-1" and cfg["method"] == "nvshmem" and cfg["gpus"] == 8
+    assert cfg["name"] == "config-1" and cfg["run"]["method"] == "nvshmem" and cfg["hardware"]["gpus"] == 8
     run = json.loads(text.split("<<'REFITCTL_RUN'\n")[1].split("\nREFITCTL_RUN")[0])
     assert run["job"]["job_id"] == "@SLURM_JOB_ID@" and run["active_ranks"] == 6
     out = subprocess.run(["bash", "-n"], input=text, capture_output=True, text=True)

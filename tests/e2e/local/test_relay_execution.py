@@ -22,7 +22,7 @@ def test_relayed_plan_verifies_with_the_relay_hop_timed(name: str, per_node: int
     assert choice.uses_relays and choice.relayed is not None and choice.relayed.time_s < choice.direct.time_s
     plan = choice.plan
     codes, res = run_locally(cfg, tmp_path, timeout_s=240)
-    assert codes == [0] * cfg.gpus, (tmp_path / "logs" / "rank-0.log").read_text()
+    assert codes == [0] * cfg.hardware.gpus, (tmp_path / "logs" / "rank-0.log").read_text()
     assert res["verified"] and res["complete"]
     recs = ranks(tmp_path)
     forwarding = {t.src for t in plan.transfers if t.hop} | {t.dst for t in plan.transfers if t.hop}
@@ -32,7 +32,7 @@ def test_relayed_plan_verifies_with_the_relay_hop_timed(name: str, per_node: int
         assert recs[r].verified and timed and all("relay" in it.phases_ms for it in timed), r
         # the memory fit counts bucket_bytes of buffers per GPU: a relay forwards from its own shard and hop 1
         # stages through hop 0's first set, so its buffers stay within the bucket
-        assert recs[r].transport["relay_rounds"] >= 0 and 0 < recs[r].extra_bytes <= cfg.bucket_bytes, r
+        assert recs[r].transport["relay_rounds"] >= 0 and 0 < recs[r].extra_bytes <= cfg.run.bucket_bytes, r
     for r in cfg.world().source.ranks:
         assert all("relay" not in it.phases_ms for it in recs[r].iterations), r
 
@@ -41,5 +41,5 @@ def test_relay_off_sends_every_byte_from_a_source(tmp_path: Path) -> None:
     cfg = small("kimi-k2-small", gpus_per_node=4, relay="off")
     assert cfg.plan().relayed_bytes == 0 and cfg.relay_choice().relayed is None
     codes, res = run_locally(cfg, tmp_path, timeout_s=240)
-    assert codes == [0] * cfg.gpus and res["verified"]
+    assert codes == [0] * cfg.hardware.gpus and res["verified"]
     assert all("relay" not in it.phases_ms for rec in ranks(tmp_path).values() for it in rec.iterations)

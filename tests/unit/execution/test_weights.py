@@ -43,7 +43,7 @@ def shard():
     """Local rank 1 of a TP=2 destination of the small model: its storage, inventory and a filled buffer."""
     cfg = apply_overrides(resolve("config-1"), SMALL_FLAGS)
     inv = cfg.inventory()
-    storage = rank_storage(inv, cfg.destination, 1)
+    storage = rank_storage(inv, cfg.layouts.destination, 1)
     buf = torch.empty(storage.nbytes, dtype=torch.uint8)
     weights.fill(buf, storage, inv)
     return inv, storage, buf

@@ -12,13 +12,13 @@ SEED_ITERS = {"seed": 2, "large": 1}
 
 def test_two_gpus_get_nvshmem_seed_rows_and_the_two_gpu_nccl_layouts() -> None:
     rows = cases(2, False, SEED_ITERS, 4, ("seed",))
-    nv = {c.label: c.skip for c in rows if c.config.method == "nvshmem"}
+    nv = {c.label: c.skip for c in rows if c.config.run.method == "nvshmem"}
     assert len(nv) == 10 and nv["config-4"] == "uneven: 3 PEs on 2 GPUs"
     assert all(not why for name, why in nv.items() if name != "config-4")
-    nccl = [c.label for c in rows if c.config.method == "nccl"]
+    nccl = [c.label for c in rows if c.config.run.method == "nccl"]
     assert nccl == ["tp1-to-tp1", "tp1-to-tp1 (all staged)", "tp2-to-tp1ep2-collocated",
                     "tp2-to-tp1ep2-collocated (all staged)", "world-1"]
-    assert all(c.config.gpus == c.config.world().gpus_used for c in rows)
+    assert all(c.config.hardware.gpus == c.config.world().gpus_used for c in rows)
 
 
 def test_one_gpu_quick_marks_the_two_rank_layouts() -> None:
@@ -28,7 +28,7 @@ def test_one_gpu_quick_marks_the_two_rank_layouts() -> None:
 
 
 def test_eight_gpus_run_every_seed_config_with_nccl_too() -> None:
-    nccl = {c.config.name for c in cases(8, False, SEED_ITERS, 4, ("seed",)) if c.config.method == "nccl" and not c.skip}
+    nccl = {c.config.name for c in cases(8, False, SEED_ITERS, 4, ("seed",)) if c.config.run.method == "nccl" and not c.skip}
     assert {"config-1", "config-4", "collocated-1", "collocated-4", "tp1-to-tp1"} <= nccl
 
 

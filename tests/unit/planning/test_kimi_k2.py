@@ -107,11 +107,11 @@ def test_configs_are_registered_and_valid() -> None:
     for name in ("kimi-k2", "kimi-k2-collocated"):
         cfg = registry[name]
         cfg.validate()
-        assert cfg.gpus == 128 and cfg.source.etp == cfg.destination.etp == 1
+        assert cfg.hardware.gpus == 128 and cfg.layouts.source.etp == cfg.layouts.destination.etp == 1
         assert cfg.world().gpus_used == 128
-    assert registry["kimi-k2"].mode is RefitMode.NON_COLLOCATED and registry["kimi-k2"].method == "nvshmem"
-    assert registry["kimi-k2-collocated"].mode is RefitMode.COLLOCATED
-    assert registry["kimi-k2-collocated"].method == "nccl"
+    assert registry["kimi-k2"].layouts.mode is RefitMode.NON_COLLOCATED and registry["kimi-k2"].run.method == "nvshmem"
+    assert registry["kimi-k2-collocated"].layouts.mode is RefitMode.COLLOCATED
+    assert registry["kimi-k2-collocated"].run.method == "nccl"
 
 
 def test_config_round_trips_through_json() -> None:
@@ -119,8 +119,8 @@ def test_config_round_trips_through_json() -> None:
     assert RunConfig.from_json(json.loads(json.dumps(cfg.to_json()))) == cfg
     old = cfg.to_json()
     for key in ("gpu_memory_gb", "gpus_per_node", "intra_node_gbps", "inter_node_gbps"):
-        del old[key]
-    assert RunConfig.from_json(old).gpu_memory_gb == 80.0
+        del old["hardware"][key]
+    assert RunConfig.from_json(old).hardware.gpu_memory_gb == 80.0
 
 
 def reduced(name: str, num_layers: int = 2, num_experts: int = 128) -> RunConfig:
@@ -130,17 +130,17 @@ def reduced(name: str, num_layers: int = 2, num_experts: int = 128) -> RunConfig
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_reduced_plan_covers_every_element_once(name: str) -> None:
-    cfg = reduced(name, num_layers=2 * CONFIGS[name].source.pp)
+    cfg = reduced(name, num_layers=2 * CONFIGS[name].layouts.source.pp)
     cfg.validate()
     plan = plan_transfers(cfg.inventory(), cfg.world())
     check_plan(plan)
     assert plan.balance <= 1.05
     from refit_core.planning.storage import rank_storage
 
-    dst_need = sum(slot.nbytes for r in range(cfg.destination.size)
-                   for slot in rank_storage(plan.inventory, cfg.destination, r).slots)
+    dst_need = sum(slot.nbytes for r in range(cfg.layouts.destination.size)
+                   for slot in rank_storage(plan.inventory, cfg.layouts.destination, r).slots)
     assert plan.delivered_bytes == dst_need  # every destination byte once (no alignment padding)
-    assert sum(shard_bytes(plan.inventory, cfg.destination)) >= dst_need
+    assert sum(shard_bytes(plan.inventory, cfg.layouts.destination)) >= dst_need
 
 
 @settings(max_examples=12, deadline=None)
@@ -155,7 +155,7 @@ def test_kimi_shapes_plan_exactly_once_on_random_layouts(layers: int, src: tuple
     model = dataclasses.replace(KIMI_K2_MODEL, num_layers=layers, num_experts=8)
     s, d = ParallelLayout(tp=src[0], ep=src[1]), ParallelLayout(tp=dst[0], ep=dst[1])
     mode = RefitMode.COLLOCATED if collocated else RefitMode.NON_COLLOCATED
-    cfg = RunConfig("random", model, s, d, mode=mode, gpus=64)
+    cfg = RunConfig.of("random", model, s, d, mode=mode, gpus=64)
     cfg.validate()
     check_plan(plan_transfers(cfg.inventory(), cfg.world()))
 
@@ -190,7 +190,7 @@ def shard_bytes(inv: Inventory, layout: ParallelLayout) -> list[int]:
 def test_shard_bytes_match_the_engine_storage_layout() -> None:
     cfg = reduced("kimi-k2-collocated", num_experts=128)
     inv = cfg.inventory()
-    for layout in (cfg.source, cfg.destination):
+    for layout in (cfg.layouts.source, cfg.layouts.destination):
         held = shard_bytes(inv, layout)
         for local in (0, 1, layout.size - 1):
             assert held[local] == rank_storage(inv, layout, local).nbytes
@@ -262,7 +262,7 @@ def test_full_plans_are_balanced_and_predicted(full_plans: dict[str, tuple[RunCo
     # the busiest destination's shard / 50 GB/s.
     assert all(x.intra_in == x.intra_out == x.local == 0 for x in pred.loads)
     assert pred.time_s == pytest.approx(pred.bound_s)
-    assert pred.bound_s == pytest.approx(max(shard_bytes(plan.inventory, cfg.destination)) / 50e9, rel=1e-6)
+    assert pred.bound_s == pytest.approx(max(shard_bytes(plan.inventory, cfg.layouts.destination)) / 50e9, rel=1e-6)
     cfg, plan = full_plans["kimi-k2-collocated"]
     pred = predict(plan, cfg.link_model())
     assert plan.balance <= 1.05 and pred.balance.out_ratio <= 1.05 and pred.balance.in_ratio <= 1.05

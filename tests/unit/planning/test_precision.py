@@ -152,5 +152,5 @@ def test_memory_fit_counts_an_fp8_send_image_only_for_one_sided_methods(method: 
     if method == "nccl":
         assert extra == 0
     else:  # one-sided: the FP8 image of its shards (about half their BF16 bytes) among its buffers
-        image = sum(destination_slot_sizes(cfg.inventory(), cfg.source, "fp8")[0])
+        image = sum(destination_slot_sizes(cfg.inventory(), cfg.layouts.source, "fp8")[0])
         assert 0.45 * bf16.per_rank[src].source_bytes < image < fp8.per_rank[src].buffer_bytes

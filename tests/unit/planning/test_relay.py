@@ -71,9 +71,9 @@ def test_coverage_refuses_a_relay_that_forwards_what_it_did_not_receive() -> Non
 def test_relay_off_and_one_node_plans_are_unchanged(name: str) -> None:
     cfg = resolve(name)
     inv, world = cfg.inventory(), cfg.world()
-    unchanged = plan_transfers(inv, world, cfg.node_map(), cfg.inference_precision)
+    unchanged = plan_transfers(inv, world, cfg.node_map(), cfg.run.inference_precision)
     assert cfg.with_changes(relay="off").plan(inv, world).transfers == unchanged.transfers
-    if world.world_size <= cfg.gpus_per_node:
+    if world.world_size <= cfg.hardware.gpus_per_node:
         assert cfg.plan(inv, world).transfers == unchanged.transfers
     # a method that cannot forward gets no relays
     assert cfg.with_changes(method="nvshmem").relay_choice(inv, world).relayed is None

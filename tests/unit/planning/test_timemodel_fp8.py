@@ -56,7 +56,7 @@ def test_a_slow_quantiser_bounds_the_refit_overlapped_or_not(method: str) -> Non
 
 def test_defaults_are_hbm_assumptions_and_a_ceilings_file_replaces_them() -> None:
     cfg = _cfg()
-    assert (cfg.quantise_gbps, cfg.amax_gbps) == (QUANTISE_GBPS, AMAX_GBPS) == (2000.0, 3000.0)
+    assert (cfg.hardware.quantise_gbps, cfg.hardware.amax_gbps) == (QUANTISE_GBPS, AMAX_GBPS) == (2000.0, 3000.0)
     data = {"device": "NVIDIA H100 80GB HBM3", "date": "2026-12-06",
             "ceilings": {"local_copy": 1496.0, "quantise": 1234.5, "quantise_amax": 2345.5}}
     fig = link_figures(data, "nccl", "f.json")
