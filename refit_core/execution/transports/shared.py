@@ -101,9 +101,22 @@ class StageMemory(Protocol):
     def close(self) -> None: ...
 
 
+def remove_stale() -> list[Path]:
+    """Remove the staging files whose process is gone (a rank killed between making its file and the first
+    barrier, where its receivers have mapped it and it removes it); the files removed."""
+    gone = []
+    for f in SHM_DIR.glob(f"{PREFIX}*"):
+        pid = f.name[len(PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            f.unlink(missing_ok=True)
+            gone.append(f)
+    return gone
+
+
 class ShmStages:
-    """Staging files in /dev/shm: created by their sender, mapped by its receivers, removed once all have
-    mapped them (the mappings live on), so no file outlives a run however it ends after that."""
+    """Staging files in /dev/shm: created by their sender (named by its pid), mapped by its receivers, removed
+    once all have mapped them (the mappings live on), so no file outlives a run however it ends after that; one
+    left by a rank killed before then is removed by the next run on the host (`remove_stale`)."""
 
     def __init__(self, group: object) -> None:
         self.group = group
@@ -114,7 +127,8 @@ class ShmStages:
     def create(self, nbytes: int) -> str:
         if not SHM_DIR.is_dir():
             return ""
-        self.path = SHM_DIR / f"{PREFIX}{uuid.uuid4().hex}"
+        remove_stale()
+        self.path = SHM_DIR / f"{PREFIX}{os.getpid()}-{uuid.uuid4().hex}"
         self.stage, mm = map_file(str(self.path), nbytes, create=True, populate=nbytes // 2)  # the first half
         self._maps.append(mm)
         return str(self.path)
