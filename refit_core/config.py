@@ -41,6 +41,7 @@ from refit_core.sections import default as default_of
 METHODS = tuple(methods.METHODS)  # every --refit-method (refit_core/execution/transports/registry.py)
 SYNC_MODES = ("auto", "host", "device")  # --nvshmem-sync
 RELAY_MODES = ("auto", "off")  # --relay
+SHARED_MEMORY_MODES = ("auto", "read", "staged", "off")  # --gloo-shared-memory
 PAYLOADS = ("synthetic", "megatron")  # --payload: refitctl's deterministic shards, or real Megatron-Core models
 # Run settings a variable may override (refit_core/environment.py SETTINGS): read once, where a run is resolved
 ENV_OVERRIDES = {"nvshmem_placement": "REFITCTL_NVSHMEM_PLACEMENT", "nvshmem_sync": "REFITCTL_NVSHMEM_SYNC",
@@ -94,7 +95,8 @@ class RunConfig:
                 raise ConfigError(f"{flag} must be an integer {low}..{high:,}, got {value!r}")
         for flag, value, allowed in (("--nvshmem-placement", run.nvshmem_placement, DIRECTIONS),
                                      ("--nvshmem-sync", run.nvshmem_sync, SYNC_MODES),
-                                     ("--relay", run.relay, RELAY_MODES)):
+                                     ("--relay", run.relay, RELAY_MODES),
+                                     ("--gloo-shared-memory", run.gloo_shared_memory, SHARED_MEMORY_MODES)):
             if value not in allowed:
                 raise ConfigError(f"{flag} must be one of {', '.join(allowed)}, got {value!r}")
         if not isinstance(run.staged_direct_min_bytes, int) or not 0 <= run.staged_direct_min_bytes <= MAX_BUCKET:

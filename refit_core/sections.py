@@ -62,9 +62,12 @@ class RunSettings:
     byte is staged, the path before zero-copy, kept for before/after measurements)."""
     staged_direct_min_bytes: int = DIRECT_MIN_BYTES
     """--staged-direct-min-bytes: the shortest run sent zero-copy (default 4 MiB)."""
-    gloo_shared_memory: bool = True
-    """--gloo-shared-memory on|off: gloo ranks all on one host stage every byte through shared memory (/dev/shm)
-    instead of loopback sockets (refit_core/execution/transports/shared.py); off: every byte through gloo."""
+    gloo_shared_memory: str = "auto"
+    """--gloo-shared-memory auto|read|staged|off: how gloo ranks all on one host move bytes without sockets.
+    read: each receiver reads its senders' source shards directly (cross-memory attach, refit_core/execution/
+    transports/cma.py; where the kernel refuses that, staged); staged: through /dev/shm (shared.py); auto: read
+    where the busiest receiver gets at least 4 MiB, else staged; off: every byte through gloo's loopback
+    sockets."""
     megatron_unpatched: bool = False
     """--megatron-unpatched: run Megatron-Core's refit as shipped, without refit_core/peers/megatron_patch.py."""
     payload: str = "synthetic"

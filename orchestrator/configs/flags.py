@@ -82,9 +82,10 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--staged-direct-min-bytes", "run", "staged_direct_min_bytes", _size,
          "nccl/gloo: the shortest run sent zero-copy, e.g. 4MiB (default); env REFITCTL_STAGED_DIRECT_MIN_BYTES "
          "overrides it"),
-    Flag("--gloo-shared-memory", "run", "gloo_shared_memory", _on_off,
-         "gloo: on (default) ranks all on one host exchange bytes through shared memory (/dev/shm), gloo carrying "
-         "only barriers; off: every byte through gloo's loopback sockets"),
+    Flag("--gloo-shared-memory", "run", "gloo_shared_memory", str,
+         "gloo ranks all on one host: read: each receiver reads its senders' shards directly (cross-memory attach; "
+         "staged where the kernel refuses); staged: through /dev/shm; auto (default): read where a rank receives at "
+         "least 4 MiB, else staged; off: every byte through gloo's loopback sockets"),
     Flag("--relay", "run", "relay", str,
          "auto (default): where the method can forward (nccl, gloo) and it is predicted faster, bytes several GPUs "
          "of a node share cross the node's NICs once and fan out over NVLink; off: every byte straight from a source"),

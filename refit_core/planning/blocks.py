@@ -265,6 +265,16 @@ def _unpacked(b: Block) -> Block:
     return Block(0, b.row_bytes, b.dst, b.dst_stride, b.rows, b.row_bytes)
 
 
+def local_blocks(plan: Plan, rank_plan: RankPlan, src: Storage | None, dst: Storage | None) -> list[Block]:
+    """This rank's local copies (source shard -> destination shard on the same rank) as blocks."""
+    if not rank_plan.local:
+        return []
+    assert src is not None and dst is not None
+    params = plan.params
+    return [transfer_block(t, params[t.param].shape, params[t.param].split_dim, src.by_param[t.param],
+                           dst.by_param[t.param]) for t in rank_plan.local]
+
+
 def rank_blocks(plan: Plan, rank_plan: RankPlan, src: Storage | None, dst: Storage | None,
                 chunk_bytes: int, direct_min_bytes: int | None = None,
                 layouts: Callable[[str, int], Storage | None] | None = None) -> RankBlocks:
@@ -273,7 +283,6 @@ def rank_blocks(plan: Plan, rank_plan: RankPlan, src: Storage | None, dst: Stora
     With `direct_min_bytes` None every network byte is staged (the all-staged path, kept for
     before/after measurements). `layouts` (role, rank) gives the peers' shard layouts (default:
     derived from the plan)."""
-    params = plan.params
     peers = layouts or ShardLayouts(plan)
 
     def other(role: str, rank: int) -> Storage:
@@ -282,8 +291,7 @@ def rank_blocks(plan: Plan, rank_plan: RankPlan, src: Storage | None, dst: Stora
             raise ValueError(f"rank {rank} has no {role} shards but the plan moves some")
         return st
 
-    local = tuple(transfer_block(t, params[t.param].shape, params[t.param].split_dim, src.by_param[t.param],
-                                 dst.by_param[t.param]) for t in rank_plan.local) if rank_plan.local else ()
+    local = tuple(local_blocks(plan, rank_plan, src, dst))
     direct_sends: list[Direct] = []
     send_chunks: dict[int, list[list[Block]]] = {}
     for peer, ts in rank_plan.sends.items():

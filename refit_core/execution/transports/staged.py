@@ -28,12 +28,19 @@ import torch.distributed as dist
 
 from refit_core.errors import TransportError
 from refit_core.planning import methods
-from refit_core.planning.blocks import Block, Chunk, RankBlocks, ShardLayouts, chunk_bytes_for, rank_blocks
+from refit_core.planning.blocks import Block, Chunk, RankBlocks, ShardLayouts, chunk_bytes_for, local_blocks, rank_blocks
 from refit_core.planning.storage import Storage
 from refit_core.planning.storage import aligned
 from refit_core.execution.transports.base import IterationStats, RankContext, TransportReport, allocate, shard_buffer, whole
 from refit_core.execution.transports.copy import CudaBlockCopy, absolute, copy_blocks_torch, cuda_copy_available
+from refit_core.execution.transports.cma import CrossMemoryReads
 from refit_core.execution.transports.shared import SharedRounds, ShmStages, StageMemory
+
+CROSS_MEMORY_MIN_BYTES = 4 << 20
+"""Below this many bytes into the busiest receiver, the copy a cross-memory read saves costs less than the
+barrier it adds (2 CPU cores, 8 ranks: collocated-2 at the reduced size, 1.8 MB, took 25.6 ms read directly
+and 20.7 ms staged; docs/benchmarks.md)."""
+
 
 class _Step:
     """One copy step (local, a round's pack or unpack) bound to its buffers."""
@@ -70,7 +77,7 @@ class StagedTransport(TransportReport):
         self.dst_buf: torch.Tensor | None = None
         self.wire_source = None  # FP8 (sender.py): produces the source's wire bytes; no source buffer then
         self.relay: _Hop | None = None
-        self.shared: SharedRounds | None = None  # staging in shared memory (gloo, one host)
+        self.shared: SharedRounds | CrossMemoryReads | None = None  # through memory the ranks share (one host)
 
     def prepare(self, ctx: RankContext) -> None:
         self.ctx = ctx
@@ -129,20 +136,38 @@ class StagedTransport(TransportReport):
     def _stage_memory(self, ctx: RankContext) -> StageMemory | None:
         """Memory the ranks stage through instead of messages (shared.py), or None: NVSHMEM's symmetric heap
         for a one-sided method (refit_core/library hands it the caller's tensors); /dev/shm for gloo on the CPU
-        with --gloo-shared-memory on, BF16 destinations (FP8's sender quantises into socket staging) and no
-        relays, if the ranks turn out to share a host."""
+        (`_shares_host`), if the ranks turn out to share a host."""
         if not self.two_sided:
             from refit_core.execution.transports.nvshmem import HeapStages
 
             return HeapStages(ctx)
+        return ShmStages(ctx.active_group) if self._shares_host(ctx) else None
+
+    @staticmethod
+    def _shares_host(ctx: RankContext) -> bool:
+        """gloo on the CPU with --gloo-shared-memory auto or staged, BF16 destinations (FP8's sender quantises
+        into socket staging) and no relays: the bytes may go through memory the ranks share, if on one host."""
         if ctx.device.type != "cpu" or dist.get_backend(ctx.active_group) != "gloo":
-            return None
-        cfg = ctx.config
-        return ShmStages(ctx.active_group) if cfg.run.gloo_shared_memory and ctx.plan.destination is None \
-            and not ctx.plan.relayed_bytes else None
+            return False
+        return ctx.config.run.gloo_shared_memory != "off" and ctx.plan.destination is None \
+            and not ctx.plan.relayed_bytes
 
     def _prepare_shared(self, ctx: RankContext, chunk: int, layouts: ShardLayouts) -> bool:
-        """Every byte staged through memory the ranks share (`_stage_memory`), if they can: True if so."""
+        """Every byte through memory the ranks share, if they can: read straight from the senders' shards
+        (cma.py: one copy, two barriers a call, nothing to allocate) where some rank receives at least
+        CROSS_MEMORY_MIN_BYTES, else staged (`_stage_memory`: two copies, one barrier); True if so."""
+        mode = ctx.config.run.gloo_shared_memory
+        if self._shares_host(ctx) and (mode == "read" or mode == "auto" and max(
+                t.bytes_in for t in ctx.plan.per_rank.values()) >= CROSS_MEMORY_MIN_BYTES):
+            self.shared = CrossMemoryReads.bind(ctx.plan, ctx.rank_plan, self.src_buf, self.dst_buf,
+                                                ctx.destination, layouts, ctx.active_group)
+            if self.shared is not None:
+                local = local_blocks(ctx.plan, ctx.rank_plan, ctx.source, ctx.destination)
+                self.local = self._reader(local, self.dst_buf) if local else None
+                self.extra_bytes = self.shared.extra_bytes
+                self.info = {"rounds": 0, "shared_memory": True, "cross_memory": True, "zero_copy": False,
+                             "direct_ops": 0, "direct_bytes": 0, "staged_bytes": 0}
+                return True
         memory = self._stage_memory(ctx)
         if memory is None:
             return False
@@ -156,9 +181,9 @@ class StagedTransport(TransportReport):
             return False
         self.local = self._reader(list(rb.local), self.dst_buf) if rb.local else None
         self.extra_bytes = self.shared.extra_bytes
-        self.info = {"rounds": len(self.shared.rounds), "chunk_bytes": chunk, "staging_sets": 1,
-                     "shared_memory": True, "zero_copy": False, "direct_ops": 0, "direct_bytes": 0,
-                     "staged_bytes": rb.staged_bytes}
+        self.info = {"rounds": len(self.shared.rounds), "chunk_bytes": chunk, "staging_sets": 2,
+                     "shared_memory": True, "cross_memory": False, "zero_copy": False, "direct_ops": 0,
+                     "direct_bytes": 0, "staged_bytes": rb.staged_bytes}
         return True
 
     def _reader(self, blocks: list[Block], dst: torch.Tensor) -> "_Step":

@@ -111,13 +111,31 @@ def test_shared_memory_staging_verifies_over_rounds_and_leaves_no_file(name: str
     have different numbers of rounds (every rank must meet every round's barriers), every byte still
     verifies, each record says the shared path ran, and no staging file outlives the run."""
     before = set(SHM_DIR.glob(f"{PREFIX}*"))
-    cfg = small(name, refit_bucket_size="1MiB")
+    cfg = small(name, refit_bucket_size="1MiB", gloo_shared_memory="staged")
     codes, res = run_locally(cfg, tmp_path, timeout_s=240)
     assert codes == [0] * cfg.hardware.gpus, (tmp_path / "logs" / "rank-0.log").read_text()
     assert res["verified"] and res["complete"]
     recs = ranks(tmp_path)
     moved = [r for r in recs.values() if r.transport.get("staged_bytes")]
-    assert moved and all(r.transport["shared_memory"] is True and r.transport["direct_ops"] == 0 for r in moved)
+    assert moved and all(r.transport["shared_memory"] is True and r.transport["cross_memory"] is False and
+                         r.transport["direct_ops"] == 0 for r in moved)
     assert len({r.transport["rounds"] for r in moved}) == 1 and moved[0].transport["rounds"] > 1
     assert set(recs[0].iterations[-1].phases_ms) <= {"pack", "local", "transfer", "unpack"}
+    assert set(SHM_DIR.glob(f"{PREFIX}*")) == before
+
+
+@pytest.mark.parametrize("name", ["config-2", "collocated-1", "collocated-2"])
+def test_cross_memory_reads_verify_and_report_the_path(name: str, tmp_path: Path) -> None:
+    """--gloo-shared-memory read: each receiver reads every block it is due straight from its senders' source
+    shards (transports/cma.py; strided blocks a row per segment, coalesced where contiguous), one barrier
+    before and one after: every byte verified, nothing staged, no file in /dev/shm."""
+    before = set(SHM_DIR.glob(f"{PREFIX}*"))
+    cfg = small(name, gloo_shared_memory="read")
+    codes, res = run_locally(cfg, tmp_path, timeout_s=240)
+    assert codes == [0] * cfg.hardware.gpus, (tmp_path / "logs" / "rank-0.log").read_text()
+    assert res["verified"] and res["complete"]
+    recs = ranks(tmp_path)
+    assert all(r.transport["cross_memory"] is True and r.transport["staged_bytes"] == 0 for r in recs.values())
+    received = [r for r in recs.values() if r.iterations and r.iterations[-1].bytes_in]
+    assert received and all("read" in r.iterations[-1].phases_ms for r in received)
     assert set(SHM_DIR.glob(f"{PREFIX}*")) == before
