@@ -5,8 +5,9 @@
 # BF16 (benchmarks/fp8_bench.py) and the Megatron-Core peer over NCCL. Every step is bounded by what is left of the
 # budget (and its own cap); the benchmarks keep their JSON current row by row, so a step cut short keeps what it
 # measured. Everything lands in $OUT; commit benchmarks/results/*.json from there.
-#   device run: bash scripts/gpu_session.sh [full|quick|fp8]      (carry .whl: nvshmem4py-cu13, submitit, megatron-core)
-#   quick: seed sizes, a few rows;  fp8: the GPU tests, the FP8-vs-BF16 benchmark, the NVSHMEM flags only
+#   device run: bash scripts/gpu_session.sh [full|quick|fp8|lib]      (carry .whl: nvshmem4py-cu13, submitit, megatron-core)
+#   quick: seed sizes, a few rows;  fp8: the GPU tests, the FP8-vs-BF16 benchmark, the NVSHMEM flags only;
+#   lib: the GPU tests and the library's (Megatron-Core swap, nvshmem on the caller's tensors, its cost) only
 set -u
 MODE=${1:-full}
 BUDGET_S=${BUDGET_S:-570}
@@ -43,6 +44,7 @@ step "what NVSHMEM staging costs the library (benchmarks/library_nvshmem.py)"
 bounded 120 python3 benchmarks/library_nvshmem.py 2>&1 | tail -8
 save
 
+if [ "$MODE" = lib ]; then step done; exit 0; fi
 step "FP8 quantiser: compiled Triton kernels against the torch reference, bitwise"
 bounded 120 python3 -m pytest -q -p no:cacheprovider tests/e2e/gpu/test_fp8_gpu.py 2>&1 | tail -15 | tee "$OUT/fp8-gpu-tests.txt"
 
