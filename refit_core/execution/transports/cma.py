@@ -4,7 +4,8 @@ Between processes of one host Linux copies straight from one process's memory in
 (process_vm_readv: "cross-memory attach", what MPI libraries use for large messages on a node). Each
 receiver reads every block it is due from its sender's source buffer into its destination buffer: one memory
 copy per byte, no staging, nothing packed, no socket. A barrier opens the call (every sender's source is
-what the caller has written) and one closes it (no sender writes its source again while a receiver reads it).
+what the caller has written) and one closes it (no sender writes its source again while a receiver reads it),
+both the host's own (hostbarrier.py), not gloo's.
 It needs the kernel to let a rank read its peers (same user; ptrace rules): tried once at set-up, and where it
 cannot, the ranks stage through shared memory instead (shared.py). `--gloo-shared-memory off` turns both off.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import os
 import socket
+import uuid
 from dataclasses import dataclass
 from typing import Callable
 
@@ -22,6 +24,8 @@ import torch
 import torch.distributed as dist
 
 from refit_core.errors import TransportError
+from refit_core.execution.transports.hostbarrier import HostBarrier
+from refit_core.execution.transports.shared import PREFIX, SHM_DIR
 from refit_core.planning.blocks import Block, pair_stream
 from refit_core.planning.plan import Plan, RankPlan
 from refit_core.planning.storage import Storage
@@ -37,6 +41,7 @@ class Reachable:
     pid: int
     address: int  # its source buffer's first byte in its address space (0: no source)
     nbytes: int
+    barrier: str  # rank 0: where the host barrier is (hostbarrier.py); others: ""
 
 
 class _Iovec(ctypes.Structure):
@@ -93,8 +98,10 @@ class CrossMemoryReads:
     """This rank's reads from its senders' source buffers, bound at set-up; `bind` returns None where the
     ranks are not all on this host or the kernel refuses the reads."""
 
-    def __init__(self, group: object, reads: list[tuple[int, np.ndarray, np.ndarray, int]]) -> None:
-        self.group, self.reads = group, reads  # (sender pid, local iovecs, remote iovecs, bytes), row for row
+    def __init__(self, group: object, reads: list[tuple[int, np.ndarray, np.ndarray, int]],
+                 barrier: HostBarrier) -> None:
+        self.group, self.reads, self.barrier = group, reads, barrier  # (sender pid, local, remote iovecs, bytes)
+        self._named = dist.get_rank(group) == 0  # rank 0 removes the barrier's names after the first one
         self.readv = _readv()
         self.calls = [(pid, batches(lo, re), n) for pid, lo, re, n in reads]
         self.extra_bytes = sum(a.nbytes + b.nbytes for _, bs, _ in self.calls for a, b in bs)  # host memory
@@ -102,15 +109,31 @@ class CrossMemoryReads:
     @classmethod
     def bind(cls, plan: Plan, rank_plan: RankPlan, src: torch.Tensor | None, dst: torch.Tensor | None,
              dst_storage: Storage | None, layouts: Callable[[str, int], Storage | None],
-             group: object) -> "CrossMemoryReads | None":
+             group: object, timeout_s: float) -> "CrossMemoryReads | None":
         """Tell the peers where this rank's source is, build the reads from theirs, try one byte from each
-        (collective: two gathers)."""
-        mine = Reachable(socket.gethostname(), os.getpid(), src.data_ptr() if src is not None else 0,
-                         src.numel() if src is not None else 0)
-        every: list = [None] * dist.get_world_size(group)
-        dist.all_gather_object(every, mine, group=group)
-        if _readv() is None or any(p.host != mine.host for p in every):
-            return None
+        (collective: two gathers). Rank 0 makes the host barrier the others open."""
+        n, first = dist.get_world_size(group), dist.get_rank(group) == 0
+        prefix = str(SHM_DIR / f"{PREFIX}{os.getpid()}-{uuid.uuid4().hex}-barrier")
+        barrier = HostBarrier.create(prefix, n, timeout_s) if first and _readv() is not None else None
+        try:
+            mine = Reachable(socket.gethostname(), os.getpid(), src.data_ptr() if src is not None else 0,
+                             src.numel() if src is not None else 0, prefix if barrier is not None else "")
+            every: list = [None] * n
+            dist.all_gather_object(every, mine, group=group)
+            if _readv() is None or not every[0].barrier or any(p.host != mine.host for p in every):
+                return _discard(barrier)
+            barrier = barrier or HostBarrier.open(every[0].barrier, n, timeout_s)
+            out = cls(group, cls._reads(plan, rank_plan, dst, dst_storage, layouts, every, group), barrier)
+        except BaseException:
+            _discard(barrier)
+            raise
+        verdicts: list = [None] * n
+        dist.all_gather_object(verdicts, out._probe(), group=group)
+        return out if all(verdicts) else _discard(out.barrier)
+
+    @staticmethod
+    def _reads(plan: Plan, rank_plan: RankPlan, dst: torch.Tensor | None, dst_storage: Storage | None,
+               layouts: Callable[[str, int], Storage | None], every: list, group: object) -> list:
         reads = []
         for peer, ts in rank_plan.recvs.items():
             peer_src = layouts("source", peer)
@@ -118,11 +141,7 @@ class CrossMemoryReads:
                 raise TransportError(f"rank {dist.get_rank(group)}: rank {peer} sends to it but has no source buffer")
             _, blocks = pair_stream(plan, ts, peer_src, dst_storage, None)
             reads.append((every[peer].pid, *iovecs(blocks, dst.data_ptr(), every[peer].address)))
-        out = cls(group, reads)
-        ok = out._probe()
-        verdicts: list = [None] * dist.get_world_size(group)
-        dist.all_gather_object(verdicts, ok, group=group)
-        return out if all(verdicts) else None
+        return reads
 
     def _probe(self) -> bool:
         """One byte from each sender (into the byte it will be read into anyway): the kernel allows it."""
@@ -136,8 +155,11 @@ class CrossMemoryReads:
 
     def run(self, lap: Callable[[str], None], local: Callable[[], int] | None) -> int:
         """A barrier, the local copies, every read, a barrier. Phases: transfer (the barriers), local, read."""
-        dist.barrier(group=self.group)
+        self.barrier.wait()
         lap("transfer")
+        if self._named:  # every rank opened the barrier in bind, before this first wait
+            self.barrier.unlink()
+            self._named = False
         launches = local() if local is not None else 0
         if local is not None:
             lap("local")
@@ -153,9 +175,17 @@ class CrossMemoryReads:
             launches += 1
         if self.reads:
             lap("read")
-        dist.barrier(group=self.group)
+        self.barrier.wait()
         lap("transfer")
         return launches
 
     def close(self) -> None:
         self.reads, self.calls = [], []
+        _discard(self.barrier)
+
+
+def _discard(barrier: HostBarrier | None) -> None:
+    """Close `barrier` and remove its names (None: nothing to do); returns None, the bind's answer then."""
+    if barrier is not None:
+        barrier.unlink()
+        barrier.close()

@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 
 from refit_core.errors import TransportError
+from refit_core.execution.transports.hostbarrier import HostBarrier
 from refit_core.planning.blocks import Block, Chunk, RankBlocks
 from refit_core.planning.storage import aligned
 
@@ -105,8 +106,8 @@ def remove_stale() -> list[Path]:
     """Remove the staging files whose process is gone (a rank killed between making its file and the first
     barrier, where its receivers have mapped it and it removes it); the files removed."""
     gone = []
-    for f in SHM_DIR.glob(f"{PREFIX}*"):
-        pid = f.name[len(PREFIX):].split("-", 1)[0]
+    for f in [*SHM_DIR.glob(f"{PREFIX}*"), *SHM_DIR.glob(f"sem.{PREFIX}*")]:  # files, the barriers' semaphores
+        pid = f.name.removeprefix("sem.")[len(PREFIX):].split("-", 1)[0]
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
             f.unlink(missing_ok=True)
             gone.append(f)
@@ -118,11 +119,13 @@ class ShmStages:
     once all have mapped them (the mappings live on), so no file outlives a run however it ends after that; one
     left by a rank killed before then is removed by the next run on the host (`remove_stale`)."""
 
-    def __init__(self, group: object) -> None:
-        self.group = group
+    def __init__(self, group: object, timeout_s: float) -> None:
+        self.group, self.timeout_s = group, timeout_s
+        self.rank, self.n = dist.get_rank(group), dist.get_world_size(group)
         self.path: Path | None = None
         self.stage: torch.Tensor | None = None
         self._maps: list[mmap.mmap] = []
+        self.host_barrier: HostBarrier | None = None  # rank 0 makes it beside its file, the others open it
 
     def create(self, nbytes: int) -> str:
         if not SHM_DIR.is_dir():
@@ -131,10 +134,14 @@ class ShmStages:
         self.path = SHM_DIR / f"{PREFIX}{os.getpid()}-{uuid.uuid4().hex}"
         self.stage, mm = map_file(str(self.path), nbytes, create=True, populate=nbytes // 2)  # the first half
         self._maps.append(mm)
+        if self.rank == 0:
+            self.host_barrier = HostBarrier.create(f"{self.path}-barrier", self.n, self.timeout_s)
         return str(self.path)
 
     def mine(self, every: list[Published]) -> torch.Tensor:
         assert self.stage is not None
+        if self.host_barrier is None:
+            self.host_barrier = HostBarrier.open(f"{every[0].where}-barrier", self.n, self.timeout_s)
         return self.stage
 
     def peer(self, rank: int, every: list[Published]) -> torch.Tensor:
@@ -147,15 +154,21 @@ class ShmStages:
         return t
 
     def barrier(self) -> None:
-        dist.barrier(group=self.group)
+        assert self.host_barrier is not None
+        self.host_barrier.wait()
 
     def mapped(self) -> None:
         if self.path is not None:
             self.path.unlink(missing_ok=True)
             self.path = None
+            if self.rank == 0 and self.host_barrier is not None:  # every rank opened it before this barrier
+                self.host_barrier.unlink()
 
     def close(self) -> None:
         self.mapped()
+        if self.host_barrier is not None:
+            self.host_barrier.close()
+            self.host_barrier = None
         self.stage, self._maps = None, []
 
 

@@ -141,7 +141,7 @@ class StagedTransport(TransportReport):
             from refit_core.execution.transports.nvshmem import HeapStages
 
             return HeapStages(ctx)
-        return ShmStages(ctx.active_group) if self._shares_host(ctx) else None
+        return ShmStages(ctx.active_group, ctx.config.run.timeout_s) if self._shares_host(ctx) else None
 
     @staticmethod
     def _shares_host(ctx: RankContext) -> bool:
@@ -160,7 +160,7 @@ class StagedTransport(TransportReport):
         if self._shares_host(ctx) and (mode == "read" or mode == "auto" and max(
                 t.bytes_in for t in ctx.plan.per_rank.values()) >= CROSS_MEMORY_MIN_BYTES):
             self.shared = CrossMemoryReads.bind(ctx.plan, ctx.rank_plan, self.src_buf, self.dst_buf,
-                                                ctx.destination, layouts, ctx.active_group)
+                                                ctx.destination, layouts, ctx.active_group, ctx.config.run.timeout_s)
             if self.shared is not None:
                 local = local_blocks(ctx.plan, ctx.rank_plan, ctx.source, ctx.destination)
                 self.local = self._reader(local, self.dst_buf) if local else None
