@@ -123,6 +123,7 @@ class CrossMemoryReads:
             if _readv() is None or not every[0].barrier or any(p.host != mine.host for p in every):
                 return _discard(barrier)
             barrier = barrier or HostBarrier.open(every[0].barrier, n, timeout_s)
+            barrier.watch({r: p.pid for r, p in enumerate(every)})
             out = cls(group, cls._reads(plan, rank_plan, dst, dst_storage, layouts, every, group), barrier)
         except BaseException:
             _discard(barrier)

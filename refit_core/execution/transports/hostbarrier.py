@@ -22,6 +22,7 @@ from pathlib import Path
 from refit_core.errors import TransportError
 
 O_CREAT, O_EXCL, ETIMEDOUT, EINTR = 0o100, 0o200, 110, 4
+WATCH_S = 0.5  # how often a waiting rank looks whether its peers are still there
 
 
 class _Timespec(ctypes.Structure):
@@ -64,6 +65,12 @@ class HostBarrier:
         finally:
             os.close(fd)
         self._k = 0  # barriers passed: which turnstile the next one uses
+        self.peers: dict[int, int] = {}  # rank -> pid of the others, watched while waiting (`watch`)
+
+    def watch(self, pids: dict[int, int]) -> None:
+        """The other ranks' processes: a wait ends at once, naming the rank, when one of them has exited
+        (a semaphore, unlike a socket, does not tell its waiters that a peer died)."""
+        self.peers = {r: p for r, p in pids.items() if p != os.getpid()}
 
     @classmethod
     def create(cls, prefix: str, n: int, timeout_s: float) -> "HostBarrier":
@@ -79,16 +86,23 @@ class HostBarrier:
                    creator=False)
 
     def _wait(self, sem: int, what: str) -> None:
+        """Take `sem`, looking every WATCH_S whether a peer has exited; bounded by the timeout."""
         deadline = time.time() + self.timeout_s
-        ts = _Timespec(int(deadline), int((deadline % 1) * 1e9))
-        while self.libc.sem_timedwait(sem, ctypes.byref(ts)) != 0:
+        while True:
+            until = min(deadline, time.time() + WATCH_S)
+            ts = _Timespec(int(until), int((until % 1) * 1e9))
+            if self.libc.sem_timedwait(sem, ctypes.byref(ts)) == 0:
+                return
             err = ctypes.get_errno()
-            if err == EINTR:
-                continue
-            if err == ETIMEDOUT:
-                raise TransportError(f"a rank of this host did not reach barrier {self._k} ({what}) in "
-                                     f"{self.timeout_s:g} s (--refit-timeout)")
-            raise TransportError(f"host barrier: {os.strerror(err)}")
+            if err not in (EINTR, ETIMEDOUT):
+                raise TransportError(f"host barrier: {os.strerror(err)}")
+            gone = next(((r, p) for r, p in self.peers.items() if not Path(f"/proc/{p}").exists()), None)
+            if gone is not None:
+                raise TransportError(f"peer died: rank {gone[0]} (pid {gone[1]}) ended while this rank waited at "
+                                     f"barrier {self._k} ({what})")
+            if time.time() >= deadline:
+                raise TransportError(f"Timed out waiting {self.timeout_s:g} s (--refit-timeout) for the other ranks "
+                                     f"of this host at barrier {self._k} ({what}): a peer hung or died")
 
     def wait(self) -> None:
         """Return once all n ranks have called it (the k-th time for each)."""

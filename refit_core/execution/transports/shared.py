@@ -51,6 +51,7 @@ class Published:
     nbytes: int
     offsets: dict[tuple[int, int], tuple[int, int]]  # (round, receiver) -> (offset, bytes)
     rounds: int  # its own rounds: every rank runs the most any rank has (a barrier each is collective)
+    pid: int = 0  # its process (the host barrier watches it)
 
 
 def lay_out(chunks: tuple[Chunk, ...]) -> list[tuple[int, int, int]]:
@@ -142,6 +143,7 @@ class ShmStages:
         assert self.stage is not None
         if self.host_barrier is None:
             self.host_barrier = HostBarrier.open(f"{every[0].where}-barrier", self.n, self.timeout_s)
+        self.host_barrier.watch({r: p.pid for r, p in enumerate(every)})
         return self.stage
 
     def peer(self, rank: int, every: list[Published]) -> torch.Tensor:
@@ -197,7 +199,8 @@ class SharedRounds:
         half = max((sum(aligned(n) for _, _, n in r) for r in sends), default=0) or 1
         try:
             mine = Published(socket.gethostname(), memory.create(2 * half), 2 * half,
-                             {(k, peer): (off, n) for k, r in enumerate(sends) for peer, off, n in r}, rb.rounds)
+                             {(k, peer): (off, n) for k, r in enumerate(sends) for peer, off, n in r}, rb.rounds,
+                             os.getpid())
             every: list = [None] * dist.get_world_size(group)
             dist.all_gather_object(every, mine, group=group)
             if any(p.host != mine.host or not p.where for p in every):
