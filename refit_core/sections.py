@@ -149,4 +149,6 @@ def section_from_json(name: str, d: Mapping[str, Any]) -> Any:
         kwargs["destination"] = ParallelLayout(**kwargs["destination"])
         if "mode" in kwargs:
             kwargs["mode"] = RefitMode(kwargs["mode"])
+    if isinstance(kwargs.get("gloo_shared_memory"), bool):  # written when it was on|off (2026-12-05)
+        kwargs["gloo_shared_memory"] = "auto" if kwargs["gloo_shared_memory"] else "off"
     return cls(**kwargs)
