@@ -114,7 +114,7 @@ class CrossMemoryReads:
         (collective: two gathers). Rank 0 makes the host barrier the others open."""
         n, first = dist.get_world_size(group), dist.get_rank(group) == 0
         prefix = str(SHM_DIR / f"{PREFIX}{os.getpid()}-{uuid.uuid4().hex}-barrier")
-        barrier = HostBarrier.create(prefix, n, timeout_s) if first and _readv() is not None else None
+        barrier = _try_create(prefix, n, timeout_s) if first and _readv() is not None else None
         try:
             mine = Reachable(socket.gethostname(), os.getpid(), src.data_ptr() if src is not None else 0,
                              src.numel() if src is not None else 0, prefix if barrier is not None else "")
@@ -183,6 +183,15 @@ class CrossMemoryReads:
     def close(self) -> None:
         self.reads, self.calls = [], []
         _discard(self.barrier)
+
+
+def _try_create(prefix: str, n: int, timeout_s: float) -> HostBarrier | None:
+    """Rank 0's host barrier, or None where this host has no POSIX semaphores (the ranks then stage, or use
+    gloo's sockets)."""
+    try:
+        return HostBarrier.create(prefix, n, timeout_s)
+    except (TransportError, OSError):
+        return None
 
 
 def _discard(barrier: HostBarrier | None) -> None:

@@ -205,3 +205,33 @@ def test_a_relayed_plan_is_checked_on_both_hops() -> None:
     assert error.startswith("rank 2: ") or error.startswith("rank 3: ")
     assert error.endswith("from rank 3 differs from the source's bytes after the refit") or \
         error.endswith("from rank 2 differs from the source's bytes after the refit")  # a relay, not a source
+
+
+def path_rank(cfg) -> tuple[bool, bool]:
+    src = rank_tensors(cfg, "source", True, True)
+    dst = rank_tensors(cfg, "destination", False, True)
+    refit = Refit.build(cfg, src, dst)
+    refit()
+    if dst:
+        expect_destination(cfg, dst)
+    info = refit.transport.info
+    refit.close()
+    return info["shared_memory"], info.get("cross_memory", False)
+
+
+def test_without_posix_semaphores_gloo_falls_back_to_its_sockets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host where the host barrier cannot be made (no POSIX semaphores): neither memory path, every byte
+    over gloo's sockets, still verified; and with them, the read path where a rank receives >= 4 MiB."""
+    from refit_core.execution.transports.hostbarrier import HostBarrier
+    from refit_core.errors import TransportError
+
+    cfg = refit_config(TINY, ParallelLayout(tp=2), ParallelLayout(ep=2), world_size=4, collocated=False)
+    for mode, want in (("read", (True, True)), ("staged", (True, False))):
+        assert set(run_local(4, path_rank, cfg.with_changes(gloo_shared_memory=mode))) == {want}
+
+    def refuse(*args, **kwargs):
+        raise TransportError("cannot open the host barrier's semaphores (Function not implemented)")
+
+    monkeypatch.setattr(HostBarrier, "create", classmethod(refuse))
+    for mode in ("read", "staged"):
+        assert set(run_local(4, path_rank, cfg.with_changes(gloo_shared_memory=mode))) == {(False, False)}
