@@ -42,24 +42,6 @@ def row_config(name: str, size: str, bucket: int) -> RunConfig:
     return cfg
 
 
-def _tensors(cfg: RunConfig, role: str, values: bool) -> dict[str, Any] | None:
-    import torch
-    import torch.distributed as dist
-
-    from refit_core.execution import weights
-    from refit_core.planning.storage import rank_storage
-
-    place = cfg.world().source if role == "source" else cfg.world().destination
-    local = place.local(dist.get_rank())
-    if local is None:
-        return None
-    inv = cfg.inventory()
-    st = rank_storage(inv, place.layout, local)
-    buf = torch.empty(st.nbytes, dtype=torch.uint8, device="cuda:0")
-    weights.fill(buf, st, inv) if values else weights.poison(buf)
-    return {inv.params[s.param].name: weights.param_view(buf, s, inv.params[s.param].dtype) for s in st.slots}
-
-
 def copy_gbps() -> float:
     """Device-to-device copy of 1 GiB on this GPU, GB/s delivered (median of 5)."""
     import torch
@@ -83,9 +65,10 @@ def rank_main(cfg: RunConfig, calls: int) -> dict[str, Any]:
     import torch.distributed as dist
 
     from refit_core.library import Refit
+    from refit_core.library.local import synthetic_shards
 
     torch.cuda.set_device(0)
-    src, dst = _tensors(cfg, "source", True), _tensors(cfg, "destination", False)
+    src, dst = synthetic_shards(cfg, "source", True, "cuda:0"), synthetic_shards(cfg, "destination", False, "cuda:0")
     t0 = time.perf_counter()
     refit = Refit.build(cfg, src, dst, verify=False)
     first = refit()

@@ -67,3 +67,18 @@ def layout_pairs(draw):
         first_dense_layers=draw(st.sampled_from([0, 1])) if moe else 0,
     )
     return model, src, dst, mode
+
+
+def ddp_like(shards: dict, gap: int = 64, device: str = "cpu") -> dict:
+    """`shards` copied into views of ONE bf16 buffer in REVERSED order with `gap` elements between them, as
+    Megatron-Core's DDP lays out a model's parameters (not refitctl's order): a caller's in-place buffer."""
+    import torch
+
+    flat = torch.empty(sum(v.numel() + gap for v in shards.values()), dtype=torch.bfloat16, device=device)
+    out, at = {}, 0
+    for name in reversed(list(shards)):
+        v = shards[name]
+        out[name] = flat[at: at + v.numel()].view(v.shape)
+        out[name].copy_(v)
+        at += v.numel() + gap
+    return out

@@ -1,4 +1,5 @@
-"""Run a function on N forked CPU processes under one gloo process group: a world on one machine.
+"""Run a function on N forked CPU processes under one gloo process group: a world on one machine; and the
+synthetic shards such a world refits.
 
 For examples, tests and benchmarks of the library on CPU (docs/library.md). Forking after the
 parent imported what the ranks need (torch, megatron-core) costs one import, not one per rank.
@@ -9,11 +10,14 @@ from __future__ import annotations
 import multiprocessing as mp
 import queue
 import traceback
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 from refit_core.environment import free_port
+
+if TYPE_CHECKING:
+    from refit_core.config import RunConfig
 
 
 def _rank_main(rank: int, world: int, port: int, backend: str, fn: Callable[..., Any], args: tuple, q: Any) -> None:
@@ -67,3 +71,24 @@ def run_local(world: int, fn: Callable[..., Any], *args: Any, timeout_s: float =
         raise RuntimeError(f"rank {r} failed:\n{results[r][1]}" if r is not None else
                            f"only ranks {sorted(results)} of {world} reported")
     return [results[r][1] for r in range(world)]
+
+
+def synthetic_shards(cfg: "RunConfig", role: str, values: bool = True,
+                     device: str | torch.device = "cpu") -> dict[str, torch.Tensor] | None:
+    """This rank's `role` ("source" or "destination") shards by refitctl parameter name, as views of one buffer
+    in refitctl's layout on `device`: refitctl's deterministic values (`values`) or NaN; None on a rank
+    without the role. What tests, examples and benchmarks hand the library in place of a model's tensors."""
+    import torch.distributed as dist
+
+    from refit_core.execution import weights
+    from refit_core.planning.storage import rank_storage
+
+    place = cfg.world().source if role == "source" else cfg.world().destination
+    local = place.local(dist.get_rank())
+    if local is None:
+        return None
+    inv = cfg.inventory()
+    st = rank_storage(inv, place.layout, local)
+    buf = torch.empty(st.nbytes, dtype=torch.uint8, device=device)
+    weights.fill(buf, st, inv) if values else weights.poison(buf)
+    return {inv.params[s.param].name: weights.param_view(buf, s, inv.params[s.param].dtype) for s in st.slots}

@@ -16,14 +16,12 @@ import importlib.util
 
 import pytest
 import torch
-import torch.distributed as dist
 
-from refit_core.execution import weights
 from refit_core.library import Refit, refit_config
-from refit_core.library.local import run_local
+from helpers import ddp_like
+from refit_core.library.local import run_local, synthetic_shards
 from refit_core.planning.layout import ParallelLayout
 from refit_core.planning.model import ModelSpec
-from refit_core.planning.storage import rank_storage
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
     importlib.util.find_spec("nvshmem") is None or not torch.cuda.is_available(), reason="needs a CUDA GPU and nvshmem4py")]
@@ -33,34 +31,20 @@ TINY = ModelSpec(num_layers=2, hidden_size=64, num_attention_heads=4, num_query_
 SMALL = dataclasses.replace(TINY, hidden_size=256, ffn_hidden_size=256, vocab_size=2000)  # 6-12 rounds at 1 MiB
 
 
-def _shards(cfg, role: str, values: bool) -> tuple[dict[str, torch.Tensor] | None, torch.Tensor | None]:
+def _shards(cfg, role: str, values: bool) -> dict[str, torch.Tensor] | None:
     """This rank's tensors of `role` on GPU 0, as views of one buffer in reversed order (as DDP keeps them)."""
-    place = cfg.world().source if role == "source" else cfg.world().destination
-    local = place.local(dist.get_rank())
-    if local is None:
-        return None, None
-    inv = cfg.inventory()
-    st = rank_storage(inv, place.layout, local)
-    buf = torch.empty(st.nbytes, dtype=torch.uint8)
-    weights.fill(buf, st, inv) if values else weights.poison(buf)
-    views = {inv.params[s.param].name: weights.param_view(buf, s, inv.params[s.param].dtype) for s in st.slots}
-    flat = torch.empty(sum(v.numel() for v in views.values()), dtype=torch.bfloat16, device="cuda:0")
-    out, at = {}, 0
-    for name in reversed(list(views)):
-        out[name] = flat[at: at + views[name].numel()].view(views[name].shape)
-        out[name].copy_(views[name])
-        at += views[name].numel()
-    return out, buf
+    shards = synthetic_shards(cfg, role, values)
+    return ddp_like(shards, gap=0, device="cuda:0") if shards is not None else None
 
 
 def _rank(cfg) -> dict:
     torch.cuda.set_device(0)
-    src, _ = _shards(cfg, "source", True)
-    dst, _ = _shards(cfg, "destination", False)
+    src = _shards(cfg, "source", True)
+    dst = _shards(cfg, "destination", False)
     ptrs = {k: t.data_ptr() for k, t in (dst or {}).items()}
     refit = Refit.build(cfg, src, dst)
     out = {"checked": 0, "wrong": [], "extra": refit.extra_bytes, "info": refit.transport.info}
-    want, _ = _shards(cfg, "destination", True)
+    want = _shards(cfg, "destination", True)
     for _ in range(2):
         for t in (dst or {}).values():
             t.fill_(float("nan"))
@@ -86,33 +70,16 @@ def test_nvshmem_refits_the_callers_gpu_tensors_through_bounded_heap_staging(src
     assert all(r["extra"] <= 1 << 20 for r in res) and max(r["info"]["rounds"] for r in res) > 1
 
 
-def _swap_rank(cfg) -> list[dict]:
-    from refit_core.megatron import swap_model_weights
-    from refit_core.peers import megatron_build as mb
-
-    torch.cuda.set_device(0)
-    models = mb.build_models(cfg)
-    for m in (models.source, models.destination):
-        if m is not None:
-            m.cuda()
-    mb.fill_source(cfg, models)
-    out = []
-    for _ in range(2):
-        mb.poison_destination(models)
-        swap_model_weights(models.source_arg, models.destination_arg, "nvshmem")
-        torch.cuda.synchronize()
-        out.append(mb.destination_mismatches(cfg, models))
-    return out
-
-
 def test_megatron_swap_over_nvshmem_pes_on_one_gpu_is_bitwise() -> None:
     mb = pytest.importorskip("refit_core.peers.megatron_build")
     if mb.megatron_core() is None:
         pytest.skip("megatron-core not installed")
+    from test_megatron_swap_gpu import gpu_rank  # every PE on GPU 0, the current device of a forked rank
+
     from refit_core.config import RunConfig
     from refit_core.planning.layout import RefitMode
 
     cfg = RunConfig.of("gpu-swap-nvshmem", TINY, ParallelLayout(tp=2), ParallelLayout(ep=2), RefitMode("non-collocated"),
                     method="nvshmem", iterations=1, gpus=4)
-    res = mb.run_ranks(cfg.hardware.gpus, _swap_rank, cfg, backend="gloo")
+    res = mb.run_ranks(cfg.hardware.gpus, gpu_rank, cfg, backend="gloo")
     assert all(r == [{}, {}] for r in res), res

@@ -30,6 +30,7 @@ CASES = {
 
 
 def gpu_rank(cfg: RunConfig) -> list[dict]:
+    """Both models on this rank's GPU, then two swaps by `cfg`'s method, each checked against the oracle."""
     from refit_core.megatron import swap_model_weights
 
     models = mb.build_models(cfg)
@@ -40,7 +41,7 @@ def gpu_rank(cfg: RunConfig) -> list[dict]:
     out = []
     for _ in range(2):
         mb.poison_destination(models)
-        swap_model_weights(models.source_arg, models.destination_arg, "nccl")
+        swap_model_weights(models.source_arg, models.destination_arg, cfg.run.method)
         torch.cuda.synchronize()
         out.append(mb.destination_mismatches(cfg, models))
     return out

@@ -13,11 +13,13 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from helpers import ddp_like
+
 from refit_core.errors import ConfigError, VerificationError
 from refit_core.execution import weights
 from refit_core.planning.storage import rank_storage
 from refit_core.library import Refit, refit_config
-from refit_core.library.local import run_local
+from refit_core.library.local import run_local, synthetic_shards
 from refit_core.planning.layout import ParallelLayout
 from refit_core.planning.model import ModelSpec
 
@@ -29,25 +31,10 @@ TINY = ModelSpec(num_layers=2, hidden_size=64, num_attention_heads=4, num_query_
 def rank_tensors(cfg, role: str, values: bool, shared: bool) -> dict[str, torch.Tensor] | None:
     """This rank's tensors of `role`: separate tensors, or views of one buffer in REVERSED order with
     gaps (as a DDP parameter buffer lays them out: not refitctl's order); refitctl's values or NaN."""
-    place = cfg.world().source if role == "source" else cfg.world().destination
-    local = place.local(dist.get_rank())
-    if local is None:
+    shards = synthetic_shards(cfg, role, values)
+    if shards is None:
         return None
-    inv = cfg.inventory()
-    st = rank_storage(inv, place.layout, local)
-    buf = torch.empty(st.nbytes, dtype=torch.uint8)
-    weights.fill(buf, st, inv) if values else weights.poison(buf)
-    shards = {inv.params[s.param].name: weights.param_view(buf, s, inv.params[s.param].dtype) for s in st.slots}
-    if not shared:
-        return {k: v.clone() for k, v in shards.items()}
-    flat = torch.empty(sum(v.numel() + 64 for v in shards.values()), dtype=torch.bfloat16)
-    out, at = {}, 0
-    for name in reversed(list(shards)):
-        v = shards[name]
-        out[name] = flat[at: at + v.numel()].view(v.shape)
-        out[name].copy_(v)
-        at += v.numel() + 64
-    return out
+    return ddp_like(shards) if shared else {k: v.clone() for k, v in shards.items()}
 
 
 def expect_destination(cfg, tensors) -> None:
