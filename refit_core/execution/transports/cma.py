@@ -44,10 +44,6 @@ class Reachable:
     barrier: str  # rank 0: where the host barrier is (hostbarrier.py); others: ""
 
 
-class _Iovec(ctypes.Structure):
-    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
-
-
 def _readv() -> Callable[..., int] | None:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -99,10 +95,10 @@ class CrossMemoryReads:
     ranks are not all on this host or the kernel refuses the reads."""
 
     def __init__(self, group: object, reads: list[tuple[int, np.ndarray, np.ndarray, int]],
-                 barrier: HostBarrier) -> None:
-        self.group, self.reads, self.barrier = group, reads, barrier  # (sender pid, local, remote iovecs, bytes)
+                 barrier: HostBarrier, readv: Callable[..., int]) -> None:
+        self.barrier, self.readv = barrier, readv
         self._named = dist.get_rank(group) == 0  # rank 0 removes the barrier's names after the first one
-        self.readv = _readv()
+        # per sender: its pid, the reads in calls of at most IOV_MAX rows, the bytes they move
         self.calls = [(pid, batches(lo, re), n) for pid, lo, re, n in reads]
         self.extra_bytes = sum(a.nbytes + b.nbytes for _, bs, _ in self.calls for a, b in bs)  # host memory
 
@@ -112,19 +108,19 @@ class CrossMemoryReads:
              group: object, timeout_s: float) -> "CrossMemoryReads | None":
         """Tell the peers where this rank's source is, build the reads from theirs, try one byte from each
         (collective: two gathers). Rank 0 makes the host barrier the others open."""
-        n, first = dist.get_world_size(group), dist.get_rank(group) == 0
+        n, first, readv = dist.get_world_size(group), dist.get_rank(group) == 0, _readv()
         prefix = str(SHM_DIR / f"{PREFIX}{os.getpid()}-{uuid.uuid4().hex}-barrier")
-        barrier = _try_create(prefix, n, timeout_s) if first and _readv() is not None else None
+        barrier = _try_create(prefix, n, timeout_s) if first and readv is not None else None
         try:
             mine = Reachable(socket.gethostname(), os.getpid(), src.data_ptr() if src is not None else 0,
                              src.numel() if src is not None else 0, prefix if barrier is not None else "")
             every: list = [None] * n
             dist.all_gather_object(every, mine, group=group)
-            if _readv() is None or not every[0].barrier or any(p.host != mine.host for p in every):
+            if readv is None or not every[0].barrier or any(p.host != mine.host for p in every):
                 return _discard(barrier)
             barrier = barrier or HostBarrier.open(every[0].barrier, n, timeout_s)
             barrier.watch({r: p.pid for r, p in enumerate(every)})
-            out = cls(group, cls._reads(plan, rank_plan, dst, dst_storage, layouts, every, group), barrier)
+            out = cls(group, cls._reads(plan, rank_plan, dst, dst_storage, layouts, every, group), barrier, readv)
         except BaseException:
             _discard(barrier)
             raise
@@ -146,11 +142,10 @@ class CrossMemoryReads:
 
     def _probe(self) -> bool:
         """One byte from each sender (into the byte it will be read into anyway): the kernel allows it."""
-        for pid, lo, re, _ in self.reads:
-            if not len(lo):
-                continue
+        for pid, calls, _ in self.calls:
+            lo, re = calls[0]
             one_lo, one_re = np.array([[lo[0, 0], 1]], np.uint64), np.array([[re[0, 0], 1]], np.uint64)
-            if self.readv is None or self.readv(pid, one_lo.ctypes.data, 1, one_re.ctypes.data, 1, 0) != 1:
+            if self.readv(pid, one_lo.ctypes.data, 1, one_re.ctypes.data, 1, 0) != 1:
                 return False
         return True
 
@@ -174,14 +169,14 @@ class CrossMemoryReads:
             if got != nbytes:
                 raise TransportError(f"read {got} of {nbytes} bytes from pid {pid}: its source buffer moved or ended")
             launches += 1
-        if self.reads:
+        if self.calls:
             lap("read")
         self.barrier.wait()
         lap("transfer")
         return launches
 
     def close(self) -> None:
-        self.reads, self.calls = [], []
+        self.calls = []
         _discard(self.barrier)
 
 

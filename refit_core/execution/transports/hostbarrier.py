@@ -46,10 +46,14 @@ def _libc() -> ctypes.CDLL | None:
 class HostBarrier:
     """`n` ranks of one host; rank 0 creates (`create`), the others open what it named (`open`)."""
 
-    def __init__(self, names: list[bytes], counter: str, n: int, timeout_s: float, creator: bool) -> None:
+    def __init__(self, prefix: str, n: int, timeout_s: float, creator: bool) -> None:
+        """The barrier named by `prefix` (a path in /dev/shm: the counter file; its last part names the
+        semaphores), made by its `creator`, opened by the others."""
         libc = _libc()
         if libc is None:
             raise TransportError("POSIX semaphores are not available here: run with --gloo-shared-memory off")
+        names = [f"/{Path(prefix).name}-{x}".encode() for x in ("mutex", "turn0", "turn1")]
+        counter = f"{prefix}-count"
         self.libc, self.names, self.counter, self.n, self.timeout_s = libc, names, counter, n, timeout_s
         flags = O_CREAT | O_EXCL if creator else 0
         self.sems = [libc.sem_open(name, flags, 0o600, 1 if i == 0 else 0) for i, name in enumerate(names)]
@@ -74,16 +78,12 @@ class HostBarrier:
 
     @classmethod
     def create(cls, prefix: str, n: int, timeout_s: float) -> "HostBarrier":
-        """The creating rank's: `prefix` names it for the others (a staging file's path stem)."""
-        stem = Path(prefix).name
-        return cls([f"/{stem}-{x}".encode() for x in ("mutex", "turn0", "turn1")], f"{prefix}-count", n, timeout_s,
-                   creator=True)
+        """Rank 0's: `prefix` names it for the others."""
+        return cls(prefix, n, timeout_s, creator=True)
 
     @classmethod
     def open(cls, prefix: str, n: int, timeout_s: float) -> "HostBarrier":
-        stem = Path(prefix).name
-        return cls([f"/{stem}-{x}".encode() for x in ("mutex", "turn0", "turn1")], f"{prefix}-count", n, timeout_s,
-                   creator=False)
+        return cls(prefix, n, timeout_s, creator=False)
 
     def _wait(self, sem: int, what: str) -> None:
         """Take `sem`, looking every WATCH_S whether a peer has exited; bounded by the timeout."""

@@ -37,9 +37,12 @@ from refit_core.execution.transports.cma import CrossMemoryReads
 from refit_core.execution.transports.shared import SharedRounds, ShmStages, StageMemory
 
 CROSS_MEMORY_MIN_BYTES = 4 << 20
-"""Below this many bytes into the busiest receiver, the copy a cross-memory read saves costs less than the
-barrier it adds (2 CPU cores, 8 ranks: collocated-2 at the reduced size, 1.8 MB, took 25.6 ms read directly
-and 20.7 ms staged; docs/benchmarks.md)."""
+"""Below this many bytes into the busiest receiver, `auto` stages instead of reading. Chosen while both paths
+used gloo's barrier: with `benchmarks/megatron_peer.py` (reduced model, the 2-core CI machine, two runs minutes
+apart) collocated-2, 1.8 MB into its busiest rank, took 25.6 ms read directly and 20.7 ms staged, and reading
+made every row's first call faster. Not re-tuned since the host barrier: in refitctl's own runs
+(`benchmarks/gloo_shared_memory.py`, docs/benchmarks.md) collocated-2 then took 31.1 ms read, 33.0 ms staged,
+and config-4 (41 MB) 9.7 ms read, 7.7 ms staged."""
 
 
 class _Step:
