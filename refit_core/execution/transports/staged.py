@@ -34,7 +34,7 @@ from refit_core.planning.storage import aligned
 from refit_core.execution.transports.base import IterationStats, RankContext, TransportReport, allocate, shard_buffer, whole
 from refit_core.execution.transports.copy import CudaBlockCopy, absolute, copy_blocks_torch, cuda_copy_available
 from refit_core.execution.transports.cma import CrossMemoryReads
-from refit_core.execution.transports.shared import SharedRounds, ShmStages, StageMemory
+from refit_core.execution.transports.shared import SharedRounds, ShmStages, StageMemory, lay_out
 
 CROSS_MEMORY_MIN_BYTES = 4 << 20
 """Below this many bytes into the busiest receiver, `auto` stages instead of reading. Chosen while both paths
@@ -201,15 +201,10 @@ class StagedTransport(TransportReport):
 
     @staticmethod
     def _lay_out(chunks: tuple[Chunk, ...], packed_is_dst: bool) -> tuple[list[Block], list[tuple[int, int, int]]]:
-        """Place a round's chunks one after another in the staging buffer."""
-        blocks: list[Block] = []
-        where: list[tuple[int, int, int]] = []
-        off = 0
-        for c in chunks:
-            for b in c.blocks:
-                blocks.append(b._replace(dst=b.dst + off) if packed_is_dst else b._replace(src=b.src + off))
-            where.append((c.peer, off, c.nbytes))
-            off += aligned(c.nbytes)
+        """Place a round's chunks one after another in the staging buffer (shared.lay_out)."""
+        where = lay_out(chunks)
+        blocks = [b._replace(dst=b.dst + off) if packed_is_dst else b._replace(src=b.src + off)
+                  for c, (_, off, _) in zip(chunks, where) for b in c.blocks]
         return blocks, where
 
     def iteration(self) -> IterationStats:
